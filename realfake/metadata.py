@@ -37,6 +37,18 @@ class MetadataError(RealfakeError, ValueError):
     def __reduce__(self): return (MetadataError, (self.file, self.line, self.field, self.reason, self.more))
 
 # %% ../nbs/01_metadata.ipynb #fc0422f8
+def _resolve_paths(paths:pd.Series, base:Path|None) -> pd.Series:
+    "Make relative `paths` absolute against folder `base` and normalise `.`, `..` and `//` (vectorised)."
+    p = paths.astype(str)
+    if base is not None:
+        rel = ~(p.str.startswith('/') if os.sep == '/' else p.map(os.path.isabs)).to_numpy(bool)
+        if rel.any(): p = p.where(~rel, str(base) + os.sep + p)
+    odd = np.zeros(len(p), bool)                  # only these few need os.path.normpath
+    for frag in ('/./', '/../', '//'): odd |= p.str.contains(frag, regex=False).to_numpy(bool)
+    odd |= p.str.startswith(('./', '../')).to_numpy(bool) | p.str.endswith(('/.', '/..')).to_numpy(bool)
+    if odd.any(): p = p.where(~odd, p[odd].map(os.path.normpath))
+    return p
+
 def _bad_type(s:pd.Series, typ) -> np.ndarray:
     "Mask of non-null values in `s` that are not of `typ` (bools are not ints)."
     notna = s.notna().to_numpy()
@@ -49,8 +61,8 @@ def _bad_type(s:pd.Series, typ) -> np.ndarray:
                    or (isinstance(v, float) and v.is_integer()), na_action='ignore').fillna(True).to_numpy(bool)
     return notna & ~ok
 
-def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error') -> list[MetadataError]:
-    "All problems of the records in `df` (row i is on line `lines[i]`), as `MetadataError`s."
+def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error', base=None) -> tuple[list[MetadataError], pd.Series|None]:
+    "All problems of the records in `df` (row i is on line `lines[i]`) as `MetadataError`s, and the paths resolved against `base`."
     lines = np.arange(1, len(df)+1) if lines is None else np.asarray(lines)
     errs = []
     def add(mask, field, reason):
@@ -83,20 +95,22 @@ def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error') -> list[M
             num = pd.to_numeric(s.where(~bad), errors='coerce')
             add((num <= 0).fillna(False).to_numpy(bool), c, lambda i, s=s: f"must be positive, got {s.iloc[i]!r}")
     if 'path' in df.columns:
-        dup = df['path'].duplicated(keep='first').to_numpy() & df['path'].notna().to_numpy()
+        valid = df['path'].notna().to_numpy() & ~_bad_type(df['path'], str)
+        p = _resolve_paths(df['path'].where(valid, ''), Path(base) if base is not None else None).where(valid, None)
+        dup = p.duplicated(keep='first').to_numpy() & valid
         if dup.any():
-            # each duplicated path is reported with the line where it first appears
-            both = df['path'].duplicated(keep=False).to_numpy()
+            # each duplicated file is reported with the line where it first appears
+            both = p.duplicated(keep=False).to_numpy() & valid
             firsts = {}
-            for p, l in zip(df['path'].to_numpy()[both], lines[both]): firsts.setdefault(p, l)
-            add(dup, 'path', lambda i: f"duplicate of line {firsts[df['path'].iloc[i]]}: {df['path'].iloc[i]!r:.80}")
-    return sorted(errs, key=lambda e: e.line)
+            for q, l in zip(p.to_numpy()[both], lines[both]): firsts.setdefault(q, l)
+            add(dup, 'path', lambda i: f"same file as line {firsts[p.iloc[i]]}: {df['path'].iloc[i]!r:.80}")
+    return sorted(errs, key=lambda e: e.line), (p if 'path' in df.columns else None)
 
 # %% ../nbs/01_metadata.ipynb #20202ca5
 def validate_record(rec:dict, file='<record>', line:int=0, extra:str='error') -> dict:
     "Check one record; return it with all `COLUMNS` (missing optional ones as None), or raise `MetadataError`."
     if not isinstance(rec, dict): raise MetadataError(file, line, '-', f"a record must be a JSON object, got {type(rec).__name__}")
-    errs = _check_frame(pd.DataFrame([rec], dtype=object), file, [line], extra=extra)
+    errs, _ = _check_frame(pd.DataFrame([rec], dtype=object), file, [line], extra=extra)
     if errs: raise errs[0]
     out = {c: rec.get(c) for c in COLUMNS}
     if extra == 'keep': out.update({k: v for k, v in rec.items() if k not in FIELDS})
@@ -109,7 +123,6 @@ _JSONError = (orjson.JSONDecodeError, ValueError) if orjson is not None else (Va
 def _parse_lines(data:bytes, file) -> tuple[list, list, list]:
     "Parse JSONL bytes into (records, their line numbers, errors)."
     recs, nums, errs = [], [], []
-    if data.startswith(b'\xef\xbb\xbf'): data = data[3:]   # a UTF-8 byte-order mark from Windows editors
     for i, line in enumerate(data.split(b'\n'), 1):
         if len(line) > MAX_LINE_BYTES:
             errs.append(MetadataError(file, i, '-', f"line is {len(line)/2**20:.1f} MiB long (limit {MAX_LINE_BYTES/2**20:.0f} MiB): not a metadata record"))
@@ -124,24 +137,20 @@ def _parse_lines(data:bytes, file) -> tuple[list, list, list]:
     return recs, nums, errs
 
 # %% ../nbs/01_metadata.ipynb #83fd9aa6
-def _resolve_paths(paths:pd.Series, base:Path) -> pd.Series:
-    "Make relative `paths` absolute against folder `base` (vectorised: no per-path system call)."
-    p = paths.astype(str)
-    rel = ~p.map(os.path.isabs).to_numpy(bool)
-    if rel.any(): p = p.where(~rel, str(base) + os.sep + p)
-    return p
-
 def read_metadata(path, errors:str='raise', resolve:bool=True, extra:str='error', check_files:bool=False) -> pd.DataFrame:
     "Read and validate a JSONL metadata file into a DataFrame with `COLUMNS` (see the table above)."
     if errors not in ('raise', 'collect'): raise ValueError(f"errors must be 'raise' or 'collect', not {errors!r}")
     path = Path(path).expanduser().absolute()
     try: data = path.read_bytes()
     except OSError as e: raise MetadataError(path, 0, '-', f"cannot read metadata file: {e.strerror or e}") from None
+    if data.startswith(b'\xef\xbb\xbf'): data = data[3:]   # a UTF-8 byte-order mark from Windows editors
     if not data.strip(): raise MetadataError(path, 0, '-', 'empty file: no records')
     recs, nums, errs = _parse_lines(data, path)
     df = pd.DataFrame.from_records(recs) if recs else pd.DataFrame(columns=REQUIRED)
     del recs
-    errs += _check_frame(df, path, nums, extra=extra)
+    errs2, resolved = _check_frame(df, path, nums, extra=extra, base=path.parent)
+    errs += errs2
+    if resolve and resolved is not None: df['path'] = resolved
     if extra == 'ignore': df = df[[c for c in df.columns if c in FIELDS]]
     for c in COLUMNS:
         if c not in df.columns: df[c] = None
@@ -152,7 +161,6 @@ def read_metadata(path, errors:str='raise', resolve:bool=True, extra:str='error'
         df = df[keep].reset_index(drop=True)
         nums = list(np.asarray(nums)[keep])
     for c in ('width', 'height'): df[c] = pd.to_numeric(df[c], errors='coerce').astype('Int64')
-    if resolve and len(df): df['path'] = _resolve_paths(df['path'], path.parent)
     if check_files and len(df):
         from tqdm.auto import tqdm
         missing = [i for i, p in enumerate(tqdm(df['path'], desc='checking files', leave=False)) if not os.path.exists(p)]
@@ -176,7 +184,7 @@ def write_metadata(records, path, overwrite:bool=False, relative_to=None, extra:
     path = Path(path)
     df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame.from_records(list(records))
     if not len(df): raise MetadataError(path, 0, '-', 'no records to write')
-    errs = _check_frame(df, f'<records for {path}>', None, extra=extra)
+    errs, _ = _check_frame(df, f'<records for {path}>', None, extra=extra)
     if errs: raise MetadataError(errs[0].file, errs[0].line, errs[0].field, errs[0].reason, more=len(errs)-1)
     if relative_to is not None:
         base = str(Path(relative_to).absolute()) + os.sep
