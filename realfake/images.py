@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_images.ipynb #6033423d
 from __future__ import annotations
-import io, os, errno, math, warnings
+import io, os, errno, math, stat, warnings
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -57,12 +57,20 @@ def _os_reason(e: OSError) -> str:
     return _OS_REASONS.get(e.errno, f'{type(e).__name__}: {e.strerror or e}')
 
 def _open_file(path):
-    "Open `path` for binary reading, turning OS errors into `ImageLoadError`."
-    try: return open(path, 'rb')
+    "Open `path` for binary reading, turning OS errors into `ImageLoadError`; refuses anything but a regular file."
+    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))   # O_NONBLOCK: a FIFO must not hang us
+    except ValueError: raise ImageLoadError(path, 'invalid path (contains a NUL character)') from None
     except OSError as e:
         reason = _os_reason(e)
         if e.errno == errno.ENOENT and os.path.islink(path): reason = 'file not found (broken symlink)'
         raise ImageLoadError(path, reason) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode): raise ImageLoadError(path, 'is a directory')
+        kind = 'a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else 'a device'
+        raise ImageLoadError(path, f'not a regular file ({kind})')
+    return os.fdopen(fd, 'rb')
 
 def _check_pixels(size, name, max_pixels):
     w, h = size

@@ -81,6 +81,7 @@ def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error', base=None
         add(bad, c, lambda i, s=s: f"must be a string, got {type(s.iloc[i]).__name__} {s.iloc[i]!r:.60}")
         ok = s.notna().to_numpy() & ~bad
         add(ok & (s.where(ok, 'x').astype(str).str.len() == 0).to_numpy(), c, 'must not be empty')
+        if c == 'path': add(ok & s.where(ok, '').astype(str).str.contains('\x00', regex=False).to_numpy(bool), c, 'must not contain a NUL character')
     for c, allowed in (('label', LABELS), ('split', SPLITS)):
         if c in df.columns:
             s = df[c]

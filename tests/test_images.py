@@ -245,8 +245,8 @@ def test_permission_denied(tmp_path, monkeypatch):
         try:
             with pytest.raises(ImageLoadError, match='permission denied'): load_image(p)
         finally: p.chmod(0o644)
-    def denied(path, mode='r', *a, **k): raise PermissionError(errno.EACCES, 'Permission denied', str(path))
-    monkeypatch.setattr(ri, 'open', denied, raising=False)
+    def denied(path, *a, **k): raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+    monkeypatch.setattr(ri.os, 'open', denied)
     with pytest.raises(ImageLoadError, match='permission denied') as ei: load_image(p)
     assert str(p) in str(ei.value)
 
@@ -322,3 +322,12 @@ def test_real_photos(genimage_dir):
         assert im.mode == 'RGB' and min(im.size) == min(ref.size) // 2
         mads.append(mad(im, ref.resize(im.size, BIL)))
     assert np.mean(mads) < 4.0 and max(mads) < 8.0, mads
+
+
+def test_fifo_and_nul_path_are_errors_not_hangs(tmp_path):
+    "A named pipe called x.jpg must not block the loader, and a path with a NUL byte is an ImageLoadError."
+    fifo = tmp_path/'pipe.jpg'
+    os.mkfifo(fifo)
+    with pytest.raises(ImageLoadError, match='not a regular file'): load_image(fifo)
+    with pytest.raises(ImageLoadError, match='not a regular file'): probe_image(fifo)
+    with pytest.raises(ImageLoadError, match='NUL'): load_image(str(tmp_path/'bad\0name.png'))
