@@ -21,6 +21,12 @@ class RealfakeError(Exception):
     "Base class of the errors realfake raises on purpose (bad input, not bugs)."
 
 # %% ../nbs/00_core.ipynb #b594a067
+def _umask() -> int:
+    "The process umask, read once at import (reading it means setting it, which is not thread-safe)."
+    mask = os.umask(0); os.umask(mask)
+    return mask
+_UMASK = _umask()
+
 @contextlib.contextmanager
 def atomic_write(path, mode:str='w', overwrite:bool=True, encoding:str|None='utf-8'):
     "Context manager yielding a file that replaces `path` atomically when the block succeeds."
@@ -30,6 +36,7 @@ def atomic_write(path, mode:str='w', overwrite:bool=True, encoding:str|None='utf
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, mode, encoding=None if 'b' in mode else encoding) as f:
             yield f
             f.flush()
