@@ -1,0 +1,230 @@
+"Tests of realfake.predict: Classifier and realfake_predict (CPU, untrained convnext_atto at 32 px)."
+import csv, os, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+from PIL import Image
+
+from realfake.learner import ModelConfig, build_model, save_model_dir
+from realfake.predict import Classifier, CSV_COLUMNS, crop_boxes, predict_to_csv, realfake_predict, to_tensor_array
+
+SIZE = 32
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch='convnext_atto', size=SIZE, resize=40, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    return save_model_dir(build_model('convnext_atto', pretrained=False), cfg, tmp_path_factory.mktemp('m')/'model')
+
+@pytest.fixture(scope='module')
+def clf(model_dir): return Classifier.from_dir(model_dir, backend='torch', device='cpu')
+
+def _rand_img(seed, w=48, h=40):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+class _Counting(torch.nn.Module):
+    "Wraps a model and counts the images it is called on."
+    def __init__(self, m): super().__init__(); self.m, self.n = m, 0
+    def forward(self, x): self.n += len(x); return self.m(x)
+
+@pytest.fixture
+def counting(clf):
+    orig = clf.model
+    clf.model = _Counting(orig)
+    yield clf.model
+    clf.model = orig
+
+def _write_good(folder, n, start=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n): _rand_img(i).save(folder/f'img_{i:03d}.png')
+
+def test_inputs_paths_pil_arrays_agree(clf, tmp_path):
+    im = _rand_img(1)
+    im.save(tmp_path/'a.png')
+    df = clf.predict([tmp_path/'a.png', str(tmp_path/'a.png'), im, np.asarray(im), (tmp_path/'a.png').read_bytes()])
+    assert df.error.isna().all()
+    assert np.allclose(df.prob_fake, df.prob_fake[0], atol=1e-6)
+    assert df.path[0] == str(tmp_path/'a.png') and pd.isna(df.path[2])
+    # single item, and prob_fake agrees with predict
+    assert np.isclose(clf.prob_fake(im)[0], df.prob_fake[0])
+
+def test_prob_label_threshold_temperature(clf):
+    imgs = [_rand_img(i) for i in range(6)]
+    df = clf.predict(imgs, bs=4)
+    assert np.allclose(df.prob_fake, 1 / (1 + np.exp(-df.logit)), atol=1e-9)
+    old_t, old_thr = clf.temperature, clf.threshold
+    try:
+        clf.temperature = 3.0
+        df3 = clf.predict(imgs)
+        assert np.allclose(df3.prob_fake, 1 / (1 + np.exp(-df.logit / 3)), atol=1e-9)
+        clf.threshold = float(np.median(df3.prob_fake))
+        df4 = clf.predict(imgs)
+        assert (df4.label == np.where(df4.prob_fake >= clf.threshold, 'fake', 'real')).all()
+        assert set(df4.label) == {'real', 'fake'}
+    finally: clf.temperature, clf.threshold = old_t, old_thr
+
+def test_batching_does_not_change_scores(clf):
+    imgs = [_rand_img(i) for i in range(7)]
+    assert np.allclose(clf.prob_fake(imgs, bs=1), clf.prob_fake(imgs, bs=5), atol=1e-5)
+
+def _bad_files(d):
+    d.mkdir(parents=True, exist_ok=True)
+    (d/'zero.jpg').write_bytes(b'')
+    (d/'page.jpg').write_bytes(b'<!doctype html><html><body>404</body></html>')
+    (d/'noise.jpg').write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    _rand_img(5, 64, 64).save(d/'full.png')
+    data = (d/'full.png').read_bytes(); (d/'trunc.png').write_bytes(data[:len(data)//2]); (d/'full.png').unlink()
+    return ['zero.jpg', 'page.jpg', 'noise.jpg', 'trunc.png']
+
+def test_cli_folder_good_and_bad(model_dir, tmp_path):
+    d = tmp_path/'in'
+    _write_good(d/'sub', 3)
+    _rand_img(9).convert('RGB').save(d/'photo one é.jpg', quality=90)
+    bad = _bad_files(d/'bad')
+    out = tmp_path/'pred.csv'
+    s = realfake_predict([str(d)], model=str(model_dir), out=str(out), bs=2, num_workers=0, progress=False)
+    assert (s['scored'], s['errors']) == (4, len(bad))
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(df.columns) == CSV_COLUMNS and len(df) == 4 + len(bad)
+    assert df.path.is_unique
+    names = df.path.map(lambda p: Path(p).name)
+    for b in bad:
+        row = df[names == b].iloc[0]
+        assert row.error.startswith('cannot read image') and b in row.error, row.error
+        assert row.prob_fake == '' and row.label == ''
+    good = df[~names.isin(bad)]
+    assert (good.error == '').all()
+    p = good.prob_fake.astype(float)
+    assert p.between(0, 1).all() and set(good.label) <= {'real', 'fake'}
+
+def test_cli_missing_input_gets_error_row(model_dir, tmp_path):
+    _write_good(tmp_path/'in', 1)
+    out = tmp_path/'p.csv'
+    s = predict_to_csv([tmp_path/'in', tmp_path/'nope.jpg'], model_dir, out=out, progress=False, num_workers=0)
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 2 and s['errors'] == 1
+    assert 'no such file' in df[df.path.str.endswith('nope.jpg')].error.iloc[0]
+
+def test_worker_processes(clf, tmp_path):
+    "Decoding in worker processes gives the same rows as in-process decoding (errors included)."
+    d = tmp_path/'in'; _write_good(d, 6); _bad_files(d)
+    a = predict_to_csv([d], clf, out=tmp_path/'a.csv', bs=2, num_workers=2, progress=False)
+    b = predict_to_csv([d], clf, out=tmp_path/'b.csv', bs=2, num_workers=0, progress=False)
+    assert a['scored'] == b['scored'] == 6 and a['errors'] == b['errors'] == 4
+    da, db = pd.read_csv(tmp_path/'a.csv'), pd.read_csv(tmp_path/'b.csv')
+    pd.testing.assert_frame_equal(da, db)
+
+def test_resume_skips_done_files(clf, counting, tmp_path):
+    d = tmp_path/'in'; _write_good(d, 5)
+    out = tmp_path/'p.csv'
+    predict_to_csv([d], clf, out=out, bs=2, num_workers=0, progress=False)
+    assert counting.n == 5
+    _write_good(d, 2, start=5)                                  # two new files arrive
+    s = predict_to_csv([d, d/'img_000.png'], clf, out=out, bs=2, num_workers=0, progress=False)
+    assert counting.n == 7 and (s['skipped'], s['scored']) == (5, 2)   # only the new ones went through the model
+    s = predict_to_csv([d], clf, out=out, bs=2, num_workers=0, progress=False)
+    assert counting.n == 7 and s['scored'] == 0
+    df = pd.read_csv(out)
+    assert len(df) == 7 and df.path.is_unique
+
+def test_killed_run_partial_line_recovered(clf, counting, tmp_path):
+    d = tmp_path/'in'; _write_good(d, 5)
+    out = tmp_path/'p.csv'
+    predict_to_csv([d], clf, out=out, bs=2, num_workers=0, progress=False)
+    full = pd.read_csv(out)
+    lines = out.read_text().splitlines(keepends=True)
+    # as if killed while writing the 3rd row: header + 2 rows + half a row
+    out.write_text(''.join(lines[:3]) + lines[3][:len(lines[3]) // 2])
+    counting.n = 0
+    predict_to_csv([d], clf, out=out, bs=2, num_workers=0, progress=False)
+    assert counting.n == 3                           # the half-written row's file is scored again, the others not
+    df = pd.read_csv(out)
+    assert len(df) == 5 and df.path.is_unique and df.error.isna().all()
+    pd.testing.assert_frame_equal(df.sort_values('path').reset_index(drop=True),
+                                  full.sort_values('path').reset_index(drop=True), atol=1e-5)
+
+def test_foreign_csv_refused(clf, tmp_path):
+    (tmp_path/'x.csv').write_text('a,b\n1,2\n')
+    with pytest.raises(Exception, match='not a realfake_predict CSV'):
+        predict_to_csv([tmp_path], clf, out=tmp_path/'x.csv', progress=False)
+    assert (tmp_path/'x.csv').read_text() == 'a,b\n1,2\n'
+
+_SLOW_RUN = textwrap.dedent('''
+    import sys, time
+    import realfake.predict as P
+    orig = P.Classifier.logits
+    def slow(self, x):
+        time.sleep(0.4); return orig(self, x)
+    P.Classifier.logits = slow
+    P.predict_to_csv([sys.argv[1]], sys.argv[2], out=sys.argv[3], bs=1, num_workers=0, progress=False, backend='torch')
+''')
+
+def test_sigkill_midway_then_rerun(model_dir, clf, counting, tmp_path):
+    "A run killed with SIGKILL leaves a CSV valid up to its last complete row; a rerun completes it, no file twice."
+    d = tmp_path/'in'; _write_good(d, 12)
+    out = tmp_path/'p.csv'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.Popen([sys.executable, '-c', _SLOW_RUN, str(d), str(model_dir), str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            if out.exists() and out.read_text().count('\n') >= 3: break   # header + at least 2 rows
+            if proc.poll() is not None: break
+            time.sleep(0.05)
+        assert proc.poll() is None, 'the run finished before it could be killed'
+        proc.send_signal(signal.SIGKILL); proc.wait(10)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+    done = pd.read_csv(out)                          # valid CSV as left by the kill
+    assert 2 <= len(done) < 12 and done.error.isna().all()
+    predict_to_csv([d], clf, out=out, bs=4, num_workers=0, progress=False)
+    df = pd.read_csv(out)
+    assert len(df) == 12 and df.path.is_unique
+    assert counting.n == 12 - len(done)
+
+def test_full_resolution_crops(clf, tmp_path):
+    big = _rand_img(3, w=100, h=70)                  # larger than the 32 px crop
+    big.save(tmp_path/'big.png')
+    df = clf.predict([tmp_path/'big.png'], mode='crops', n_crops=9)
+    boxes = crop_boxes(100, 70, SIZE, n=9)
+    assert df.n_crops[0] == len(boxes) == 9
+    # the score is the mean of the logits of crops taken at full resolution
+    x = np.stack([to_tensor_array(big.crop(b), clf.config.mean, clf.config.std) for b in boxes])
+    lg = clf.logits(x)
+    assert np.isclose(df.logit[0], (lg[:, 1] - lg[:, 0]).mean(), atol=1e-5)
+    dmax = clf.predict([tmp_path/'big.png'], mode='crops', n_crops=9, combine='max')
+    assert np.isclose(dmax.logit[0], (lg[:, 1] - lg[:, 0]).max(), atol=1e-5)
+    # and differs from the resize mode, which sees a downscaled image
+    assert not np.isclose(df.logit[0], clf.predict([big]).logit[0], atol=1e-4)
+    r = clf.predict([big, big], mode='crops', crops='random', n_crops=4, seed=3)
+    assert (r.n_crops == 4).all() and np.isclose(r.logit[0], r.logit[1])
+
+def test_cli_crops_mode(model_dir, tmp_path):
+    d = tmp_path/'in'; d.mkdir()
+    _rand_img(0, 96, 64).save(d/'a.png'); _rand_img(1, 20, 20).save(d/'small.png')
+    realfake_predict([str(d)], model=str(model_dir), out=str(tmp_path/'p.csv'), mode='crops', n_crops=4,
+                     combine='max', progress=False, num_workers=0)
+    df = pd.read_csv(tmp_path/'p.csv').set_index(pd.read_csv(tmp_path/'p.csv').path.map(lambda p: Path(p).name))
+    assert df.loc['a.png', 'n_crops'] == 4 and df.loc['small.png', 'n_crops'] == 1   # a small image is upscaled to one crop
+    assert df.error.isna().all()
+
+def test_bad_options(clf):
+    with pytest.raises(ValueError, match='mode'): clf.predict([_rand_img(0)], mode='zoom')
+    with pytest.raises(ValueError, match='combine'): clf.predict([_rand_img(0)], mode='crops', combine='median')
+    with pytest.raises(Exception, match='not found'): Classifier.from_dir('/nonexistent/model')
+
+def _console(name):
+    p = Path(sys.executable).parent/name
+    if not p.exists(): pytest.skip(f'{name} console script not installed (pip install -e .)')
+    return str(p)
+
+def test_console_script_exit_codes(model_dir, tmp_path):
+    "Success exits 0 with a summary line; a user error exits 2 with one clean line (no traceback)."
+    _write_good(tmp_path/'in', 2)
+    r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(model_dir), '--out',
+                        str(tmp_path/'p.csv'), '--no-progress'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert '2 scored' in r.stdout and len(pd.read_csv(tmp_path/'p.csv')) == 2
+    r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(tmp_path/'no_model'), '--out',
+                        str(tmp_path/'q.csv'), '--no-progress'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and 'no_model' in r.stderr
