@@ -518,6 +518,7 @@ def realfake_evaluate(
     backend:str='auto', # 'torch', 'onnx' or 'auto'
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
     progress:bool=True, # show progress bars
+    votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
     verbose:bool=False, # debug logging
 ):
     "Evaluate a model: metrics overall and per source, calibration, shortcut audit, and an HTML report."
@@ -535,5 +536,12 @@ def realfake_evaluate(
               f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, accuracy {c['accuracy_before']:.3f} -> {c['accuracy_after']:.3f}")
     if res['audit']:
         print(_fmt_table(pd.DataFrame(res['audit'])[['transform', 'accuracy', 'auc', 'd_accuracy', 'd_auc']]).to_string(index=False))
+    if votes:   # the human baseline collected by `realfake_app` (imported only when asked for)
+        from realfake.app import compare_humans_model
+        cmp = _cli_errors(realfake_evaluate, lambda: compare_humans_model(
+            votes, data, pd.read_csv(Path(out)/'predictions.csv'), threshold=res['threshold']), verbose)
+        print(cmp.text())
+        atomic_write_json(Path(out)/'humans_vs_model.json', cmp.to_dict())
+        res['humans_vs_model'] = cmp.to_dict()
     print(f"report: {Path(out)/'report.html'}")
     return None if is_cli(realfake_evaluate) else res   # a console script exits with the return value

@@ -331,3 +331,18 @@ def test_compare_with_realfake_evaluate_predictions(data, model_dir, tmp_path):
     o = cmp.overall.loc['all']
     assert (o['images'], o['model_images']) == (10, 10) and o['human_acc'] == 0.5
     assert o['model_acc'] == pytest.approx((preds.pred == preds.label).mean())
+
+def test_realfake_evaluate_votes_option(data, model_dir, tmp_path):
+    "`realfake_evaluate --votes votes.sqlite` writes humans_vs_model.json next to the report."
+    from realfake.evaluate import realfake_evaluate
+    from realfake.metadata import read_metadata
+    meta = read_metadata(data)
+    store, root = VoteStore(tmp_path/'v.sqlite'), Path(data).parent
+    tests = [(p, lab) for p, lab, s in zip(meta.path, meta.label, meta.split) if s == 'test']
+    for p, lab in tests: store.add_vote('a', Path(p).relative_to(root).as_posix(), lab)   # a perfect volunteer
+    res = realfake_evaluate(str(data), model=str(model_dir), split='test', out=str(tmp_path/'rep'), num_workers=0,
+                            progress=False, votes=str(tmp_path/'v.sqlite'))
+    j = json.loads((tmp_path/'rep'/'humans_vs_model.json').read_text())
+    assert res['humans_vs_model'] == j
+    assert 'overall' in j and len(tests) == 10
+    assert json.dumps(j).count('"human_acc": 1.0') >= 1
