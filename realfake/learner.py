@@ -33,8 +33,9 @@ _log = get_logger('learner')
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MAX_CONFIG_BYTES', 'MODEL_FILE', 'CONFIG_FILE', 'CKPT_FORMAT', 'ConfigError',
            'ModelConfig', 'WeightsError', 'load_pth_weights', 'build_model', 'write_dir_atomic', 'save_model_dir',
-           'load_model_dir', 'realfake_metrics', 'mixed_precision_mode', 'create_learner', 'model_config',
-           'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback', 'load_checkpoint', 'fit_resumable']
+           'load_tensors', 'load_model_dir', 'realfake_metrics', 'mixed_precision_mode', 'create_learner',
+           'model_config', 'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback', 'load_checkpoint',
+           'fit_resumable']
 
 # %% ../nbs/06_learner.ipynb #1925c127
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -230,6 +231,11 @@ def save_model_dir(learn_or_model, config:ModelConfig, dest) -> Path:
     return write_dir_atomic(dest, {MODEL_FILE: lambda p: save_file(sd, str(p), metadata=meta),
                                    CONFIG_FILE: (config.to_json() + '\n').encode()})
 
+def load_tensors(path) -> dict:
+    "The tensors of safetensors file `path`; a truncated or corrupt file is a `RealfakeError` naming it."
+    try: return load_file(str(path), device='cpu')
+    except Exception as e: raise RealfakeError(f"{path}: not a valid safetensors file ({str(e)[:200]})") from None
+
 def load_model_dir(src, device='cpu'):
     "`(model in eval mode, ModelConfig)` from a model directory; never unpickles anything."
     src = Path(src)
@@ -238,7 +244,7 @@ def load_model_dir(src, device='cpu'):
     cfg = ModelConfig.from_file(src/CONFIG_FILE)
     try: model = build_model(cfg.arch, cfg.n_out, pretrained=False)
     except Exception as e: raise RealfakeError(f"{src/CONFIG_FILE}: cannot build architecture {cfg.arch!r}: {str(e)[:300]}") from None
-    sd = load_file(str(src/MODEL_FILE), device='cpu')
+    sd = load_tensors(src/MODEL_FILE)
     try: model.load_state_dict(sd, strict=True)
     except RuntimeError as e: raise RealfakeError(f"{src/MODEL_FILE}: weights do not match {cfg.arch}: {str(e)[:500]}") from None
     return model.to(device).eval(), cfg
@@ -483,8 +489,8 @@ def load_checkpoint(ckpt:Path) -> dict:
         if not (ckpt/f).is_file(): raise RealfakeError(f"{ckpt}: incomplete checkpoint, {f} missing")
     state = json.loads((ckpt/'state.json').read_text())
     if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT: raise RealfakeError(f"{ckpt}/state.json: unknown checkpoint format")
-    opt_t = load_file(str(ckpt/'optimizer.safetensors')); opt_t.pop('_empty', None)
-    return {'config': ModelConfig.from_file(ckpt/CONFIG_FILE), 'model': load_file(str(ckpt/MODEL_FILE)),
+    opt_t = load_tensors(ckpt/'optimizer.safetensors'); opt_t.pop('_empty', None)
+    return {'config': ModelConfig.from_file(ckpt/CONFIG_FILE), 'model': load_tensors(ckpt/MODEL_FILE),
             'optimizer': opt_t, 'state': state, 'dir': ckpt}
 
 def fit_resumable(learn:Learner, n_epoch:int, lr_max:float, ckpt_dir, config:ModelConfig, resume:bool=False,
