@@ -1,0 +1,107 @@
+"""Bench 1, image decoding: `realfake.images.load_image(path, size=256)` + centre crop 224 against fastai's default
+(`PILImage.create`, then `Resize(256)` (centre, validation split) and a centre crop to 224), single process, images/s.
+
+Inputs: synthetic natural-looking images written to a temp dir: JPEG (quality 90) 500x375, 1500x1000, 3000x2000 and
+512x512 PNG. Both sides decode the same files in the same run, alternating, after a warm-up; medians of the repetitions.
+Also reported: the mean absolute pixel difference (0-255 scale) between the two 224x224 results, and, to put it in
+scale, the difference between two legitimate full-resolution filters (fastai's bilinear vs Lanczos).
+
+    .venv/bin/python bench/decode.py            # ~1 min on 2 cores
+    .venv/bin/python bench/decode.py --quick    # smoke run
+"""
+from __future__ import annotations
+import os, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C
+import numpy as np
+from PIL import Image
+
+SETS = [  # name, w, h, ext, n
+    ('jpeg_500x375', 500, 375, '.jpg', 40),
+    ('jpeg_1500x1000', 1500, 1000, '.jpg', 12),
+    ('jpeg_3000x2000', 3000, 2000, '.jpg', 6),
+    ('png_512x512', 512, 512, '.png', 30),
+]
+GOALS = {'jpeg_500x375': 1.0, 'jpeg_1500x1000': 2.0, 'jpeg_3000x2000': 3.0, 'png_512x512': 1.0}
+
+def centre_crop(im:Image.Image, size:int=224) -> Image.Image:
+    w, h = im.size
+    l, t = (w - size) // 2, (h - size) // 2
+    return im.crop((l, t, l + size, t + size))
+
+def fastai_ref(p):
+    "fastai's default: PILImage.create (full decode, RGB), Resize(256) at validation (centre), centre crop 224."
+    from fastai.vision.all import PILImage, Resize
+    img = Resize(256)(PILImage.create(p), split_idx=1)
+    return centre_crop(img, 224)
+
+def realfake_side(p):
+    from realfake.images import load_image
+    return centre_crop(load_image(p, size=256), 224)
+
+def lanczos_ref(p):
+    "A second legitimate reference: full decode, Lanczos shorter side 256, centre crop 224."
+    im = Image.open(p).convert('RGB')
+    w, h = im.size; s = 256 / min(w, h)
+    return centre_crop(im.resize((round(w * s), round(h * s)), Image.LANCZOS), 224)
+
+def full_decode(p):
+    "The floor of the reference: a full-resolution decode, nothing else."
+    with Image.open(p) as im: im.load()
+
+def draft_decode(p):
+    "The floor of a draft-mode decode: the JPEG DCT-scaled decode only (what libjpeg-turbo must do at least)."
+    with Image.open(p) as im:
+        if im.format == 'JPEG': im.draft('RGB', (256 * im.size[0] // min(im.size), 256 * im.size[1] // min(im.size)))
+        im.load()
+
+def mad(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean())
+
+def main():
+    p = C.parser(__doc__.split('\n')[0], reps=5)
+    args = p.parse_args()
+    import torch; torch.set_num_threads(1)
+    Image.init()   # both sides with all of Pillow's plugins registered (early realfake.images relied on import order)
+    sets = [(n, w, h, e, 2 if args.quick else k) for n, w, h, e, k in SETS]
+    reps = 1 if args.quick else args.reps
+    C.header('decode: realfake.images.load_image vs fastai PILImage.create + Resize(256) + crop 224 (1 process)')
+    have = C.module_available('images')
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory(prefix='rf_bench_decode_') as d:
+        paths = C.make_image_set(d, sets)
+        for name, w, h, ext, n in sets:
+            ps = paths[name]
+            fns = {'fastai': lambda ps=ps: [fastai_ref(q) for q in ps],
+                   'full_decode': lambda ps=ps: [full_decode(q) for q in ps]}
+            if ext == '.jpg': fns['draft_decode'] = lambda ps=ps: [draft_decode(q) for q in ps]
+            if have: fns['realfake'] = lambda ps=ps: [realfake_side(q) for q in ps]
+            cpu = {}
+            ts = C.interleaved(fns, reps=reps, warmup=1, cpu=cpu)
+            ips = {k: n / C.med(v) for k, v in cpu.items()}          # per core: CPU seconds of this one process
+            wall = {k: n / C.med(v) for k, v in ts.items()}
+            ref = [np.asarray(fastai_ref(q)) for q in ps]
+            lz = [np.asarray(lanczos_ref(q)) for q in ps]
+            mad_lz = np.mean([mad(a, b) for a, b in zip(ref, lz)])
+            floors = [f"{ips['full_decode']:.1f}", f"{ips['draft_decode']:.1f}" if 'draft_decode' in ips else '-']
+            if have:
+                out = [np.asarray(realfake_side(q)) for q in ps]
+                assert all(o.shape == (224, 224, 3) and o.dtype == np.uint8 for o in out), 'realfake: wrong output shape'
+                mads = [mad(a, b) for a, b in zip(ref, out)]
+                assert np.mean(mads) < 3, f"{name}: realfake differs from fastai by {np.mean(mads):.2f} levels on average"
+                ratio, goal = ips['realfake'] / ips['fastai'], GOALS[name]
+                rows.append([name, n, f"{ips['fastai']:.1f} {C.spread(cpu['fastai'])}", f"{ips['realfake']:.1f} {C.spread(cpu['realfake'])}",
+                             f"**{ratio:.2f}x**", f"{wall['realfake'] / wall['fastai']:.2f}x", f">={goal:g}x {'met' if ratio >= goal else 'NOT met'}",
+                             f"{np.mean(mads):.2f} (max {np.max(mads):.2f})", f"{mad_lz:.2f}", *floors])
+            else:
+                rows.append([name, n, f"{ips['fastai']:.1f}", '-', '-', '-', '-', '-', f"{mad_lz:.2f}", *floors])
+    print(C.table(rows, ['images', 'n', 'fastai img/s/core', 'realfake img/s/core', 'ratio', 'ratio (wall)', 'goal',
+                         'MAD vs fastai (0-255)', 'MAD bilinear vs Lanczos', 'full decode only img/s/core', 'draft decode only img/s/core']))
+    print(f"\n{reps} interleaved repetitions (after 1 warm-up) over the n images of each set; img/s/core = n / median CPU seconds"
+          "\nof this single process (user+sys); 'ratio (wall)' uses wall-clock instead; ± = half the range of the repetitions.")
+    print("MAD = mean |realfake - fastai| per channel over the 224x224 crops; the Lanczos column is the same measure between")
+    print("two full-resolution filters, i.e. the size of a difference that is only a choice of resampling filter.")
+    if C.load_note(): print(C.load_note())
+
+if __name__ == '__main__': main()

@@ -1,0 +1,150 @@
+"""Bench 4, inference on CPU: `realfake_predict` on a folder (`realfake.predict.predict_to_csv`, the function behind the
+CLI, with the model loaded once) against a naive loop (open each image with PIL, torchvision Resize(256) +
+CenterCrop(224) + ToTensor + Normalize, one forward per image under `no_grad`), convnext_tiny at 224,
+pretrained=False (random weights, same weights on both sides). Goal: >= 2x images/s.
+Also: onnxruntime against PyTorch on the same model (model-only at batch 32, and end to end through `Classifier`),
+and the floor: the forward pass's FLOPs against this CPU's measured matmul rate.
+
+    .venv/bin/python bench/inference.py            # ~1.5 min on 2 cores (quiet machine)
+    .venv/bin/python bench/inference.py --quick    # smoke run
+"""
+from __future__ import annotations
+import os, sys, time, tempfile
+from pathlib import Path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C
+import numpy as np
+
+SETS = [('jpeg_1500x1000', 1500, 1000, '.jpg', 24), ('jpeg_500x375', 500, 375, '.jpg', 24), ('png_512x512', 512, 512, '.png', 24)]
+ARCH, BS = 'convnext_tiny', 32
+
+def naive_loop(paths, model, mean, std):
+    "What a user writes first: PIL open, torchvision transforms, one forward per image."
+    import torch
+    from PIL import Image
+    import torchvision.transforms as T
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std)])
+    out = []
+    with torch.no_grad():
+        for p in paths:
+            x = tf(Image.open(p).convert('RGB'))[None]
+            out.append(torch.softmax(model(x), 1)[0, 1].item())
+    return np.array(out)
+
+def main():
+    p = C.parser(__doc__.split('\n')[0], reps=3)
+    args = p.parse_args()
+    from PIL import Image; Image.init()   # see decode.py
+    import torch, pandas as pd
+    reps = 1 if args.quick else args.reps
+    sets = [(n, w, h, e, 3 if args.quick else k) for n, w, h, e, k in SETS]
+    C.header(f'inference: realfake_predict (predict_to_csv) vs naive per-image loop, {ARCH} @224, CPU')
+    if not (C.module_available('learner') and C.module_available('predict')): sys.exit('needs realfake.learner and realfake.predict')
+    from realfake.learner import build_model, save_model_dir, load_model_dir, ModelConfig
+    from realfake.predict import Classifier, predict_to_csv
+    rows, info = [], []
+    with tempfile.TemporaryDirectory(prefix='rf_bench_inf_') as d:
+        d = Path(d)
+        paths = [q for v in C.make_image_set(d / 'images', sets).values() for q in v]
+        n = len(paths)
+        torch.manual_seed(0)
+        cfg = ModelConfig(arch=ARCH, size=224, resize=256)
+        save_model_dir(build_model(ARCH, 2, pretrained=False), cfg, d / 'model')
+        model, cfg = load_model_dir(d / 'model')
+        clf = Classifier.from_dir(d / 'model', device='cpu', backend='torch', bs=BS)
+        class BF16Classifier(Classifier):
+            "Prototype (not in realfake): the forward pass under bf16 autocast (AMX / AVX512-BF16 CPUs)."
+            def logits(self, x):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16): return super().logits(x)
+        clf16 = BF16Classifier(load_model_dir(d / 'model')[0], cfg, device='cpu', bs=BS)
+        k = [0]
+        def rf16():
+            k[0] += 1
+            return predict_to_csv(d / 'images', clf16, out=d / f'pred{k[0]}.csv', bs=BS, num_workers=0, progress=False)
+        def rf():
+            k[0] += 1
+            return predict_to_csv(d / 'images', clf, out=d / f'pred{k[0]}.csv', bs=BS, progress=False)
+        res, cpu = {}, {}
+        # warm-up on a few images (lazy imports, oneDNN kernels), then timed full runs alternating
+        naive_loop(paths[::12], model, cfg.mean, cfg.std); predict_to_csv(paths[::12], clf, out=d / 'warm.csv', bs=BS, progress=False); predict_to_csv(paths[::12], clf16, out=d / 'warm16.csv', bs=BS, num_workers=0, progress=False)
+        ts = C.interleaved({'naive': lambda: res.__setitem__('naive', naive_loop(paths, model, cfg.mean, cfg.std)),
+                            'realfake': lambda: res.__setitem__('realfake', rf()),
+                            'bf16': rf16}, reps=reps, warmup=0, cpu=cpu)
+        s = res['realfake']
+        assert s['scored'] == n and s['errors'] == 0, s
+        df = pd.read_csv(d / f'pred{k[0]}.csv')
+        got = df.set_index('path').prob_fake.reindex([os.path.abspath(q) for q in paths]).to_numpy()
+        dprob = np.abs(got - res['naive'])
+        assert np.isfinite(got).all() and dprob.max() < 0.05, f"predictions differ too much: max |dprob| {dprob.max():.4f}"
+        nv, rfm = n / C.med(ts['naive']), n / C.med(ts['realfake'])
+        cpu_ratio = C.med(cpu['naive']) / C.med(cpu['realfake'])
+        nw = min(4, max(0, (os.cpu_count() or 1) - 1)) if n >= 2 * BS else 0
+        rows.append([f'realfake_predict vs naive loop ({n} images: {", ".join(f"{k}x{m[0]}" for k, m in [(v[-1], v) for v in sets])})',
+                     f"{nv:.1f} {C.spread(ts['naive'])}", f"{rfm:.1f} {C.spread(ts['realfake'])}", f"**{rfm / nv:.2f}x**",
+                     f">=2x {'met' if rfm / nv >= 2 else 'NOT met'}",
+                     f"CPU-time ratio {cpu_ratio:.2f}x; max abs dprob {dprob.max():.1e} (workers={nw}, bs={BS})"])
+
+        b16 = n / C.med(ts['bf16'])
+        rows.append(['(info) prototype: predict_to_csv, forward under bf16 autocast, workers=0', f"{nv:.1f}", f"{b16:.1f} {C.spread(ts['bf16'])}",
+                     f"**{b16 / nv:.2f}x**", f"(>=2x {'met' if b16 / nv >= 2 else 'NOT met'})", 'changes numerics; not in realfake (proposed opt-in)'])
+
+        # ---- model only: torch fp32 (channels_last, inference_mode) vs onnxruntime, batch 32; plus the floor
+        x = torch.randn(BS, 3, 224, 224)
+        import copy
+        m_cl = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+        def torch_fwd():
+            with torch.inference_mode(): return m_cl(x.contiguous(memory_format=torch.channels_last))
+        def torch_fwd_bs1():     # exactly what the naive loop runs: contiguous (NCHW) model, no_grad, one image
+            with torch.no_grad():
+                for i in range(8): model(x[i:i + 1])
+        def torch_bf16():
+            with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16): return m_cl(x.contiguous(memory_format=torch.channels_last))
+        fns = {'torch': torch_fwd, 'torch_bs1x8': torch_fwd_bs1, 'torch_bf16': torch_bf16}
+        sess = None
+        if C.module_available('export'):
+            from realfake import export as E
+            try:
+                exp = getattr(E, 'export_onnx', None) or getattr(E, 'export_model_dir', None)
+                if exp is None: raise AttributeError(f"no export_onnx in realfake.export (has {[a for a in dir(E) if not a.startswith('_')]})")
+                exp(d / 'model')
+                clf_onnx = Classifier.from_dir(d / 'model', device='cpu', backend='onnx', bs=BS)
+                sess = clf_onnx.session
+                inp = sess.get_inputs()[0].name
+                xn = x.numpy()
+                fns['onnx'] = lambda: sess.run(None, {inp: xn})
+            except Exception as e:
+                print(f"ONNX part skipped: {type(e).__name__}: {e}", file=sys.stderr)
+        tm = C.interleaved(fns, reps=max(reps, 3), warmup=1)
+        ips = {kk: (8 if kk == 'torch_bs1x8' else BS) / C.med(v) for kk, v in tm.items()}
+        gfl = C.model_gflops(model, x[:1])
+        rate = C.gflops_matmul(2048)
+        rows.append([f'model only, torch fp32 bs={BS} (channels_last, inference_mode)', '-', f"{ips['torch']:.1f}", '-', '-',
+                     f"{gfl:.2f} GFLOP/img -> {ips['torch'] * gfl:.0f} GFLOP/s achieved"])
+        rows.append(['model only, torch fp32 bs=1, NCHW, no_grad (what the naive loop runs)', f"{ips['torch_bs1x8']:.1f}", '-', '-', '-', ''])
+        rows.append([f'model only, torch bf16 autocast bs={BS} (info: AMX)', '-', f"{ips['torch_bf16']:.1f}",
+                     f"{ips['torch_bf16'] / ips['torch']:.2f}x vs fp32", '-', 'changes numerics; not what realfake runs'])
+        if 'onnx' in fns:
+            yo = sess.run(None, {inp: x.numpy()})[0]
+            with torch.inference_mode(): yt = model(x).numpy()
+            err = np.abs(yo - yt).max()
+            assert err < 1e-3 * max(1, np.abs(yt).max()), f"onnx vs torch logits differ by {err}"
+            rows.append([f'onnxruntime vs torch, model only bs={BS}', f"{ips['torch']:.1f}", f"{ips['onnx']:.1f}",
+                         f"**{ips['onnx'] / ips['torch']:.2f}x**", '-', f"max abs dlogit {err:.1e}"])
+            k2 = [0]
+            def rf_onnx():
+                k2[0] += 1
+                return predict_to_csv(d / 'images', clf_onnx, out=d / f'onnx{k2[0]}.csv', bs=BS, progress=False)
+            predict_to_csv(paths[::12], clf_onnx, out=d / 'warm_onnx.csv', bs=BS, progress=False)
+            te = C.interleaved({'torch': rf, 'onnx': rf_onnx}, reps=max(1, reps - 1), warmup=0)
+            a, b = n / C.med(te['torch']), n / C.med(te['onnx'])
+            rows.append(['onnxruntime vs torch, end to end predict_to_csv', f"{a:.1f}", f"{b:.1f}", f"**{b / a:.2f}x**", '-', ''])
+        info.append(f"floor: {gfl:.2f} GFLOP per image forward; this CPU's fp32 matmul rate (2048^2, torch, "
+                    f"{torch.get_num_threads()} threads) is {rate:.0f} GFLOP/s -> at most {rate / gfl:.0f} images/s if the "
+                    f"network ran at matmul speed; measured model-only {ips['torch']:.1f} img/s = {ips['torch'] * gfl / rate:.0%} of it.")
+    print(C.table(rows, ['case', 'baseline img/s', 'realfake img/s', 'ratio', 'goal', 'notes']))
+    print(f"\n{reps} interleaved repetitions ({max(1, reps - 1)} for the end-to-end ONNX row) after a warm-up on a few images;"
+          " img/s = images / median time.")
+    for s in info: print(s)
+    if C.load_note(): print(C.load_note())
+
+if __name__ == '__main__': main()
