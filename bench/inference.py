@@ -52,21 +52,17 @@ def main():
         save_model_dir(build_model(ARCH, 2, pretrained=False), cfg, d / 'model')
         model, cfg = load_model_dir(d / 'model')
         clf = Classifier.from_dir(d / 'model', device='cpu', backend='torch', bs=BS)
-        class BF16Classifier(Classifier):
-            "Prototype (not in realfake): the forward pass under bf16 autocast (AMX / AVX512-BF16 CPUs)."
-            def logits(self, x):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16): return super().logits(x)
-        clf16 = BF16Classifier(load_model_dir(d / 'model')[0], cfg, device='cpu', bs=BS)
+        clf16 = Classifier.from_dir(d / 'model', device='cpu', backend='torch', bs=BS, precision='bf16')   # realfake_predict --precision bf16
         k = [0]
         def rf16():
             k[0] += 1
-            return predict_to_csv(d / 'images', clf16, out=d / f'pred{k[0]}.csv', bs=BS, num_workers=0, progress=False)
+            return predict_to_csv(d / 'images', clf16, out=d / f'pred{k[0]}.csv', bs=BS, progress=False)
         def rf():
             k[0] += 1
             return predict_to_csv(d / 'images', clf, out=d / f'pred{k[0]}.csv', bs=BS, progress=False)
         res, cpu = {}, {}
         # warm-up on a few images (lazy imports, oneDNN kernels), then timed full runs alternating
-        naive_loop(paths[::12], model, cfg.mean, cfg.std); predict_to_csv(paths[::12], clf, out=d / 'warm.csv', bs=BS, progress=False); predict_to_csv(paths[::12], clf16, out=d / 'warm16.csv', bs=BS, num_workers=0, progress=False)
+        naive_loop(paths[::12], model, cfg.mean, cfg.std); predict_to_csv(paths[::12], clf, out=d / 'warm.csv', bs=BS, progress=False); predict_to_csv(paths[::12], clf16, out=d / 'warm16.csv', bs=BS, progress=False)
         ts = C.interleaved({'naive': lambda: res.__setitem__('naive', naive_loop(paths, model, cfg.mean, cfg.std)),
                             'realfake': lambda: res.__setitem__('realfake', rf()),
                             'bf16': rf16}, reps=reps, warmup=0, cpu=cpu)
@@ -78,15 +74,16 @@ def main():
         assert np.isfinite(got).all() and dprob.max() < 0.05, f"predictions differ too much: max |dprob| {dprob.max():.4f}"
         nv, rfm = n / C.med(ts['naive']), n / C.med(ts['realfake'])
         cpu_ratio = C.med(cpu['naive']) / C.med(cpu['realfake'])
-        nw = min(4, max(0, (os.cpu_count() or 1) - 1)) if n >= 2 * BS else 0
+        from realfake.predict import _default_workers
+        nw = _default_workers(clf) if n >= 2 * BS else 0
         rows.append([f'realfake_predict vs naive loop ({n} images: {", ".join(f"{k}x{m[0]}" for k, m in [(v[-1], v) for v in sets])})',
                      f"{nv:.1f} {C.spread(ts['naive'])}", f"{rfm:.1f} {C.spread(ts['realfake'])}", f"**{rfm / nv:.2f}x**",
                      f">=2x {'met' if rfm / nv >= 2 else 'NOT met'}",
                      f"CPU-time ratio {cpu_ratio:.2f}x; max abs dprob {dprob.max():.1e} (workers={nw}, bs={BS})"])
 
         b16 = n / C.med(ts['bf16'])
-        rows.append(['(info) prototype: predict_to_csv, forward under bf16 autocast, workers=0', f"{nv:.1f}", f"{b16:.1f} {C.spread(ts['bf16'])}",
-                     f"**{b16 / nv:.2f}x**", f"(>=2x {'met' if b16 / nv >= 2 else 'NOT met'})", 'changes numerics; not in realfake (proposed opt-in)'])
+        rows.append([f'realfake_predict --precision bf16 vs naive loop (bf16 available: {clf16.precision == "bf16"})', f"{nv:.1f}", f"{b16:.1f} {C.spread(ts['bf16'])}",
+                     f"**{b16 / nv:.2f}x**", f">=2x {'met' if b16 / nv >= 2 else 'NOT met'}", 'opt-in: bf16 autocast changes the logits slightly'])
 
         # ---- model only: torch fp32 (channels_last, inference_mode) vs onnxruntime, batch 32; plus the floor
         x = torch.randn(BS, 3, 224, 224)
