@@ -12,3 +12,12 @@ def genimage_dir():
     "The GenImage sample beside the checkout (../shared/data/genimage-sample); skips when absent."
     if not (GENIMAGE/'natural').is_dir(): pytest.skip(f'GenImage sample not found at {GENIMAGE}')
     return GENIMAGE
+
+
+@pytest.fixture
+def one_torch_thread():
+    "One torch thread: on a small shared CI box, 2 OpenMP threads competing with other jobs run ~10x slower."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

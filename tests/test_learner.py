@@ -22,12 +22,7 @@ def model():
 def cfg(): return ModelConfig(ARCH, size=32, resize=36)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    "One torch thread: on a small shared CI box, 2 OpenMP threads competing with other jobs run ~10x slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 # ---------------------------------------------------------------- ModelConfig
 def test_config_roundtrip(cfg):

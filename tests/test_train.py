@@ -29,12 +29,7 @@ def _history(out):
     return lines[0].split(','), [l.split(',') for l in lines[1:]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    "One torch thread: on a small shared CI box, 2 OpenMP threads competing with other jobs run ~10x slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 # ---------------------------------------------------------------- learning
 def test_tiny_model_learns_easy_demo(tmp_path):
