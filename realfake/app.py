@@ -14,7 +14,7 @@ import numpy as np, pandas as pd
 from PIL import Image
 from fastcore.script import call_parse
 
-from .core import LABELS, RealfakeError, get_logger, setup_logging
+from .core import LABELS, RealfakeError, get_logger, setup_logging, to_jsonable
 
 # %% auto #0
 __all__ = ['CONFIDENCE', 'VOLUNTEER_COOKIE', 'VoteStore', 'LabelPool', 'read_upload', 'HumanModelComparison',
@@ -252,14 +252,6 @@ def _model_threshold(model, default:float=0.5) -> float:
         if isinstance(t, (int, float)) and not isinstance(t, bool): return float(t)
     return default
 
-def _jsonable(v):
-    if isinstance(v, (np.generic,)): v = v.item()
-    if isinstance(v, np.ndarray): v = v.tolist()
-    if isinstance(v, float) and not math.isfinite(v): return None
-    if isinstance(v, (list, tuple)): return [_jsonable(o) for o in v]
-    if isinstance(v, dict): return {str(k): _jsonable(o) for k, o in v.items()}
-    return v
-
 def _crop_scores(model, im:Image.Image, n_crops:int=9) -> list[dict]:
     "Per-crop prob_fake of `im` at full resolution, on the crops `predict(mode='crops')` uses: box as fractions."
     from realfake.predict import crop_boxes, to_tensor_array
@@ -285,7 +277,7 @@ def _predict_rows(model, images:list, mode:str='resize') -> list[dict]:
         p = r.get('prob_fake')
         p = None if p is None or not np.isfinite(p) else float(p)
         lab = r.get('label') if isinstance(r.get('label'), str) else (None if p is None else LABELS[int(p >= thr)])
-        details = {k: _jsonable(v) for k, v in r.items() if k not in _BASE_COLS}
+        details = {k: to_jsonable(v) for k, v in r.items() if k not in _BASE_COLS}
         if mode != 'crops': details.pop('n_crops', None)
         if per_crop and err is None: details['crops'] = _crop_scores(model, im, int(details.get('n_crops') or 9))
         out.append(dict(prob_fake=p, label=lab, error=err, details=details))
@@ -321,7 +313,7 @@ class HumanModelComparison:
 
     def to_dict(self) -> dict:
         "JSON-able summary (the per-image table is left out)."
-        recs = lambda df: [{k: _jsonable(v) for k, v in r.items()} for r in df.to_dict('records')]
+        recs = lambda df: [{k: to_jsonable(v) for k, v in r.items()} for r in df.to_dict('records')]
         return dict(overall=recs(self.overall), by_source=recs(self.by_source), disagree=recs(self.disagree),
                     threshold=self.threshold, n_volunteers=self.n_volunteers, n_unknown=self.n_unknown)
 
@@ -641,7 +633,7 @@ def make_app(classifier, metadata=None, db='votes.sqlite', split:str|None=None, 
         _log.info(f"detect: {len(files)} files, {sum(r['error'] is None for r in results)} scored, mode={mode}")
         if _wants_json(req):
             return JSONResponse({'mode': mode, 'threshold': _model_threshold(classifier),
-                                 'results': [{k: _jsonable(v) for k, v in r.items() if k != 'thumb'} for r in results]})
+                                 'results': [{k: to_jsonable(v) for k, v in r.items() if k != 'thumb'} for r in results]})
         return _detect_page(results, mode=mode)
 
     # ---- Label ----

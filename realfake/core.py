@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'RealfakeError', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
-           'get_logger', 'setup_logging', 'find_images']
+__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes',
+           'atomic_write_json', 'to_jsonable', 'file_sha256', 'get_logger', 'setup_logging', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -28,25 +28,31 @@ def _umask() -> int:
 _UMASK = _umask()
 
 @contextlib.contextmanager
-def atomic_write(path, mode:str='w', overwrite:bool=True, encoding:str|None='utf-8'):
-    "Context manager yielding a file that replaces `path` atomically when the block succeeds."
+def atomic_path(path, overwrite:bool=True):
+    "Context manager yielding a temporary path beside `path`; what was written there replaces `path` atomically on success."
     path = Path(path)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} already exists (refusing to overwrite it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, mode, encoding=None if 'b' in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} already exists (refusing to overwrite it)")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
+
+@contextlib.contextmanager
+def atomic_write(path, mode:str='w', overwrite:bool=True, encoding:str|None='utf-8'):
+    "Context manager yielding a file that replaces `path` atomically when the block succeeds."
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, mode, encoding=None if 'b' in mode else encoding) as f:
+            yield f
 
 def atomic_write_bytes(path, data:bytes, overwrite:bool=True) -> Path:
     "Write `data` to `path` atomically."
@@ -60,7 +66,27 @@ def atomic_write_json(path, obj, overwrite:bool=True) -> Path:
         f.write('\n')
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #29d8946e
+# %% ../nbs/00_core.ipynb #000eadc7
+def to_jsonable(o):
+    "`o` with numpy scalars and arrays, paths and non-finite floats turned into plain JSON values."
+    import numpy as np, math
+    if isinstance(o, dict): return {str(k): to_jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [to_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray): return to_jsonable(o.tolist())
+    if isinstance(o, np.generic): o = o.item()
+    if isinstance(o, float) and not math.isfinite(o): return None
+    if isinstance(o, Path): return str(o)
+    return o
+
+def file_sha256(path, chunk:int=1 << 20) -> str:
+    "SHA-256 hex digest of the file at `path`."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #c9e2fbbd
 def get_logger(name:str) -> logging.Logger:
     "The logger of realfake module `name`."
     return logging.getLogger(f'realfake.{name}')
@@ -76,7 +102,7 @@ def setup_logging(verbose:bool=False):
         log.addHandler(h)
     return log
 
-# %% ../nbs/00_core.ipynb #982b3ffc
+# %% ../nbs/00_core.ipynb #97ed5036
 _log = get_logger('core')
 
 def _progress(total=None, desc='', disable=False):

@@ -11,7 +11,7 @@ import numpy as np, pandas as pd
 import torch
 from PIL import Image
 from fastcore.script import call_parse
-from .core import LABELS, SPLITS, RealfakeError, find_images, get_logger, setup_logging, atomic_write, atomic_write_json
+from .core import LABELS, SPLITS, RealfakeError, find_images, get_logger, setup_logging, atomic_write, atomic_write_json, to_jsonable
 from .images import load_image
 from .predict import Classifier, center_crop, read_config, _cli_errors, is_cli
 
@@ -320,15 +320,6 @@ def shortcut_audit(clf:Classifier, df:pd.DataFrame, transforms:dict|None=None, b
     return res
 
 # %% ../nbs/09_evaluate.ipynb #064b6ccf
-def _jsonable(o):
-    if isinstance(o, dict): return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
-    if isinstance(o, (np.integer,)): return int(o)
-    if isinstance(o, (float, np.floating)): return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.ndarray): return _jsonable(o.tolist())
-    if isinstance(o, Path): return str(o)
-    return o
-
 def _half_split(y, seed=0):
     "Stratified random halves (boolean mask of the calibration half)."
     rng = np.random.default_rng(seed)
@@ -362,12 +353,6 @@ def calibrate(cal_logit, cal_y, test_logit, test_y, threshold_method='accuracy',
                 fpr_before=mb['fp'] / mb['n_real'] if mb['n_real'] else None,
                 fpr_after=ma['fp'] / ma['n_real'] if ma['n_real'] else None)
 
-def _readable(path, mode=None):
-    "Give a file written by `atomic_write` (private 0600 temp file) ordinary permissions (`mode`, else 0666 & ~umask)."
-    if mode is None:
-        um = os.umask(0); os.umask(um); mode = 0o666 & ~um
-    os.chmod(path, mode)
-
 def save_calibration(model_dir, threshold:float, temperature:float) -> Path:
     "Write `threshold` and `temperature` into the model's config.json (validated, atomic)."
     from realfake.learner import ModelConfig
@@ -379,7 +364,7 @@ def save_calibration(model_dir, threshold:float, temperature:float) -> Path:
     ModelConfig.from_json(text)       # validate before writing anything
     mode = os.stat(p).st_mode & 0o777
     with atomic_write(p) as f: f.write(text if text.endswith('\n') else text + '\n')
-    _readable(p, mode)
+    os.chmod(p, mode)                 # keep the permissions config.json had
     return p
 
 # %% ../nbs/09_evaluate.ipynb #709e98d4
@@ -492,9 +477,8 @@ def evaluate(model, data, split:str|None=None, out='eval_report', bs:int=32, num
         save_calibration(clf.path, cal_res['threshold'], cal_res['temperature'])
         res['saved_calibration'] = str(Path(clf.path) / 'config.json')
         _log.info(f"saved threshold={cal_res['threshold']:.4g} temperature={cal_res['temperature']:.4g} to {res['saved_calibration']}")
-    atomic_write_json(out/'metrics.json', _jsonable(res))
+    atomic_write_json(out/'metrics.json', to_jsonable(res))
     _write_html(out/'report.html', res, per_source, audit_df, FIGURES)
-    for f in ('metrics.json', 'report.html'): _readable(out/f)
     return res
 
 # %% ../nbs/09_evaluate.ipynb #b1f181e8

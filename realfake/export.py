@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse
-from .core import RealfakeError, get_logger, setup_logging
-from .predict import _sha256, _import_ort, read_config, _cli_errors, is_cli
+from .core import RealfakeError, atomic_path, file_sha256, get_logger, setup_logging
+from .predict import _import_ort, read_config, _cli_errors, is_cli
 
 # %% auto #0
 __all__ = ['onnx_parity', 'export_onnx', 'realfake_export']
@@ -51,9 +51,8 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
         raise RealfakeError(f"cannot load the model in {model_dir} (config.json + model.safetensors): {type(e).__name__}: {e}") from e
     model = model.float().eval()
     dest = Path(dest) if dest else model_dir / 'model.onnx'
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent); os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:     # model.onnx appears only once it has passed the checks
+        tmp = str(tmp)
         x = torch.randn(2, 3, cfg.size, cfg.size)
         with torch.no_grad():
             torch.onnx.export(_Logits(model), (x,), tmp, dynamo=False, opset_version=opset,
@@ -62,7 +61,7 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
         m = onnx.load(tmp)
         onnx.checker.check_model(m)
         st = model_dir / 'model.safetensors'
-        meta = {'realfake_weights_sha256': _sha256(st) if st.exists() else '', 'realfake_arch': str(cfg.arch),
+        meta = {'realfake_weights_sha256': file_sha256(st) if st.exists() else '', 'realfake_arch': str(cfg.arch),
                 'realfake_size': str(cfg.size), 'realfake_labels': ','.join(cfg.vocab)}
         for k, v in meta.items():
             p = m.metadata_props.add(); p.key, p.value = k, v
@@ -71,12 +70,6 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
             diff = onnx_parity(model, tmp, cfg.size, n=3)
             if not diff <= atol: raise RealfakeError(f"ONNX export differs from PyTorch by {diff:.2e} > {atol:g}; not saved")
             _log.info(f"ONNX parity: max |diff| = {diff:.2e} (<= {atol:g})")
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
     return dest
 
 # %% ../nbs/10_export.ipynb #54efaac9

@@ -15,7 +15,7 @@ import sys
 try: from fastcore.script import is_cli
 except ImportError:   # fastcore < 1.9: guess from the program name
     def is_cli(func=None): return Path(sys.argv[0]).name == getattr(func, '__name__', None)
-from .core import LABELS, IMAGE_EXTS, RealfakeError, find_images, get_logger, setup_logging
+from .core import LABELS, IMAGE_EXTS, RealfakeError, file_sha256, find_images, get_logger, setup_logging
 from .images import load_image, ImageLoadError
 
 # %% auto #0
@@ -97,12 +97,6 @@ def _collate(batch):
 def _worker_init(_): torch.set_num_threads(1)
 
 # %% ../nbs/08_predict.ipynb #4cd14d1e
-def _sha256(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(chunk), b''): h.update(b)
-    return h.hexdigest()
-
 def _import_ort():
     try: import onnxruntime
     except ImportError as e:
@@ -125,7 +119,7 @@ def _onnx_is_current(model_dir) -> bool:
         m = onnx.load(str(d / 'model.onnx'), load_external_data=False)
         meta = {p.key: p.value for p in m.metadata_props}
     except Exception: return False
-    return meta.get('realfake_weights_sha256') == _sha256(st)
+    return meta.get('realfake_weights_sha256') == file_sha256(st)
 
 # %% ../nbs/08_predict.ipynb #35ce5f56
 def _bf16_supported(device:torch.device) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, pandas as pd
 from fastcore.script import call_parse, Param
-from .core import LABELS, SPLITS, IMAGE_EXTS, RealfakeError, find_images, get_logger, setup_logging
+from .core import LABELS, SPLITS, IMAGE_EXTS, RealfakeError, file_sha256, find_images, get_logger, setup_logging
 from .metadata import COLUMNS, write_metadata, read_metadata, summarize
 
 # %% auto #0
@@ -335,12 +335,6 @@ def shortcut_warnings(df:pd.DataFrame, threshold:float=0.5, scale:float=2.0) -> 
     return out
 
 # %% ../nbs/02_prepare.ipynb #ca409538
-def _digest(path:str, chunk:int=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
-
 def find_identical(df:pd.DataFrame, workers:int=8, progress:bool=True) -> pd.DataFrame:
     "Sets of byte-identical files in `df`: rows with `digest`, path, split, label, source, `cross_split`, `cross_label`."
     cols = ['digest', 'path', 'split', 'label', 'source', 'cross_split', 'cross_label']
@@ -352,7 +346,7 @@ def find_identical(df:pd.DataFrame, workers:int=8, progress:bool=True) -> pd.Dat
     d = d[(d['size'] >= 0) & d['size'].duplicated(keep=False)]
     if not len(d): return pd.DataFrame(columns=cols)
     def dig(p):
-        try: return _digest(p)
+        try: return file_sha256(p)
         except OSError: return None
     d['digest'] = _pmap(dig, d['path'], workers, progress, 'hashing')
     d = d[d['digest'].notna() & d['digest'].duplicated(keep=False)]
