@@ -230,8 +230,9 @@ def test_probe_warns_about_format_shortcut(tmp_path):
 
 
 def test_content_hash_reports_identical_files_across_splits(tmp_path):
-    for i in range(20):
-        noise(tmp_path/'r'/f'{i:02d}.jpg', i); noise(tmp_path/'f'/f'{i:02d}.png', 100 + i)
+    # as many fakes as reals + copies, so every file is sampled whatever tmp_path's name does to the sampling hash
+    for i in range(20): noise(tmp_path/'r'/f'{i:02d}.jpg', i)
+    for i in range(40): noise(tmp_path/'f'/f'{i:02d}.png', 100 + i)
     for i in range(20): (tmp_path/'r'/f'copy{i:02d}.jpg').write_bytes((tmp_path/'r'/f'{i:02d}.jpg').read_bytes())
     res = prepare([f'real:folder:{tmp_path}/r', f'fake:folder:{tmp_path}/f'], valid_pct=0.3, content_hash=True,
                   progress=False, seed=1)
