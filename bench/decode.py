@@ -1,4 +1,4 @@
-"""Bench 1, image decoding: `realfake.images.load_image(path, size=256)` + centre crop 224 against fastai's default
+"""Bench 1, image decoding: `realfake.images.load_image(path, short_side=256)` + centre crop 224 against fastai's default
 (`PILImage.create`, then `Resize(256)` (centre, validation split) and a centre crop to 224), single process, images/s.
 
 Inputs: synthetic natural-looking images written to a temp dir: JPEG (quality 90) 500x375, 1500x1000, 3000x2000 and
@@ -38,7 +38,7 @@ def fastai_ref(p):
 
 def realfake_side(p):
     from realfake.images import load_image
-    return centre_crop(load_image(p, size=256), 224)
+    return centre_crop(load_image(p, short_side=256), 224)
 
 def lanczos_ref(p):
     "A second legitimate reference: full decode, Lanczos shorter side 256, centre crop 224."

@@ -257,7 +257,7 @@ def _crop_scores(model, im:Image.Image, n_crops:int=9) -> list[dict]:
     from realfake.predict import crop_boxes, to_tensor_array
     from realfake.images import load_image
     cfg = model.config; size = int(cfg.size)
-    if min(im.size) < size: im = load_image(im, size=size)
+    if min(im.size) < size: im = load_image(im, short_side=size)
     boxes = crop_boxes(*im.size, size, n=n_crops, how='grid')
     lg = model.logits(np.stack([to_tensor_array(im.crop(b), cfg.mean, cfg.std) for b in boxes]))
     probs = model.margin_to_prob(lg[:, 1] - lg[:, 0])

@@ -114,7 +114,7 @@ class ImageItems(Transform):
         self.bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
 
     def _load(self, i):
-        return PILImage(load_image(self.paths[i], size=self.size, max_pixels=self.max_pixels))
+        return PILImage(load_image(self.paths[i], short_side=self.size, max_pixels=self.max_pixels))
 
     def _mark(self, i, e: ImageLoadError):
         if self.bad[i]: return
@@ -125,7 +125,7 @@ class ImageItems(Transform):
 
     def encodes(self, i):
         if not isinstance(i, (int, np.integer)):  # a direct input (test_dl, predict): load it or raise
-            return PILImage(load_image(i, size=self.size, max_pixels=self.max_pixels))
+            return PILImage(load_image(i, short_side=self.size, max_pixels=self.max_pixels))
         if not self.bad[i]:
             try: return self._load(i)
             except ImageLoadError as e: self._mark(i, e)

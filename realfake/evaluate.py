@@ -208,7 +208,7 @@ def _plt():
     return plt
 
 def _thumb(path, size=128):
-    try: return center_crop(load_image(path, size=size), size)
+    try: return center_crop(load_image(path, short_side=size), size)
     except Exception: return Image.new('RGB', (size, size), (128, 128, 128))
 
 def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int=160):

@@ -12,14 +12,14 @@ from PIL.JpegImagePlugin import JpegImageFile
 from .core import RealfakeError
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'ImageLoadError', 'to_rgb', 'load_image',
-           'probe_image']
+__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'SUBSAMPLING', 'ImageLoadError', 'to_rgb',
+           'load_image', 'probe_image', 'estimate_jpeg_quality', 'jpeg_info']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings('error', category=Image.DecompressionBombWarning)
-MAX_ASPECT = 10  # with a `size`, the longer side is centre-cropped to at most MAX_ASPECT x the shorter one
+MAX_ASPECT = 10  # with a `short_side`, the longer side is centre-cropped to at most MAX_ASPECT x the shorter one
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on this colour, for every image
 RESAMPLE = Image.Resampling.BILINEAR  # fastai's default filter; antialiased when shrinking
 Image.init()  # register all plugins now, so FORMATS below is complete
@@ -126,27 +126,41 @@ def to_rgb(im: Image.Image, background=BACKGROUND) -> Image.Image:
     return im.convert('RGB')
 
 # %% ../nbs/02_images.ipynb #287df6a9
-def _target(w: int, h: int, size: int):
-    "(out_w, out_h), crop box (in the w x h image) for shorter side = `size` and aspect <= `MAX_ASPECT`."
-    short = min(w, h)
+def _target(w: int, h: int, short_side: int):
+    "(out_w, out_h), crop box (in the w x h image) for shorter side = `short_side` and aspect <= `MAX_ASPECT`."
+    short, s = min(w, h), short_side
     cw, ch = min(w, short * MAX_ASPECT), min(h, short * MAX_ASPECT)
     x0, y0 = (w - cw) / 2, (h - ch) / 2
-    ow, oh = (size, max(1, round(ch * size / cw))) if cw <= ch else (max(1, round(cw * size / ch)), size)
+    ow, oh = (s, max(1, round(ch * s / cw))) if cw <= ch else (max(1, round(cw * s / ch)), s)
     return (ow, oh), (x0, y0, x0 + cw, y0 + ch)
 
 # %% ../nbs/02_images.ipynb #6e201d56
-def _decode(im: Image.Image, name, size, draft: bool) -> Image.Image:
-    "Decode the opened `im` (lazily opened or in-memory), convert to RGB and resize; errors -> `ImageLoadError`."
+def _raw_box(box, w:int, h:int, orient:int):
+    "The box (left, top, right, bottom) of the *displayed* image as a box of the stored `w` x `h` pixels."
+    l, t, r, b = box
+    pts = [(l, t), (r, b)]
+    raw = {1: lambda x, y: (x, y), 2: lambda x, y: (w - x, y), 3: lambda x, y: (w - x, h - y),
+           4: lambda x, y: (x, h - y), 5: lambda x, y: (y, x), 6: lambda x, y: (y, h - x),
+           7: lambda x, y: (w - y, h - x), 8: lambda x, y: (w - y, x)}[orient]
+    (x0, y0), (x1, y1) = (raw(*p) for p in pts)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+def _decode(im: Image.Image, name, short_side, draft: bool, crop=None) -> Image.Image:
+    "Decode the opened `im` (lazily opened or in-memory), convert to RGB and resize or crop; errors -> `ImageLoadError`."
     try:
-        if size is not None:
-            out, box = _target(*im.size, size)  # from the declared size, so drafting never changes the result's size
+        if short_side is not None:
+            out, box = _target(*im.size, short_side)  # from the declared size, so drafting never changes the result's size
             if draft and isinstance(im, JpegImageFile) and not getattr(im, 'decoderconfig', ()):
                 w0 = im.width
                 r = im.draft('RGB', out)  # -> (mode, (0, 0, w0/scale, h0/scale))
                 if r is not None and r[1][2] != w0: s = r[1][2] / w0; box = tuple(v * s for v in box)
         im.load()
         orient = _orientation(im)
-        if size is None: im = to_rgb(im)
+        if crop is not None:
+            w, h = im.size
+            shown = (h, w) if orient in (5, 6, 7, 8) else (w, h)
+            im = to_rgb(im.crop(_raw_box(_check_box(crop(*shown), *shown), w, h, orient)))
+        elif short_side is None: im = to_rgb(im)
         else:
             if im.mode not in ('RGB', 'L'): im = to_rgb(im)
             if out != im.size or box != (0, 0, *im.size): im = im.resize(out, RESAMPLE, box=box)
@@ -164,6 +178,11 @@ def _decode(im: Image.Image, name, size, draft: bool) -> Image.Image:
         if 'truncated' in msg: raise ImageLoadError(name, f'truncated file ({msg})') from None
         raise ImageLoadError(name, f'corrupt image data ({type(e).__name__}: {msg})') from None
 
+def _check_box(box, w, h):
+    l, t, r, b = (int(v) for v in box)
+    if not (0 <= l < r <= w and 0 <= t < b <= h): raise ValueError(f'crop box {box} is not inside the {w}x{h} image')
+    return l, t, r, b
+
 def _from_array(a: np.ndarray) -> Image.Image:
     if a.dtype != np.uint8: raise ImageLoadError('<array>', f'unsupported array dtype {a.dtype} (expected uint8)')
     if a.ndim == 3 and a.shape[2] == 1: a = a[..., 0]
@@ -171,25 +190,28 @@ def _from_array(a: np.ndarray) -> Image.Image:
     raise ImageLoadError('<array>', f'unsupported array shape {a.shape} (expected HxW or HxWx1/3/4)')
 
 def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
-               size:int|None=None, # shorter side of the result; None keeps the full resolution
+               short_side:int|None=None, # shorter side of the result; None keeps the full resolution
                max_pixels:int|None=MAX_PIXELS, # refuse images with more pixels than this (checked before decoding)
+               crop=None, # callable (width, height) -> (left, top, right, bottom): cut this box at full resolution
               ) -> Image.Image:
-    "Load `src` as an RGB PIL image, JPEG decoded in draft mode, EXIF-rotated, shorter side resized to `size`."
-    if size is not None:
-        if isinstance(size, bool) or int(size) != size or size < 1: raise ValueError(f'size must be a positive int, got {size!r}')
-        size = int(size)
+    "Load `src` as an RGB PIL image, JPEG decoded in draft mode, EXIF-rotated, shorter side resized to `short_side`."
+    if short_side is not None:
+        if isinstance(short_side, bool) or int(short_side) != short_side or short_side < 1:
+            raise ValueError(f'short_side must be a positive int, got {short_side!r}')
+        if crop is not None: raise ValueError('load_image: pass short_side (resize) or crop (native pixels), not both')
+        short_side = int(short_side)
     if isinstance(src, (str, os.PathLike)):
         with _open_file(src) as f:
             if os.fstat(f.fileno()).st_size == 0: raise ImageLoadError(src, 'empty file')
-            return _decode(_open(f, src, max_pixels), src, size, draft=True)
+            return _decode(_open(f, src, max_pixels), src, short_side, draft=True, crop=crop)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _decode(_open(io.BytesIO(src), '<bytes>', max_pixels), '<bytes>', size, draft=True)
+        return _decode(_open(io.BytesIO(src), '<bytes>', max_pixels), '<bytes>', short_side, draft=True, crop=crop)
     if isinstance(src, Image.Image):
         _check_pixels(src.size, '<PIL image>', max_pixels)
-        return _decode(src, '<PIL image>', size, draft=False)
+        return _decode(src, '<PIL image>', short_side, draft=False, crop=crop)
     if isinstance(src, np.ndarray):
         _check_pixels((src.shape[1], src.shape[0]) if src.ndim >= 2 else (0, 0), '<array>', max_pixels)
-        return _decode(_from_array(src), '<array>', size, draft=False)
+        return _decode(_from_array(src), '<array>', short_side, draft=False, crop=crop)
     raise TypeError(f'load_image: unsupported source type {type(src).__name__}')
 
 # %% ../nbs/02_images.ipynb #54a3ff81
@@ -209,3 +231,37 @@ def _png_header(w: int, h: int) -> bytes:
     def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
     return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
             + chunk(b'IDAT', zlib.compress(b'\x00' * 64)) + chunk(b'IEND', b''))
+
+# %% ../nbs/02_images.ipynb #80716cf3
+_STD_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                      14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                      49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+_STD_CHROMA = np.full(64, 99.0); _STD_CHROMA[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = \
+    [17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 47, 66]
+SUBSAMPLING = {0: '4:4:4', 1: '4:2:2', 2: '4:2:0'}
+
+def _ijg_tables(q:int) -> tuple[np.ndarray, np.ndarray]:
+    scale = 5000 // q if q < 50 else 200 - 2 * q   # integers, as libjpeg computes them
+    return tuple(np.clip(np.floor((t * scale + 50) / 100), 1, 255) for t in (_STD_LUMA, _STD_CHROMA))
+
+_IJG = {q: _ijg_tables(q) for q in range(1, 101)}
+
+def estimate_jpeg_quality(qtables) -> tuple[int, bool]:
+    "(IJG quality 1-100 whose tables are closest to `qtables` ({index: 64 values}, natural order), exact match?)"
+    tabs = [np.asarray(qtables[k], np.float64) for k in sorted(qtables)][:2]
+    if not tabs or any(t.shape != (64,) for t in tabs): raise ValueError('expected 8x8 quantization tables')
+    err = {q: sum(np.abs(t - ref).sum() for t, ref in zip(tabs, _IJG[q])) for q in _IJG}
+    q = min(err, key=lambda k: (err[k], -k))
+    return q, bool(err[q] == 0)
+
+def jpeg_info(src) -> dict|None:
+    "Quality estimate, `standard` tables?, subsampling and the tables of a JPEG (a path or an opened image); None for others."
+    if isinstance(src, Image.Image): return _jpeg_info(src)
+    with _open_file(src) as f: return _jpeg_info(_open(f, src))
+
+def _jpeg_info(im: Image.Image) -> dict|None:
+    if im.format not in ('JPEG', 'MPO') or not getattr(im, 'quantization', None): return None
+    q, exact = estimate_jpeg_quality(im.quantization)
+    from PIL.JpegImagePlugin import get_sampling
+    return dict(quality=q, standard=exact, subsampling=SUBSAMPLING.get(get_sampling(im), 'gray' if im.mode == 'L' else 'other'),
+                qtables={int(k): list(v) for k, v in im.quantization.items()})

@@ -66,10 +66,10 @@ def preprocess(src, config, mode:str='resize', n_crops:int=9, crops:str='grid', 
     if transform is not None:
         src = transform(load_image(src))
     if mode == 'resize':
-        img = load_image(src, size=int(config.resize or size))
+        img = load_image(src, short_side=int(config.resize or size))
         return to_tensor_array(center_crop(img, size), config.mean, config.std)[None]
     img = load_image(src)
-    if min(img.size) < size: img = load_image(img, size=size)
+    if min(img.size) < size: img = load_image(img, short_side=size)
     boxes = crop_boxes(*img.size, size, n=n_crops, how=crops, seed=seed)
     return np.stack([to_tensor_array(img.crop(b), config.mean, config.std) for b in boxes])
 

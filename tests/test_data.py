@@ -81,7 +81,7 @@ def test_normalisation_and_centre_crop(df):
     dls = get_dls(df, size=32, resize=40, bs=4, num_workers=0, device='cpu', aug=False)
     xb, _ = dls.valid.one_batch()
     p = df['path'].iloc[dls.rows[16]]
-    img = np.asarray(load_image(p, size=40), np.float32) / 255  # 48x40 -> 48x40: crop 32 from the centre
+    img = np.asarray(load_image(p, short_side=40), np.float32) / 255  # 48x40 -> 48x40: crop 32 from the centre
     crop = img[4:36, 8:40].transpose(2, 0, 1)
     mean, std = (np.array(s, np.float32)[:, None, None] for s in imagenet_stats)
     assert np.allclose(xb[0].numpy(), (crop - mean) / std, atol=1e-5)

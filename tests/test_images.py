@@ -43,7 +43,7 @@ def test_draft_matches_reference(tmp_path, monkeypatch):
     def spy(self, mode, size):
         before = self.size; res = orig(self, mode, size); scales.append(before[0] / self.size[0]); return res
     monkeypatch.setattr(JpegImageFile, 'draft', spy)
-    got = load_image(p, size=96)
+    got = load_image(p, short_side=96)
     assert scales and scales[0] >= 4, f'draft mode not used (scales={scales})'  # 1200/144 -> 1/8 would be too small, 1/4 fits
     ref = Image.open(p).convert('RGB').resize((144, 96), BIL)
     assert got.size == (144, 96) and got.mode == 'RGB'
@@ -55,7 +55,7 @@ def test_draft_never_undershoots(tmp_path):
     "The drafted image must still cover the target: the shorter side is exactly `size` for awkward sizes."
     for w, h, size in [(1025, 769, 128), (800, 801, 100), (640, 480, 479), (333, 1000, 41)]:
         p = save(photo(w, h), tmp_path/f'{w}x{h}.jpg', quality=85)
-        im = load_image(p, size=size)
+        im = load_image(p, short_side=size)
         assert min(im.size) == size, (w, h, size, im.size)
         assert abs(max(im.size) / min(im.size) - max(w, h) / min(w, h)) < 0.02
 
@@ -65,7 +65,7 @@ def test_full_resolution_and_png_reference(tmp_path):
     im = load_image(p)
     assert im.size == (300, 200) and im.mode == 'RGB'
     assert np.array_equal(np.asarray(im), np.asarray(Image.open(p).convert('RGB')))
-    small = load_image(p, size=50)
+    small = load_image(p, short_side=50)
     assert small.size == (75, 50)
     assert mad(small, Image.open(p).convert('RGB').resize((75, 50), BIL)) == 0  # PNG: same filter, same pixels
 
@@ -111,7 +111,7 @@ def test_every_mode_to_rgb(tmp_path):
         full = load_image(path)
         assert full.mode == 'RGB' and full.size == (30, 20), name
         if px is not None: assert full.getpixel((0, 0)) == tuple(px), (name, full.getpixel((0, 0)))
-        small = load_image(path, size=10)
+        small = load_image(path, short_side=10)
         assert small.mode == 'RGB' and small.size == (15, 10), name
     assert load_image(cases['CMYK jpeg'][0]).getpixel((5, 5)) == (255, 255, 255)  # CMYK 0,0,0,0 is white paper
     assert load_image(cases['I;16 png'][0]).getpixel((5, 5)) == (255, 255, 255)   # 16-bit max is white, not clipped
@@ -123,7 +123,7 @@ def test_animated_gif_first_frame_only(tmp_path, monkeypatch):
     seeks = []
     orig = Image.Image.seek
     monkeypatch.setattr(Image.Image, 'seek', lambda self, i: (seeks.append(i), orig(self, i))[1])
-    im = load_image(gif, size=10)
+    im = load_image(gif, short_side=10)
     assert im.getpixel((5, 5)) == (200, 10, 10)
     assert all(i == 0 for i in seeks), seeks
 
@@ -135,7 +135,7 @@ def test_exif_orientation(tmp_path, orientation):
     ex = Image.Exif(); ex[0x0112] = orientation
     p = save(base, tmp_path/'o.jpg', quality=95, exif=ex.tobytes())
     ref_full = ImageOps.exif_transpose(Image.open(p)).convert('RGB')
-    got = load_image(p, size=40)
+    got = load_image(p, short_side=40)
     assert got.size == ((60, 40) if orientation < 5 else (40, 60))
     ref = ref_full.resize(got.size, BIL)
     assert mad(got, ref) < 2.0, orientation
@@ -213,7 +213,7 @@ def test_bad_files_give_clear_errors(tmp_path):
                   tmp_path/'dangling.jpg': 'broken symlink', tmp_path/'adir.jpg': 'is a directory'})
     for path, reason in cases.items():
         for arg in (path, str(path)):
-            with pytest.raises(ImageLoadError) as ei: load_image(arg, size=32)
+            with pytest.raises(ImageLoadError) as ei: load_image(arg, short_side=32)
             e = ei.value
             assert reason in e.reason, (path.name, e.reason)
             assert str(path) in str(e) and e.path == arg
@@ -261,33 +261,33 @@ def test_error_survives_pickling_and_torch_reraise():
 # ---------------------------------------------------------------- shapes, sources, names
 def test_tiny_and_extreme_aspect(tmp_path):
     one = save(Image.new('RGB', (1, 1), (1, 2, 3)), tmp_path/'1x1.png')
-    im = load_image(one, size=64)
+    im = load_image(one, short_side=64)
     assert im.size == (64, 64) and im.getpixel((10, 10)) == (1, 2, 3)
     strip = save(Image.new('RGB', (4000, 10), (5, 6, 7)), tmp_path/'strip.png')
-    im = load_image(strip, size=32)
+    im = load_image(strip, short_side=32)
     assert im.size == (32 * ri.MAX_ASPECT, 32)  # centre part only: bounded work
     assert load_image(strip).size == (4000, 10)  # full resolution untouched
     tall = save(Image.new('L', (10, 4000), 9), tmp_path/'tall.jpg')
-    assert load_image(tall, size=16).size == (16, 16 * ri.MAX_ASPECT)
+    assert load_image(tall, short_side=16).size == (16, 16 * ri.MAX_ASPECT)
 
 
 def test_sources(tmp_path):
     p = save(photo(64, 48), tmp_path/'a.png')
-    ref = load_image(p, size=24)
-    assert np.array_equal(np.asarray(load_image(p.read_bytes(), size=24)), np.asarray(ref))
-    assert np.array_equal(np.asarray(load_image(Image.open(p), size=24)), np.asarray(ref))
-    assert np.array_equal(np.asarray(load_image(np.asarray(Image.open(p)), size=24)), np.asarray(ref))
+    ref = load_image(p, short_side=24)
+    assert np.array_equal(np.asarray(load_image(p.read_bytes(), short_side=24)), np.asarray(ref))
+    assert np.array_equal(np.asarray(load_image(Image.open(p), short_side=24)), np.asarray(ref))
+    assert np.array_equal(np.asarray(load_image(np.asarray(Image.open(p)), short_side=24)), np.asarray(ref))
     assert load_image(np.zeros((8, 6), np.uint8)).size == (6, 8)
     assert load_image(np.zeros((8, 6, 4), np.uint8)).getpixel((0, 0)) == ri.BACKGROUND
     with pytest.raises(ImageLoadError, match='shape'): load_image(np.zeros((8, 6, 2), np.uint8))
     with pytest.raises(TypeError): load_image(123)
-    with pytest.raises(ValueError): load_image(p, size=0)
+    with pytest.raises(ValueError): load_image(p, short_side=0)
 
 
 def test_odd_file_names(tmp_path):
     for name in ['with space.jpg', 'ünïcødé 写真.JPG', '-dash.jpeg']:
         p = save(photo(40, 30), tmp_path/name, 'JPEG')
-        assert load_image(p, size=15).size == (20, 15)
+        assert load_image(p, short_side=15).size == (20, 15)
         assert probe_image(p) == dict(width=40, height=30, format='JPEG')
 
 
@@ -316,9 +316,9 @@ def test_real_photos(genimage_dir):
         info = probe_image(f)
         ref = ImageOps.exif_transpose(Image.open(f)).convert('RGB')
         assert (ref.width, ref.height) == (info['width'], info['height'])
-        full = load_image(f, size=min(ref.size))
+        full = load_image(f, short_side=min(ref.size))
         assert np.array_equal(np.asarray(full), np.asarray(ref)), f
-        im = load_image(f, size=min(ref.size) // 2)
+        im = load_image(f, short_side=min(ref.size) // 2)
         assert im.mode == 'RGB' and min(im.size) == min(ref.size) // 2
         mads.append(mad(im, ref.resize(im.size, BIL)))
     assert np.mean(mads) < 4.0 and max(mads) < 8.0, mads

@@ -79,7 +79,7 @@ def observe_load(corpus, size=None) -> dict:
     out = {}
     for e in corpus:
         try:
-            with deadline(20, 'load_image'): out[e.key] = ('ok', images.load_image(e.path, size=size))
+            with deadline(20, 'load_image'): out[e.key] = ('ok', images.load_image(e.path, short_side=size))
         except images.ImageLoadError as x: out[e.key] = ('error', str(x))
         except Hang as x: out[e.key] = ('hang', str(x))
         except Exception as x: out[e.key] = ('crash', f'{type(x).__name__}: {x}')
@@ -92,7 +92,7 @@ def cells_load(corpus, size=None):
 
 def test_load_image_full(corpus): assert_cells(cells_load(corpus), 'load_image(path)')
 
-def test_load_image_resized(corpus): assert_cells(cells_load(corpus, 16), 'load_image(path, size=16)')
+def test_load_image_resized(corpus): assert_cells(cells_load(corpus, 16), 'load_image(path, short_side=16)')
 
 def test_load_image_other_sources(corpus):
     "bytes / PIL / array inputs of the valid files decode like the path; bad bytes raise ImageLoadError, never crash."
@@ -101,13 +101,13 @@ def test_load_image_other_sources(corpus):
     for e in corpus:
         if e.expect != 'ok' or not os.access(e.path, os.R_OK) or e.key == 'no_read_perm': continue
         data = e.path.read_bytes()
-        ref = np.asarray(images.load_image(e.path, size=16))
+        ref = np.asarray(images.load_image(e.path, short_side=16))
         for src in (data, images.load_image(e.path), np.asarray(images.load_image(e.path))):
-            got = np.asarray(images.load_image(src, size=16))
+            got = np.asarray(images.load_image(src, short_side=16))
             if got.shape != ref.shape or np.abs(got.astype(int) - ref).mean() > 3: bad.append(f'{e.key} from {type(src).__name__}')
     for e in corpus:
         if e.expect == 'error' and e.path.is_file() and not e.path.is_symlink():
-            try: images.load_image(e.path.read_bytes(), size=16); bad.append(f'{e.key} bytes accepted')
+            try: images.load_image(e.path.read_bytes(), short_side=16); bad.append(f'{e.key} bytes accepted')
             except images.ImageLoadError as x: assert '<bytes>' in str(x)
     assert not bad, bad
 

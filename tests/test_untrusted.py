@@ -226,7 +226,7 @@ def test_bombs_refused_before_decoding(tmp_path, w, h):
     "Above the limit (even in PIL's warn-only window 1x..2x, and as a thin strip) the header is enough to refuse."
     p = tmp_path / f'bomb_{w}x{h}.png'; p.write_bytes(png_declaring(w, h))
     if w * h <= images.MAX_PIXELS: pytest.skip('not above the limit')
-    for f in (images.probe_image, images.load_image, lambda p: images.load_image(p, size=32), lambda p: images.load_image(p.read_bytes())):
+    for f in (images.probe_image, images.load_image, lambda p: images.load_image(p, short_side=32), lambda p: images.load_image(p.read_bytes())):
         with pytest.raises(images.ImageLoadError) as ei: f(p)
         assert 'bomb' in str(ei.value) or 'pixels' in str(ei.value), ei.value
 
@@ -236,7 +236,7 @@ def test_limit_holds_even_if_pil_limit_is_disabled(tmp_path):
     old = PIL.Image.MAX_IMAGE_PIXELS
     try:
         PIL.Image.MAX_IMAGE_PIXELS = None     # some other library switched the global off
-        with pytest.raises(images.ImageLoadError): images.load_image(p, size=32)
+        with pytest.raises(images.ImageLoadError): images.load_image(p, short_side=32)
         with pytest.raises(images.ImageLoadError): images.probe_image(p)
     finally: PIL.Image.MAX_IMAGE_PIXELS = old
 
