@@ -13,7 +13,7 @@ from .core import RealfakeError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'SUBSAMPLING', 'ImageLoadError', 'to_rgb',
-           'load_image', 'probe_image', 'estimate_jpeg_quality', 'jpeg_info']
+           'load_image', 'probe_image', 'thumbnail', 'estimate_jpeg_quality', 'jpeg_info']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -231,6 +231,22 @@ def _png_header(w: int, h: int) -> bytes:
     def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
     return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
             + chunk(b'IDAT', zlib.compress(b'\x00' * 64)) + chunk(b'IEND', b''))
+
+# %% ../nbs/02_images.ipynb #11ebca60
+def thumbnail(src, max_side:int=160, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
+    "An RGB image of `src` that fits in `max_side` x `max_side` (never enlarged), for display."
+    im = load_image(src, max_pixels=max_pixels) if isinstance(src, Image.Image) else _thumb_decode(src, max_side, max_pixels)
+    if max(im.size) > max_side: im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return im
+
+def _thumb_decode(src, max_side, max_pixels):
+    "`load_image` with a shorter side that makes the longer side about `max_side` (a cheap JPEG draft)."
+    if isinstance(src, (str, os.PathLike)): info = probe_image(src)
+    elif isinstance(src, np.ndarray): info = dict(width=src.shape[1], height=src.shape[0])
+    else: return load_image(src, max_pixels=max_pixels)
+    w, h = info['width'], info['height']
+    short = max(1, round(min(w, h) * max_side / max(w, h)))
+    return load_image(src, short_side=short, max_pixels=max_pixels) if max(w, h) > max_side else load_image(src, max_pixels=max_pixels)
 
 # %% ../nbs/02_images.ipynb #80716cf3
 _STD_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,

@@ -5,7 +5,7 @@ import json, os, time
 from pathlib import Path
 import pytest
 
-md = pytest.importorskip('realfake.metadata', reason='realfake.metadata not built yet')
+import realfake.metadata as md
 from realfake.metadata import read_metadata, write_metadata, validate_record, MetadataError
 
 def rec(i=0, **kw):
