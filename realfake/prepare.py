@@ -90,10 +90,12 @@ def walk_images(root, exts=IMAGE_EXTS, progress:bool|None=None) -> tuple[pd.Data
                          'linked': np.asarray(linked, bool)[order] if order else np.zeros(0, bool)}), unreadable
 
 def _safe_text(s:pd.Series) -> pd.Series:
-    "Values of `s` as text that pandas can hash and group: undecodable bytes in `escape_path` form (object column)."
-    a = [v if isinstance(v, str) else str(v) for v in s.to_numpy(dtype=object)]
-    try: '\0'.join(a).encode('utf-8')
-    except UnicodeEncodeError: a = [escape_path(v) for v in a]
+    "Values of `s` as text that pandas can hash and group: undecodable bytes in `escape_path` form."
+    if isinstance(s.dtype, pd.StringDtype) and not s.isna().any(): return s     # UTF-8 already: nothing to escape
+    a = s.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(a, skipna=False) != 'string': a = np.array([v if isinstance(v, str) else str(v) for v in a], dtype=object)
+    try: '\0'.join(a).encode('utf-8')                      # one C-level check of the whole column
+    except UnicodeEncodeError: a = np.array([escape_path(v) for v in a], dtype=object)
     return pd.Series(a, index=s.index, dtype=object)
 
 def _resolve(paths:pd.Series, linked:np.ndarray, root:str) -> pd.Series:
@@ -412,7 +414,10 @@ def _check_options(df:pd.DataFrame, n, valid_pct:float, test_pct:float):
 
 def _unique_paths(df:pd.DataFrame) -> pd.DataFrame:
     "`df` without repeated paths (the first is kept, with a warning)."
-    dup = _safe_text(df['path']).duplicated(keep='first').to_numpy()
+    h = _key(_safe_text(df['path']), 0, 'path')                 # equal paths have equal hashes: a cheap check first,
+    sk = np.sort(h); same = sk[1:][sk[1:] == sk[:-1]]           # then confirmed on the strings themselves
+    dup = np.zeros(len(df), bool)
+    if len(same): maybe = np.isin(h, same); dup[maybe] = df['path'][maybe].duplicated(keep='first').to_numpy()
     if dup.any(): _log.warning(f"{dup.sum():,} duplicate paths: keeping the first of each (see find_duplicates)")
     return df[~dup] if dup.any() else df
 
