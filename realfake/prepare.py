@@ -673,7 +673,7 @@ def find_identical(df:pd.DataFrame, workers:int=8, progress:bool|None=None) -> p
     g = d.groupby('digest')
     d['cross_split'] = g['split'].transform('nunique') > 1
     d['cross_label'] = g['label'].transform('nunique') > 1
-    return d.sort_values(['digest', 'path'])[cols].reset_index(drop=True)
+    return d.assign(_k=_safe_text(d['path'])).sort_values(['digest', '_k'])[cols].reset_index(drop=True)
 
 # %% ../nbs/07_prepare.ipynb #3aac466d
 def _items(title:str, lines:list, max_items:int) -> list:

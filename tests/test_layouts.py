@@ -330,3 +330,23 @@ def test_probe_on_the_genimage_sample(genimage_dir):
     assert len(res.df) and set(res.df.format) == {'JPEG'} and res.df.quality.between(1, 100).all()
     assert res.probed.subsampling.notna().all() and res.warnings == []
     assert 'files by label and source' in res.report()
+
+
+def test_latin1_names_in_every_layout(tmp_path):
+    "Folder and file names that are not UTF-8 as classes, generators, ForenSynths classes, manifest rows: listed, probed, hashed, written."
+    L = os.fsdecode(b'\xe9t\xe9')
+    tree(tmp_path, [f'cls/{L}/a.jpg', f'cls/n01/{L}.jpg', f'i2d/00000/{L}.jpg', f'gi/{L}/train/ai/{L}.png', f'gi/{L}/train/nature/b.jpg',
+                    f'fs/{L}/{L}/0_real/c.png', f'fs/{L}/{L}/1_fake/d.png'])
+    (tmp_path/'i2d'/'00000'/f'{L}.txt').write_text('a caption')
+    (tmp_path/'i2d'/'00000'/f'{L}.jpg').write_bytes((tmp_path/'cls'/L/'a.jpg').read_bytes())          # identical to a real one
+    (tmp_path/'list.csv').write_bytes(b'path,label\ncls/n01/\xe9t\xe9.jpg,real\ngi/\\xe9t\\xe9/train/ai/\\xe9t\\xe9.png,fake\n')   # raw and escaped
+    assert list_source(f'real:classes:{tmp_path}/cls', progress=False).group.tolist() == ['n01', '\\xe9t\\xe9']
+    assert list_source(f'fake:img2dataset:{tmp_path}/i2d', progress=False).prompt.tolist() == ['a caption']
+    assert list_source(f'auto:csv:{tmp_path}/list.csv', progress=False).path.map(os.path.exists).all()
+    res = realfake_prepare([f'real:classes:{tmp_path}/cls', f'fake:img2dataset:{tmp_path}/i2d', f'auto:genimage:{tmp_path}/gi',
+                            f'auto:forensynths:{tmp_path}/fs'], out=str(tmp_path/'m.jsonl'), keep_splits=True, probe=True,
+                           content_hash=True, prompt_groups=True, no_progress=True)
+    assert '\\xe9t\\xe9' in set(res.df.source) | set(res.df.group.dropna()) and '\\xe9t\\xe9' in res.report()
+    assert len(res.identical) == 2 and res.identical.cross_label.all()
+    m = read_metadata(tmp_path/'m.jsonl')
+    assert len(m) == len(res.df) == 6 and m.path.map(os.path.exists).all()
