@@ -506,9 +506,10 @@ def sample_kept_splits(df:pd.DataFrame, n:int|None=None, valid_pct:float=0.1, se
     take = np.zeros(len(df), bool)
     for c, split in enumerate(SPLITS):
         if not counts[c].any(): continue
-        if not k[c]:
+        if not counts[c].min():
             warns.append(f"split {split} has {', '.join(f'{int(x):,} {l}' for l, x in zip(LABELS, counts[c]))} records: "
                          "it cannot be balanced and is left out"); continue
+        if not k[c]: warns.append(f"split {split}: n={n:,} leaves no records for it"); continue
         idx = np.flatnonzero(code == c)
         t, w = _select(lab[idx], key[idx], df['source'].iloc[idx], 2 * int(k[c]), quotas, f"split {split}: ")
         take[idx[t]] = True; warns += w
