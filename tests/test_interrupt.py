@@ -199,7 +199,7 @@ def test_predict_killed_from_outside(tmp_path, model_dir):
 
 # ---------------------------------------------------------------- realfake_prepare
 def _prepare_args(tmp, out):
-    return [f'real:folder:{tmp / "real"}', f'fake:folder:{tmp / "fake"}', '--out', out, '--no-progress', '--workers', 1]
+    return [f'real:folder:{tmp / "real"}', f'fake:folder:{tmp / "fake"}', '--out', out, '--no_progress', '--workers', 1]
 
 @pytest.mark.parametrize('hook', ['fsync', 'replace'])
 def test_prepare_killed_while_writing(tmp_path, hook):

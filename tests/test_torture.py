@@ -274,7 +274,7 @@ def cells_prepare(corpus, tmp):
     tmp = Path(tmp); out = tmp / 'prepared.jsonl'
     clean = _clean_pngs(tmp / 'clean', len(corpus) + 6)
     r = run_cli('realfake_prepare', f'real:folder:{corpus[0].path.parent}', f'fake:folder:{clean}', '--probe',
-                '--out', out, '--valid_pct', 0.25, '--no-progress', '--workers', 2, timeout=120)
+                '--out', out, '--valid_pct', 0.25, '--no_progress', '--workers', 2, timeout=120)
     if r.returncode is None or r.returncode != 0 or not out.exists():
         return {e.key: f'FAIL: rc={r.returncode}: {r.stderr[-300:]}' for e in corpus}, r, None
     from realfake.metadata import read_metadata
