@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import noop
 from fastcore.docments import docments
 from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command
-from .metadata import read_metadata, summarize
+from .metadata import read_metadata, check_splits, summarize
 from .synth import make_demo
 from .preprocess import Preprocess, parse_resize
 from .modeldir import MODEL_FILE, write_model_dir, save_model_dir, load_tensors
@@ -193,7 +193,7 @@ def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=Fal
     init_distributed(cpu)
     out = Path(out or ('runs/demo' if demo else 'runs/realfake'))
     if demo: metadata = _demo_metadata(out, demo_dir, demo_n, config.seed, config.size)
-    df = read_metadata(metadata)
+    df = check_splits(read_metadata(metadata))
     if rank_distrib() == 0 and not quiet: print(summarize(df))
     device = torch.device('cuda', torch.cuda.current_device()) if use_cuda(cpu) else torch.device('cpu')
     set_seed(config.seed)
