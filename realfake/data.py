@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_data.ipynb #53e6a894
 from __future__ import annotations
-import os, random, dataclasses
+import random
 from dataclasses import dataclass
 from functools import partial
 import numpy as np
