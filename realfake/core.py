@@ -196,9 +196,9 @@ def command(f):
     "Decorator for `realfake_*` commands (put it under `@call_parse`): logging, one-line user errors, exit status 2."
     @functools.wraps(f)
     def _cmd(*args, **kwargs):
+        if not is_cli(_Running(_cmd)): return f(*args, **kwargs)   # called from Python (or from another command)
         verbose = bool(kwargs.get('verbose', False))
         setup_logging(verbose)
-        if not is_cli(_Running(_cmd)): return f(*args, **kwargs)   # called from Python (or from another command)
         run_command(f.__name__, lambda: f(*args, **kwargs), verbose)
     return _cmd
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger   # first: it quiets a fastai import warning
 from torch import nn
 from safetensors.torch import save_file
-from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger
 from .preprocess import Preprocess, combine_logits
 from .modeldir import (MODEL_FILE, CONFIG_FILE, ModelConfig, timm_weights_kwargs, hub_errors, write_model_dir,
                                state_tensors, load_tensors, read_small_file)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command   # first: it quiets a fastai import warning
 from fastcore.basics import noop
 from fastcore.docments import docments
-from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command
 from .metadata import read_metadata, check_splits, summarize
 from .synth import make_demo
 from .preprocess import Preprocess, parse_resize
