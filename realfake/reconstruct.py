@@ -674,6 +674,8 @@ def reconstruct(paths, ae='CompVis/stable-diffusion-v1-4/vae', out_dir='aligned'
     return stats
 
 # %% ../nbs/09_reconstruct.ipynb #da9740a6
+def _n(k:int, word:str) -> str: return f"{k:,} {word}{'' if k == 1 else 's'}"
+
 _PATHS = Param("metadata files (.jsonl: their real images) and/or image folders", str, nargs='+')
 _AE = Param("autoencoders: Hub ids (OWNER/REPO[/SUBFOLDER]) or local diffusers folders, each optionally NAME=...; "
             "with --img2img, img2img pipelines", str, nargs='+')
@@ -709,10 +711,10 @@ def realfake_reconstruct(
                     steps=steps, guidance=guidance, valid_pct=valid_pct, test_pct=test_pct, workers=workers,
                     progress=False if no_progress else None)
     where = f" (rank {s['rank']} of {s['world']})" if s['world'] > 1 else ''
-    print(f"{s['done']:,} reconstructed, {s['skipped']:,} already done, {s['errors']:,} errors{where}")
+    print(f"{s['done']:,} reconstructed, {s['skipped']:,} already done, {_n(s['errors'], 'error')}{where}")
     if 'out' in s:
         print(f"{s['records']:,} records (real images and their fakes) -> {s['out']}")
         if s['failed']:
-            print(f"{s['failed']:,} failures, their real images left out (all listed in {Path(s['out_dir'])/'errors.csv'}), e.g.:")
+            print(f"{_n(s['failed'], 'failure')}, their real images left out (all listed in {Path(s['out_dir'])/'errors.csv'}), e.g.:")
             for e in s['first_errors']: print('  ' + e)
     return s
