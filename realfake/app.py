@@ -14,11 +14,14 @@ import numpy as np, pandas as pd
 from PIL import Image
 from fastcore.script import call_parse
 
-from .core import LABELS, RealfakeError, get_logger, setup_logging, to_jsonable
+from .core import LABELS, RealfakeError, command, get_logger, to_jsonable
+from .images import ImageLoadError, load_image, thumbnail
+from .metadata import read_metadata
+from .humans import VoteStore, LabelPool, CONFIDENCE, compare_humans_model, _image_key, _token, _metadata_root
+from .predict import load_classifier
 
 # %% auto #0
-__all__ = ['CONFIDENCE', 'VOLUNTEER_COOKIE', 'VoteStore', 'LabelPool', 'read_upload', 'HumanModelComparison',
-           'compare_humans_model', 'make_app', 'realfake_app']
+__all__ = ['VOLUNTEER_COOKIE', 'read_upload', 'make_app', 'realfake_app']
 
 # %% ../nbs/19_app.ipynb #3e4fa007
 try:
@@ -35,156 +38,6 @@ except ImportError as e:  # `compare_humans_model` and `VoteStore` still work wi
 # %% ../nbs/19_app.ipynb #bc28cb44
 _log = get_logger('app')
 
-# %% ../nbs/19_app.ipynb #d25dacdc
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS votes (
-    id         INTEGER PRIMARY KEY,
-    volunteer  TEXT NOT NULL,
-    image      TEXT NOT NULL,
-    answer     TEXT NOT NULL CHECK (answer IN ('real', 'fake')),
-    confidence INTEGER CHECK (confidence IS NULL OR confidence BETWEEN 1 AND 3),
-    label      TEXT,
-    source     TEXT,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    UNIQUE (volunteer, image)
-);
-CREATE INDEX IF NOT EXISTS votes_image ON votes (image);
-CREATE TABLE IF NOT EXISTS shown (
-    volunteer TEXT NOT NULL,
-    image     TEXT NOT NULL,
-    shown_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    PRIMARY KEY (volunteer, image)
-);
-"""
-
-CONFIDENCE = {1: 'guessing', 2: 'fairly sure', 3: 'certain'}
-
-class VoteStore:
-    "Volunteers' votes in one SQLite file (WAL): safe for many threads and processes voting at once."
-    def __init__(self, path, timeout:float=30.0):
-        self.path, self.timeout = Path(path), float(timeout)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.timeout
-        while True:  # first use of a new file by several processes at once: WAL switch and schema may race
-            try:
-                with self._conn() as con:
-                    if con.execute('PRAGMA journal_mode=WAL').fetchone()[0].lower() != 'wal':
-                        raise RealfakeError(f"{self.path}: SQLite could not switch to WAL mode (network file system?)")
-                    con.executescript(_SCHEMA)
-                break
-            except sqlite3.OperationalError as e:
-                if 'locked' not in str(e) or time.monotonic() > deadline: raise
-                time.sleep(0.05)
-
-    @contextmanager
-    def _conn(self):
-        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)  # autocommit; timeout=busy_timeout
-        try:
-            con.execute('PRAGMA synchronous=FULL')
-            yield con
-        finally: con.close()
-
-    def _all(self, sql, *args):
-        with self._conn() as con: return con.execute(sql, args).fetchall()
-
-    def add_vote(self, volunteer:str, image:str, answer:str, confidence:int|None=None,
-                 label:str|None=None, source:str|None=None) -> bool:
-        "Record one vote; True if stored, False if this volunteer already voted on `image` (the first vote counts)."
-        if not volunteer or not image: raise RealfakeError("a vote needs a volunteer id and an image")
-        if answer not in LABELS: raise RealfakeError(f"answer must be one of {LABELS}, not {answer!r}")
-        if confidence is not None and confidence not in CONFIDENCE:
-            raise RealfakeError(f"confidence must be one of {sorted(CONFIDENCE)} or empty, not {confidence!r}")
-        with self._conn() as con:
-            cur = con.execute('INSERT INTO votes (volunteer, image, answer, confidence, label, source) '
-                              'VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (volunteer, image) DO NOTHING',
-                              (volunteer, image, answer, confidence, label, source))
-            return cur.rowcount == 1
-
-    def mark_shown(self, volunteer:str, image:str):
-        "Remember that `image` was presented to `volunteer`."
-        with self._conn() as con:
-            con.execute('INSERT INTO shown (volunteer, image) VALUES (?, ?) ON CONFLICT DO NOTHING', (volunteer, image))
-
-    def shown(self, volunteer:str) -> set:
-        "Images ever presented to `volunteer`."
-        return {r[0] for r in self._all('SELECT image FROM shown WHERE volunteer = ?', volunteer)}
-
-    def pending(self, volunteer:str) -> list:
-        "Images presented to `volunteer` but not answered yet, oldest first."
-        return [r[0] for r in self._all(
-            'SELECT s.image FROM shown s LEFT JOIN votes v ON v.volunteer = s.volunteer AND v.image = s.image '
-            'WHERE s.volunteer = ? AND v.id IS NULL ORDER BY s.shown_at, s.rowid', volunteer)]
-
-    def voted(self, volunteer:str) -> set:
-        "Images `volunteer` has voted on."
-        return {r[0] for r in self._all('SELECT image FROM votes WHERE volunteer = ?', volunteer)}
-
-    def vote_counts(self) -> dict:
-        "Number of votes per image."
-        return dict(self._all('SELECT image, COUNT(*) FROM votes GROUP BY image'))
-
-    def n_votes(self, volunteer:str|None=None) -> int:
-        "Number of votes, of everyone or of one volunteer."
-        if volunteer is None: return self._all('SELECT COUNT(*) FROM votes')[0][0]
-        return self._all('SELECT COUNT(*) FROM votes WHERE volunteer = ?', volunteer)[0][0]
-
-    def votes(self) -> pd.DataFrame:
-        "All votes as a DataFrame (one row per vote)."
-        with self._conn() as con:
-            return pd.read_sql_query('SELECT id, volunteer, image, answer, confidence, label, source, created_at '
-                                     'FROM votes ORDER BY id', con)
-
-    def __repr__(self): return f"VoteStore({str(self.path)!r}, votes={self.n_votes()})"
-
-# %% ../nbs/19_app.ipynb #d8a87b61
-def _image_key(path, root=None) -> str:
-    "How the votes database names an image: its path relative to `root` (the metadata folder) when inside it."
-    p = Path(os.path.normpath(str(path)))
-    if root is not None:
-        try: return p.relative_to(os.path.normpath(str(root))).as_posix()
-        except ValueError: pass
-    return p.as_posix()
-
-def _token(key:str) -> str:
-    "Opaque, stable id of an image in URLs and forms (its path would give the answer away)."
-    return hashlib.sha256(key.encode('utf-8')).hexdigest()[:20]
-
-def _metadata_root(df):
-    mp = df.attrs.get('metadata_path')
-    return Path(mp).absolute().parent if mp else None  # as `read_metadata` makes paths absolute
-
-# %% ../nbs/19_app.ipynb #9c3d1a40
-class LabelPool:
-    "The images of a metadata table that volunteers label, and the choice of the next one."
-    def __init__(self, df:pd.DataFrame, split:str|None=None, seed:int|None=None):
-        if split:
-            sel = df[df['split'] == split]
-            if len(sel): df = sel
-            else: _log.warning(f"the metadata has no {split!r} rows: volunteers label all {len(df)} images")
-        root = _metadata_root(df)
-        self.rows = {}
-        for r in df.itertuples(index=False):
-            self.rows.setdefault(_image_key(r.path, root), dict(path=str(r.path), label=r.label, source=r.source))
-        self.keys = list(self.rows)
-        self.by_token = {_token(k): k for k in self.keys}
-        self.rng = random.Random(seed)
-        self._lock = threading.Lock()
-
-    def __len__(self): return len(self.keys)
-
-    def next_for(self, store:VoteStore, volunteer:str) -> str|None:
-        "Key of the image to show `volunteer` now, or None when they have seen them all."
-        for k in store.pending(volunteer):
-            if k in self.rows: return k
-        seen = store.shown(volunteer) | store.voted(volunteer)
-        cands = [k for k in self.keys if k not in seen]
-        if not cands: return None
-        counts = store.vote_counts()
-        least = min(counts.get(k, 0) for k in cands)
-        with self._lock: k = self.rng.choice([k for k in cands if counts.get(k, 0) == least])
-        store.mark_shown(volunteer, k)
-        return k
-
 # %% ../nbs/19_app.ipynb #7dc2c083
 def _fmt_bytes(n) -> str:
     for unit in ('bytes', 'kB', 'MB', 'GB'):
@@ -193,7 +46,6 @@ def _fmt_bytes(n) -> str:
 
 def read_upload(data:bytes, name:str='upload', max_bytes:int=20_000_000, max_pixels:int=40_000_000):
     "Check an uploaded file's size, then decode it (pixel count checked first) to RGB; `ImageLoadError` says why not."
-    from realfake.images import load_image, ImageLoadError
     if not data: raise ImageLoadError(name, "the file is empty")
     if len(data) > max_bytes:
         raise ImageLoadError(name, f"the file is {_fmt_bytes(len(data))}, more than the {_fmt_bytes(max_bytes)} limit")
@@ -252,150 +104,27 @@ def _model_threshold(model, default:float=0.5) -> float:
         if isinstance(t, (int, float)) and not isinstance(t, bool): return float(t)
     return default
 
-def _crop_scores(model, im:Image.Image, n_crops:int=9) -> list[dict]:
-    "Per-crop prob_fake of `im` at full resolution, on the crops `predict(mode='crops')` uses: box as fractions."
-    from realfake.predict import crop_boxes, to_tensor_array
-    from realfake.images import load_image
-    cfg = model.config; size = int(cfg.size)
-    if min(im.size) < size: im = load_image(im, short_side=size)
-    boxes = crop_boxes(*im.size, size, n=n_crops, how='grid')
-    lg = model.logits(np.stack([to_tensor_array(im.crop(b), cfg.mean, cfg.std) for b in boxes]))
-    probs = model.margin_to_prob(lg[:, 1] - lg[:, 0])
-    W, H = im.size
-    return [dict(box=[round(min(b[0]/W, 1), 4), round(min(b[1]/H, 1), 4), round(min(b[2]/W, 1), 4),
-                      round(min(b[3]/H, 1), 4)], prob_fake=float(p)) for b, p in zip(boxes, probs)]
+def _scoring_model(model, crops:bool):
+    "`model`, or the same model scoring native-pixel crops on a grid when `crops` is asked for."
+    return model.with_preprocess(resize='native', crops='grid') if crops else model
 
-def _predict_rows(model, images:list, mode:str='resize') -> list[dict]:
+def _predict_rows(model, images:list, crops:bool=False) -> list[dict]:
     "Run `model` on decoded images; one dict per image: prob_fake, label, error, details (+ per-crop scores)."
-    df = model.predict(images, mode=mode).reset_index(drop=True)
+    model = _scoring_model(model, crops)
+    df = model.predict(images).reset_index(drop=True)
     if len(df) != len(images): raise RealfakeError(f"the model returned {len(df)} rows for {len(images)} images")
     thr, out = _model_threshold(model), []
-    per_crop = mode == 'crops' and all(hasattr(model, a) for a in ('config', 'logits', 'margin_to_prob'))
     for im, (_, r) in zip(images, df.iterrows()):
         err = r.get('error')
         err = None if err is None or (isinstance(err, float) and math.isnan(err)) or err == '' else str(err)
         p = r.get('prob_fake')
         p = None if p is None or not np.isfinite(p) else float(p)
         lab = r.get('label') if isinstance(r.get('label'), str) else (None if p is None else LABELS[int(p >= thr)])
-        details = {k: to_jsonable(v) for k, v in r.items() if k not in _BASE_COLS}
-        if mode != 'crops': details.pop('n_crops', None)
-        if per_crop and err is None: details['crops'] = _crop_scores(model, im, int(details.get('n_crops') or 9))
+        details = {k: to_jsonable(v) for k, v in r.items() if k not in _BASE_COLS and v is not None}
+        if err is None and int(details.get('n_crops') or 1) > 1: details['crops'] = model.crop_scores(im)
+        else: details.pop('n_crops', None)
         out.append(dict(prob_fake=p, label=lab, error=err, details=details))
     return out
-
-# %% ../nbs/19_app.ipynb #0cf6a3b7
-@dataclass
-class HumanModelComparison:
-    "Human accuracy next to the model's on the same images (see `compare_humans_model`)."
-    per_image: pd.DataFrame
-    overall: pd.DataFrame
-    by_source: pd.DataFrame
-    disagree: pd.DataFrame
-    threshold: float
-    n_volunteers: int
-    n_unknown: int = 0
-
-    def text(self) -> str:
-        "The comparison as a plain-text report."
-        if not len(self.per_image): return "Humans vs model: no votes yet."
-        fmt = {c: '{:.1%}'.format for c in ('human_acc', 'human_majority_acc', 'model_acc', 'model_minus_human')}
-        def tbl(df): return df.to_string(formatters={c: f for c, f in fmt.items() if c in df}, na_rep='-')
-        dis = self.disagree[['image', 'source', 'label', 'n_votes', 'human_p_fake', 'prob_fake']]
-        lines = [f"Humans vs model ({self.n_volunteers} volunteers, model threshold {self.threshold:.3g})",
-                 tbl(self.overall), '', 'By source:', tbl(self.by_source), '',
-                 'Largest disagreements (share of "generated" votes vs model probability):',
-                 dis.to_string(index=False, float_format='{:.2f}'.format)]
-        if self.n_unknown: lines.append(f"({self.n_unknown} voted images are not in the metadata: ignored)")
-        return '\n'.join(lines)
-
-    def __str__(self): return self.text()
-    def _repr_markdown_(self): return f"```\n{self.text()}\n```"
-
-    def to_dict(self) -> dict:
-        "JSON-able summary (the per-image table is left out)."
-        recs = lambda df: [{k: to_jsonable(v) for k, v in r.items()} for r in df.to_dict('records')]
-        return dict(overall=recs(self.overall), by_source=recs(self.by_source), disagree=recs(self.disagree),
-                    threshold=self.threshold, n_volunteers=self.n_volunteers, n_unknown=self.n_unknown)
-
-# %% ../nbs/19_app.ipynb #478db077
-def _norm_path(p) -> str: return os.path.normpath(os.path.abspath(str(p)))
-
-def _model_probs(model, paths:list, root=None):
-    "prob_fake (np.nan when unknown) and label (None when unknown) for each path, from a Classifier, DataFrame or mapping."
-    n = len(paths)
-    if model is None: return np.full(n, np.nan), [None] * n
-    if hasattr(model, 'predict') and not isinstance(model, (pd.DataFrame, Mapping)):
-        rows = _predict_rows(model, list(paths)) if n else []
-        return np.array([np.nan if r['prob_fake'] is None else r['prob_fake'] for r in rows], float), \
-               [r['label'] for r in rows]
-    if isinstance(model, pd.DataFrame):
-        if 'path' not in model or 'prob_fake' not in model:
-            raise RealfakeError("predictions need the columns 'path' and 'prob_fake'")
-        def _abs(p): return _norm_path(p if os.path.isabs(str(p)) or root is None else Path(root)/str(p))
-        probs = dict(zip(map(_abs, model['path']), model['prob_fake'].astype(float)))
-        # the model's label: `pred` (realfake_evaluate's predictions.csv, where `label` is the truth), else from the
-        # threshold; a `label` column is never trusted, it means the truth in some tables and the verdict in others
-        labels = dict(zip(map(_abs, model['path']), model['pred'])) if 'pred' in model else {}
-    else:
-        probs, labels = {_norm_path(k): float(v) for k, v in dict(model).items()}, {}
-    keys = [_norm_path(p) for p in paths]
-    p = np.array([probs.get(k, np.nan) for k in keys], float)
-    return p, [labels.get(k) if isinstance(labels.get(k), str) else None for k in keys]
-
-def _summary(g:pd.DataFrame) -> dict:
-    votes = g['n_votes'].sum()
-    mc = g['model_correct'].dropna()
-    h = g['n_correct'].sum() / votes if votes else np.nan
-    m = mc.mean() if len(mc) else np.nan
-    return dict(images=len(g), votes=int(votes), human_acc=h, human_majority_acc=g['majority_correct'].mean(),
-                model_acc=m, model_minus_human=m - h, model_images=len(mc))
-
-def compare_humans_model(votes, metadata, model=None, top:int=10, threshold:float|None=None,
-                         split:str|None=None) -> HumanModelComparison:
-    "Compare volunteers' accuracy with `model`'s on the images they voted on: overall, per source, top disagreements."
-    from realfake.metadata import read_metadata
-    store = votes if isinstance(votes, VoteStore) else None
-    if store is None and isinstance(votes, (str, Path)):
-        if not Path(votes).exists(): raise FileNotFoundError(f"{votes}: no such votes database")
-        store = VoteStore(votes)
-    vdf = store.votes() if store is not None else pd.DataFrame(votes)
-    meta = read_metadata(metadata) if isinstance(metadata, (str, Path)) else metadata
-    if split: meta = meta[meta['split'] == split]
-    root = _metadata_root(meta)
-    truth = {}
-    for r in meta.itertuples(index=False): truth.setdefault(_image_key(r.path, root), (str(r.path), r.label, r.source))
-    thr = threshold if threshold is not None else _model_threshold(model)
-    cols = ['image', 'path', 'label', 'source', 'n_votes', 'n_fake', 'n_correct', 'human_p_fake', 'human_acc',
-            'majority_correct', 'mean_confidence', 'prob_fake', 'model_label', 'model_correct', 'disagreement']
-    known = vdf[vdf['image'].isin(truth)] if len(vdf) else vdf
-    n_unknown = int(vdf.loc[~vdf['image'].isin(truth), 'image'].nunique()) if len(vdf) else 0
-    if not len(known):
-        empty = pd.DataFrame(columns=cols)
-        return HumanModelComparison(empty, pd.DataFrame(), pd.DataFrame(), empty, thr, 0, n_unknown)
-    rows = []
-    for img, g in known.groupby('image', sort=True):
-        path, label, source = truth[img]
-        n, n_fake = len(g), int((g['answer'] == 'fake').sum())
-        n_correct = int((g['answer'] == label).sum())
-        maj = 0.5 if 2 * n_fake == n else float((('fake' if 2 * n_fake > n else 'real')) == label)
-        conf = pd.to_numeric(g['confidence'], errors='coerce').mean()
-        rows.append(dict(image=img, path=path, label=label, source=source, n_votes=n, n_fake=n_fake,
-                         n_correct=n_correct, human_p_fake=n_fake / n, human_acc=n_correct / n,
-                         majority_correct=maj, mean_confidence=conf))
-    per = pd.DataFrame(rows)
-    probs, labels = _model_probs(model, per['path'].tolist(), root)
-    per['prob_fake'] = probs
-    mlabels = [l if l is not None else (None if np.isnan(p) else LABELS[int(p >= thr)]) for p, l in zip(probs, labels)]
-    per['model_label'] = mlabels
-    per['model_correct'] = [np.nan if l is None else float(l == t) for l, t in zip(mlabels, per['label'])]
-    per['disagreement'] = (per['human_p_fake'] - per['prob_fake']).abs()
-    per = per[cols]
-    overall = pd.DataFrame([_summary(per)], index=['all'])
-    by_source = pd.DataFrame({s: _summary(g) for s, g in per.groupby('source', sort=True)}).T
-    by_source = by_source.astype({c: int for c in ('images', 'votes', 'model_images')})
-    disagree = (per.dropna(subset=['disagreement'])
-                   .sort_values(['disagreement', 'n_votes'], ascending=False).head(top).reset_index(drop=True))
-    return HumanModelComparison(per, overall, by_source, disagree, thr, int(known['volunteer'].nunique()), n_unknown)
 
 # %% ../nbs/19_app.ipynb #17024414
 _CSS = """
@@ -513,10 +242,7 @@ def make_app(classifier, metadata=None, db='votes.sqlite', split:str|None=None, 
     "The realfake web app (a FastHTML/Starlette ASGI app): Detect with `classifier`; Label the images of `metadata`."
     if _FASTHTML_ERROR is not None:
         raise RealfakeError(f"the web app needs FastHTML: pip install 'realfake[app]' ({_FASTHTML_ERROR})")
-    from realfake.images import ImageLoadError, load_image
-    if metadata is not None and not isinstance(metadata, pd.DataFrame):
-        from realfake.metadata import read_metadata
-        metadata = read_metadata(metadata)
+    if metadata is not None and not isinstance(metadata, pd.DataFrame): metadata = read_metadata(metadata)
     pool = LabelPool(metadata, split=split, seed=seed) if metadata is not None else None
     store = (db if isinstance(db, VoteStore) else VoteStore(db)) if pool is not None else None
     label_on = pool is not None
@@ -604,7 +330,8 @@ def make_app(classifier, metadata=None, db='votes.sqlite', split:str|None=None, 
     async def detect_post(req: Request):
         form = await req.form()
         files = [f for f in form.getlist('images') if hasattr(f, 'read')]
-        mode = 'crops' if form.get('crops') in ('1', 'on', 'true') else 'resize'
+        crops = form.get('crops') in ('1', 'on', 'true')
+        mode = 'crops' if crops else 'model'
         def fail(msg, code=400):
             if _wants_json(req): return JSONResponse({'error': msg, 'results': []}, status_code=code)
             return HTMLResponse(_standalone(_detect_page(message=msg)), status_code=code)
@@ -621,7 +348,7 @@ def make_app(classifier, metadata=None, db='votes.sqlite', split:str|None=None, 
             except ImageLoadError as e:
                 results.append(dict(name=name, error=str(e), prob_fake=None, label=None, details={}))
         if good:
-            try: preds = await run_in_threadpool(_predict_rows, classifier, [im for _, im in good], mode)
+            try: preds = await run_in_threadpool(_predict_rows, classifier, [im for _, im in good], crops)
             except Exception as e:
                 _log.exception('prediction failed')
                 preds = [dict(prob_fake=None, label=None, error=f"the model failed on this image ({type(e).__name__})",
@@ -749,30 +476,26 @@ def make_app(classifier, metadata=None, db='votes.sqlite', split:str|None=None, 
 
 # %% ../nbs/19_app.ipynb #7f4ea833
 @call_parse
+@command
 def realfake_app(
-    model:str=None, # model folder (config.json + model.safetensors) written by realfake_train / save_model_dir (required)
+    model:str='model', # model directory (config.json + model.safetensors) written by realfake_train
     metadata:str=None, # metadata JSONL with the images volunteers label (omit to serve only the detector)
     db:str='votes.sqlite', # SQLite file the votes go to (created if missing)
     host:str='127.0.0.1', # address to listen on; 127.0.0.1 = this machine only, 0.0.0.0 = the whole network
     port:int=8000, # TCP port
     split:str='test', # metadata split volunteers label ('' = all rows; all rows too if the split is empty)
-    crops:bool=False, # tick "full-resolution crops" on the Detect page by default
+    crops:bool=False, # tick "native-pixel crops" on the Detect page by default
     max_mb:float=20.0, # largest upload accepted, in megabytes per image
     max_mpix:float=40.0, # largest upload accepted, in megapixels per image
     max_files:int=16, # most images per upload
-    device:str=None, # torch device for the model, e.g. cpu or cuda (default: the Classifier's choice)
-    verbose:bool=False, # log debug messages
+    device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
+    verbose:bool=False, # debug logging and full tracebacks
 ):
-    "Serve the realfake web app: Detect (upload images, see the model's verdict) and Label (volunteers vote)."
-    if not model: raise SystemExit("realfake_app: error: --model DIR is required (see realfake_app --help)")
-    setup_logging(verbose)
+    "Serve the realfake web app: Detect (upload images, see the model's verdict), Label and Results (the human baseline)."
     import uvicorn
-    from realfake.predict import Classifier
-    try:
-        clf = Classifier.from_dir(model, device=device)
-        app = make_app(clf, metadata, db, split=split or None, crops=crops, max_bytes=int(max_mb * 1e6),
-                       max_pixels=int(max_mpix * 1e6), max_files=max_files)
-    except (RealfakeError, FileNotFoundError) as e: raise SystemExit(f"realfake_app: error: {e}") from None
+    clf = load_classifier(model, device)
+    app = make_app(clf, metadata, db, split=split or None, crops=crops, max_bytes=int(max_mb * 1e6),
+                   max_pixels=int(max_mpix * 1e6), max_files=max_files)
     st = app.state.realfake
     _log.info(f"model {model}; " + (f"labelling {len(st['pool'])} images, votes in {db}" if st['pool'] is not None
                                      else "labelling off (no --metadata)"))

@@ -11,8 +11,9 @@ from fastcore.script import is_cli
 
 # %% auto #0
 __all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes',
-           'atomic_write_json', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path', 'csv_cell', 'get_logger',
-           'setup_logging', 'progress_bar', 'error_line', 'command', 'find_images']
+           'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path',
+           'csv_cell', 'get_logger', 'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command',
+           'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -67,6 +68,42 @@ def atomic_write_json(path, obj, overwrite:bool=True) -> Path:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write('\n')
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #d4333af5
+def _fsync_dir(d):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+
+def _replace_dir(tmp:Path, dest:Path):
+    "Move the complete folder `tmp` to `dest`, replacing an existing `dest` (old one moved aside, then deleted)."
+    import shutil, time
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f'.{dest.name}.old-{os.getpid()}-{time.time_ns()}')
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    _fsync_dir(dest.parent)
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
+
+def write_dir_atomic(dest, files:dict) -> Path:
+    "Write `files` ({name: bytes, or a callable writing the given path}) as the folder `dest`, atomically."
+    import shutil
+    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
+    try:
+        for name, w in files.items():
+            p = tmp/name
+            if callable(w): w(p)
+            else: p.write_bytes(w)
+            with open(p, 'rb') as f: os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return dest
 
 # %% ../nbs/00_core.ipynb #000eadc7
 def to_jsonable(o):
@@ -146,6 +183,15 @@ class _Running:
     "`is_cli(_Running(g))`: is `g` the function fastcore's `call_parse` is running as a command right now?"
     def __init__(self, g): self.__wrapped__ = g
 
+def run_command(prog:str, f, verbose:bool=False):
+    "Run `f()` as the command `prog`: a user error prints one line and exits 2 (a traceback with `verbose`), Ctrl+C exits 130."
+    try: f()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr); sys.exit(130)
+    except USER_ERRORS as e:
+        if verbose: raise
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr); sys.exit(2)
+
 def command(f):
     "Decorator for `realfake_*` commands (put it under `@call_parse`): logging, one-line user errors, exit status 2."
     @functools.wraps(f)
@@ -153,12 +199,7 @@ def command(f):
         verbose = bool(kwargs.get('verbose', False))
         setup_logging(verbose)
         if not is_cli(_Running(_cmd)): return f(*args, **kwargs)   # called from Python (or from another command)
-        try: f(*args, **kwargs)
-        except KeyboardInterrupt:
-            print(f"{f.__name__}: interrupted", file=sys.stderr); sys.exit(130)
-        except USER_ERRORS as e:
-            if verbose: raise
-            print(f"{f.__name__}: error: {error_line(e)}", file=sys.stderr); sys.exit(2)
+        run_command(f.__name__, lambda: f(*args, **kwargs), verbose)
     return _cmd
 
 # %% ../nbs/00_core.ipynb #97ed5036

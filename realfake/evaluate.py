@@ -4,172 +4,35 @@
 
 # %% ../nbs/15_evaluate.ipynb #ab16512f
 from __future__ import annotations
-import os, io, json, math, html, shutil
+import os, json, math, html
 from pathlib import Path
-from typing import Callable
 import numpy as np, pandas as pd
-import torch
 from PIL import Image
 from fastcore.script import call_parse
-from .core import LABELS, SPLITS, RealfakeError, find_images, get_logger, setup_logging, atomic_write, atomic_write_json, to_jsonable
-from .images import load_image
-from .predict import Classifier, center_crop, read_config, _cli_errors, is_cli
+from .core import LABELS, RealfakeError, command, get_logger, atomic_write, atomic_write_json, to_jsonable
+from .images import load_image, thumbnail
+from .metadata import read_metadata
+from .prepare import Source, list_source
+from .metrics import (roc_curve, roc_auc, confusion_matrix, binary_metrics, per_source_metrics, reliability_bins,
+                              ece, fit_temperature, nll, fit_threshold)
+from .perturb import encode_jpeg, down_up
+from .modeldir import update_config
+from .humans import compare_humans_model
+from .predict import Classifier, load_classifier
 
 # %% auto #0
-__all__ = ['REAL_NAMES', 'AUDIT_TRANSFORMS', 'FIGURES', 'roc_curve', 'roc_auc', 'average_precision', 'confusion_matrix',
-           'binary_metrics', 'per_source_metrics', 'reliability_bins', 'ece', 'fit_temperature', 'nll', 'fit_threshold',
-           'folder_records', 'load_eval_data', 'plot_grid', 'plot_roc', 'plot_confusion', 'plot_reliability',
-           'shortcut_audit', 'calibrate', 'save_calibration', 'evaluate', 'realfake_evaluate']
+__all__ = ['REAL_NAMES', 'AUDIT_TRANSFORMS', 'FIGURES', 'folder_records', 'load_eval_data', 'plot_grid', 'plot_roc',
+           'plot_confusion', 'plot_reliability', 'shortcut_audit', 'calibrate', 'save_calibration', 'evaluate',
+           'realfake_evaluate']
 
 # %% ../nbs/15_evaluate.ipynb #84df28dc
 _log = get_logger('evaluate')
-
-# %% ../nbs/15_evaluate.ipynb #4b08b0b9
-def _cum_counts(y, s):
-    "Distinct thresholds (descending) and the cumulative true/false positives above or at each."
-    y, s = np.asarray(y, dtype=np.int64), np.asarray(s, dtype=np.float64)
-    order = np.argsort(-s, kind='mergesort')
-    s, y = s[order], y[order]
-    idx = np.r_[np.where(np.diff(s))[0], len(y) - 1]
-    tps = np.cumsum(y)[idx]
-    return s[idx], tps, (idx + 1) - tps
-
-def roc_curve(y, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "(fpr, tpr, thresholds) of scores `s` for labels `y` (1 = fake), starting at (0, 0)."
-    if len(y) == 0: return np.array([0.]), np.array([0.]), np.array([np.inf])
-    thr, tps, fps = _cum_counts(y, s)
-    tps, fps, thr = np.r_[0, tps], np.r_[0, fps], np.r_[np.inf, thr]
-    fpr = fps / fps[-1] if fps[-1] else np.full(len(fps), np.nan)
-    tpr = tps / tps[-1] if tps[-1] else np.full(len(tps), np.nan)
-    return fpr, tpr, thr
-
-def roc_auc(y, s) -> float:
-    "Area under the ROC curve (NaN when only one class is present)."
-    y = np.asarray(y)
-    if len(y) == 0 or y.min() == y.max(): return float('nan')
-    fpr, tpr, _ = roc_curve(y, s)
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-def average_precision(y, s) -> float:
-    "Average precision of fake as the positive class: sum over thresholds of (R_n - R_n-1) * P_n."
-    y = np.asarray(y)
-    if len(y) == 0 or y.sum() == 0: return float('nan')
-    _, tps, fps = _cum_counts(y, s)
-    precision, recall = tps / (tps + fps), tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0, recall]) * precision))
-
-# %% ../nbs/15_evaluate.ipynb #0327ae33
-def confusion_matrix(y, pred) -> np.ndarray:
-    "2x2 counts: rows = true (real, fake), columns = predicted (real, fake)."
-    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-    return np.bincount(2 * y + pred, minlength=4).reshape(2, 2)
-
-def _nan(x): return float('nan') if x is None else float(x)
-
-def binary_metrics(y, p, threshold:float=0.5) -> dict:
-    "accuracy, acc_real, acc_fake, auc, ap and the confusion counts of probabilities `p` for labels `y`."
-    y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)
-    pred = (p >= threshold).astype(np.int64)
-    (tn, fp), (fn, tp) = confusion_matrix(y, pred)
-    n_real, n_fake = int(tn + fp), int(fn + tp)
-    return dict(n=int(len(y)), n_real=n_real, n_fake=n_fake,
-                accuracy=_nan((tn + tp) / len(y) if len(y) else None),
-                acc_real=_nan(tn / n_real if n_real else None), acc_fake=_nan(tp / n_fake if n_fake else None),
-                auc=roc_auc(y, p), ap=average_precision(y, p),
-                tn=int(tn), fp=int(fp), fn=int(fn), tp=int(tp))
-
-# %% ../nbs/15_evaluate.ipynb #071ebd50
-def per_source_metrics(df:pd.DataFrame, threshold:float=0.5, p_col='prob_fake') -> pd.DataFrame:
-    "`binary_metrics` overall (row 'all') and per `source`. A one-class source gets its AUC/AP against all reals (or all fakes)."
-    df = df[df[p_col].notna()]
-    y_all, p_all = (df.label == 'fake').to_numpy(int), df[p_col].to_numpy(float)
-    rows = [dict(source='all', **binary_metrics(y_all, p_all, threshold), auc_vs='own')]
-    for src, g in df.groupby('source', sort=True):
-        y, p = (g.label == 'fake').to_numpy(int), g[p_col].to_numpy(float)
-        m = binary_metrics(y, p, threshold)
-        m['auc_vs'] = 'own'
-        if len(y) and y.min() == y.max():
-            other = df[(df.label == ('real' if y[0] == 1 else 'fake'))]
-            if len(other):
-                yy = np.r_[y, (other.label == 'fake').to_numpy(int)]
-                pp = np.r_[p, other[p_col].to_numpy(float)]
-                m['auc'], m['ap'] = roc_auc(yy, pp), average_precision(yy, pp)
-                m['auc_vs'] = 'all real' if y[0] == 1 else 'all fake'
-        rows.append(dict(source=str(src), **m))
-    return pd.DataFrame(rows)
-
-# %% ../nbs/15_evaluate.ipynb #a8a27480
-def reliability_bins(y, p, n_bins:int=15) -> pd.DataFrame:
-    "Per confidence bin: count, mean confidence, accuracy (top-label, argmax prediction)."
-    y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)
-    conf = np.maximum(p, 1 - p)
-    correct = ((p > 0.5).astype(np.int64) == y)
-    edges = np.linspace(0, 1, n_bins + 1)
-    b = np.clip(np.searchsorted(edges, conf, side='left') - 1, 0, n_bins - 1)
-    rows = [dict(lo=edges[i], hi=edges[i + 1], n=int((b == i).sum()),
-                 conf=float(conf[b == i].mean()) if (b == i).any() else float('nan'),
-                 acc=float(correct[b == i].mean()) if (b == i).any() else float('nan')) for i in range(n_bins)]
-    return pd.DataFrame(rows)
-
-def ece(y, p, n_bins:int=15) -> float:
-    "Expected calibration error of probabilities of fake `p` for labels `y`."
-    if len(y) == 0: return float('nan')
-    r = reliability_bins(y, p, n_bins)
-    r = r[r.n > 0]
-    return float((r.n * (r.acc - r.conf).abs()).sum() / r.n.sum())
-
-# %% ../nbs/15_evaluate.ipynb #e6ad084f
-def fit_temperature(logit, y, max_iter:int=100) -> float:
-    "Temperature T minimising the NLL of sigmoid(logit / T) for labels `y` (logit = z_fake - z_real)."
-    m = torch.as_tensor(np.asarray(logit, dtype=np.float64))
-    t = torch.as_tensor(np.asarray(y, dtype=np.float64))
-    if len(m) == 0 or t.min() == t.max(): return 1.0
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn='strong_wolfe')
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(m / log_t.exp(), t)
-        loss.backward()
-        return loss
-    opt.step(closure)
-    T = float(log_t.detach().exp())
-    return float(np.clip(T, 1e-2, 1e2))
-
-def nll(logit, y, temperature:float=1.0) -> float:
-    "Mean negative log-likelihood of sigmoid(logit / temperature)."
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(
-        torch.as_tensor(np.asarray(logit, np.float64) / temperature), torch.as_tensor(np.asarray(y, np.float64))))
-
-# %% ../nbs/15_evaluate.ipynb #54f6c4e5
-def fit_threshold(y, p, method:str='accuracy', target_fpr:float=0.05) -> float:
-    "Threshold on `p` (fake when p >= threshold) chosen for best accuracy or a false-positive rate <= target_fpr."
-    y, p = np.asarray(y, dtype=np.int64), np.asarray(p, dtype=np.float64)
-    if method not in ('accuracy', 'fpr'): raise ValueError(f"method must be 'accuracy' or 'fpr', not {method!r}")
-    if len(y) == 0: raise RealfakeError("cannot fit a threshold on no predictions")
-    u = np.unique(p)
-    nxt = lambda v: float(u[np.searchsorted(u, v, side='right')]) if v < u[-1] else 1.0
-    if method == 'fpr':
-        real = np.sort(p[y == 0])[::-1]
-        if not len(real): raise RealfakeError("target-FPR threshold needs real images in the calibration set")
-        k = int(math.floor(target_fpr * len(real) + 1e-9))
-        if k >= len(real): return 0.0
-        # fake when p >= t: put t in the middle of the gap just above the (k+1)-th highest real score
-        return float(min(1.0, (real[k] + nxt(real[k])) / 2))
-    cand = np.r_[0.0 if u[0] > 0 else u[0] - 1e-12, u]
-    # cut c -> threshold t in (c, next score): correct reals = #real <= c, correct fakes = #fake > c
-    reals, fakes = np.sort(p[y == 0]), np.sort(p[y == 1])
-    correct = np.searchsorted(reals, cand, side='right') + (len(fakes) - np.searchsorted(fakes, cand, side='right'))
-    mids = (cand + np.r_[u, 1.0]) / 2
-    best = np.flatnonzero(correct == correct.max())
-    i = best[np.argmin(np.abs(mids[best] - 0.5))]
-    return float(np.clip(mids[i], 0.0, 1.0))
 
 # %% ../nbs/15_evaluate.ipynb #6dc41935
 REAL_NAMES = ('natural', 'real', 'nature', '0_real')
 
 def folder_records(root, real_names=REAL_NAMES) -> pd.DataFrame:
     "path/label/source of a generators-layout folder, listed by `realfake.prepare.list_source` (source = sub-folder)."
-    from realfake.prepare import Source, list_source
     df = list_source(Source('auto', 'generators', str(root)), real_names=tuple(real_names), progress=False)
     return df[['path', 'label', 'source']].reset_index(drop=True)
 
@@ -179,7 +42,6 @@ def load_eval_data(data, split:str|None=None, calib_split:str|None=None, real_na
     elif Path(data).is_dir(): return folder_records(data, real_names), None, f"folder {data}"
     elif not Path(data).exists(): raise RealfakeError(f"{data}: no such metadata file or folder")
     else:
-        from realfake.metadata import read_metadata
         df, desc = read_metadata(data, errors='collect'), f"metadata {data}"
         errs = df.attrs.get('errors') or []
         if errs: _log.warning(f"{len(errs)} invalid metadata records skipped, first: {errs[0]}")
@@ -208,8 +70,12 @@ def _plt():
     return plt
 
 def _thumb(path, size=128):
-    try: return center_crop(load_image(path, short_side=size), size)
-    except Exception: return Image.new('RGB', (size, size), (128, 128, 128))
+    "A `size` square tile showing the image (grey when it cannot be read)."
+    tile = Image.new('RGB', (size, size), (128, 128, 128))
+    try: im = thumbnail(path, size)
+    except Exception: return tile
+    tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    return tile
 
 def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int=160):
     "Save a grid of the images in `df` (in order) captioned with their probability of fake and source (PIL only: fast)."
@@ -278,38 +144,30 @@ def plot_reliability(curves:dict, dest, n_bins:int=15):
     fig.tight_layout(); fig.savefig(dest, dpi=90); plt.close(fig)
 
 # %% ../nbs/15_evaluate.ipynb #362fab36
-class _Jpeg:
-    def __init__(self, q): self.q = q
-    def __call__(self, im):
-        b = io.BytesIO(); im.save(b, 'JPEG', quality=self.q); b.seek(0)
-        return Image.open(b).convert('RGB')
+def _jpeg(q):
+    "A source transform: the image as a JPEG file of quality `q`."
+    return lambda src: encode_jpeg(load_image(src), q)
 
-class _Png:
-    def __call__(self, im):
-        b = io.BytesIO(); im.save(b, 'PNG'); b.seek(0)
-        return Image.open(b).convert('RGB')
+def _png_roundtrip(src):
+    "A source transform: the image's decoded pixels as a lossless file (a PNG's content)."
+    return load_image(src)
 
-class _DownUp:
-    def __init__(self, f): self.f = f
-    def __call__(self, im):
-        w, h = im.size
-        return im.resize((max(1, round(w * self.f)), max(1, round(h * self.f))), Image.Resampling.BILINEAR).resize((w, h), Image.Resampling.BILINEAR)
+def _down_up(f):
+    "A source transform: the image shrunk by `f` and enlarged back."
+    return lambda src: down_up(load_image(src), f)
 
-class _Identity:
-    def __call__(self, im): return im
-
-AUDIT_TRANSFORMS = {'none': _Identity(), 'jpeg_q95': _Jpeg(95), 'jpeg_q75': _Jpeg(75), 'jpeg_q50': _Jpeg(50),
-                    'resize_0.5_up': _DownUp(0.5), 'png_roundtrip': _Png()}
+AUDIT_TRANSFORMS = {'none': None, 'jpeg_q95': _jpeg(95), 'jpeg_q75': _jpeg(75), 'jpeg_q50': _jpeg(50),
+                    'resize_0.5_up': _down_up(0.5), 'png_roundtrip': _png_roundtrip}
 
 def shortcut_audit(clf:Classifier, df:pd.DataFrame, transforms:dict|None=None, bs:int=32, num_workers:int=0,
-                   mode='resize', threshold=None) -> pd.DataFrame:
+                   threshold=None) -> pd.DataFrame:
     "Accuracy/AUC/AP (overall, real, fake) after each transformation, and their change against `none`."
     transforms = transforms or AUDIT_TRANSFORMS
     thr = clf.threshold if threshold is None else threshold
     y_all = (df.label == 'fake').to_numpy(int)
     rows = []
     for name, tf in transforms.items():
-        pr = clf.predict(df.path.tolist(), bs=bs, num_workers=num_workers, mode=mode, transform=tf)
+        pr = clf.predict(df.path.tolist(), bs=bs, num_workers=num_workers, transform=tf)
         ok = pr.prob_fake.notna().to_numpy()
         m = binary_metrics(y_all[ok], pr.prob_fake.to_numpy(float)[ok], thr)
         rows.append(dict(transform=name, n=m['n'], accuracy=m['accuracy'], acc_real=m['acc_real'],
@@ -355,17 +213,8 @@ def calibrate(cal_logit, cal_y, test_logit, test_y, threshold_method='accuracy',
 
 def save_calibration(model_dir, threshold:float, temperature:float) -> Path:
     "Write `threshold` and `temperature` into the model's config.json (validated, atomic)."
-    from realfake.learner import ModelConfig
-    p = Path(model_dir) / 'config.json'
-    cfg = read_config(model_dir)
-    cfg.threshold, cfg.temperature = float(threshold), float(temperature)
-    j = cfg.to_json()
-    text = j if isinstance(j, str) else json.dumps(j, indent=2)
-    ModelConfig.from_json(text)       # validate before writing anything
-    mode = os.stat(p).st_mode & 0o777
-    with atomic_write(p) as f: f.write(text if text.endswith('\n') else text + '\n')
-    os.chmod(p, mode)                 # keep the permissions config.json had
-    return p
+    update_config(model_dir, threshold=float(threshold), temperature=float(temperature))
+    return Path(model_dir)/'config.json'
 
 # %% ../nbs/15_evaluate.ipynb #709e98d4
 def _fmt_table(df:pd.DataFrame) -> pd.DataFrame:
@@ -382,7 +231,7 @@ def _write_html(dest:Path, res:dict, per_source:pd.DataFrame, audit:pd.DataFrame
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%;border:1px solid #eee}"
              ".figs{display:flex;flex-wrap:wrap;gap:12px}.figs div{flex:1 1 45%}</style></head><body>",
              f"<h1>realfake evaluation</h1><p>model: <code>{e(str(res['model']))}</code><br>data: <code>{e(str(res['data']))}</code><br>"
-             f"{res['n']} images scored, {res['n_errors']} unreadable; threshold {res['threshold']:.4g}, temperature {res['temperature']:.4g}, mode {e(res['mode'])}</p>",
+             f"{res['n']} images scored, {res['n_errors']} unreadable; threshold {res['threshold']:.4g}, temperature {res['temperature']:.4g}; preprocessing: {e(res['preprocess'])}</p>",
              "<h2>Metrics overall and per source</h2>", _fmt_table(per_source).to_html(index=False, na_rep=''),
              "<p>auc_vs = 'all real': a source with only fake images is ranked against all the real images.</p>"]
     if cal:
@@ -406,76 +255,72 @@ FIGURES = [('most_confident_real.png', 'most confident real (lowest p(fake))'),
            ('roc.png', 'ROC curve'), ('confusion_matrix.png', 'confusion matrix'),
            ('reliability.png', 'reliability diagram')]
 
-def evaluate(model, data, split:str|None=None, out='eval_report', bs:int=32, num_workers:int|None=None,
-             mode:str='resize', n_crops:int=9, calib_split:str|None=None, calibration:bool=True,
-             threshold_method:str='accuracy', target_fpr:float=0.05, save_threshold:bool=False, audit:bool=False,
-             real_names=REAL_NAMES, seed:int=0, backend:str='auto', device:str|None=None, progress:bool=False) -> dict:
-    "Evaluate a model directory (or `Classifier`) on `data`; write the report folder `out`; return the metrics dict."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    clf = model if isinstance(model, Classifier) else Classifier.from_dir(model, device=device, backend=backend, bs=bs)
-    ev, cal, desc = load_eval_data(data, split, calib_split, real_names)
-    if num_workers is None: num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(ev) > 4 * bs else 0
-    kw = dict(bs=bs, num_workers=num_workers, mode=mode, n_crops=n_crops, progress=progress)
-    _log.info(f"evaluating {clf} on {desc}: {len(ev)} images")
-    pr = clf.predict(ev.path.tolist(), **kw)
-    split = ev.attrs.get('split', split)
-    ev = ev[['path', 'label', 'source']].copy()
-    for c in ['prob_fake', 'logit', 'error']: ev[c] = pr[c].to_numpy()
-    ev['pred'] = np.where(ev.prob_fake.isna(), None, np.where(ev.prob_fake >= clf.threshold, 'fake', 'real'))
-    ok = ev[ev.prob_fake.notna()].reset_index(drop=True)
-    if not len(ok): raise RealfakeError(f"no image of {desc} could be read (see {out/'predictions.csv'})")
-    y, p = (ok.label == 'fake').to_numpy(int), ok.prob_fake.to_numpy(float)
-    per_source = per_source_metrics(ok, clf.threshold)
-    overall = per_source.iloc[0].drop(['source', 'auc_vs']).to_dict()
-    overall['ece'] = ece(y, p)
-    res = dict(model=str(clf.path), data=desc, split=split, mode=mode, n=int(len(ok)), n_errors=int(len(ev) - len(ok)),
-               threshold=clf.threshold, temperature=clf.temperature, overall=overall,
-               per_source=per_source.to_dict('records'), calibration=None, audit=None)
-    # --- calibration
-    cal_res = None
-    if calibration:
-        if cal is not None:
-            cpr = clf.predict(cal.path.tolist(), **kw)
-            good = cpr.prob_fake.notna().to_numpy()
-            cy, cl = (cal.label == 'fake').to_numpy(int)[good], cpr.logit.to_numpy(float)[good]
-            ty, tl, where = y, ok.logit.to_numpy(float), f'split {calib_split or "valid"}'
-        else:
-            mask = _half_split(y, seed)
-            cy, cl, ty, tl = y[mask], ok.logit.to_numpy(float)[mask], y[~mask], ok.logit.to_numpy(float)[~mask]
-            where = f'random half of the evaluated images (seed {seed}); measured on the other half'
-        if len(np.unique(cy)) == 2 and len(ty):
-            cal_res = calibrate(cl, cy, tl, ty, threshold_method, target_fpr, clf.temperature, clf.threshold)
-            cal_res['fitted_on'] = where
-            res['calibration'] = cal_res
-        else: _log.warning("calibration skipped: the held-out set needs both real and fake images")
-    # --- audit
-    audit_df = None
-    if audit:
-        audit_df = shortcut_audit(clf, ok, bs=bs, num_workers=num_workers, mode=mode)
-        res['audit'] = audit_df.to_dict('records')
-    # --- files
-    ev.to_csv(out/'predictions.csv', index=False)
-    per_source.to_csv(out/'per_source.csv', index=False)
-    if audit_df is not None: audit_df.to_csv(out/'audit.csv', index=False)
+def _calibration(clf, y, ok, cal, calib_split, kw, threshold_method, target_fpr, seed) -> dict|None:
+    "Fit temperature and threshold on the calibration split (or a random half) and measure them on the rest."
+    if cal is not None:
+        cpr = clf.predict(cal.path.tolist(), **kw)
+        good = cpr.prob_fake.notna().to_numpy()
+        cy, cl = (cal.label == 'fake').to_numpy(int)[good], cpr.logit.to_numpy(float)[good]
+        ty, tl, where = y, ok.logit.to_numpy(float), f'split {calib_split or "valid"}'
+    else:
+        mask = _half_split(y, seed)
+        cy, cl, ty, tl = y[mask], ok.logit.to_numpy(float)[mask], y[~mask], ok.logit.to_numpy(float)[~mask]
+        where = f'random half of the evaluated images (seed {seed}); measured on the other half'
+    if len(np.unique(cy)) < 2 or not len(ty):
+        _log.warning("calibration skipped: the held-out set needs both real and fake images"); return None
+    return dict(calibrate(cl, cy, tl, ty, threshold_method, target_fpr, clf.temperature, clf.threshold), fitted_on=where)
+
+def _figures(out:Path, ok:pd.DataFrame, y, p, clf, cal_res):
+    "The grids of most and least confident images, ROC, confusion matrix and reliability diagram."
     real, fake = ok[ok.label == 'real'], ok[ok.label == 'fake']
     plot_grid(real.sort_values('prob_fake'), 'most confident real', out/FIGURES[0][0])
     plot_grid(real.sort_values('prob_fake', ascending=False), 'least confident real', out/FIGURES[1][0])
     plot_grid(fake.sort_values('prob_fake', ascending=False), 'most confident fake', out/FIGURES[2][0])
     plot_grid(fake.sort_values('prob_fake'), 'least confident fake', out/FIGURES[3][0])
     plot_roc(ok, out/FIGURES[4][0])
-    plot_confusion(confusion_matrix(y, (p >= clf.threshold).astype(int)), out/FIGURES[5][0],
-                   f'confusion matrix (threshold {clf.threshold:.3g})')
+    plot_confusion(confusion_matrix(y, (p >= clf.threshold).astype(int)), out/FIGURES[5][0], f'confusion matrix (threshold {clf.threshold:.3g})')
     curves = {'model': (y, p)}
     if cal_res: curves[f"fitted T={cal_res['temperature']:.3g}"] = (y, 1 / (1 + np.exp(-ok.logit.to_numpy(float) / cal_res['temperature'])))
     plot_reliability(curves, out/FIGURES[6][0])
+
+def evaluate(model, data, split:str|None=None, out='eval_report', bs:int=32, num_workers:int|None=None,
+             calib_split:str|None=None, calibration:bool=True, threshold_method:str='accuracy', target_fpr:float=0.05,
+             save_threshold:bool=False, audit:bool=False, real_names=REAL_NAMES, seed:int=0, progress:bool|None=False) -> dict:
+    "Evaluate a model directory (or `Classifier`) on `data`; write the report folder `out`; return the metrics dict."
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    clf = model if isinstance(model, Classifier) else load_classifier(model, bs=bs)
+    ev, cal, desc = load_eval_data(data, split, calib_split, real_names)
+    if num_workers is None: num_workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(ev) > 4 * bs else 0
+    kw = dict(bs=bs, num_workers=num_workers, progress=progress)
+    _log.info(f"evaluating {clf} on {desc}: {len(ev)} images")
+    pr = clf.predict(ev.path.tolist(), **kw)
+    split = ev.attrs.get('split', split)
+    ev = ev[['path', 'label', 'source']].copy()
+    for c in ['prob_fake', 'logit', 'error']: ev[c] = pr[c].to_numpy()
+    ev['pred'] = pr['label'].to_numpy()
+    ok = ev[ev.prob_fake.notna()].reset_index(drop=True)
+    if not len(ok): raise RealfakeError(f"no image of {desc} could be read (see {out/'predictions.csv'})")
+    y, p = (ok.label == 'fake').to_numpy(int), ok.prob_fake.to_numpy(float)
+    per_source = per_source_metrics(ok, clf.threshold)
+    overall = dict(per_source.iloc[0].drop(['source', 'auc_vs']).to_dict(), ece=ece(y, p))
+    cal_res = _calibration(clf, y, ok, cal, calib_split, kw, threshold_method, target_fpr, seed) if calibration else None
+    audit_df = shortcut_audit(clf, ok, bs=bs, num_workers=num_workers) if audit else None
+    res = dict(model=str(clf.path), data=desc, split=split, preprocess=clf.spec.describe(), n=int(len(ok)),
+               n_errors=int(len(ev) - len(ok)), threshold=clf.threshold, temperature=clf.temperature, overall=overall,
+               per_source=per_source.to_dict('records'), calibration=cal_res,
+               audit=None if audit_df is None else audit_df.to_dict('records'))
+    with atomic_write(out/'predictions.csv') as f: ev.to_csv(f, index=False)
+    with atomic_write(out/'per_source.csv') as f: per_source.to_csv(f, index=False)
+    if audit_df is not None:
+        with atomic_write(out/'audit.csv') as f: audit_df.to_csv(f, index=False)
+    _figures(out, ok, y, p, clf, cal_res)
     res['files'] = ['metrics.json', 'per_source.csv', 'predictions.csv', 'report.html'] + [f for f, _ in FIGURES] + \
                    (['audit.csv'] if audit_df is not None else [])
     if save_threshold:
-        if not cal_res: raise RealfakeError("--save-threshold needs a calibration (both classes in the held-out set)")
+        if not cal_res: raise RealfakeError("--save_threshold needs a calibration (both classes in the held-out set)")
         if cal_res['warnings']:
             raise RealfakeError(f"not saving a degenerate calibration into {Path(clf.path)/'config.json'}: " + '; '.join(cal_res['warnings']))
-        save_calibration(clf.path, cal_res['threshold'], cal_res['temperature'])
-        res['saved_calibration'] = str(Path(clf.path) / 'config.json')
+        res['saved_calibration'] = str(save_calibration(clf.path, cal_res['threshold'], cal_res['temperature']))
         _log.info(f"saved threshold={cal_res['threshold']:.4g} temperature={cal_res['temperature']:.4g} to {res['saved_calibration']}")
     atomic_write_json(out/'metrics.json', to_jsonable(res))
     _write_html(out/'report.html', res, per_source, audit_df, FIGURES)
@@ -483,6 +328,7 @@ def evaluate(model, data, split:str|None=None, out='eval_report', bs:int=32, num
 
 # %% ../nbs/15_evaluate.ipynb #b1f181e8
 @call_parse
+@command
 def realfake_evaluate(
     data:str, # metadata.jsonl, or a folder of labelled sub-folders (generators layout: 'natural' = real)
     model:str='model', # model directory
@@ -490,8 +336,10 @@ def realfake_evaluate(
     out:str='eval_report', # report folder (metrics.json, per_source.csv, predictions.csv, PNGs, report.html)
     bs:int=32, # batch size
     num_workers:int=None, # decoding worker processes (default: min(4, CPUs-1))
-    mode:str='resize', # 'resize' (validation preprocessing) or 'crops' (full-resolution crops)
-    n_crops:int=9, # crops mode: crops per image
+    resize:str=None, # score with another resize policy than the model's: 'native' or a shorter side in pixels
+    crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
+    max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
+    combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
     calib_split:str=None, # held-out split for calibration (default: valid when evaluating test, else a random half)
     threshold_method:str='accuracy', # calibration threshold: 'accuracy' (best accuracy) or 'fpr' (target FPR on real)
     target_fpr:float=0.05, # with --threshold_method fpr: largest share of real images called fake
@@ -501,17 +349,15 @@ def realfake_evaluate(
     seed:int=0, # seed of the random calibration half
     backend:str='auto', # 'torch', 'onnx' or 'auto'
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
-    progress:bool=True, # show progress bars
     votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
-    verbose:bool=False, # debug logging
+    no_progress:bool=False, # hide progress bars (they are shown only on a terminal anyway)
+    verbose:bool=False, # debug logging and full tracebacks
 ):
     "Evaluate a model: metrics overall and per source, calibration, shortcut audit, and an HTML report."
-    setup_logging(verbose)
-    res = _cli_errors(realfake_evaluate, lambda: evaluate(
-        model, data, split=split, out=out, bs=bs, num_workers=num_workers, mode=mode, n_crops=n_crops,
-        calib_split=calib_split, threshold_method=threshold_method, target_fpr=target_fpr, save_threshold=save_threshold,
-        audit=audit, real_names=tuple(real_names.split(',')), seed=seed, backend=backend, device=device,
-        progress=progress), verbose)
+    clf = load_classifier(model, device, backend, bs, resize=resize, crops=crops, max_crops=max_crops, combine=combine)
+    res = evaluate(clf, data, split=split, out=out, bs=bs, num_workers=num_workers, calib_split=calib_split,
+                   threshold_method=threshold_method, target_fpr=target_fpr, save_threshold=save_threshold, audit=audit,
+                   real_names=tuple(real_names.split(',')), seed=seed, progress=False if no_progress else None)
     cols = ['source', 'n', 'n_real', 'n_fake', 'accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'auc_vs']
     print(_fmt_table(pd.DataFrame(res['per_source'])[cols]).to_string(index=False))
     if res['calibration']:
@@ -520,12 +366,10 @@ def realfake_evaluate(
               f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}, accuracy {c['accuracy_before']:.3f} -> {c['accuracy_after']:.3f}")
     if res['audit']:
         print(_fmt_table(pd.DataFrame(res['audit'])[['transform', 'accuracy', 'auc', 'd_accuracy', 'd_auc']]).to_string(index=False))
-    if votes:   # the human baseline collected by `realfake_app` (imported only when asked for)
-        from realfake.app import compare_humans_model
-        cmp = _cli_errors(realfake_evaluate, lambda: compare_humans_model(
-            votes, data, pd.read_csv(Path(out)/'predictions.csv'), threshold=res['threshold']), verbose)
+    if votes:
+        cmp = compare_humans_model(votes, data, pd.read_csv(Path(out)/'predictions.csv'), threshold=res['threshold'])
         print(cmp.text())
         atomic_write_json(Path(out)/'humans_vs_model.json', cmp.to_dict())
         res['humans_vs_model'] = cmp.to_dict()
     print(f"report: {Path(out)/'report.html'}")
-    return None if is_cli(realfake_evaluate) else res   # a console script exits with the return value
+    return res

@@ -4,13 +4,13 @@
 
 # %% ../nbs/16_export.ipynb #94284bfa
 from __future__ import annotations
-import os, tempfile
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse
-from .core import RealfakeError, atomic_path, file_sha256, get_logger, setup_logging
-from .predict import _import_ort, read_config, _cli_errors, is_cli
+from .core import RealfakeError, atomic_path, command, escape_path, file_sha256, get_logger
+from .modeldir import load_model_dir
+from .predict import import_onnxruntime
 
 # %% auto #0
 __all__ = ['onnx_parity', 'export_onnx', 'realfake_export']
@@ -32,7 +32,7 @@ class _Logits(torch.nn.Module):
 # %% ../nbs/16_export.ipynb #016ab975
 def onnx_parity(model:torch.nn.Module, onnx_path, size:int, n:int=4, seed:int=0) -> float:
     "Largest absolute difference between PyTorch and onnxruntime logits on `n` random inputs."
-    ort = _import_ort()
+    ort = import_onnxruntime()
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode(): ref = model.eval()(x).float().numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
@@ -44,16 +44,13 @@ def onnx_parity(model:torch.nn.Module, onnx_path, size:int, n:int=4, seed:int=0)
 def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=True) -> Path:
     "Export the model directory to ONNX (dynamic batch) at `dest` (default `model_dir/model.onnx`); check parity."
     onnx = _import_onnx()
-    from realfake.learner import load_model_dir
     model_dir = Path(model_dir)
-    try: model, cfg = load_model_dir(model_dir, device='cpu')
-    except Exception as e:
-        raise RealfakeError(f"cannot load the model in {model_dir} (config.json + model.safetensors): {type(e).__name__}: {e}") from e
-    model = model.float().eval()
+    model, cfg = load_model_dir(model_dir, device='cpu')
+    model, size = model.float().eval(), cfg.preprocess.size
     dest = Path(dest) if dest else model_dir / 'model.onnx'
     with atomic_path(dest) as tmp:     # model.onnx appears only once it has passed the checks
         tmp = str(tmp)
-        x = torch.randn(2, 3, cfg.size, cfg.size)
+        x = torch.randn(2, 3, size, size)
         with torch.no_grad():
             torch.onnx.export(_Logits(model), (x,), tmp, dynamo=False, opset_version=opset,
                               input_names=['input'], output_names=['logits'],
@@ -62,27 +59,27 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
         onnx.checker.check_model(m)
         st = model_dir / 'model.safetensors'
         meta = {'realfake_weights_sha256': file_sha256(st) if st.exists() else '', 'realfake_arch': str(cfg.arch),
-                'realfake_size': str(cfg.size), 'realfake_labels': ','.join(cfg.vocab)}
+                'realfake_size': str(size), 'realfake_labels': ','.join(cfg.vocab)}
         for k, v in meta.items():
             p = m.metadata_props.add(); p.key, p.value = k, v
         onnx.save(m, tmp)
         if check:
-            diff = onnx_parity(model, tmp, cfg.size, n=3)
+            diff = onnx_parity(model, tmp, size, n=3)
             if not diff <= atol: raise RealfakeError(f"ONNX export differs from PyTorch by {diff:.2e} > {atol:g}; not saved")
             _log.info(f"ONNX parity: max |diff| = {diff:.2e} (<= {atol:g})")
     return dest
 
 # %% ../nbs/16_export.ipynb #54efaac9
 @call_parse
+@command
 def realfake_export(
     model:str='model', # model directory (config.json + model.safetensors)
     out:str=None, # ONNX file to write (default: MODEL/model.onnx, which Classifier picks up)
     opset:int=17, # ONNX opset version
     atol:float=1e-4, # largest allowed difference between PyTorch and onnxruntime logits
-    verbose:bool=False, # debug logging
+    verbose:bool=False, # debug logging and full tracebacks
 ):
     "Export a model directory to ONNX (dynamic batch) and check it against PyTorch."
-    setup_logging(verbose)
-    p = _cli_errors(realfake_export, lambda: export_onnx(model, out, opset=opset, atol=atol), verbose)
-    print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
-    return None if is_cli(realfake_export) else p   # a console script exits with the return value
+    p = export_onnx(model, out, opset=opset, atol=atol)
+    print(f"wrote {escape_path(p)} ({p.stat().st_size / 1e6:.1f} MB)")
+    return p

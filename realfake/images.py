@@ -4,16 +4,15 @@
 
 # %% ../nbs/02_images.ipynb #6033423d
 from __future__ import annotations
-import io, os, errno, math, stat, warnings
-from pathlib import Path
+import io, os, errno, stat, warnings
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from .core import RealfakeError
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'SUBSAMPLING', 'ImageLoadError', 'to_rgb',
-           'load_image', 'probe_image', 'estimate_jpeg_quality', 'jpeg_info']
+__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS', 'ImageLoadError',
+           'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -214,16 +213,6 @@ def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
         return _decode(_from_array(src), '<array>', short_side, draft=False, crop=crop)
     raise TypeError(f'load_image: unsupported source type {type(src).__name__}')
 
-# %% ../nbs/02_images.ipynb #54a3ff81
-def probe_image(path) -> dict:
-    "`dict(width=, height=, format=)` of the image at `path` from its header, without decoding pixels."
-    with _open_file(path) as f:
-        if os.fstat(f.fileno()).st_size == 0: raise ImageLoadError(path, 'empty file')
-        im = _open(f, path)
-        w, h = im.size
-        if _orientation(im, loaded=False) in (5, 6, 7, 8): w, h = h, w
-        return dict(width=w, height=h, format='JPEG' if im.format == 'MPO' else im.format)
-
 # %% ../nbs/02_images.ipynb #3cfc2e71
 def _png_header(w: int, h: int) -> bytes:
     "A tiny PNG that *declares* `w`x`h` 8-bit RGB pixels (a decompression-bomb stand-in, for tests)."
@@ -265,3 +254,68 @@ def _jpeg_info(im: Image.Image) -> dict|None:
     from PIL.JpegImagePlugin import get_sampling
     return dict(quality=q, standard=exact, subsampling=SUBSAMPLING.get(get_sampling(im), 'gray' if im.mode == 'L' else 'other'),
                 qtables={int(k): list(v) for k, v in im.quantization.items()})
+
+# %% ../nbs/02_images.ipynb #1f938f55
+GEN_TEXT_KEYS = ('parameters', 'prompt', 'workflow', 'software', 'dream', 'sd-metadata', 'invokeai_metadata',
+                 'generation_data')
+_PNG_TEXT = (b'tEXt', b'zTXt', b'iTXt')
+
+def _png_chunks(f, limit:int=10_000) -> list[tuple[bytes, bytes]]:
+    "(type, keyword) of each chunk of the PNG file object `f` (keyword only for text chunks), reading chunk headers only."
+    import struct
+    out = []
+    f.seek(8)
+    for _ in range(limit):
+        head = f.read(8)
+        if len(head) < 8: break
+        n, typ = struct.unpack('>I4s', head)
+        start = f.tell()
+        out.append((typ, f.read(min(n, 80)).split(b'\0', 1)[0] if typ in _PNG_TEXT else b''))
+        if typ == b'IEND': break
+        f.seek(start + n + 4)                           # past the body and the CRC
+    return out
+
+def _provenance(im: Image.Image, f) -> dict:
+    "JPEG quality and subsampling, EXIF present?, generator-style text present? of the opened (not decoded) `im`."
+    info, fmt = im.info, im.format
+    exif, text = 'exif' in info, 'xmp' in info or 'comment' in info
+    if fmt in ('JPEG', 'MPO'):
+        for marker, data in getattr(im, 'applist', ()):
+            exif |= marker == 'APP1' and data.startswith(b'Exif\0')
+            text |= marker == 'APP11' and (b'jumb' in data[:64] or b'c2pa' in data[:64])   # C2PA lives in JUMBF boxes
+    elif fmt == 'PNG':
+        chunks = _png_chunks(f)
+        exif |= any(t == b'eXIf' for t, _ in chunks)
+        text |= any(t == b'caBX' or (t in _PNG_TEXT and k.decode('latin-1').lower() in GEN_TEXT_KEYS) for t, k in chunks)
+    elif fmt == 'TIFF': exif |= 34665 in getattr(im, 'tag_v2', {})   # the pointer to the EXIF IFD
+    j = _jpeg_info(im)
+    return dict(quality=j and j['quality'], subsampling=j and j['subsampling'], exif=bool(exif), gen_text=bool(text))
+
+def probe_image(path, details:bool=False) -> dict:
+    "`dict(width=, height=, format=)` of the image at `path` from its header (`details`: + quality, subsampling, exif, gen_text)."
+    with _open_file(path) as f:
+        if os.fstat(f.fileno()).st_size == 0: raise ImageLoadError(path, 'empty file')
+        im = _open(f, path)
+        w, h = im.size
+        if _orientation(im, loaded=False) in (5, 6, 7, 8): w, h = h, w
+        out = dict(width=w, height=h, format='JPEG' if im.format == 'MPO' else im.format)
+        if details:
+            try: out.update(_provenance(im, f))
+            except (OSError, ValueError, SyntaxError) as e: raise ImageLoadError(path, f'corrupt header ({type(e).__name__}: {e})') from None
+        return out
+
+# %% ../nbs/02_images.ipynb #11ebca60
+def thumbnail(src, max_side:int=160, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
+    "An RGB image of `src` that fits in `max_side` x `max_side` (never enlarged), for display."
+    im = load_image(src, max_pixels=max_pixels) if isinstance(src, Image.Image) else _thumb_decode(src, max_side, max_pixels)
+    if max(im.size) > max_side: im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return im
+
+def _thumb_decode(src, max_side, max_pixels):
+    "`load_image` with a shorter side that makes the longer side about `max_side` (a cheap JPEG draft)."
+    if isinstance(src, (str, os.PathLike)): info = probe_image(src)
+    elif isinstance(src, np.ndarray): info = dict(width=src.shape[1], height=src.shape[0])
+    else: return load_image(src, max_pixels=max_pixels)
+    w, h = info['width'], info['height']
+    short = max(1, round(min(w, h) * max_side / max(w, h)))
+    return load_image(src, short_side=short, max_pixels=max_pixels) if max(w, h) > max_side else load_image(src, max_pixels=max_pixels)

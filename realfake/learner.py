@@ -4,250 +4,34 @@
 
 # %% ../nbs/12_learner.ipynb #169842d0
 from __future__ import annotations
-import os, io, re, json, math, time, shutil, random, tempfile, dataclasses, contextlib
-from dataclasses import dataclass, field
+import os, re, json, math, shutil, random, tempfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from safetensors.torch import save_file, load_file
-from fastai.torch_core import rank_distrib, num_distrib
+from safetensors.torch import save_file
+from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger
+from .preprocess import Preprocess, combine_logits
+from .modeldir import (MODEL_FILE, CONFIG_FILE, ModelConfig, timm_weights_kwargs, hub_errors, write_model_dir,
+                               state_tensors, load_tensors, read_small_file)
+from fastai.torch_core import rank_distrib
 from fastai.learner import Learner
 from fastai.callback.core import Callback
-from fastai.callback.progress import CSVLogger, ProgressCallback
-from fastai.callback.fp16 import MixedPrecision, AMPMode
+from fastai.callback.progress import CSVLogger
 from fastai.callback.channelslast import ChannelsLast
-import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle / lr_find)
+import fastai.callback.schedule  # noqa: F401 (importing it adds Learner.fit_one_cycle and lr_find)
 from fastai.metrics import AccumMetric, ActivationType
 from fastai.optimizer import Adam
-from fastai.data.transforms import Normalize
-from fastai.vision.learner import vision_learner, create_timm_model
-
+from fastai.vision.learner import vision_learner
 from fastcore.basics import ifnone
-from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger
 
 _log = get_logger('learner')
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MAX_CONFIG_BYTES', 'MODEL_FILE', 'CONFIG_FILE', 'CKPT_FORMAT', 'ConfigError',
-           'ModelConfig', 'WeightsError', 'load_pth_weights', 'build_model', 'write_dir_atomic', 'save_model_dir',
-           'load_tensors', 'load_model_dir', 'realfake_metrics', 'mixed_precision_mode', 'create_learner',
-           'model_config', 'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback', 'load_checkpoint',
-           'fit_resumable']
-
-# %% ../nbs/12_learner.ipynb #1925c127
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-MAX_CONFIG_BYTES = 1_000_000 # a config.json is a few hundred bytes; refuse anything absurd
-
-class ConfigError(RealfakeError, ValueError):
-    "An invalid model configuration (unknown key, wrong type, impossible value)."
-
-def _is_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-@dataclass
-class ModelConfig:
-    "Everything inference needs besides the weights; JSON-able and strictly validated."
-    arch: str                        # timm architecture name, e.g. 'convnext_large'
-    n_out: int = 2                   # number of outputs (2: real, fake)
-    vocab: list = field(default_factory=lambda: list(LABELS)) # output names; index 1 is 'fake'
-    size: int = 224                  # square input size seen by the network
-    resize: int = 256                # shorter side is resized to this, then centre-cropped to `size`
-    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN)) # per-channel normalisation mean (0-1 scale)
-    std: list = field(default_factory=lambda: list(IMAGENET_STD))   # per-channel normalisation std (0-1 scale)
-    threshold: float = 0.5           # prob_fake >= threshold -> 'fake'
-    temperature: float = 1.0         # logits are divided by this before softmax (calibration)
-
-    def __post_init__(self): self.validate()
-
-    def validate(self):
-        "Raise `ConfigError` unless every field has the right type and a possible value."
-        def bad(k, why): raise ConfigError(f"model config: {k}: {why} (got {getattr(self, k)!r})")
-        if not isinstance(self.arch, str) or not re.fullmatch(r'[A-Za-z0-9_.\-]{1,100}', self.arch): bad('arch', 'must be a timm model name')
-        for k in ('n_out', 'size', 'resize'):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: bad(k, 'must be a positive integer')
-        if self.size > 8192 or self.resize > 8192: bad('size', 'must be <= 8192')
-        if self.resize < self.size: bad('resize', f'must be >= size ({self.size})')
-        if (not isinstance(self.vocab, list) or len(self.vocab) != self.n_out
-            or not all(isinstance(v, str) and v for v in self.vocab) or len(set(self.vocab)) != len(self.vocab)):
-            bad('vocab', f'must be a list of {self.n_out} distinct non-empty strings')
-        if self.n_out == 2 and self.vocab != LABELS: bad('vocab', f'a binary model must have vocab {LABELS}')
-        for k in ('mean', 'std'):
-            v = getattr(self, k)
-            if not isinstance(v, list) or len(v) != 3 or not all(_is_num(x) and math.isfinite(x) for x in v): bad(k, 'must be a list of 3 finite numbers')
-        if not all(x > 0 for x in self.std): bad('std', 'must be > 0')
-        if not _is_num(self.threshold) or not 0 <= self.threshold <= 1: bad('threshold', 'must be a number in [0, 1]')
-        if not _is_num(self.temperature) or not math.isfinite(self.temperature) or self.temperature <= 0: bad('temperature', 'must be a finite number > 0')
-        self.mean, self.std = [float(x) for x in self.mean], [float(x) for x in self.std]
-        self.threshold, self.temperature = float(self.threshold), float(self.temperature)
-        return self
-
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
-    def to_json(self) -> str: return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d) -> ModelConfig:
-        "Validated `ModelConfig` from a dict: unknown keys, a missing `arch`, wrong types -> `ConfigError`."
-        if not isinstance(d, dict): raise ConfigError(f"model config: must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown: raise ConfigError(f"model config: unknown keys {unknown} (known: {sorted(names)})")
-        if 'arch' not in d: raise ConfigError("model config: arch: missing")
-        try: return cls(**d)
-        except TypeError as e: raise ConfigError(f"model config: {e}") from None
-
-    @classmethod
-    def from_json(cls, s) -> ModelConfig:
-        "Parse and validate JSON text (str/bytes) or a dict. NaN/Infinity literals are rejected."
-        if isinstance(s, dict): return cls.from_dict(s)
-        if isinstance(s, (bytes, bytearray)):
-            if len(s) > MAX_CONFIG_BYTES: raise ConfigError("model config: file too large")
-            s = s.decode('utf-8')
-        if len(s) > MAX_CONFIG_BYTES: raise ConfigError("model config: file too large")
-        def _no_const(c): raise ConfigError(f"model config: {c} is not allowed")
-        try: d = json.loads(s, parse_constant=_no_const)
-        except json.JSONDecodeError as e: raise ConfigError(f"model config: invalid JSON: {e}") from None
-        return cls.from_dict(d)
-
-    @classmethod
-    def from_file(cls, path) -> ModelConfig:
-        "Read and validate a `config.json` file."
-        path = Path(path)
-        if path.stat().st_size > MAX_CONFIG_BYTES: raise ConfigError(f"{path}: model config file too large")
-        try: return cls.from_json(path.read_bytes())
-        except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
-
-# %% ../nbs/12_learner.ipynb #b435db85
-class WeightsError(RealfakeError, ValueError):
-    "Pretrained weights that cannot or may not be loaded."
-
-def _unwrap_state_dict(obj):
-    "The tensor dict inside a checkpoint (timm/torch conventions: state_dict_ema, model_ema, state_dict, model)."
-    if isinstance(obj, dict):
-        for k in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
-            if isinstance(obj.get(k), dict): return _unwrap_state_dict(obj[k])
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError("weights file does not hold a dict of tensors")
-    return {(k[7:] if k.startswith('module.') else k): v for k, v in obj.items()}
-
-def load_pth_weights(path, allow_pth:bool=False) -> dict:
-    "Tensors of a `.pth` file, only with `allow_pth=True`, only via `torch.load(weights_only=True)`."
-    path = Path(path)
-    if not allow_pth:
-        raise WeightsError(f"{path}: refusing to unpickle a .pth file; convert it to .safetensors or pass allow_pth=True "
-                           "(it is then read with torch.load(weights_only=True))")
-    try: obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise WeightsError(f"{path}: not a plain tensor checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
-    return _unwrap_state_dict(obj)
-
-def _timm_kwargs(pretrained:bool, weights, allow_pth:bool, tmpdir:str):
-    "Keyword arguments for `create_timm_model` selecting hub / file / no weights."
-    if weights is None: return dict(pretrained=bool(pretrained))
-    weights = Path(weights)
-    if not weights.is_file(): raise WeightsError(f"{weights}: weights file not found")
-    suf = weights.suffix.lower()
-    if suf == '.safetensors': f = weights
-    elif suf in ('.pth', '.pt', '.bin', '.pkl', '.ckpt'):
-        sd = load_pth_weights(weights, allow_pth)
-        f = Path(tmpdir)/'weights.safetensors'
-        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(f))
-    else: raise WeightsError(f"{weights}: unknown weights format {suf!r} (use .safetensors, or .pth with allow_pth=True)")
-    return dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(f)))
-
-@contextlib.contextmanager
-def _hub_errors(arch, from_hub:bool):
-    "Turn a failed hub download into a `WeightsError` that says what to do offline."
-    try: yield
-    except RealfakeError: raise
-    except Exception as e:
-        if not from_hub: raise
-        raise WeightsError(f"could not get pretrained {arch} weights from the hub ({type(e).__name__}: {str(e)[:200]}); "
-                           "offline? pass a local weights file (weights=..., --weights FILE.safetensors) or pretrained=False (--weights none)") from e
-
-def build_model(arch:str, n_out:int=2, pretrained:bool=False, weights=None, allow_pth:bool=False) -> nn.Module:
-    "The network `vision_learner(dls, arch)` builds: timm body (hub / `weights` file / random) + fastai head."
-    with tempfile.TemporaryDirectory() as td, _hub_errors(arch, pretrained and weights is None):
-        kw = _timm_kwargs(pretrained, weights, allow_pth, td)
-        model, _ = create_timm_model(arch, n_out, **kw)
-    return model
-
-# %% ../nbs/12_learner.ipynb #3bfde9f2
-MODEL_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
-
-def _model_of(learn_or_model):
-    m = learn_or_model.model if isinstance(learn_or_model, Learner) else learn_or_model
-    while hasattr(m, 'module') and isinstance(m.module, nn.Module) and not isinstance(m, nn.Sequential): m = m.module # DDP/DataParallel
-    return m
-
-def _state_tensors(model) -> dict:
-    "A safetensors-ready copy of the state dict: CPU, contiguous (channels_last undone), unshared."
-    return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in _model_of(model).state_dict().items()}
-
-def _fsync_dir(d):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
-
-def _fsync_file(p):
-    with open(p, 'rb') as f: os.fsync(f.fileno())
-
-def _replace_dir(tmp:Path, dest:Path):
-    "Move the complete folder `tmp` to `dest`, replacing an existing `dest` (old one moved aside, then deleted)."
-    old = None
-    if dest.exists() or dest.is_symlink():
-        old = dest.with_name(f'.{dest.name}.old-{os.getpid()}-{time.time_ns()}')
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    _fsync_dir(dest.parent)
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
-
-def write_dir_atomic(dest, files:dict):
-    "Write `files` ({name: callable(path) or bytes}) into a temp folder beside `dest`, fsync, rename to `dest`."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
-    try:
-        for name, w in files.items():
-            p = tmp/name
-            if callable(w): w(p)
-            else: p.write_bytes(w)
-            _fsync_file(p)
-        _fsync_dir(tmp)
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return dest
-
-def save_model_dir(learn_or_model, config:ModelConfig, dest) -> Path:
-    "Atomically write `dest/model.safetensors` + `dest/config.json` (all that inference needs)."
-    if not isinstance(config, ModelConfig): raise TypeError("config must be a ModelConfig")
-    config.validate()
-    sd = _state_tensors(learn_or_model)
-    meta = {'format': 'realfake-model', 'arch': config.arch}
-    return write_dir_atomic(dest, {MODEL_FILE: lambda p: save_file(sd, str(p), metadata=meta),
-                                   CONFIG_FILE: (config.to_json() + '\n').encode()})
-
-def load_tensors(path) -> dict:
-    "The tensors of safetensors file `path`; a truncated or corrupt file is a `RealfakeError` naming it."
-    try: return load_file(str(path), device='cpu')
-    except Exception as e: raise RealfakeError(f"{path}: not a valid safetensors file ({str(e)[:200]})") from None
-
-def load_model_dir(src, device='cpu'):
-    "`(model in eval mode, ModelConfig)` from a model directory; never unpickles anything."
-    src = Path(src)
-    if not (src/CONFIG_FILE).is_file() or not (src/MODEL_FILE).is_file():
-        raise FileNotFoundError(f"{src}: not a model directory (needs {MODEL_FILE} and {CONFIG_FILE})")
-    cfg = ModelConfig.from_file(src/CONFIG_FILE)
-    try: model = build_model(cfg.arch, cfg.n_out, pretrained=False)
-    except Exception as e: raise RealfakeError(f"{src/CONFIG_FILE}: cannot build architecture {cfg.arch!r}: {str(e)[:300]}") from None
-    sd = load_tensors(src/MODEL_FILE)
-    try: model.load_state_dict(sd, strict=True)
-    except RuntimeError as e: raise RealfakeError(f"{src/MODEL_FILE}: weights do not match {cfg.arch}: {str(e)[:500]}") from None
-    return model.to(device).eval(), cfg
+__all__ = ['CKPT_FORMAT', 'realfake_metrics', 'CropCombine', 'mixed_precision_mode', 'create_learner', 'model_config',
+           'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback', 'load_checkpoint', 'fit_resumable']
 
 # %% ../nbs/12_learner.ipynb #126b1060
 def _acc(preds, targs): return (preds == targs).float().mean().item() if len(targs) else float('nan')
@@ -268,9 +52,15 @@ def realfake_metrics():
             AccumMetric(partial(_class_acc, c=LABELS.index('fake')), dim_argmax=-1, name='fake_accuracy')]
 
 # %% ../nbs/12_learner.ipynb #584df925
-def _vl_kwargs(weights, pretrained, allow_pth, td):
-    kw = _timm_kwargs(pretrained, weights, allow_pth, td)
-    return kw.pop('pretrained'), kw
+class CropCombine(Callback):
+    "Combine validation crop logits into one row per image (the spec's `combine`), before the loss and metrics."
+    order = 11   # after MixedPrecision's after_pred (10) has turned the predictions to float
+    def __init__(self, how:str='mean'): self.how = how
+    def after_pred(self):
+        if len(self.yb) != 2: return
+        y, counts = self.yb
+        self.learn.pred = combine_logits(self.pred, counts, self.how)[0]
+        self.learn.yb = (y,)
 
 def mixed_precision_mode(device=None) -> str|None:
     "'bf16' / 'fp16' on a CUDA device (bf16 where supported), None (fp32) elsewhere."
@@ -282,11 +72,12 @@ def create_learner(dls, arch:str='convnext_large', pretrained:bool=True, weights
                    wd:float=0.05, allow_pth:bool=False, mixed_precision:str|None='auto', channels_last:bool|None=None,
                    metrics=None, cbs=None, **kw) -> Learner:
     "`vision_learner` on a timm ConvNeXt, unfrozen, fastai AdamW, realfake metrics, AMP + channels_last on GPU."
-    with tempfile.TemporaryDirectory() as td, _hub_errors(arch, pretrained and weights is None):
-        pre, tkw = _vl_kwargs(weights, pretrained, allow_pth, td)
-        learn = vision_learner(dls, arch, n_out=len(LABELS), pretrained=pre, path=path, lr=lr, wd=wd,
+    spec = getattr(dls, 'spec', None) or Preprocess()
+    with tempfile.TemporaryDirectory() as td, hub_errors(arch, pretrained and weights is None):
+        tkw = timm_weights_kwargs(pretrained, weights, allow_pth, td)
+        learn = vision_learner(dls, arch, n_out=len(LABELS), pretrained=tkw.pop('pretrained'), path=path, lr=lr, wd=wd,
                                opt_func=partial(Adam, decouple_wd=True), metrics=ifnone(metrics, realfake_metrics()),
-                               cbs=cbs, **tkw, **kw)
+                               cbs=[CropCombine(spec.combine)] + list(cbs or []), **tkw, **kw)
     learn.unfreeze()
     dev = getattr(dls, 'device', None) or torch.device('cpu')
     mp = mixed_precision_mode(dev) if mixed_precision == 'auto' else mixed_precision
@@ -298,22 +89,10 @@ def create_learner(dls, arch:str='convnext_large', pretrained:bool=True, weights
     return learn
 
 # %% ../nbs/12_learner.ipynb #eeb84f0f
-def _dls_norm(dls):
-    for t in getattr(dls.after_batch, 'fs', []):
-        if isinstance(t, Normalize):
-            mean, std = t.mean, t.std
-            if mean is None or std is None: continue
-            mean, std = torch.as_tensor(mean).flatten().cpu(), torch.as_tensor(std).flatten().cpu()
-            if mean.max() > 1.5:  # fastai stats on the 0-255 scale
-                mean, std = mean/255, std/255
-            return mean.tolist(), std.tolist()
-    return [0., 0., 0.], [1., 1., 1.]
-
-def model_config(learn, size:int, resize:int, threshold:float=0.5, temperature:float=1.0) -> ModelConfig:
-    "The `ModelConfig` of a learner trained on `size` px crops of images resized to `resize`."
-    mean, std = _dls_norm(learn.dls)
+def model_config(learn, threshold:float=0.5, temperature:float=1.0) -> ModelConfig:
+    "The `ModelConfig` of a learner: its architecture and its DataLoaders' preprocessing spec."
     return ModelConfig(getattr(learn, 'arch_name', None) or str(learn.arch), n_out=len(LABELS), vocab=list(LABELS),
-                       size=int(size), resize=int(resize), mean=mean, std=std,
+                       preprocess=getattr(learn.dls, 'spec', None) or Preprocess(),
                        threshold=float(threshold), temperature=float(temperature))
 
 # %% ../nbs/12_learner.ipynb #5c8018d0
@@ -346,16 +125,26 @@ def _load_opt_state(opt, tensors:dict, meta:dict):
         state[i][k] = t.to(params[i].device)
     opt.load_state_dict({'state': state, 'hypers': meta['hypers']})
 
+def _unwrapped(model:nn.Module) -> nn.Module:
+    "The model inside DistributedDataParallel/DataParallel wrappers."
+    while hasattr(model, 'module') and isinstance(model.module, nn.Module) and not isinstance(model, nn.Sequential): model = model.module
+    return model
+
 def _seed_everything(seed:int):
     random.seed(seed); np.random.seed(seed % (2**32 - 1)); torch.manual_seed(seed)
 
 def _epoch_seed(seed:int, epoch:int, rank:int=0) -> int: return (seed * 1_000_003 + epoch * 1009 + rank * 7919) % (2**31 - 1)
 
+def _read_json(p:Path, what:str):
+    "JSON content of the small file `p`; a `RealfakeError` naming it if it is not a regular file or not JSON."
+    try: return json.loads(read_small_file(p, 100_000_000, what))
+    except (ValueError, UnicodeDecodeError) as e: raise RealfakeError(f"{p}: corrupt {what} ({e}); delete it to start afresh") from None
+
 def read_pointer(ckpt_dir, which:str='latest') -> Path|None:
     "The checkpoint folder `checkpoints/{which}.json` points at, or None."
     p = Path(ckpt_dir)/f'{which}.json'
-    if not p.is_file(): return None
-    d = json.loads(p.read_text())
+    if not p.exists(): return None
+    d = _read_json(p, 'checkpoint pointer')
     name = d.get('dir') if isinstance(d, dict) else None
     if not isinstance(name, str) or not re.fullmatch(r'epoch-\d{3,}', name): raise RealfakeError(f"{p}: invalid pointer {d!r}")
     return Path(ckpt_dir)/name
@@ -451,11 +240,8 @@ class CheckpointCallback(Callback):
                  'optimizer': opt_meta, 'scaler': _scaler_state(scaler),
                  'smooth_loss': {'count': int(self.recorder.smooth_loss.count), 'val': float(self.recorder.smooth_loss.val)},
                  'history': csv.rows if csv is not None else []}
-        sd = _state_tensors(self.learn.model)
-        write_dir_atomic(self.ckpt_dir/name, {
-            MODEL_FILE: lambda p: save_file(sd, str(p), metadata={'format': 'realfake-model', 'arch': self.config.arch}),
-            CONFIG_FILE: (self.config.to_json() + '\n').encode(),
-            'optimizer.safetensors': lambda p: save_file(tensors, str(p)) if tensors else save_file({'_empty': torch.zeros(0)}, str(p)),
+        write_model_dir(self.ckpt_dir/name, state_tensors(self.learn.model), self.config, extra={
+            'optimizer.safetensors': lambda p: save_file(tensors or {'_empty': torch.zeros(0)}, str(p)),
             'state.json': (json.dumps(state, allow_nan=True, indent=1) + '\n').encode()})
         atomic_write_json(self.ckpt_dir/'latest.json', {'dir': name, 'epoch': self.epoch})
         if self.best.get('epoch') == self.epoch:
@@ -487,8 +273,8 @@ def load_checkpoint(ckpt:Path) -> dict:
     ckpt = Path(ckpt)
     for f in (MODEL_FILE, CONFIG_FILE, 'optimizer.safetensors', 'state.json'):
         if not (ckpt/f).is_file(): raise RealfakeError(f"{ckpt}: incomplete checkpoint, {f} missing")
-    state = json.loads((ckpt/'state.json').read_text())
-    if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT: raise RealfakeError(f"{ckpt}/state.json: unknown checkpoint format")
+    state = _read_json(ckpt/'state.json', 'checkpoint state')
+    if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT: raise RealfakeError(f"{ckpt/'state.json'}: unknown checkpoint format")
     opt_t = load_tensors(ckpt/'optimizer.safetensors'); opt_t.pop('_empty', None)
     return {'config': ModelConfig.from_file(ckpt/CONFIG_FILE), 'model': load_tensors(ckpt/MODEL_FILE),
             'optimizer': opt_t, 'state': state, 'dir': ckpt}
@@ -510,7 +296,7 @@ def fit_resumable(learn:Learner, n_epoch:int, lr_max:float, ckpt_dir, config:Mod
         if st['fit'] != fit_args:
             raise RealfakeError(f"cannot resume {latest}: it was trained with {st['fit']}, now {fit_args} (the one-cycle schedule would differ)")
         if ck['config'].arch != config.arch: raise RealfakeError(f"cannot resume {latest}: arch {ck['config'].arch} != {config.arch}")
-        _model_of(learn).load_state_dict(ck['model'], strict=True)
+        _unwrapped(learn.model).load_state_dict(ck['model'], strict=True)
         if learn.opt is None: learn.create_opt()
         _load_opt_state(learn.opt, ck['optimizer'], st['optimizer'])
         start_epoch, best, history, seed, smooth = st['epoch'] + 1, st['best'], st['history'], st['seed'], st.get('smooth_loss')

@@ -4,22 +4,22 @@
 
 # %% ../nbs/01_metadata.ipynb #315b07e3
 from __future__ import annotations
-import os, json
+import os, re, json
 from pathlib import Path
-from typing import Iterable
 import numpy as np, pandas as pd
-from .core import LABELS, SPLITS, RealfakeError, atomic_write, get_logger
+from .core import LABELS, SPLITS, RealfakeError, atomic_write, escape_path, get_logger, unescape_path
 
 try: import orjson
 except ImportError: orjson = None
 
 # %% auto #0
-__all__ = ['FIELDS', 'REQUIRED', 'COLUMNS', 'MAX_LINE_BYTES', 'MetadataError', 'validate_record', 'read_metadata',
-           'write_metadata', 'summary_table', 'summarize']
+__all__ = ['FIELDS', 'INT_RANGE', 'REQUIRED', 'COLUMNS', 'MAX_LINE_BYTES', 'MetadataError', 'validate_record', 'read_metadata',
+           'write_metadata', 'summary_table', 'summarize', 'check_splits']
 
 # %% ../nbs/01_metadata.ipynb #1a892035
 FIELDS = {'path': str, 'label': str, 'split': str, 'source': str,
-          'group': str, 'width': int, 'height': int, 'format': str, 'prompt': str}
+          'group': str, 'width': int, 'height': int, 'format': str, 'quality': int, 'prompt': str}
+INT_RANGE = {'width': (1, 2**31 - 1), 'height': (1, 2**31 - 1), 'quality': (1, 100)}
 REQUIRED = ['path', 'label', 'split', 'source']
 COLUMNS = list(FIELDS)
 MAX_LINE_BYTES = 1 << 20
@@ -37,9 +37,14 @@ class MetadataError(RealfakeError, ValueError):
     def __reduce__(self): return (MetadataError, (self.file, self.line, self.field, self.reason, self.more))
 
 # %% ../nbs/01_metadata.ipynb #fc0422f8
+def _text(s:pd.Series) -> pd.Series:
+    "The strings `s` in pandas' fast str dtype, or as Python objects when they hold undecodable file names (it cannot)."
+    try: return s.astype(str)
+    except UnicodeEncodeError: return s.astype(object)
+
 def _resolve_paths(paths:pd.Series, base:Path|None) -> pd.Series:
     "Make relative `paths` absolute against folder `base` and normalise `.`, `..` and `//` (vectorised)."
-    p = paths.astype(str)
+    p = _text(paths)
     if base is not None:
         rel = ~(p.str.startswith('/') if os.sep == '/' else p.map(os.path.isabs)).to_numpy(bool)
         if rel.any(): p = p.where(~rel, str(base) + os.sep + p)
@@ -48,6 +53,14 @@ def _resolve_paths(paths:pd.Series, base:Path|None) -> pd.Series:
     odd |= p.str.startswith(('./', '../')).to_numpy(bool) | p.str.endswith(('/.', '/..')).to_numpy(bool)
     if odd.any(): p = p.where(~odd, p[odd].map(os.path.normpath))
     return p
+
+def _py(v):
+    "`v` as a plain Python value (numpy scalars unwrapped)."
+    return v.item() if isinstance(v, np.generic) else v
+
+def _show(v, width:int=60) -> str:
+    "`v` as a message shows it: plain Python repr (never `np.float64(5.5)`), cut to `width` characters."
+    return f"{_py(v)!r:.{width}}"
 
 def _bad_type(s:pd.Series, typ) -> np.ndarray:
     "Mask of non-null values in `s` that are not of `typ` (bools are not ints)."
@@ -78,23 +91,26 @@ def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error', base=None
         s = df[c]
         add(s.isna(), c, 'missing required field')
         bad = _bad_type(s, str)
-        add(bad, c, lambda i, s=s: f"must be a string, got {type(s.iloc[i]).__name__} {s.iloc[i]!r:.60}")
+        add(bad, c, lambda i, s=s: f"must be a string, got {type(_py(s.iloc[i])).__name__} {_show(s.iloc[i])}")
         ok = s.notna().to_numpy() & ~bad
-        add(ok & (s.where(ok, 'x').astype(str).str.len() == 0).to_numpy(), c, 'must not be empty')
-        if c == 'path': add(ok & s.where(ok, '').astype(str).str.contains('\x00', regex=False).to_numpy(bool), c, 'must not contain a NUL character')
+        add(ok & (_text(s.where(ok, 'x')).str.len() == 0).to_numpy(), c, 'must not be empty')
+        if c == 'path': add(ok & _text(s.where(ok, '')).str.contains('\x00', regex=False).to_numpy(bool), c, 'must not contain a NUL character')
     for c, allowed in (('label', LABELS), ('split', SPLITS)):
         if c in df.columns:
             s = df[c]
             ok = s.notna().to_numpy() & ~_bad_type(s, str)
-            add(ok & ~s.isin(allowed).to_numpy(), c, lambda i, s=s, a=allowed: f"{s.iloc[i]!r:.60} is not one of {', '.join(a)}")
+            add(ok & ~s.isin(allowed).to_numpy(), c, lambda i, s=s, a=allowed: f"{_show(s.iloc[i])} is not one of {', '.join(a)}")
     for c, typ in FIELDS.items():
         if c in REQUIRED or c not in df.columns: continue
         s = df[c]
         bad = _bad_type(s, typ)
-        add(bad, c, lambda i, s=s, t=typ: f"must be {'a string' if t is str else 'an integer'}, got {s.iloc[i]!r:.60}")
-        if typ is int:
-            num = pd.to_numeric(s.where(~bad), errors='coerce')
-            add((num <= 0).fillna(False).to_numpy(bool), c, lambda i, s=s: f"must be positive, got {s.iloc[i]!r}")
+        add(bad, c, lambda i, s=s, t=typ: f"must be {'a string' if t is str else 'an integer'}, got {_show(s.iloc[i])}")
+        if c in INT_RANGE:
+            lo, hi = INT_RANGE[c]
+            num = pd.to_numeric(s.where(~bad), errors='coerce').astype(float).to_numpy()   # floats: no overflow
+            with np.errstate(invalid='ignore'):
+                add(num < lo, c, lambda i, s=s, lo=lo: f"must be {'positive' if lo == 1 else f'at least {lo}'}, got {_show(s.iloc[i])}")
+                add(num > hi, c, lambda i, s=s, hi=hi: f"must be at most {hi:,}, got {_show(s.iloc[i])}")
     if 'path' in df.columns:
         valid = df['path'].notna().to_numpy() & ~_bad_type(df['path'], str)
         p = _resolve_paths(df['path'].where(valid, ''), Path(base) if base is not None else None).where(valid, None)
@@ -104,7 +120,7 @@ def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error', base=None
             both = p.duplicated(keep=False).to_numpy() & valid
             firsts = {}
             for q, l in zip(p.to_numpy()[both], lines[both]): firsts.setdefault(q, l)
-            add(dup, 'path', lambda i: f"same file as line {firsts[p.iloc[i]]}: {df['path'].iloc[i]!r:.80}")
+            add(dup, 'path', lambda i: f"same file as line {firsts[p.iloc[i]]}: '{escape_path(df['path'].iloc[i])[:80]}'")
     return sorted(errs, key=lambda e: e.line), (p if 'path' in df.columns else None)
 
 # %% ../nbs/01_metadata.ipynb #20202ca5
@@ -121,6 +137,16 @@ def validate_record(rec:dict, file='<record>', line:int=0, extra:str='error') ->
 _loads = orjson.loads if orjson is not None else json.loads
 _JSONError = (orjson.JSONDecodeError, ValueError) if orjson is not None else (ValueError,)
 
+def _duplicate_key(line:bytes) -> str|None:
+    "The first key that occurs twice in one JSON object of `line`, or None."
+    dup = []
+    def pairs(kv):
+        keys = [k for k, _ in kv]
+        if not dup and len(set(keys)) < len(keys): dup.append(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(kv)
+    json.loads(line, object_pairs_hook=pairs)
+    return dup[0] if dup else None
+
 def _parse_lines(data:bytes, file) -> tuple[list, list, list]:
     "Parse JSONL bytes into (records, their line numbers, errors)."
     recs, nums, errs = [], [], []
@@ -134,10 +160,21 @@ def _parse_lines(data:bytes, file) -> tuple[list, list, list]:
             errs.append(MetadataError(file, i, '-', f"invalid JSON: {e}")); continue
         if type(rec) is not dict:
             errs.append(MetadataError(file, i, '-', f"a record must be a JSON object, got {type(rec).__name__}")); continue
+        if line.count(b'":') != len(rec) and (k := _duplicate_key(line)) is not None:
+            errs.append(MetadataError(file, i, k, "key given twice in one record (JSON would keep only the last value)")); continue
         recs.append(rec); nums.append(i)
     return recs, nums, errs
 
 # %% ../nbs/01_metadata.ipynb #83fd9aa6
+def _map_where(s:pd.Series, pattern:str, f) -> pd.Series:
+    "`s` with `f` applied to the strings that match regex `pattern` (the others, and non-strings, untouched)."
+    try: m = s.str.contains(pattern, regex=True, na=False).to_numpy(bool)
+    except AttributeError: return s                # no strings at all (validation reports that)
+    if not m.any(): return s
+    a = s.to_numpy(dtype=object, copy=True)     # numpy: pandas would infer its str dtype, which cannot hold the results
+    a[m] = [f(v) for v in a[m]]
+    return pd.Series(a, index=s.index, name=s.name, dtype=object)
+
 def read_metadata(path, errors:str='raise', resolve:bool=True, extra:str='error', check_files:bool=False) -> pd.DataFrame:
     "Read and validate a JSONL metadata file into a DataFrame with `COLUMNS` (see the table above)."
     if errors not in ('raise', 'collect'): raise ValueError(f"errors must be 'raise' or 'collect', not {errors!r}")
@@ -149,6 +186,7 @@ def read_metadata(path, errors:str='raise', resolve:bool=True, extra:str='error'
     recs, nums, errs = _parse_lines(data, path)
     df = pd.DataFrame.from_records(recs) if recs else pd.DataFrame(columns=REQUIRED)
     del recs
+    if 'path' in df.columns: df['path'] = _map_where(df['path'], r'\\', unescape_path)   # only these can be escaped
     errs2, resolved = _check_frame(df, path, nums, extra=extra, base=path.parent)
     errs += errs2
     if resolve and resolved is not None: df['path'] = resolved
@@ -161,11 +199,11 @@ def read_metadata(path, errors:str='raise', resolve:bool=True, extra:str='error'
         keep = ~np.isin(np.asarray(nums), list(bad_rows))
         df = df[keep].reset_index(drop=True)
         nums = list(np.asarray(nums)[keep])
-    for c in ('width', 'height'): df[c] = pd.to_numeric(df[c], errors='coerce').astype('Int64')
+    for c in INT_RANGE: df[c] = pd.to_numeric(df[c], errors='coerce').astype('Int64')
     if check_files and len(df):
         from tqdm.auto import tqdm
         missing = [i for i, p in enumerate(tqdm(df['path'], desc='checking files', leave=False)) if not os.path.exists(p)]
-        errs += [MetadataError(path, nums[i], 'path', f"file does not exist: {df['path'].iloc[i]}") for i in missing]
+        errs += [MetadataError(path, nums[i], 'path', f"file does not exist: {escape_path(df['path'].iloc[i])}") for i in missing]
         df = df.drop(index=missing).reset_index(drop=True)
     errs.sort(key=lambda e: e.line)
     if errs and errors == 'raise':
@@ -180,25 +218,41 @@ def read_metadata(path, errors:str='raise', resolve:bool=True, extra:str='error'
 def _dumps(rec:dict) -> bytes:
     return orjson.dumps(rec) if orjson is not None else json.dumps(rec, ensure_ascii=False).encode()
 
+def _unwritable(rec:dict, file, line:int, e:Exception) -> MetadataError:
+    "The error for a record that JSON cannot hold: which field, and why."
+    bad = next((k for k, v in rec.items() if isinstance(v, str) and re.search('[\ud800-\udfff]', v)), None)
+    if bad is None: return MetadataError(file, line, '-', f"cannot be written as JSON: {e}")
+    return MetadataError(file, line, bad, f"text holds bytes that are not UTF-8: '{escape_path(rec[bad])[:60]}' "
+                         "(file names can be written with realfake.core.escape_path)")
+
+def _frame(recs:list) -> pd.DataFrame:
+    "A DataFrame of the dicts `recs`; object columns when a text holds undecodable bytes (pandas' str dtype cannot)."
+    try: return pd.DataFrame.from_records(recs)
+    except UnicodeEncodeError: return pd.DataFrame(recs, dtype=object)
+
 def write_metadata(records, path, overwrite:bool=False, relative_to=None, extra:str='error') -> Path:
     "Validate `records` (a DataFrame or dicts) and write them to `path` as JSONL, atomically."
     path = Path(path)
-    df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame.from_records(list(records))
+    df = records.copy() if isinstance(records, pd.DataFrame) else _frame(list(records))
     if not len(df): raise MetadataError(path, 0, '-', 'no records to write')
     errs, _ = _check_frame(df, f'<records for {path}>', None, extra=extra)
     if errs: raise MetadataError(errs[0].file, errs[0].line, errs[0].field, errs[0].reason, more=len(errs)-1)
     if relative_to is not None:
         base = str(Path(relative_to).absolute()) + os.sep
-        p = df['path'].astype(str)
+        p = _text(df['path'])
         inside = p.str.startswith(base)
         df['path'] = p.where(~inside, p.str.slice(len(base)))
+    p = _text(df['path'])                    # in str dtype no undecodable names: only a backslash needs escaping
+    df['path'] = _map_where(p, r'\\' if p.dtype != object else r'[\\\ud800-\udfff]', escape_path)
     cols = [c for c in df.columns if c in FIELDS or extra == 'keep']
-    for c in ('width', 'height'):
+    for c in INT_RANGE:
         if c in df.columns: df[c] = pd.to_numeric(df[c], errors='coerce').astype('Int64').astype(object)
     df = df[cols].astype(object).where(df[cols].notna(), None)
     with atomic_write(path, 'wb', overwrite=overwrite) as f:
-        for row in df.itertuples(index=False, name=None):
-            f.write(_dumps({k: (int(v) if isinstance(v, np.integer) else v) for k, v in zip(cols, row) if v is not None}))
+        for i, row in enumerate(df.itertuples(index=False, name=None), 1):
+            rec = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in zip(cols, row) if v is not None}
+            try: f.write(_dumps(rec))
+            except (TypeError, UnicodeError) as e: raise _unwritable(rec, f'<records for {path}>', i, e) from None
             f.write(b'\n')
     _log.info(f"wrote {len(df):,} records to {path}")
     return path
@@ -215,3 +269,14 @@ def summarize(df:pd.DataFrame) -> str:
     "The label x split and label x source tables as text."
     return (f"{len(df):,} images\n\n" + summary_table(df, 'split').to_string() + '\n\n'
             + summary_table(df, 'source').to_string())
+
+# %% ../nbs/01_metadata.ipynb #4ed0f086
+def check_splits(df:pd.DataFrame, splits=('train', 'valid')) -> pd.DataFrame:
+    "`df` unchanged when it has records in every split of `splits`; else a `MetadataError` naming the metadata file."
+    counts = df['split'].value_counts() if 'split' in df.columns else pd.Series(dtype=int)
+    missing = [s for s in splits if counts.get(s, 0) == 0]
+    if missing:
+        have = ', '.join(f"{s} {int(counts[s]):,}" for s in SPLITS if counts.get(s, 0)) or 'none'
+        raise MetadataError(df.attrs.get('metadata_path', '<records>'), 0, 'split',
+                            f"no {' or '.join(repr(s) for s in missing)} records (records per split: {have})")
+    return df

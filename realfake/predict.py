@@ -4,111 +4,62 @@
 
 # %% ../nbs/13_predict.ipynb #4f03c143
 from __future__ import annotations
-import os, csv, io, json, math, hashlib, time, warnings
+import os, csv, io, math, copy, dataclasses
 from pathlib import Path
-from typing import Iterable, Callable
 import numpy as np, pandas as pd
 import torch
 from PIL import Image
+from fastcore.basics import patch
 from fastcore.script import call_parse, Param
-import sys
-try: from fastcore.script import is_cli
-except ImportError:   # fastcore < 1.9: guess from the program name
-    def is_cli(func=None): return Path(sys.argv[0]).name == getattr(func, '__name__', None)
-from .core import LABELS, IMAGE_EXTS, RealfakeError, file_sha256, find_images, get_logger, setup_logging
-from .images import load_image, ImageLoadError
+from .core import (LABELS, RealfakeError, command, escape_path, unescape_path, file_sha256, find_images,
+                           get_logger, progress_bar)
+from .images import ImageLoadError
+from .preprocess import Preprocess, image_crops, normalize, combine_logits, parse_resize
+from .modeldir import ModelConfig, read_config, load_model_dir
 
 # %% auto #0
-__all__ = ['CSV_COLUMNS', 'center_crop', 'to_tensor_array', 'crop_boxes', 'preprocess', 'read_config', 'Classifier',
-           'predict_to_csv', 'realfake_predict']
+__all__ = ['PREDICT_COLUMNS', 'CSV_COLUMNS', 'import_onnxruntime', 'Classifier', 'load_classifier', 'predict_to_csv',
+           'realfake_predict']
 
 # %% ../nbs/13_predict.ipynb #b6a65bb4
 _log = get_logger('predict')
 
 # %% ../nbs/13_predict.ipynb #31807be1
-def center_crop(img:Image.Image, size:int) -> Image.Image:
-    "The central `size` x `size` square of `img` (padded with black if `img` is smaller)."
-    w, h = img.size
-    l, t = (w - size) // 2, (h - size) // 2
-    return img.crop((l, t, l + size, t + size))
-
-# %% ../nbs/13_predict.ipynb #9f0078e7
-def to_tensor_array(img:Image.Image, mean, std) -> np.ndarray:
-    "RGB PIL image -> normalised float32 CHW array."
-    a = np.asarray(img.convert('RGB'), dtype=np.float32) / 255.
-    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
-
-# %% ../nbs/13_predict.ipynb #a972ca64
-def crop_boxes(w:int, h:int, size:int, n:int=9, how:str='grid', seed:int=0) -> list[tuple]:
-    "Boxes `(left, top, right, bottom)` of at most `n` crops of `size` in a `w` x `h` image."
-    if how not in ('grid', 'random'): raise ValueError(f"crops must be 'grid' or 'random', not {how!r}")
-    if n < 1: raise ValueError(f"n_crops must be >= 1, got {n}")
-    if how == 'random':
-        rng = np.random.default_rng(seed)
-        ls = rng.integers(0, max(w - size, 0) + 1, n)
-        ts = rng.integers(0, max(h - size, 0) + 1, n)
-        return [(int(l), int(t), int(l) + size, int(t) + size) for l, t in zip(ls, ts)]
-    nx, ny = max(1, math.ceil(w / size)), max(1, math.ceil(h / size))
-    while nx * ny > n:
-        if nx >= ny: nx -= 1
-        else: ny -= 1
-    xs = np.linspace(0, max(w - size, 0), nx).round().astype(int)
-    ys = np.linspace(0, max(h - size, 0), ny).round().astype(int)
-    return [(int(x), int(y), int(x) + size, int(y) + size) for y in ys for x in xs]
-
-# %% ../nbs/13_predict.ipynb #d4c31ec2
-def preprocess(src, config, mode:str='resize', n_crops:int=9, crops:str='grid', seed:int=0,
-               transform:Callable|None=None) -> np.ndarray:
-    "Decode `src` (path, bytes, PIL image or HWC uint8 array) into a `k x 3 x size x size` float32 stack."
-    size = int(config.size)
-    if mode not in ('resize', 'crops'): raise ValueError(f"mode must be 'resize' or 'crops', not {mode!r}")
-    if transform is not None:
-        src = transform(load_image(src))
-    if mode == 'resize':
-        img = load_image(src, short_side=int(config.resize or size))
-        return to_tensor_array(center_crop(img, size), config.mean, config.std)[None]
-    img = load_image(src)
-    if min(img.size) < size: img = load_image(img, short_side=size)
-    boxes = crop_boxes(*img.size, size, n=n_crops, how=crops, seed=seed)
-    return np.stack([to_tensor_array(img.crop(b), config.mean, config.std) for b in boxes])
-
-# %% ../nbs/13_predict.ipynb #365663be
 def _err_msg(src, e:Exception) -> str:
-    if isinstance(e, ImageLoadError): return str(e)
-    name = str(src) if isinstance(src, (str, os.PathLike)) else f'<{type(src).__name__}>'
+    if isinstance(e, ImageLoadError): return f"cannot read image {escape_path(e.path) if isinstance(e.path, (str, os.PathLike)) else e.path}: {e.reason}"
+    name = escape_path(src) if isinstance(src, (str, os.PathLike)) else f'<{type(src).__name__}>'
     return f"cannot read image {name}: {type(e).__name__}: {e}"
 
 class _Items(torch.utils.data.Dataset):
-    def __init__(self, items, prep): self.items, self.prep = items, prep
+    "Items -> (index, normalised crops, their boxes, error) by the spec, after the optional source `transform`."
+    def __init__(self, items, spec:Preprocess, transform=None): self.items, self.spec, self.transform = items, spec, transform
     def __len__(self): return len(self.items)
     def __getitem__(self, i):
         src = self.items[i]
-        try: return i, self.prep(src), None
-        except Exception as e: return i, None, _err_msg(src, e)
+        try:
+            c = image_crops(self.transform(src) if self.transform is not None else src, self.spec)
+            return i, normalize(c.pixels, self.spec), [_clip(b, c.image_size) for b in c.boxes], None
+        except Exception as e: return i, None, [], _err_msg(src, e)
+
+def _clip(box, size) -> tuple:
+    "A crop box clipped to the image (crops of small images extend into the reflection padding)."
+    (l, t, r, b), (w, h) = box, size
+    return max(0, l), max(0, t), min(w, r), min(h, b)
 
 def _collate(batch):
     idx = [b[0] for b in batch]
-    arrs = [b[1] for b in batch]
-    good = [a for a in arrs if a is not None]
+    good = [b[1] for b in batch if b[1] is not None]
     x = torch.from_numpy(np.concatenate(good)) if good else None
-    return idx, x, [0 if a is None else len(a) for a in arrs], [b[2] for b in batch]
+    return idx, x, [0 if b[1] is None else len(b[1]) for b in batch], [b[2] for b in batch], [b[3] for b in batch]
 
 def _worker_init(_): torch.set_num_threads(1)
 
-# %% ../nbs/13_predict.ipynb #4cd14d1e
-def _import_ort():
+# %% ../nbs/13_predict.ipynb #9f0078e7
+def import_onnxruntime():
     try: import onnxruntime
     except ImportError as e:
         raise ImportError("the ONNX backend needs onnxruntime: pip install 'realfake[onnx]' (or pip install onnxruntime)") from e
     return onnxruntime
-
-def read_config(model_dir):
-    "The validated `ModelConfig` of a model directory (without loading weights)."
-    from realfake.learner import ModelConfig
-    p = Path(model_dir) / 'config.json'
-    if not p.exists(): raise RealfakeError(f"{p}: no config.json in the model directory")
-    return ModelConfig.from_file(p)
 
 def _onnx_is_current(model_dir) -> bool:
     "True when model.onnx records the SHA-256 of the model.safetensors beside it (or there is none)."
@@ -120,6 +71,17 @@ def _onnx_is_current(model_dir) -> bool:
         meta = {p.key: p.value for p in m.metadata_props}
     except Exception: return False
     return meta.get('realfake_weights_sha256') == file_sha256(st)
+
+def _pick_backend(path:Path, backend:str, device) -> str:
+    "'torch' or 'onnx' for `backend='auto'` (see above)."
+    onnx_file, st_file = path/'model.onnx', path/'model.safetensors'
+    on_cpu = str(device) == 'cpu' or (device is None and not torch.cuda.is_available())
+    if not onnx_file.exists() or not (on_cpu or not st_file.exists()): return 'torch'
+    try: import_onnxruntime()
+    except ImportError: return 'torch'
+    if _onnx_is_current(path): return 'onnx'
+    _log.warning(f"{onnx_file} was not exported from {st_file}: using torch (re-run realfake_export)")
+    return 'torch'
 
 # %% ../nbs/13_predict.ipynb #35ce5f56
 def _bf16_supported(device:torch.device) -> bool:
@@ -136,143 +98,145 @@ def _check_precision(precision:str, device:torch.device, backend:str) -> str:
     return precision
 
 # %% ../nbs/13_predict.ipynb #c064fc48
+PREDICT_COLUMNS = ['index', 'path', 'prob_fake', 'label', 'logit', 'n_crops', 'top_crop', 'error']
+
 class Classifier:
     "A loaded real/fake model: `prob_fake` and `predict` on paths, bytes, PIL images or HWC uint8 arrays."
-    def __init__(self, model, config, device=None, backend:str='torch', session=None, path=None, bs:int=32,
+    def __init__(self, model, config:ModelConfig, device=None, backend:str='torch', session=None, path=None, bs:int=32,
                  precision:str='fp32'):
+        if config.n_out != 2: raise RealfakeError(f"expected a 2-output model, got n_out={config.n_out}")
         self.config, self.backend, self.path, self.bs = config, backend, path, bs
-        if getattr(config, 'n_out', 2) != 2: raise RealfakeError(f"expected a 2-output model, got n_out={config.n_out}")
-        self.threshold = float(config.threshold if config.threshold is not None else 0.5)
-        self.temperature = float(config.temperature or 1.0)
+        self.threshold, self.temperature, self.unsure = config.threshold, config.temperature, config.unsure
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.model, self.session, self.n_forward = model, session, 0
-        if model is not None:
-            self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        if model is not None: self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.precision = _check_precision(precision, self.device, backend)
+
+    @property
+    def spec(self) -> Preprocess: return self.config.preprocess
 
     @classmethod
     def from_dir(cls, path, device=None, backend:str='auto', bs:int=32, precision:str='fp32'):
         "Load the model directory `path` once (backend 'torch', 'onnx' or 'auto'; precision 'fp32' or 'bf16')."
         path = Path(path)
-        if precision == 'bf16' and backend == 'auto': backend = 'torch'   # bf16 is a torch-backend option
         if backend not in ('auto', 'torch', 'onnx'): raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', not {backend!r}")
         if not path.is_dir(): raise RealfakeError(f"{path}: model directory not found")
-        onnx_file, st_file = path / 'model.onnx', path / 'model.safetensors'
-        if backend == 'auto':
-            backend = 'torch'
-            on_cpu = str(device) == 'cpu' or (device is None and not torch.cuda.is_available())
-            if onnx_file.exists() and (on_cpu or not st_file.exists()):
-                try:
-                    _import_ort()
-                    if _onnx_is_current(path): backend = 'onnx'
-                    else: _log.warning(f"{onnx_file} was not exported from {st_file}: using torch (re-run realfake_export)")
-                except ImportError: pass
+        if backend == 'auto': backend = 'torch' if precision == 'bf16' else _pick_backend(path, backend, device)
         if backend == 'onnx':
+            onnx_file = path/'model.onnx'
             if not onnx_file.exists(): raise RealfakeError(f"{onnx_file} not found: run realfake_export --model {path} first")
-            ort = _import_ort()
+            ort = import_onnxruntime()
             providers = ['CPUExecutionProvider']
-            if device not in (None, 'cpu') and 'CUDAExecutionProvider' in ort.get_available_providers():
-                providers.insert(0, 'CUDAExecutionProvider')
+            if device not in (None, 'cpu') and 'CUDAExecutionProvider' in ort.get_available_providers(): providers.insert(0, 'CUDAExecutionProvider')
             sess = ort.InferenceSession(str(onnx_file), providers=providers)
             return cls(None, read_config(path), device='cpu', backend='onnx', session=sess, path=path, bs=bs)
-        from realfake.learner import load_model_dir
-        try: model, config = load_model_dir(path, device='cpu')
-        except Exception as e:
-            raise RealfakeError(f"cannot load the model in {path} (config.json + model.safetensors): {type(e).__name__}: {e}") from e
+        model, config = load_model_dir(path, device='cpu')
         return cls(model, config, device=device, backend='torch', path=path, bs=bs, precision=precision)
 
+    def with_preprocess(self, **changes) -> Classifier:
+        "The same model scoring with a changed spec (e.g. `resize='native', crops='grid'`); None values keep the model's."
+        spec = self.spec.replace(**changes)
+        if spec == self.spec: return self
+        if spec.resize != self.spec.resize or spec.size != self.spec.size:
+            _log.warning(f"scoring with '{spec.describe()}', not as the model was trained ('{self.spec.describe()}')")
+        clf = copy.copy(self)
+        clf.config = self.config.replace(preprocess=spec)
+        return clf
+
     def __repr__(self):
-        c = self.config
-        return (f"Classifier({self.path}, arch={getattr(c, 'arch', '?')}, size={c.size}, backend={self.backend}, "
+        return (f"Classifier({self.path}, arch={self.config.arch}, preprocess='{self.spec.describe()}', backend={self.backend}, "
                 f"device={self.device}, threshold={self.threshold:g}, temperature={self.temperature:g})")
 
-    def logits(self, x) -> np.ndarray:
-        "Raw `N x 2` logits of a normalised `N x 3 x size x size` batch (array or tensor), in chunks of `bs`."
-        x = torch.as_tensor(x, dtype=torch.float32)
-        outs = []
-        for i in range(0, len(x), self.bs):
-            xb = x[i:i + self.bs]
-            self.n_forward += len(xb)
-            if self.backend == 'onnx':
-                inp = self.session.get_inputs()[0].name
-                outs.append(self.session.run(None, {inp: xb.numpy()})[0])
-            else:
-                with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == 'bf16'):
-                    xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    outs.append(self.model(xb).float().cpu().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
+# %% ../nbs/13_predict.ipynb #2687c261
+@patch
+def logits(self:Classifier, x) -> np.ndarray:
+    "Raw `N x 2` logits of a normalised `N x 3 x size x size` batch (array or tensor), in chunks of `bs`."
+    x = torch.as_tensor(x, dtype=torch.float32)
+    outs = []
+    for i in range(0, len(x), self.bs):
+        xb = x[i:i + self.bs]
+        self.n_forward += len(xb)
+        if self.backend == 'onnx':
+            outs.append(self.session.run(None, {self.session.get_inputs()[0].name: xb.numpy()})[0])
+        else:
+            with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == 'bf16'):
+                xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                outs.append(self.model(xb).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
 
-    def margin_to_prob(self, margin) -> np.ndarray:
-        "prob_fake = sigmoid(margin / temperature), computed stably."
-        m = np.asarray(margin, dtype=np.float64) / self.temperature
-        return np.where(m >= 0, 1 / (1 + np.exp(-np.abs(m))), np.exp(-np.abs(m)) / (1 + np.exp(-np.abs(m))))
+@patch
+def margin_to_prob(self:Classifier, margin) -> np.ndarray:
+    "prob_fake = sigmoid(margin / temperature), computed stably."
+    m = np.asarray(margin, dtype=np.float64) / self.temperature
+    e = np.exp(-np.abs(m))
+    return np.where(m >= 0, 1 / (1 + e), e / (1 + e))
 
-    def iter_predict(self, items, bs:int|None=None, mode:str='resize', n_crops:int=9, crops:str='grid',
-                     combine:str='mean', seed:int=0, num_workers:int=0, transform=None, progress=False):
-        "Yield one DataFrame per batch of `items` (see `predict` for the columns)."
-        if combine not in ('mean', 'max'): raise ValueError(f"combine must be 'mean' or 'max', not {combine!r}")
-        if mode not in ('resize', 'crops'): raise ValueError(f"mode must be 'resize' or 'crops', not {mode!r}")
-        items = _as_items(items)
-        bs = bs or self.bs
-        prep = _Prep(self.config, mode, n_crops, crops, seed, transform)
-        dl = torch.utils.data.DataLoader(_Items(items, prep), batch_size=bs, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_collate, worker_init_fn=_worker_init if num_workers else None,
-                                         pin_memory=False)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(items), unit='img', desc='predict', mininterval=0.5)
-        try:
-            for idx, x, counts, errs in dl:
-                margins = np.full(len(idx), np.nan)
-                if x is not None:
-                    lg = self.logits(x)
-                    m = (lg[:, 1] - lg[:, 0]).astype(np.float64)
-                    k = 0
-                    for j, c in enumerate(counts):
-                        if c == 0: continue
-                        # mean of logits -> mean of margins; max -> the most "fake" crop
-                        margins[j] = m[k:k + c].mean() if combine == 'mean' else m[k:k + c].max()
-                        k += c
-                prob = self.margin_to_prob(margins)
-                label = [None if e is not None else LABELS[int(p >= self.threshold)] for p, e in zip(prob, errs)]
-                yield pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob,
-                                        label=label, logit=margins, n_crops=counts, error=errs))
-                if bar is not None: bar.update(len(idx))
-        finally:
-            if bar is not None: bar.close()
+@patch
+def label_of(self:Classifier, prob) -> list:
+    "'fake' at or above the threshold, else 'real'; 'unsure' inside the abstain band; None where prob is NaN."
+    lo, hi = self.unsure if self.unsure is not None else (np.inf, -np.inf)
+    return [None if not np.isfinite(p) else 'unsure' if lo <= p <= hi else LABELS[int(p >= self.threshold)]
+            for p in np.asarray(prob, np.float64)]
 
-    def predict(self, items, bs:int|None=None, mode:str='resize', n_crops:int=9, crops:str='grid',
-                combine:str='mean', seed:int=0, num_workers:int=0, transform=None, progress=False) -> pd.DataFrame:
-        "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, error."
-        dfs = list(self.iter_predict(items, bs=bs, mode=mode, n_crops=n_crops, crops=crops, combine=combine,
-                                     seed=seed, num_workers=num_workers, transform=transform, progress=progress))
-        if not dfs: return pd.DataFrame(columns=['index', 'path', 'prob_fake', 'label', 'logit', 'n_crops', 'error'])
-        return pd.concat(dfs, ignore_index=True)
-
-    def prob_fake(self, items, **kw) -> np.ndarray:
-        "Probability of 'fake' for each item (NaN where the image could not be read)."
-        return self.predict(items, **kw).prob_fake.to_numpy(dtype=np.float64)
-
-    def __call__(self, items, **kw): return self.predict(items, **kw)
-
-class _Prep:
-    "Picklable preprocessing closure for DataLoader workers."
-    def __init__(self, config, mode, n_crops, crops, seed, transform):
-        self.config, self.mode, self.n_crops, self.crops, self.seed, self.transform = config, mode, n_crops, crops, seed, transform
-    def __call__(self, src):
-        return preprocess(src, self.config, self.mode, self.n_crops, self.crops, self.seed, self.transform)
+# %% ../nbs/13_predict.ipynb #a404e99d
+def _combine(clf, x, counts, boxes):
+    "Per-item fake margins and top-crop boxes of one batch (NaN / None for unreadable items)."
+    margins, tops = np.full(len(counts), np.nan), [None] * len(counts)
+    ok = [j for j, c in enumerate(counts) if c]
+    if x is None: return margins, tops
+    z, top = combine_logits(torch.from_numpy(clf.logits(x)), [counts[j] for j in ok], clf.spec.combine)
+    margins[ok] = (z[:, 1] - z[:, 0]).double().numpy()
+    for j, t in zip(ok, top.tolist()):
+        if counts[j] > 1: tops[j] = ','.join(map(str, boxes[j][t]))
+    return margins, tops
 
 def _as_items(items) -> list:
     if isinstance(items, (str, os.PathLike, bytes, Image.Image)) or (isinstance(items, np.ndarray) and items.ndim == 3 and items.dtype == np.uint8):
         return [items]
     return list(items)
 
-def _src_name(src):
-    return str(src) if isinstance(src, (str, os.PathLike)) else None
+def _src_name(src): return escape_path(src) if isinstance(src, (str, os.PathLike)) else None
+
+@patch
+def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False):
+    "Yield one DataFrame per batch of `items` (see `predict` for the columns)."
+    items = _as_items(items)
+    dl = torch.utils.data.DataLoader(_Items(items, self.spec, transform), batch_size=bs or self.bs, shuffle=False,
+                                     num_workers=num_workers, collate_fn=_collate,
+                                     worker_init_fn=_worker_init if num_workers else None)
+    with progress_bar(len(items), 'predict', show=progress) as bar:
+        for idx, x, counts, boxes, errs in dl:
+            margins, tops = _combine(self, x, counts, boxes)
+            prob = self.margin_to_prob(margins)
+            yield pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=self.label_of(prob),
+                                    logit=margins, n_crops=counts, top_crop=tops, error=errs))
+            bar.update(len(idx))
+
+@patch
+def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False) -> pd.DataFrame:
+    "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error."
+    dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress))
+    return pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame(columns=PREDICT_COLUMNS)
+
+@patch
+def prob_fake(self:Classifier, items, **kw) -> np.ndarray:
+    "Probability of 'fake' for each item (NaN where the image could not be read)."
+    return self.predict(items, **kw).prob_fake.to_numpy(dtype=np.float64)
+
+@patch
+def crop_scores(self:Classifier, src) -> list[dict]:
+    "Each evaluation crop of one image: its box (as fractions of the decoded image) and its own prob_fake."
+    c = image_crops(src, self.spec)
+    lg = self.logits(normalize(c.pixels, self.spec))
+    w, h = c.image_size
+    return [dict(box=[round(l / w, 4), round(t / h, 4), round(r / w, 4), round(b / h, 4)], prob_fake=float(p))
+            for (l, t, r, b), p in zip((_clip(b, c.image_size) for b in c.boxes), self.margin_to_prob(lg[:, 1] - lg[:, 0]))]
+
+@patch
+def __call__(self:Classifier, items, **kw): return self.predict(items, **kw)
 
 # %% ../nbs/13_predict.ipynb #f95687d1
-CSV_COLUMNS = ['path', 'prob_fake', 'label', 'logit', 'n_crops', 'error']
+CSV_COLUMNS = ['path', 'prob_fake', 'label', 'logit', 'n_crops', 'top_crop', 'error']
 
 def _open_resume(out:Path, columns=CSV_COLUMNS) -> set:
     "Repair `out` after a kill (drop a trailing partial row), write the header if needed; return the done paths."
@@ -315,7 +279,7 @@ def _expand_inputs(paths) -> tuple[list[str], list[tuple[str, str]]]:
         if p.is_dir(): found = find_images(p, progress=False)
         elif p.exists() or p.is_symlink(): found = [p]
         else:
-            missing.append((os.path.abspath(p), f"cannot read image {p}: no such file or folder")); continue
+            missing.append((os.path.abspath(p), f"cannot read image {escape_path(p)}: no such file or folder")); continue
         for f in found:
             a = os.path.abspath(f)
             if a not in seen: seen.add(a); files.append(a)
@@ -329,68 +293,66 @@ def _default_workers(clf) -> int:
     if clf.device.type == 'cpu' and cpus <= 2: return 0
     return min(4, max(0, cpus - 1))
 
-def predict_to_csv(paths, model, out='predictions.csv', bs:int=32, num_workers:int|None=None, mode:str='resize',
-                   crops:str='grid', n_crops:int=9, combine:str='mean', seed:int=0, backend:str='auto',
-                   device:str|None=None, threshold:float|None=None, progress:bool=True, precision:str='fp32') -> dict:
-    "Score files and folders into the CSV `out`, resuming where a previous run stopped. Returns counts."
+def load_classifier(model, device:str|None=None, backend:str='auto', bs:int=32, precision:str='fp32',
+                    threshold:float|None=None, **preprocess) -> Classifier:
+    "A `Classifier` from a model directory (or one passed through), with an optional threshold and spec changes."
+    clf = model if isinstance(model, Classifier) else Classifier.from_dir(model, device=device, backend=backend, bs=bs, precision=precision)
+    if preprocess.get('resize') is not None: preprocess['resize'] = parse_resize(preprocess['resize'])
+    clf = clf.with_preprocess(**preprocess)
+    if threshold is not None:
+        if not 0 <= threshold <= 1: raise ValueError(f"--threshold must be between 0 and 1, got {threshold}")
+        clf.threshold = float(threshold)
+    return clf
+
+def _row(r) -> list:
+    return [r.path, _fmt(r.prob_fake), _fmt(r.label), _fmt(r.logit), int(r.n_crops), _fmt(r.top_crop), _fmt(r.error)]
+
+def predict_to_csv(paths, clf:Classifier, out='predictions.csv', bs:int=32, num_workers:int|None=None,
+                   progress:bool|None=None) -> dict:
+    "Score files and folders into the CSV `out` with `clf`, resuming where a previous run stopped. Returns counts."
     out = Path(out)
-    clf = model if isinstance(model, Classifier) else Classifier.from_dir(model, device=device, backend=backend, bs=bs,
-                                                                          precision=precision)
-    if threshold is not None: clf.threshold = float(threshold)
     files, missing = _expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     done = _open_resume(out)
-    todo = [f for f in files if f not in done]
-    missing = [m for m in missing if m[0] not in done]
+    todo = [f for f in files if escape_path(f) not in done]
+    missing = [m for m in missing if escape_path(m[0]) not in done]
     if num_workers is None: num_workers = _default_workers(clf)
     if len(todo) < 2 * bs: num_workers = 0      # not worth starting processes
-    _log.info(f"{len(files)} images found, {len(files) - len(todo)} already in {out}, {len(todo)} to score")
+    _log.info(f"{len(files)} images found, {len(files) - len(todo)} already in {escape_path(out)}, {len(todo)} to score")
     stats = dict(found=len(files), skipped=len(files) - len(todo), scored=0, errors=0, fake=0, out=str(out))
     with open(out, 'a', newline='', encoding='utf-8') as fh:
         w = csv.writer(fh, lineterminator='\n')
         for p, err in missing:
-            w.writerow([p, '', '', '', 0, err]); stats['errors'] += 1
+            w.writerow([escape_path(p), '', '', '', 0, '', err]); stats['errors'] += 1
         fh.flush()
-        for df in clf.iter_predict(todo, bs=bs, mode=mode, n_crops=n_crops, crops=crops, combine=combine, seed=seed,
-                                   num_workers=num_workers, progress=progress):
-            w.writerows([[_fmt(r.path), _fmt(r.prob_fake), _fmt(r.label), _fmt(r.logit), int(r.n_crops), _fmt(r.error)]
-                         for r in df.itertuples()])
+        for df in clf.iter_predict(todo, bs=bs, num_workers=num_workers, progress=progress):
+            w.writerows([_row(r) for r in df.itertuples()])
             fh.flush(); os.fsync(fh.fileno())
             stats['scored'] += int(df.error.isna().sum()); stats['errors'] += int(df.error.notna().sum())
             stats['fake'] += int((df.label == 'fake').sum())
     return stats
 
 # %% ../nbs/13_predict.ipynb #7519e532
-def _cli_errors(cli, f, verbose=False):
-    "Run `f()`; when `cli` runs from the command line, a user error prints one line and exits 2 (traceback with --verbose)."
-    try: return f()
-    except (RealfakeError, OSError, ValueError, ImportError) as e:
-        if not is_cli(cli) or verbose: raise
-        name = getattr(cli, '__name__', str(cli))
-        print(f"{name}: error: {e}", file=sys.stderr); sys.exit(2)
-
 @call_parse
+@command
 def realfake_predict(
     paths:Param("image files and/or folders (searched recursively)", str, nargs='+'),
     model:str='model', # model directory (config.json + model.safetensors and/or model.onnx)
     out:str='predictions.csv', # CSV to append to; rerunning with the same file skips images already in it
     bs:int=32, # images per batch
     num_workers:int=None, # decoding worker processes (default: min(4, CPUs-1), none on a CPU with 2 cores or fewer; 0 = decode in this process)
-    mode:str='resize', # 'resize' (validation preprocessing) or 'crops' (several crops at full resolution)
-    crops:str='grid', # crops mode: 'grid' (tiles covering the image) or 'random' (seeded)
-    n_crops:int=9, # crops mode: at most this many crops per image
-    combine:str='mean', # crops mode: 'mean' of the logits or 'max' (the most fake crop)
-    seed:int=0, # seed of the random crops
+    resize:str=None, # score with another resize policy than the model's: 'native' or a shorter side in pixels
+    crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
+    max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
+    combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
     backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available)
-    threshold:float=None, # label 'fake' above this probability (default: the model's threshold)
+    threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
     precision:str='fp32', # 'fp32', or 'bf16' (about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly)
-    progress:bool=True, # show a progress bar
-    verbose:bool=False, # debug logging
+    no_progress:bool=False, # hide the progress bar (it is shown only on a terminal anyway)
+    verbose:bool=False, # debug logging and full tracebacks
 ):
-    "Score images with a trained model into a CSV (path, prob_fake, label, logit, n_crops, error); unreadable files get an error row."
-    setup_logging(verbose)
-    s = _cli_errors(realfake_predict, lambda: predict_to_csv(
-        paths, model, out=out, bs=bs, num_workers=num_workers, mode=mode, crops=crops, n_crops=n_crops, combine=combine,
-        seed=seed, backend=backend, device=device, threshold=threshold, progress=progress, precision=precision), verbose)
-    print(f"{s['scored']} scored ({s['fake']} fake), {s['errors']} errors, {s['skipped']} already done -> {s['out']}")
-    return None if is_cli(realfake_predict) else s   # a console script exits with the return value
+    "Score images with a trained model into a CSV (path, prob_fake, label, logit, n_crops, top_crop, error); unreadable files get an error row."
+    clf = load_classifier(model, device, backend, bs, precision, threshold, resize=resize, crops=crops, max_crops=max_crops, combine=combine)
+    s = predict_to_csv(paths, clf, out=out, bs=bs, num_workers=num_workers, progress=False if no_progress else None)
+    print(f"{s['scored']} scored ({s['fake']} fake), {s['errors']} errors, {s['skipped']} already done -> {escape_path(s['out'])}")
+    return s

@@ -4,17 +4,17 @@
 
 # %% ../nbs/08_synth.ipynb #9b98254a
 from __future__ import annotations
-import io, os, math, functools, warnings
+import io, math, functools, warnings
 from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from .core import LABELS, SPLITS, RealfakeError, get_logger, setup_logging
-from .metadata import write_metadata, summarize
+from .core import LABELS, SPLITS, RealfakeError, command, escape_path, get_logger
+from .metadata import write_metadata, read_metadata, summarize
 
 # %% auto #0
-__all__ = ['demo_photos', 'procedural_photos', 'make_real', 'simulate_vae_decode', 'periodic_peak_ratio', 'make_fake',
-           'DemoError', 'make_demo', 'realfake_demo']
+__all__ = ['MAX_DEMO_SIZE', 'demo_photos', 'procedural_photos', 'make_real', 'simulate_vae_decode', 'periodic_peak_ratio',
+           'make_fake', 'DemoError', 'make_demo', 'realfake_demo']
 
 # %% ../nbs/08_synth.ipynb #a91a4246
 _log = get_logger('synth')
@@ -185,12 +185,15 @@ def _photo_pool() -> tuple[dict, str]:
                   "not photographs (install the demo extra: pip install 'realfake[demo]')", UserWarning, stacklevel=3)
     return procedural_photos(), 'procedural'
 
+MAX_DEMO_SIZE = 2048   # the simulation holds a few float64 copies of each image: keep it to small pictures
+
 def make_demo(dest, n:int=200, size:int=64, seed:int=0, difficulty:float=1.0, same_format:str|None=None,
-              valid_pct:float=0.2, test_pct:float=0.0, overwrite:bool=False) -> Path:
+              valid_pct:float=0.2, test_pct:float=0.1, overwrite:bool=False) -> Path:
     "Write `n` simulated real and `n` fake images plus `dest/metadata.jsonl`; returns the metadata path."
     dest = Path(dest)
     if n < 1: raise DemoError(f"n must be at least 1, not {n}")
-    if size < 16 or size % 8: raise DemoError(f"size must be a multiple of 8 and at least 16, not {size}")
+    if size < 16 or size % 8 or size > MAX_DEMO_SIZE:
+        raise DemoError(f"size must be a multiple of 8 from 16 to {MAX_DEMO_SIZE}, not {size}")
     if not difficulty > 0: raise DemoError(f"difficulty must be > 0, not {difficulty}")
     if not (0 <= valid_pct < 1 and 0 <= test_pct < 1 and valid_pct + test_pct < 1):
         raise DemoError(f"valid_pct ({valid_pct}) and test_pct ({test_pct}) must be >= 0 with a sum below 1")
@@ -219,24 +222,22 @@ def make_demo(dest, n:int=200, size:int=64, seed:int=0, difficulty:float=1.0, sa
 
 # %% ../nbs/08_synth.ipynb #62249feb
 @call_parse
+@command
 def realfake_demo(
     dest:str='demo_data', # folder to write the images and metadata.jsonl into
     n:int=200, # images per class
-    size:int=64, # side of the fake images in pixels (a multiple of 8); real ones are size to 1.5*size
+    size:int=64, # side of the square fake images in pixels, a multiple of 8; real images have a shorter side from SIZE to 1.5 x SIZE
     seed:int=0, # random seed: the same seed gives byte-identical files
     difficulty:float=1.0, # how faint the simulated decoder traces are: 1 easy, 4 hard, 16 nearly invisible
     same_format:str=None, # save both classes as JPEG or PNG (default: real JPEG, fake PNG, like the real world)
     valid_pct:float=0.2, # share of each class in the validation split
-    test_pct:float=0.0, # share of each class in a test split
+    test_pct:float=0.1, # share of each class in the test split
     overwrite:bool=False, # replace an existing dest/metadata.jsonl
-    verbose:bool=False, # log debug messages
+    verbose:bool=False, # debug logging and full tracebacks
 ):
     "Make a small simulated real/fake demo dataset (no download needed). A simulation for demos and tests only."
-    setup_logging(verbose)
-    try:
-        m = make_demo(dest, n=n, size=size, seed=seed, difficulty=difficulty, same_format=same_format,
-                      valid_pct=valid_pct, test_pct=test_pct, overwrite=overwrite)
-    except (RealfakeError, FileExistsError) as e: raise SystemExit(f"realfake_demo: error: {e}") from None
-    from realfake.metadata import read_metadata
+    m = make_demo(dest, n=n, size=size, seed=seed, difficulty=difficulty, same_format=same_format,
+                  valid_pct=valid_pct, test_pct=test_pct, overwrite=overwrite)
     print(summarize(read_metadata(m)))
-    print(f"\nwrote {m}\nNote: simulated data for demos and tests; accuracy on it says nothing about real-world detection.")
+    print(f"\nwrote {escape_path(m)}\nNote: simulated data for demos and tests; accuracy on it says nothing about real-world detection.")
+    return m

@@ -4,27 +4,30 @@
 
 # %% ../nbs/14_train.ipynb #4df8c2db
 from __future__ import annotations
-import os, sys, time, json, contextlib
+import os, sys, time, argparse, contextlib, dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from fastcore.script import call_parse, store_true
 from fastcore.basics import noop
-from fastai.torch_core import rank_distrib, num_distrib, set_seed
+from fastcore.docments import docments
+from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command
+from .metadata import read_metadata, check_splits, summarize
+from .synth import make_demo
+from .preprocess import Preprocess, parse_resize
+from .modeldir import MODEL_FILE, write_model_dir, save_model_dir, load_tensors
+from .data import get_dls
+from .learner import create_learner, model_config, fit_resumable, read_pointer
+from fastai.torch_core import rank_distrib, num_distrib, set_seed, find_bs
 from fastai.callback.progress import ProgressCallback
 from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel
-from safetensors.torch import load_file, save_file
-
-from .core import RealfakeError, get_logger, setup_logging
-from .learner import (ModelConfig, create_learner, model_config, fit_resumable, save_model_dir,
-                              read_pointer, write_dir_atomic, MODEL_FILE, CONFIG_FILE)
 
 _log = get_logger('train')
 
 # %% auto #0
-__all__ = ['DEMO', 'FULL', 'unused_params', 'use_cuda', 'init_distributed', 'barrier', 'distrib_ctx', 'train', 'report',
-           'realfake_train']
+__all__ = ['PRESETS', 'unused_params', 'use_cuda', 'init_distributed', 'barrier', 'distrib_ctx', 'TrainConfig', 'available_cores',
+           'default_threads', 'default_workers', 'train', 'report', 'train_parser', 'realfake_train']
 
 # %% ../nbs/14_train.ipynb #d213390c
 def _backend_device():
@@ -33,11 +36,15 @@ def _backend_device():
     return torch.device('cuda', torch.cuda.current_device()) if 'nccl' in b else torch.device('cpu')
 
 class _DistributedDL(DistributedDL):
-    "fastai's `DistributedDL` whose index broadcast also works on the gloo (CPU) backend."
+    "fastai's `DistributedDL` whose index broadcast also works on the gloo (CPU) backend, and that counts images, not crops."
     def _broadcast(self, t, rank):
         t = torch.tensor(t, dtype=torch.long, device=_backend_device())
         torch.distributed.broadcast(t, rank)
         return t.cpu().tolist()
+    def after_batch(self, b):
+        if len(b) == 3: self.i += len(b[1])      # a validation batch (crops, labels, counts): one label per image
+        else: self.i += find_bs(b)
+        return self.dl.after_batch(b)
 
 def unused_params(model, size:int=32) -> list[str]:
     "Names of trainable parameters that get no gradient in a forward pass (tiny dummy input)."
@@ -87,122 +94,184 @@ def distrib_ctx(learn, cpu:bool=False, sync_bn:bool|None=None):
         if rank_distrib() and had_progress and not hasattr(learn, 'progress'): learn.add_cb(ProgressCallback())
 
 # %% ../nbs/14_train.ipynb #8cb2389e
-DEMO = dict(arch='convnext_atto', epochs=5, bs=32, lr=3e-3, size=64, resize=64, weights='none', aug=False, n=200, img=64)
-FULL = dict(arch='convnext_large', epochs=5, bs=64, lr=1e-3, size=224, resize=256, weights='hub', aug=True)
+@dataclass(frozen=True)
+class TrainConfig:
+    "A training recipe: network, schedule, preprocessing, augmentation. Presets are instances; runs override fields."
+    arch: str = 'convnext_large'     # timm ConvNeXt name
+    weights: str = 'hub'             # pretrained weights: 'hub' (needs internet), 'none' (random) or a local .safetensors/.pth file
+    epochs: int = 5                  # epochs of the one-cycle schedule
+    bs: int = 64                     # batch size per process
+    lr: float = 1e-3                 # peak learning rate
+    wd: float = 0.05                 # AdamW weight decay (not on norm layers and biases)
+    size: int = 224                  # side of the crops the network sees
+    resize: int|str = 256            # shorter side before cropping, or 'native' (no resampling)
+    crops: str = 'center'            # validation and scoring crops: 'center' or 'grid'
+    max_crops: int = 9               # with a grid: at most this many crops per image
+    combine: str = 'mean'            # how crop logits combine: 'mean' or 'max'
+    aug: bool = True                 # augmentation (the seed's; no warps under 'native')
+    robust: float = 0.0              # probability of each robustness degradation (JPEG, blur, downscale)
+    align: bool = False              # JPEG-compress non-JPEG training images at the real images' qualities
+    seed: int = 42                   # data order, augmentation, head initialisation
+    monitor: str = 'valid_loss'      # metric choosing the best checkpoint
+    final: str = 'last'              # final model: weights of the 'last' epoch or of the 'best' checkpoint
+    threshold: float = 0.5           # decision threshold stored with the model
 
-def _pick(v, d): return d if v is None else v
+    def __post_init__(self):
+        if self.final not in ('last', 'best'): raise RealfakeError(f"final must be 'last' or 'best', not {self.final!r}")
+        if not 0 <= self.robust <= 1: raise RealfakeError(f"robust must be a probability from 0 to 1, not {self.robust}")
+        for k in ('epochs', 'bs'):
+            if getattr(self, k) < 1: raise RealfakeError(f"{k} must be at least 1, not {getattr(self, k)}")
+        if not self.lr > 0: raise RealfakeError(f"lr must be > 0, not {self.lr}")
+        self.spec   # validates the preprocessing fields
 
-def _on_off(v, name):
-    s = str(v).lower()
-    if s in ('on', 'true', '1', 'yes'): return True
-    if s in ('off', 'false', '0', 'no'): return False
-    raise RealfakeError(f"--{name}: expected on/off, got {v!r}")
+    @property
+    def spec(self) -> Preprocess:
+        "The preprocessing spec this recipe trains (and its model scores) with."
+        return Preprocess(size=self.size, resize=self.resize, crops=self.crops, max_crops=self.max_crops, combine=self.combine)
 
-def _weights_args(weights:str):
+    def override(self, **changes) -> TrainConfig:
+        "This recipe with `changes` (None values are ignored); a new `size` alone keeps the seed's resize ratio."
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown: raise RealfakeError(f"unknown training options {sorted(unknown)}")
+        if 'resize' in changes: changes['resize'] = parse_resize(changes['resize'])
+        elif 'size' in changes and self.resize != 'native': changes['resize'] = round(changes['size'] * 256 / 224)
+        return dataclasses.replace(self, **changes)
+
+PRESETS = {
+    'seed': TrainConfig(),
+    'demo': TrainConfig(arch='convnext_atto', weights='none', epochs=5, bs=32, lr=3e-3, size=64, resize='native',
+                        crops='grid', max_crops=4),
+}
+
+# %% ../nbs/14_train.ipynb #b08e412a
+def available_cores() -> int:
+    "Cores this process may use (CPU affinity, else the CPU count)."
+    try: return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError): return max(1, os.cpu_count() or 1)
+
+def default_threads() -> int:
+    "Torch threads for a CPU run: the cores available to this process that other work is not already using."
+    n = available_cores()
+    try: load = os.getloadavg()[0]
+    except (AttributeError, OSError): load = 0.0
+    return max(1, min(n, int(n - load + 0.5)))
+
+def default_workers() -> int:
+    "DataLoader workers: none on 2 cores or fewer (decoding then competes with the forward pass), else up to 8."
+    n = available_cores()
+    return 0 if n <= 2 else min(8, n - 1)
+
+# %% ../nbs/14_train.ipynb #24501345
+def _weights_args(weights:str) -> dict:
     "--weights: 'hub' (timm/HF hub), 'none' (random init) or a local .safetensors/.pth file."
     if weights in ('hub', 'imagenet'): return dict(pretrained=True, weights=None)
     if weights in ('none', 'random', '', None): return dict(pretrained=False, weights=None)
     return dict(pretrained=True, weights=Path(weights))
 
-def _final_model(learn, cfg, out:Path, final:str, ckpt_dir:Path) -> Path:
-    if final == 'best' and (b := read_pointer(ckpt_dir, 'best')) is not None:
-        sd = load_file(str(b/MODEL_FILE))
-        return write_dir_atomic(out/'model', {MODEL_FILE: lambda p: save_file(sd, str(p), metadata={'format': 'realfake-model', 'arch': cfg.arch}),
-                                               CONFIG_FILE: (cfg.to_json() + '\n').encode()})
-    return save_model_dir(learn, cfg, out/'model')
-
-def train(metadata=None, arch=None, epochs=None, bs=None, lr=None, size=None, resize=None, out=None,
-          weights=None, allow_pth=False, resume=False, seed=42, wd=0.05, monitor='valid_loss', workers=None,
-          aug=None, robust=None, cpu=False, final='last', threshold=0.5, demo_dir=None, demo_n=None,
-          demo_difficulty=1.0, threads=None, cbs=None, quiet=False) -> dict:
-    "Train (or resume) a realfake classifier; returns dict(values, best, model_dir, log, checkpoints, seconds, learn)."
-    t0 = time.time()
-    if threads: torch.set_num_threads(int(threads))
-    init_distributed(cpu)
-    demo = metadata is None
-    rank, out = rank_distrib(), Path(_pick(out, 'runs/demo' if demo else 'runs/realfake'))
-    D = DEMO if demo else FULL
-    arch, epochs, bs, lr = _pick(arch, D['arch']), _pick(epochs, D['epochs']), _pick(bs, D['bs']), _pick(lr, D['lr'])
-    size = _pick(size, D['size'])
-    resize = _pick(resize, size if demo else round(size * 256 / 224))  # demo images are made at `size`: no resampling
-    weights, aug = _pick(weights, D['weights']), _pick(aug, D['aug'])
-    if final not in ('last', 'best'): raise ValueError(f"final must be 'last' or 'best', got {final!r}")
-    from realfake.metadata import read_metadata, summarize
-    if demo:
-        from realfake.synth import make_demo
-        dest = Path(demo_dir) if demo_dir is not None else out/'demo_data'
-        metadata = dest/'metadata.jsonl'
-        if rank == 0 and not metadata.exists():
-            img = size if size >= 16 and size % 8 == 0 else DEMO['img']
-            metadata = make_demo(dest, n=_pick(demo_n, DEMO['n']), size=img, seed=seed, difficulty=demo_difficulty)
-        barrier()
-    df = read_metadata(metadata)
-    if rank == 0 and not quiet: print(summarize(df))
-    from realfake.data import get_dls
-    device = torch.device('cuda', torch.cuda.current_device()) if use_cuda(cpu) else torch.device('cpu')
-    set_seed(seed)
-    dls = get_dls(df, size=size, resize=resize, bs=bs, num_workers=workers, aug=aug, robust=robust, seed=seed, device=device)
-    learn = create_learner(dls, arch, path=out, lr=lr, wd=wd, allow_pth=allow_pth, **_weights_args(weights))
-    if quiet or rank: learn.remove_cb(ProgressCallback); learn.logger = noop
-    cfg = model_config(learn, size, resize, threshold=threshold)
-    ckpt_dir = out/'checkpoints'
-    with distrib_ctx(learn, cpu=cpu):
-        res = fit_resumable(learn, epochs, lr, ckpt_dir, cfg, resume=resume, seed=seed, monitor=monitor, cbs=cbs)
-    model_dir = None
-    if rank == 0: model_dir = _final_model(learn, cfg, out, final, ckpt_dir)
+def _demo_metadata(out:Path, demo_dir, demo_n, seed:int, size:int) -> Path:
+    "The demo's metadata file, made by rank 0 the first time."
+    dest = Path(demo_dir) if demo_dir is not None else out/'demo_data'
+    metadata = dest/'metadata.jsonl'
+    if rank_distrib() == 0 and not metadata.exists():
+        make_demo(dest, n=demo_n or 200, size=size if size >= 16 and size % 8 == 0 else 64, seed=seed)
     barrier()
-    res.update(model_dir=out/'model', log=out/'history.csv', checkpoints=ckpt_dir, seconds=time.time() - t0,
-               config=cfg, metadata=Path(metadata), learn=learn)
-    if rank == 0: print(report(res))
+    return metadata
+
+def _final_model(learn, cfg, out:Path, final:str, ckpt_dir:Path) -> tuple[Path, str]:
+    "Write `out/model` (the last epoch's weights, or the best checkpoint's) and say which."
+    if final == 'best' and (b := read_pointer(ckpt_dir, 'best')) is not None:
+        return write_model_dir(out/'model', load_tensors(b/MODEL_FILE), cfg), f"the best checkpoint ({b.name})"
+    return save_model_dir(learn.model, cfg, out/'model'), 'the last epoch'
+
+def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=False, cpu:bool=False, allow_pth:bool=False,
+          workers:int|None=None, threads:int|None=None, demo_dir=None, demo_n:int|None=None, quiet:bool=False, cbs=None) -> dict:
+    "Train (or resume) a realfake classifier by the recipe `config` (default: the 'seed' preset, or 'demo' without metadata)."
+    t0, demo = time.time(), metadata is None
+    config = config or PRESETS['demo' if demo else 'seed']
+    if not use_cuda(cpu): torch.set_num_threads(threads or default_threads())
+    init_distributed(cpu)
+    out = Path(out or ('runs/demo' if demo else 'runs/realfake'))
+    if demo: metadata = _demo_metadata(out, demo_dir, demo_n, config.seed, config.size)
+    df = check_splits(read_metadata(metadata))
+    if rank_distrib() == 0 and not quiet: print(summarize(df))
+    device = torch.device('cuda', torch.cuda.current_device()) if use_cuda(cpu) else torch.device('cpu')
+    set_seed(config.seed)
+    dls = get_dls(df, config.spec, bs=config.bs, num_workers=default_workers() if workers is None else workers, aug=config.aug,
+                  robust=config.robust or None, align=config.align, seed=config.seed, device=device)
+    learn = create_learner(dls, config.arch, path=out, lr=config.lr, wd=config.wd, allow_pth=allow_pth, **_weights_args(config.weights))
+    if quiet or rank_distrib() or not sys.stdout.isatty(): learn.remove_cb(ProgressCallback)   # bars are for terminals, not logs
+    if quiet or rank_distrib(): learn.logger = noop
+    cfg, ckpt_dir = model_config(learn, threshold=config.threshold), out/'checkpoints'
+    with distrib_ctx(learn, cpu=cpu):
+        res = fit_resumable(learn, config.epochs, config.lr, ckpt_dir, cfg, resume=resume, seed=config.seed, monitor=config.monitor, cbs=cbs)
+    saved = _final_model(learn, cfg, out, config.final, ckpt_dir)[1] if rank_distrib() == 0 else None
+    barrier()
+    res.update(model_dir=out/'model', saved=saved, log=out/'history.csv', checkpoints=ckpt_dir, seconds=time.time() - t0,
+               config=cfg, recipe=config, metadata=Path(metadata), learn=learn)
+    if rank_distrib() == 0: print(report(res))
     return res
 
 def report(res:dict) -> str:
     "The lines printed at the end of training."
     v = res.get('values') or {}
     mets = '  '.join(f"{k}={v[k]:.4f}" for k in ('valid_loss', 'accuracy', 'roc_auc', 'real_accuracy', 'fake_accuracy') if v.get(k) is not None)
-    b = res.get('best') or {}
-    return '\n'.join([f"validation (last epoch): {mets}",
-                      f"best {b.get('monitor')}: {b.get('value')} at epoch {b.get('epoch')}",
-                      f"model:       {res['model_dir']}   (inference needs only this folder)",
-                      f"log:         {res['log']}",
-                      f"checkpoints: {res['checkpoints']}   (continue with --resume)",
+    b, last = res.get('best') or {}, res['recipe'].epochs - 1
+    best = f"best {b.get('monitor')}: {b['value']:.4f} at epoch {b['epoch']}" if b.get('value') is not None else ''
+    if b.get('epoch') is not None and b['epoch'] != last and res.get('saved') == 'the last epoch':
+        best += f" (the model holds epoch {last}; --final best keeps epoch {b['epoch']})"
+    return '\n'.join([f"validation (epoch {last}): {mets}", best,
+                      f"model:       {escape_path(res['model_dir'])}   ({res.get('saved')}; inference needs only this folder)",
+                      f"log:         {escape_path(res['log'])}",
+                      f"checkpoints: {escape_path(res['checkpoints'])}   (continue with --resume)",
                       f"time:        {res['seconds']:.0f} s"])
 
-# %% ../nbs/14_train.ipynb #b08e412a
-@call_parse
-def realfake_train(
-    metadata:str=None, # metadata.jsonl to train on (train/valid splits); omit it to train the demo model on simulated data
-    arch:str=None, # timm ConvNeXt name, e.g. convnext_large (default), convnext_tiny; demo: convnext_atto
-    epochs:int=None, # number of epochs of the one-cycle schedule (default 5; demo 5)
-    bs:int=None, # batch size per process (default 64; demo 32)
-    lr:float=None, # peak learning rate of the one-cycle schedule (default 1e-3; demo 3e-3)
-    size:int=None, # square crop size the network sees (default 224; demo 64); 384 or 512 work too
-    resize:int=None, # shorter side resized to this before cropping (default size*256/224, i.e. 256 for 224; demo: = size)
-    out:str=None, # run folder: history.csv, checkpoints/, model/ (the final model directory); default runs/realfake (demo: runs/demo)
-    weights:str=None, # pretrained weights: 'hub' (default, needs internet), 'none' (demo default) or a local .safetensors/.pth file
-    allow_pth:store_true=False, # allow a .pth weights file (read with torch.load(weights_only=True) only)
-    resume:store_true=False, # continue the run in --out from its latest checkpoint (same --epochs/--lr)
-    seed:int=42, # random seed (data order, augmentation, head init)
-    wd:float=0.05, # AdamW weight decay (not applied to norm layers and biases)
-    monitor:str='valid_loss', # metric choosing the best checkpoint (valid_loss: lower is better; accuracy, roc_auc, ...: higher)
-    workers:int=None, # DataLoader worker processes (default: realfake.data's choice)
-    aug:str=None, # augmentation 'on' (random crop, flips, affine warps, lighting, cutout; default) or 'off' (demo default)
-    robust:float=None, # probability of each robustness augmentation (JPEG re-encode, blur, downscale), e.g. 0.1 or 0.5; off by default
-    cpu:store_true=False, # train on CPU even if a GPU is present (use with torchrun for several CPU processes)
-    final:str='last', # final model: weights after the 'last' epoch or the 'best' checkpoint
-    threshold:float=0.5, # decision threshold stored in the model config (prob_fake >= threshold -> fake)
-    demo_dir:str=None, # where the demo data goes (default: OUT/demo_data)
-    demo_n:int=None, # demo images per class (default 200)
-    threads:int=None, # CPU threads per process (default: torch's choice; 1 is fastest on a busy or small machine)
-    quiet:store_true=False, # no progress bars or data summary (the final report is still printed)
-    verbose:store_true=False, # debug logging
-):
+# %% ../nbs/14_train.ipynb #2c4f8223
+def _on_off(v):
+    s = str(v).lower()
+    if s in ('on', 'true', '1', 'yes'): return True
+    if s in ('off', 'false', '0', 'no'): return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {v!r}")
+
+_CLI_TYPES = {'int': int, 'float': float, 'str': str, 'bool': _on_off, 'int | str': parse_resize, 'int|str': parse_resize}
+_RUN_OPTIONS = [  # (flag, type or 'flag', help) of the options that are about one run, not the recipe
+    ('--metadata', str, 'metadata.jsonl to train on (train/valid splits); omit it to train the demo model on simulated data'),
+    ('--preset', str, f"recipe to start from: {', '.join(PRESETS)} (default: seed with --metadata, demo without)"),
+    ('--out', str, 'run folder: history.csv, checkpoints/, model/ (default runs/realfake; demo: runs/demo)'),
+    ('--resume', 'flag', 'continue the run in --out from its latest checkpoint (same --epochs and --lr)'),
+    ('--allow_pth', 'flag', 'allow a .pth weights file (read with torch.load(weights_only=True) only)'),
+    ('--cpu', 'flag', 'train on CPU even if a GPU is present (with torchrun for several CPU processes)'),
+    ('--workers', int, 'DataLoader worker processes (default: none on 2 cores or fewer, else up to 8)'),
+    ('--threads', int, 'CPU threads per process (default: the cores not already busy)'),
+    ('--demo_dir', str, 'where the demo data goes (default: OUT/demo_data)'),
+    ('--demo_n', int, 'demo images per class (default 200)'),
+    ('--quiet', 'flag', 'no progress bars or data summary (the final report is still printed)'),
+    ('--verbose', 'flag', 'debug logging and full tracebacks')]
+
+def train_parser() -> argparse.ArgumentParser:
+    "The `realfake_train` parser: this run's options, then one option per `TrainConfig` field."
+    p = argparse.ArgumentParser(prog='realfake_train', description="Train a real/fake ConvNeXt classifier (fastai + timm) on "
+                                "a metadata file, or the demo model without one.")
+    for flag, typ, doc in _RUN_OPTIONS:
+        if typ == 'flag': p.add_argument(flag, action='store_true', help=doc)
+        else: p.add_argument(flag, type=typ, help=doc)
+    g = p.add_argument_group('recipe (each overrides the preset; bool options take on/off)')
+    for name, d in docments(TrainConfig, full=True).items():
+        if name == 'return': continue
+        sets = '; '.join(f"{k}: {_show(getattr(v, name))}" for k, v in PRESETS.items())
+        g.add_argument(f'--{name}', type=_CLI_TYPES[d['anno']], metavar=name.upper(), help=f"{d['docment']} ({sets})")
+    return p
+
+def _show(v): return ('on' if v else 'off') if isinstance(v, bool) else v
+
+def realfake_train(argv:list|None=None):
     "Train a real/fake ConvNeXt classifier (fastai + timm) on a metadata file, or the demo model without one."
-    setup_logging(verbose)
-    try:
-        train(metadata=metadata, arch=arch, epochs=epochs, bs=bs, lr=lr, size=size, resize=resize, out=out,
-              weights=weights, allow_pth=allow_pth, resume=resume, seed=seed, wd=wd, monitor=monitor, workers=workers,
-              aug=None if aug is None else _on_off(aug, 'aug'), robust=robust, cpu=cpu, final=final, threshold=threshold, demo_dir=demo_dir,
-              demo_n=demo_n, threads=threads, quiet=quiet)
-    except RealfakeError as e:
-        print(f"realfake_train: error: {e}", file=sys.stderr); sys.exit(2)
+    a = vars(train_parser().parse_args(argv))
+    setup_logging(a['verbose'])
+    def _run():
+        name = a['preset'] or ('demo' if a['metadata'] is None else 'seed')
+        if name not in PRESETS: raise RealfakeError(f"--preset must be one of {', '.join(PRESETS)}, not {name!r}")
+        config = PRESETS[name].override(**{f.name: a[f.name] for f in dataclasses.fields(TrainConfig)})
+        train(a['metadata'], config, out=a['out'], resume=a['resume'], cpu=a['cpu'], allow_pth=a['allow_pth'],
+              workers=a['workers'], threads=a['threads'], demo_dir=a['demo_dir'], demo_n=a['demo_n'], quiet=a['quiet'])
+    run_command('realfake_train', _run, a['verbose'])

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['Entry', 'make_corpus', 'is_root_readable', 'png_declaring', 'base_image', 'reason_ok', 'CONTROL',
-           'cli_cmd', 'cli_env', 'run_cli', 'deadline', 'Hang', 'make_model_dir']
+__all__ = ['Entry', 'make_corpus', 'is_root_readable', 'png_declaring', 'base_image', 'reason_ok', 'CONTROL']
 
 CONTROL = ('plain_jpeg', 'plain_png')  # clean files: if these fail, the entry point is broken, not the corpus
 
@@ -170,50 +169,3 @@ def make_corpus(dest) -> list[Entry]:
     out.append(Entry('fifo', fifo, 'error', reason=('regular file', 'fifo', 'pipe'), note='a named pipe called .jpg'))
     os.symlink(dest, dest / 'loop dir')                # a folder symlink back to the corpus: scans must not loop
     return out
-
-
-# ---- helpers shared by the torture / interrupt / untrusted tests ----
-import sys, signal, subprocess, contextlib
-
-CLI_MODULES = {'realfake_prepare': 'prepare', 'realfake_demo': 'synth', 'realfake_train': 'train',
-               'realfake_evaluate': 'evaluate', 'realfake_predict': 'predict', 'realfake_export': 'export'}
-
-def cli_cmd(name: str) -> list[str]:
-    "The command line of console script `name`: the installed script beside this Python, else `python -c`."
-    exe = Path(sys.executable).parent / name
-    if exe.exists(): return [str(exe)]
-    return [sys.executable, '-c', f'import sys; from fastcore.script import _run_cli; from realfake.{CLI_MODULES[name]} import {name} as f; '
-            f'sys.argv[0] = {name!r}; sys.exit(_run_cli(f.__wrapped__, False))']
-
-def cli_env(**extra) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg',
-               PYTHONWARNINGS='ignore', TQDM_DISABLE='1')
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-def run_cli(name: str, *args, timeout: float = 90, cwd=None, env=None) -> subprocess.CompletedProcess:
-    "Run console script `name` with `args`; a run longer than `timeout` s is reported as a hang (rc None)."
-    cmd = cli_cmd(name) + [str(a) for a in args]
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or cli_env())
-    except subprocess.TimeoutExpired as e:
-        return subprocess.CompletedProcess(cmd, None, e.stdout or '', f'HANG: killed after {timeout}s\n{e.stderr or ""}')
-
-class Hang(BaseException):
-    "Raised by `deadline` (a BaseException, so neither `except OSError` nor `except Exception` in the code under test hides it)."
-
-@contextlib.contextmanager
-def deadline(seconds: int, what: str = 'call'):
-    "Raise `Hang` in the main thread when the block runs longer than `seconds`."
-    def _h(*_): raise Hang(f'{what} hung (> {seconds}s)')
-    old = signal.signal(signal.SIGALRM, _h); signal.alarm(int(seconds))
-    try: yield
-    finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
-
-def make_model_dir(dest, arch: str = 'convnext_atto', size: int = 32, seed: int = 0) -> Path:
-    "A random-weight model directory (config.json + model.safetensors) for CPU tests."
-    import torch
-    from realfake.learner import build_model, ModelConfig, save_model_dir
-    torch.manual_seed(seed)
-    model = build_model(arch, 2, pretrained=False)
-    return save_model_dir(model, ModelConfig(arch, size=size, resize=size), dest)

@@ -1,7 +1,8 @@
-"Shared pytest fixtures: real sample images when ../shared has them, and a small simulated demo set."
+"Shared pytest fixtures: real sample images when ../shared has them, a tiny model directory, a command runner."
 import os
 from pathlib import Path
 import pytest
+from helpers import make_model_dir, run_cli as _run_cli
 
 os.environ.setdefault('MPLBACKEND', 'Agg')
 
@@ -13,6 +14,15 @@ def genimage_dir():
     if not (GENIMAGE/'natural').is_dir(): pytest.skip(f'GenImage sample not found at {GENIMAGE}')
     return GENIMAGE
 
+@pytest.fixture(scope='session')
+def tiny_model_dir(tmp_path_factory):
+    "A random-weight convnext_atto model directory: 32-pixel centre crops of images resized to 36, mean/std 0.5/0.25."
+    return make_model_dir(tmp_path_factory.mktemp('tiny_model')/'model', resize=36, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+@pytest.fixture(scope='session')
+def run_cli():
+    "Run a console script in a subprocess: `run_cli('realfake_predict', *args, timeout=90, cwd=None, env=None)`."
+    return _run_cli
 
 @pytest.fixture
 def one_torch_thread():

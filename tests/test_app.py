@@ -9,22 +9,15 @@ pytest.importorskip('fasthtml', reason='the web app needs python-fasthtml (pip i
 from starlette.testclient import TestClient
 
 from realfake.core import LABELS
-from realfake.app import (VOLUNTEER_COOKIE, VoteStore, LabelPool, compare_humans_model, make_app, read_upload,
-                          _token)
+from realfake.app import VOLUNTEER_COOKIE, make_app, read_upload
+from realfake.humans import VoteStore, LabelPool, compare_humans_model, _token
 from realfake.images import ImageLoadError, load_image
 
 SIZE = 32
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    "A tiny untrained convnext_atto saved as a model directory (no training, no download)."
-    import torch
-    from realfake.learner import ModelConfig, build_model, save_model_dir
-    torch.manual_seed(0)
-    model = build_model('convnext_atto', pretrained=False)
-    return save_model_dir(model, ModelConfig(arch='convnext_atto', size=SIZE, resize=40),
-                          tmp_path_factory.mktemp('model')/'m')
+def model_dir(tiny_model_dir): return tiny_model_dir
 
 @pytest.fixture(scope='module')
 def clf(model_dir):
@@ -79,7 +72,7 @@ def test_detect_good_image_matches_classifier(app, clf):
     cli = TestClient(app)
     png = _img(1, 64, 48)
     code, j = _json(cli, '/detect', files=[('images', ('a.png', png, 'image/png'))])
-    assert code == 200 and j['mode'] == 'resize'
+    assert code == 200 and j['mode'] == 'model'
     [r] = j['results']
     assert r['error'] is None and r['name'] == 'a.png'
     expected = clf.predict([load_image(png)]).iloc[0]
@@ -138,7 +131,8 @@ def test_detect_crops_mode_shows_per_crop_scores(app, clf):
     [r] = j['results']
     crops = r['details']['crops']
     assert r['details']['n_crops'] == len(crops) == 6
-    assert r['prob_fake'] == pytest.approx(float(clf.predict([load_image(png)], mode='crops').prob_fake[0]), abs=1e-6)
+    native = clf.with_preprocess(resize='native', crops='grid')
+    assert r['prob_fake'] == pytest.approx(float(native.predict([load_image(png)]).prob_fake[0]), abs=1e-6)
     # the combined score is the mean margin of the per-crop scores, so they are the same crops
     margins = [math.log(c['prob_fake'] / (1 - c['prob_fake'])) for c in crops]
     assert float(clf.margin_to_prob(np.mean(margins))) == pytest.approx(r['prob_fake'], abs=1e-5)
@@ -227,7 +221,7 @@ def test_label_off_without_metadata(clf, tmp_path):
     assert cli.get('/detect').status_code == 200
 
 # ---------------------------------------------------------------- compare_humans_model
-def test_compare_humans_model_with_predictions_and_classifier(data, clf, tmp_path):
+def test_compare_humans_model_with_predictions(data, clf, tmp_path):
     from realfake.metadata import read_metadata
     meta = read_metadata(data)
     root = Path(data).parent
@@ -244,8 +238,8 @@ def test_compare_humans_model_with_predictions_and_classifier(data, clf, tmp_pat
     assert cmp.by_source.loc['natural', 'human_acc'] == 1.0 and cmp.by_source.loc['sdv14', 'human_acc'] == 0.5
     assert len(cmp.disagree) == 3 and set(cmp.disagree.label) == {'fake'}   # fakes: half the votes say real
     assert 'By source' in cmp.text() and json.dumps(cmp.to_dict())
-    # with the Classifier itself: the same numbers as its predictions
-    cmp2 = compare_humans_model(store, meta, clf)
+    # with the Classifier's predictions: the same numbers as its labels
+    cmp2 = compare_humans_model(store, meta, clf.predict(list(meta.path)).rename(columns={'label': 'pred'}))
     exp = (clf.predict(list(meta.path)).label.values == meta.label.values).mean()
     assert cmp2.overall.loc['all', 'model_acc'] == pytest.approx(exp)
     with pytest.raises(FileNotFoundError): compare_humans_model(tmp_path/'missing.sqlite', data, preds)
@@ -319,7 +313,7 @@ def test_model_failure_gives_a_message_not_a_traceback(data, tmp_path):
 
 def test_compare_with_realfake_evaluate_predictions(data, model_dir, tmp_path):
     "What `realfake_evaluate --votes` does: reuse its predictions.csv (label = truth, pred = the model's verdict)."
-    evaluate = pytest.importorskip('realfake.evaluate').evaluate
+    from realfake.evaluate import evaluate
     from realfake.metadata import read_metadata
     res = evaluate(str(model_dir), str(data), split='test', out=tmp_path/'report', num_workers=0, calibration=False)
     preds = pd.read_csv(tmp_path/'report'/'predictions.csv')
@@ -341,7 +335,7 @@ def test_realfake_evaluate_votes_option(data, model_dir, tmp_path):
     tests = [(p, lab) for p, lab, s in zip(meta.path, meta.label, meta.split) if s == 'test']
     for p, lab in tests: store.add_vote('a', Path(p).relative_to(root).as_posix(), lab)   # a perfect volunteer
     res = realfake_evaluate(str(data), model=str(model_dir), split='test', out=str(tmp_path/'rep'), num_workers=0,
-                            progress=False, votes=str(tmp_path/'v.sqlite'))
+                            no_progress=True, votes=str(tmp_path/'v.sqlite'))
     j = json.loads((tmp_path/'rep'/'humans_vs_model.json').read_text())
     assert res['humans_vs_model'] == j
     assert 'overall' in j and len(tests) == 10

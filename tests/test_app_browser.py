@@ -51,13 +51,10 @@ def _free_port():
 @pytest.fixture
 def server(tmp_path):
     "The app (stand-in-free: a tiny real Classifier) served by uvicorn in a thread on 127.0.0.1:<free port>."
-    import torch
-    from realfake.learner import ModelConfig, build_model, save_model_dir
+    from helpers import make_model_dir
     from realfake.metadata import write_metadata
     from realfake.predict import Classifier
-    torch.manual_seed(0)
-    mdir = save_model_dir(build_model('convnext_atto', pretrained=False), ModelConfig(arch='convnext_atto', size=32, resize=40),
-                          tmp_path/'model')
+    mdir = make_model_dir(tmp_path/'model', size=32, resize=40)
     rng = np.random.default_rng(0)
     recs = []
     for i in range(4):

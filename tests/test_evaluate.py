@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
-from realfake.learner import ModelConfig, build_model, save_model_dir
+from realfake.modeldir import ModelConfig
 from realfake.predict import Classifier
-from realfake.evaluate import (roc_auc, roc_curve, average_precision, confusion_matrix, binary_metrics, per_source_metrics,
-                               ece, reliability_bins, fit_temperature, fit_threshold, nll, calibrate, evaluate,
-                               realfake_evaluate, save_calibration, shortcut_audit, FIGURES)
+from realfake.metrics import (roc_auc, roc_curve, average_precision, confusion_matrix, binary_metrics, per_source_metrics,
+                              ece, reliability_bins, fit_temperature, fit_threshold, nll)
+from realfake.evaluate import calibrate, evaluate, realfake_evaluate, save_calibration, shortcut_audit, FIGURES
 
 # ---------------------------------------------------------------- metrics, by hand
 def test_auc_ap_by_hand():
@@ -116,10 +116,7 @@ def test_calibrate_flags_degenerate_fits():
 
 # ---------------------------------------------------------------- report on a tiny model
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch='convnext_atto', size=32, resize=36, mean=[0.5] * 3, std=[0.25] * 3)
-    return save_model_dir(build_model('convnext_atto', pretrained=False), cfg, tmp_path_factory.mktemp('m')/'model')
+def model_dir(tiny_model_dir): return tiny_model_dir
 
 def _img(seed, fake):
     rng = np.random.default_rng(seed)

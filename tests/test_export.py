@@ -5,15 +5,15 @@ import numpy as np, pytest, torch
 from PIL import Image
 
 pytest.importorskip('onnx'); pytest.importorskip('onnxruntime')
-from realfake.learner import ModelConfig, build_model, load_model_dir, save_model_dir
-from realfake.predict import Classifier, read_config
+from safetensors.torch import save_file
+from realfake.modeldir import build_network as build_model, load_model_dir
+from realfake.predict import Classifier
 from realfake.export import export_onnx, onnx_parity, realfake_export
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch='convnext_atto', size=32, resize=36, mean=[0.5] * 3, std=[0.25] * 3)
-    d = save_model_dir(build_model('convnext_atto', pretrained=False), cfg, tmp_path_factory.mktemp('m')/'model')
+def exported(tiny_model_dir, tmp_path_factory):
+    import shutil
+    d = tmp_path_factory.mktemp('m')/'model'; shutil.copytree(tiny_model_dir, d)
     export_onnx(d)
     return d
 
@@ -32,7 +32,7 @@ def test_parity_random_inputs(exported):
 
 def test_parity_detects_a_different_model(exported, tmp_path):
     torch.manual_seed(1)
-    other = build_model('convnext_atto', pretrained=False).eval()
+    other = build_model('convnext_atto').eval()
     assert onnx_parity(other, exported/'model.onnx', 32, n=2) > 1e-3
 
 def test_classifier_onnx_backend_same_api(exported):
@@ -42,15 +42,16 @@ def test_classifier_onnx_backend_same_api(exported):
     dt, do = ct.predict(imgs + [b'junk'], bs=2), co.predict(imgs + [b'junk'], bs=2)
     assert np.allclose(dt.prob_fake[:5], do.prob_fake[:5], atol=1e-5) and (dt.label[:5] == do.label[:5]).all()
     assert do.error.notna().tolist() == [False] * 5 + [True]
-    dc = co.predict(imgs[:1], mode='crops', n_crops=4)
-    assert dc.n_crops[0] == 4 and np.isclose(dc.logit[0], ct.predict(imgs[:1], mode='crops', n_crops=4).logit[0], atol=1e-4)
+    grid = dict(resize='native', crops='grid', max_crops=4)
+    dc = co.with_preprocess(**grid).predict(imgs[:1])
+    assert dc.n_crops[0] == 4 and np.isclose(dc.logit[0], ct.with_preprocess(**grid).predict(imgs[:1]).logit[0], atol=1e-4)
 
 def test_auto_backend_and_stale_file(exported, tmp_path):
     assert Classifier.from_dir(exported, device='cpu').backend == 'onnx'
     import shutil
     d = tmp_path/'m'; shutil.copytree(exported, d)
     torch.manual_seed(3)
-    save_model_dir(build_model('convnext_atto', pretrained=False), read_config(d), d)   # new weights, old onnx
+    save_file({k: v.contiguous() for k, v in build_model('convnext_atto').state_dict().items()}, str(d/'model.safetensors'))  # new weights, old onnx
     assert Classifier.from_dir(d, device='cpu').backend == 'torch'
     with pytest.raises(Exception, match='realfake_export'):
         Classifier.from_dir(_no_onnx(tmp_path, exported), backend='onnx')

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from badfiles import cli_cmd, cli_env, run_cli, make_model_dir, CLI_MODULES
+from helpers import cli_cmd, cli_env, run_cli, make_model_dir, CLI_MODULES
 
 HOOK = r'''
 import os, sys, signal, builtins, time
@@ -77,8 +77,8 @@ def install():
             return orig(self, i, b)
         Learner.one_batch = one_batch
     elif mode == 'ckpt_write':          # die half-way through writing RF_FILE inside a temp folder named like RF_DIR
-        import realfake.learner as L
-        orig, want_dir, want_file = L.save_file, _env('RF_DIR'), _env('RF_FILE', 'model.safetensors')
+        import realfake.modeldir as M
+        orig, want_dir, want_file = M.save_file, _env('RF_DIR'), _env('RF_FILE', 'model.safetensors')
         def save_file(tensors, filename, metadata=None):
             r = orig(tensors, filename, metadata=metadata)
             if want_dir in os.path.basename(os.path.dirname(str(filename))) and os.path.basename(str(filename)) == want_file:
@@ -86,14 +86,14 @@ def install():
                 with open(filename, 'r+b') as f: f.truncate(size // 2); os.fsync(f.fileno())
                 _die()
             return r
-        L.save_file = save_file
+        M.save_file = save_file
 
 def main(name, module):
     install()
     import importlib
     from fastcore.script import _run_cli
     f = getattr(importlib.import_module('realfake.' + module), name)
-    res = _run_cli(getattr(f, '__wrapped__', f), False)   # what the console script does
+    res = _run_cli(f.__wrapped__, False) if hasattr(f, '__wrapped__') else f()   # what the console script does
     sys.exit(0 if res is None or isinstance(res, dict) else res)
 '''
 
@@ -119,7 +119,7 @@ def _pngs(dest: Path, n: int, size=16, seed=0, prefix='img', newline=False):
     return out
 
 # ---------------------------------------------------------------- realfake_predict
-COLS = ['path', 'prob_fake', 'label', 'logit', 'n_crops', 'error']
+COLS = ['path', 'prob_fake', 'label', 'logit', 'n_crops', 'top_crop', 'error']
 
 def _check_csv_prefix(path: Path):
     "Every complete line is a full, valid row; returns (complete rows, partial tail bytes)."
@@ -145,13 +145,11 @@ def _check_complete(path: Path, files):
 
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
-    pytest.importorskip('realfake.learner', reason='realfake.learner (helper L) not built yet')
-    pytest.importorskip('realfake.predict', reason='realfake.predict (helper E) not built yet')
     return make_model_dir(tmp_path_factory.mktemp('model') / 'model', size=32)
 
 def _rerun_predict(folder, model_dir, out, n_files, n_done):
     r = run_cli('realfake_predict', folder, '--model', model_dir, '--out', out, '--bs', 2, '--num_workers', 0,
-                '--no-progress', '--backend', 'torch', '--device', 'cpu', timeout=90)
+                '--no_progress', '--backend', 'torch', '--device', 'cpu', timeout=90)
     assert r.returncode is not None and 'Traceback' not in r.stderr, r.stderr[-1500:]
     m = re.search(r'(\d+) scored \(\d+ fake\), (\d+) errors, (\d+) already done', r.stdout)
     assert m, r.stdout
@@ -167,7 +165,7 @@ def test_predict_killed_mid_row(tmp_path, model_dir, names):
     files = _pngs(tmp_path / 'imgs', 12, newline=names == 'newline')
     out = tmp_path / 'pred.csv'
     r = hooked(tmp_path, 'realfake_predict', tmp_path / 'imgs', '--model', model_dir, '--out', out, '--bs', 2,
-               '--num_workers', 0, '--no-progress', '--backend', 'torch', '--device', 'cpu',
+               '--num_workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',
                env=dict(RF_HOOK='csv_midrow', RF_TARGET=out, RF_AFTER=5, RF_CUT='nl' if names == 'newline' else 'half'))
     assert killed(r), (r.returncode, r.stderr[-800:])
     rows, tail = _check_csv_prefix(out)
@@ -182,7 +180,7 @@ def test_predict_killed_from_outside(tmp_path, model_dir):
     files = _pngs(tmp_path / 'imgs', 16)
     out = tmp_path / 'pred.csv'
     p = hooked(tmp_path, 'realfake_predict', tmp_path / 'imgs', '--model', model_dir, '--out', out, '--bs', 2,
-               '--num_workers', 0, '--no-progress', '--backend', 'torch', '--device', 'cpu',
+               '--num_workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',
                env=dict(RF_HOOK='slow_predict', RF_SLEEP=0.15), popen=True)
     t0 = time.time()
     try:
@@ -201,12 +199,11 @@ def test_predict_killed_from_outside(tmp_path, model_dir):
 
 # ---------------------------------------------------------------- realfake_prepare
 def _prepare_args(tmp, out):
-    return [f'real:folder:{tmp / "real"}', f'fake:folder:{tmp / "fake"}', '--out', out, '--no-progress', '--workers', 1]
+    return [f'real:folder:{tmp / "real"}', f'fake:folder:{tmp / "fake"}', '--out', out, '--no_progress', '--workers', 1]
 
 @pytest.mark.parametrize('hook', ['fsync', 'replace'])
 def test_prepare_killed_while_writing(tmp_path, hook):
     "SIGKILL after the records are written to the temp file but before fsync / before the rename: no file at --out."
-    pytest.importorskip('realfake.prepare', reason='realfake.prepare (helper P) not built yet')
     _pngs(tmp_path / 'real', 20, prefix='r'); _pngs(tmp_path / 'fake', 20, prefix='f')
     out = tmp_path / 'out' / 'metadata.jsonl'
     r = hooked(tmp_path, 'realfake_prepare', *_prepare_args(tmp_path, out), env=dict(RF_HOOK=hook, RF_N=1, RF_TARGET=out))
@@ -223,7 +220,6 @@ def test_prepare_killed_while_writing(tmp_path, hook):
 
 def test_prepare_killed_from_outside(tmp_path):
     "SIGKILL at several moments: the output path holds nothing or the complete file, never a part of it."
-    pytest.importorskip('realfake.prepare', reason='realfake.prepare (helper P) not built yet')
     _pngs(tmp_path / 'real', 150, size=8, prefix='r'); _pngs(tmp_path / 'fake', 150, size=8, prefix='f')
     from realfake.metadata import read_metadata
     seen = set()
@@ -246,8 +242,6 @@ EPOCHS, BS, N_TRAIN = 3, 8, 32   # 4 training batches per epoch
 
 @pytest.fixture
 def train_meta(tmp_path):
-    pytest.importorskip('realfake.train', reason='realfake.train (helper L) not built yet')
-    pytest.importorskip('realfake.data', reason='realfake.data (helper D) not built yet')
     from realfake.metadata import write_metadata
     recs = []
     for split, n in (('train', N_TRAIN), ('valid', 8)):
@@ -257,8 +251,8 @@ def train_meta(tmp_path):
     return write_metadata(recs, tmp_path / 'data' / 'metadata.jsonl')
 
 def _train_args(meta, run):
-    return ['--metadata', meta, '--arch', 'convnext_atto', '--epochs', EPOCHS, '--bs', BS, '--size', 32, '--resize', 32,
-            '--weights', 'none', '--cpu', '--workers', 0, '--aug', 'off', '--threads', 1, '--quiet', '--out', run, '--seed', 1]
+    return ['--metadata', meta, '--preset', 'demo', '--epochs', EPOCHS, '--bs', BS, '--size', 32,
+            '--cpu', '--workers', 0, '--threads', 1, '--quiet', '--out', run, '--seed', 1]
 
 def _history(run):
     rows = list(csv.reader(open(run / 'history.csv')))
@@ -266,12 +260,13 @@ def _history(run):
 
 def _check_checkpoint(run, epoch):
     "The pointer names the last complete checkpoint; it loads into the model (strict)."
-    from realfake.learner import read_pointer, load_checkpoint, build_model
+    from realfake.learner import read_pointer, load_checkpoint
+    from realfake.modeldir import build_network
     ck = read_pointer(run / 'checkpoints', 'latest')
     assert ck is not None and ck.name == f'epoch-{epoch:03d}', ck
     c = load_checkpoint(ck)
     assert c['state']['epoch'] == epoch
-    build_model(c['config'].arch).load_state_dict(c['model'], strict=True)
+    build_network(c['config'].arch).load_state_dict(c['model'], strict=True)
     return c
 
 def _resume_and_check(meta, run, from_epoch, hist_before):
@@ -282,7 +277,7 @@ def _resume_and_check(meta, run, from_epoch, hist_before):
     head, rows = _history(run)
     assert [int(r[0]) for r in rows] == list(range(EPOCHS)), f'history epochs {[r[0] for r in rows]}'
     assert rows[:len(hist_before)] == hist_before, 'epochs logged before the kill were changed'
-    from realfake.learner import load_model_dir
+    from realfake.modeldir import load_model_dir
     load_model_dir(run / 'model')
     # half-written checkpoint folders are swept (a stale '.latest.json.*.tmp' file may stay: never read, see BUGS.md core)
     assert not [d.name for d in (run / 'checkpoints').iterdir() if d.name.startswith('.') and d.is_dir()], 'temp checkpoint folders left after the resume'

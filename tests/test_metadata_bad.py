@@ -5,8 +5,8 @@ import json, os, time
 from pathlib import Path
 import pytest
 
-md = pytest.importorskip('realfake.metadata', reason='realfake.metadata not built yet')
-from realfake.metadata import read_metadata, write_metadata, validate_record, MetadataError
+import pandas as pd
+from realfake.metadata import read_metadata, write_metadata, validate_record, check_splits, MetadataError
 
 def rec(i=0, **kw):
     r = dict(path=f'img_{i}.jpg', label=('real', 'fake')[i % 2], split='train', source='s')
@@ -212,3 +212,60 @@ def test_nul_in_path(tmp_path):
     "A NUL byte is valid JSON but no file can have it: rejected with the line and field, not left to crash the loader."
     p = write(tmp_path, jl(rec(0), rec(1, path='bad\u0000name.jpg')))
     check_err(one_error(p), p, 2, 'path', 'nul', 'null', 'invalid')
+
+# ---------------------------------------------------------------- issue 14: no tracebacks, plain messages, any file name
+def test_duplicate_key_in_one_record(tmp_path):
+    "JSON parsers keep the last of two equal keys; a metadata line must not silently change its path that way."
+    p = write(tmp_path, jl(rec(0), '{"path": "a.jpg", "path": "b.jpg", "label": "real", "split": "train", "source": "s"}', rec(2)))
+    check_err(one_error(p), p, 2, 'path', 'given twice')
+    df = read_metadata(p, errors='collect')
+    assert [Path(x).name for x in df['path']] == ['img_0.jpg', 'img_2.jpg'] and [e.line for e in df.attrs['errors']] == [2]
+    # a "key": inside a text is not a duplicate key
+    q = write(tmp_path, jl(rec(0, prompt='the "path": is "label": here')), 'ok.jsonl')
+    assert read_metadata(q)['prompt'][0] == 'the "path": is "label": here'
+
+@pytest.mark.parametrize('value', ['99999999999999999999', '18446744073709551615', '9223372036854775808', '-99999999999999999999',
+                                   '1e300', '2147483648'])
+def test_integers_beyond_64_bits_are_errors_not_tracebacks(tmp_path, value):
+    p = write(tmp_path, jl(rec(0)) + '{"path": "x.jpg", "label": "real", "split": "train", "source": "s", "width": %s}\n' % value)
+    e = one_error(p)
+    check_err(e, p, 2, 'width', 'at most', 'positive', 'integer')
+    assert 'np.' not in str(e) and 'numpy' not in str(e), e
+    df = read_metadata(p, errors='collect')
+    assert len(df) == 1 and str(df['width'].dtype) == 'Int64'
+    with pytest.raises(MetadataError, match='width'):
+        write_metadata([rec(0, width=int(float(value)) if 'e' in value else int(value))], tmp_path / 'w.jsonl')
+
+@pytest.mark.parametrize('field,value,shown', [('width', 5.5, 'got 5.5'), ('quality', 101, 'at most 100, got 101'),
+                                               ('quality', 0, 'positive, got 0'), ('quality', 'high', "integer, got 'high'")])
+def test_messages_show_plain_numbers(tmp_path, field, value, shown):
+    p = write(tmp_path, jl(rec(0), rec(1, **{field: value})))
+    e = one_error(p)
+    check_err(e, p, 2, field, shown)
+    assert 'np.float64' not in str(e) and 'np.int64' not in str(e), e
+
+def test_quality_field_round_trips(tmp_path):
+    p = write_metadata([rec(0, quality=75, format='JPEG'), rec(1, format='PNG')], tmp_path / 'm.jsonl')
+    df = read_metadata(p)
+    assert df['quality'].tolist()[0] == 75 and pd.isna(df['quality'].tolist()[1]) and str(df['quality'].dtype) == 'Int64'
+
+def test_metadata_without_a_needed_split(tmp_path):
+    p = write(tmp_path, jl(rec(0), rec(1), rec(2, split='test')))
+    with pytest.raises(MetadataError) as ei: check_splits(read_metadata(p))
+    e = ei.value
+    assert (Path(e.file), e.line, e.field) == (p.absolute(), 0, 'split') and "'valid'" in e.reason and 'train 2, test 1' in e.reason, e
+    assert len(check_splits(read_metadata(p), ['train', 'test'])) == 3
+
+def test_latin1_file_name_round_trips(tmp_path):
+    "A file name that is not UTF-8 is written escaped (orjson refuses lone surrogates) and read back as the same name."
+    name = os.fsdecode(b'caf\xe9.jpg')
+    (tmp_path / name).write_bytes(b'x')
+    p = write_metadata([rec(0, path=str(tmp_path / name)), rec(1, path=str(tmp_path / 'a\\xe9.jpg'))], tmp_path / 'm.jsonl', relative_to=tmp_path)
+    assert p.read_bytes().decode('utf-8').splitlines()[0].startswith('{"path":"caf\\\\xe9.jpg"')
+    df = read_metadata(p, check_files=True, errors='collect')
+    assert df['path'][0] == str(tmp_path / name) and os.path.exists(df['path'][0])
+    assert [e.line for e in df.attrs['errors']] == [2]                                 # the other one does not exist ...
+    assert 'a\\\\xe9.jpg' in str(df.attrs['errors'][0])                               # ... and is named unambiguously
+    with pytest.raises(MetadataError, match=r"1: source: text holds bytes that are not UTF-8: 'caf\\xe9.jpg'"):
+        write_metadata([rec(0, source=name)], tmp_path / 'bad.jsonl')
+    assert not (tmp_path / 'bad.jsonl').exists()

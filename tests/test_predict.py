@@ -4,16 +4,13 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
-from realfake.learner import ModelConfig, build_model, save_model_dir
-from realfake.predict import Classifier, CSV_COLUMNS, crop_boxes, predict_to_csv, realfake_predict, to_tensor_array
+from realfake.preprocess import crop_boxes, normalize
+from realfake.predict import Classifier, CSV_COLUMNS, predict_to_csv, realfake_predict, load_classifier
 
 SIZE = 32
 
 @pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch='convnext_atto', size=SIZE, resize=40, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
-    return save_model_dir(build_model('convnext_atto', pretrained=False), cfg, tmp_path_factory.mktemp('m')/'model')
+def model_dir(tiny_model_dir): return tiny_model_dir
 
 @pytest.fixture(scope='module')
 def clf(model_dir): return Classifier.from_dir(model_dir, backend='torch', device='cpu')
@@ -81,7 +78,7 @@ def test_cli_folder_good_and_bad(model_dir, tmp_path):
     _rand_img(9).convert('RGB').save(d/'photo one é.jpg', quality=90)
     bad = _bad_files(d/'bad')
     out = tmp_path/'pred.csv'
-    s = realfake_predict([str(d)], model=str(model_dir), out=str(out), bs=2, num_workers=0, progress=False)
+    s = realfake_predict([str(d)], model=str(model_dir), out=str(out), bs=2, num_workers=0, no_progress=True)
     assert (s['scored'], s['errors']) == (4, len(bad))
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns) == CSV_COLUMNS and len(df) == 4 + len(bad)
@@ -99,7 +96,7 @@ def test_cli_folder_good_and_bad(model_dir, tmp_path):
 def test_cli_missing_input_gets_error_row(model_dir, tmp_path):
     _write_good(tmp_path/'in', 1)
     out = tmp_path/'p.csv'
-    s = predict_to_csv([tmp_path/'in', tmp_path/'nope.jpg'], model_dir, out=out, progress=False, num_workers=0)
+    s = predict_to_csv([tmp_path/'in', tmp_path/'nope.jpg'], load_classifier(model_dir), out=out, progress=False, num_workers=0)
     df = pd.read_csv(out, keep_default_na=False)
     assert len(df) == 2 and s['errors'] == 1
     assert 'no such file' in df[df.path.str.endswith('nope.jpg')].error.iloc[0]
@@ -155,7 +152,7 @@ _SLOW_RUN = textwrap.dedent('''
     def slow(self, x):
         time.sleep(0.4); return orig(self, x)
     P.Classifier.logits = slow
-    P.predict_to_csv([sys.argv[1]], sys.argv[2], out=sys.argv[3], bs=1, num_workers=0, progress=False, backend='torch')
+    P.predict_to_csv([sys.argv[1]], P.load_classifier(sys.argv[2], backend='torch'), out=sys.argv[3], bs=1, num_workers=0, progress=False)
 ''')
 
 def test_sigkill_midway_then_rerun(model_dir, clf, counting, tmp_path):
@@ -182,35 +179,39 @@ def test_sigkill_midway_then_rerun(model_dir, clf, counting, tmp_path):
     assert len(df) == 12 and df.path.is_unique
     assert counting.n == 12 - len(done)
 
-def test_full_resolution_crops(clf, tmp_path):
+def test_native_grid_crops(clf, tmp_path):
+    "A native-pixel grid: the score combines the logits of crops that are exact slices of the image, as the spec says."
     big = _rand_img(3, w=100, h=70)                  # larger than the 32 px crop
     big.save(tmp_path/'big.png')
-    df = clf.predict([tmp_path/'big.png'], mode='crops', n_crops=9)
-    boxes = crop_boxes(100, 70, SIZE, n=9)
+    native = clf.with_preprocess(resize='native', crops='grid', max_crops=9)
+    df = native.predict([tmp_path/'big.png'])
+    boxes = crop_boxes(100, 70, native.spec)
     assert df.n_crops[0] == len(boxes) == 9
-    # the score is the mean of the logits of crops taken at full resolution
-    x = np.stack([to_tensor_array(big.crop(b), clf.config.mean, clf.config.std) for b in boxes])
+    x = normalize(np.stack([np.asarray(big)[t:b, l:r] for l, t, r, b in boxes]), native.spec)
     lg = clf.logits(x)
     assert np.isclose(df.logit[0], (lg[:, 1] - lg[:, 0]).mean(), atol=1e-5)
-    dmax = clf.predict([tmp_path/'big.png'], mode='crops', n_crops=9, combine='max')
+    top = boxes[int(np.argmax(lg[:, 1] - lg[:, 0]))]
+    assert df.top_crop[0] == ','.join(map(str, top))            # which crop looked most generated
+    dmax = clf.with_preprocess(resize='native', crops='grid', max_crops=9, combine='max').predict([tmp_path/'big.png'])
     assert np.isclose(dmax.logit[0], (lg[:, 1] - lg[:, 0]).max(), atol=1e-5)
-    # and differs from the resize mode, which sees a downscaled image
+    # and differs from the model's own policy, which sees a downscaled image
     assert not np.isclose(df.logit[0], clf.predict([big]).logit[0], atol=1e-4)
-    r = clf.predict([big, big], mode='crops', crops='random', n_crops=4, seed=3)
-    assert (r.n_crops == 4).all() and np.isclose(r.logit[0], r.logit[1])
+    assert clf.spec.resize == 36                                 # with_preprocess left the original alone
 
-def test_cli_crops_mode(model_dir, tmp_path):
+def test_cli_native_grid(model_dir, tmp_path):
     d = tmp_path/'in'; d.mkdir()
     _rand_img(0, 96, 64).save(d/'a.png'); _rand_img(1, 20, 20).save(d/'small.png')
-    realfake_predict([str(d)], model=str(model_dir), out=str(tmp_path/'p.csv'), mode='crops', n_crops=4,
-                     combine='max', progress=False, num_workers=0)
+    realfake_predict([str(d)], model=str(model_dir), out=str(tmp_path/'p.csv'), resize='native', crops='grid', max_crops=4,
+                     combine='max', no_progress=True, num_workers=0)
     df = pd.read_csv(tmp_path/'p.csv').set_index(pd.read_csv(tmp_path/'p.csv').path.map(lambda p: Path(p).name))
-    assert df.loc['a.png', 'n_crops'] == 4 and df.loc['small.png', 'n_crops'] == 1   # a small image is upscaled to one crop
-    assert df.error.isna().all()
+    assert df.loc['a.png', 'n_crops'] == 4 and df.loc['small.png', 'n_crops'] == 1   # a small image: one crop, padded by reflection
+    assert df.error.isna().all() and isinstance(df.loc['a.png', 'top_crop'], str) and pd.isna(df.loc['small.png', 'top_crop'])
 
-def test_bad_options(clf):
-    with pytest.raises(ValueError, match='mode'): clf.predict([_rand_img(0)], mode='zoom')
-    with pytest.raises(ValueError, match='combine'): clf.predict([_rand_img(0)], mode='crops', combine='median')
+def test_bad_options(clf, model_dir):
+    with pytest.raises(ValueError, match='crops'): clf.with_preprocess(crops='zoom')
+    with pytest.raises(ValueError, match='combine'): clf.with_preprocess(combine='median')
+    with pytest.raises(ValueError, match='resize'): load_classifier(model_dir, resize='huge')
+    with pytest.raises(ValueError, match='threshold'): load_classifier(model_dir, threshold=2)
     with pytest.raises(Exception, match='not found'): Classifier.from_dir('/nonexistent/model')
 
 def _console(name):
@@ -222,9 +223,9 @@ def test_console_script_exit_codes(model_dir, tmp_path):
     "Success exits 0 with a summary line; a user error exits 2 with one clean line (no traceback)."
     _write_good(tmp_path/'in', 2)
     r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(model_dir), '--out',
-                        str(tmp_path/'p.csv'), '--no-progress'], capture_output=True, text=True, timeout=120)
+                        str(tmp_path/'p.csv'), '--no_progress'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
     assert '2 scored' in r.stdout and len(pd.read_csv(tmp_path/'p.csv')) == 2
     r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(tmp_path/'no_model'), '--out',
-                        str(tmp_path/'q.csv'), '--no-progress'], capture_output=True, text=True, timeout=120)
+                        str(tmp_path/'q.csv'), '--no_progress'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'no_model' in r.stderr

@@ -1,5 +1,5 @@
 "Tests of realfake.prepare: source layouts, balanced sampling and split invariants, probing, hashing, the CLI."
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image
@@ -194,7 +194,7 @@ def test_duplicate_paths_reported(tmp_path):
     assert not res.df.path.str.contains(f'{os.sep}fake{os.sep}', regex=False).any()
     assert res.df.label.value_counts().to_dict() == {'real': 6, 'fake': 6} and not res.df.path.duplicated().any()
     rep = res.report()
-    assert '12 paths were listed more than once' in rep and '6 listed as both real and fake were dropped' in rep
+    assert '12 files were listed more than once' in rep and '6 listed as both real and fake were dropped' in rep
     df, rep = drop_duplicates(pd.DataFrame({'path': ['a', 'a', 'b'], 'label': ['real'] * 3, 'source': ['x', 'y', 'x']}))
     assert list(df.path) == ['a', 'b'] and find_duplicates(df).empty and rep['count'].tolist() == [2]
 
@@ -246,6 +246,12 @@ def test_content_hash_reports_identical_files_across_splits(tmp_path):
 
 
 # ---------------------------------------------------------------- the CLI
+def one_line(r) -> bool:
+    "The command failed with exactly one line on stderr: 'realfake_prepare: error: ...', no traceback."
+    lines = r.stderr.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith('realfake_prepare: error: ') and 'Traceback' not in r.stderr
+
+
 def run_cli(*args, cwd):
     script = Path(cwd)/'_prep_cli.py'
     script.write_text('from realfake.prepare import realfake_prepare\nrealfake_prepare()\n')
@@ -264,30 +270,30 @@ def small_tree(tmp_path):
 
 def test_cli_writes_deterministic_metadata_and_refuses_overwrite(small_tree):
     t = small_tree
-    r = run_cli(f'auto:generators:{t}/data', '--out', 'm.jsonl', '--valid_pct', '0.25', '--relative', '--no-progress', cwd=t)
+    r = run_cli(f'auto:generators:{t}/data', '--out', 'm.jsonl', '--valid_pct', '0.25', '--relative', '--no_progress', cwd=t)
     assert r.returncode == 0, r.stderr
     assert 'valid' in r.stdout and 'natural' in r.stdout and 'wrote 24 records' in r.stderr
     first = (t/'m.jsonl').read_bytes()
     m = read_metadata(t/'m.jsonl')
     assert len(m) == 24 and m.path.map(os.path.exists).all() and not first.startswith(b'{"path":"/')
-    r = run_cli(f'auto:generators:{t}/data', '--out', 'm.jsonl', '--no-progress', '--seed', '5', cwd=t)
-    assert r.returncode == 1 and 'already exists' in r.stderr and '--overwrite' in r.stderr and 'Traceback' not in r.stderr
+    r = run_cli(f'auto:generators:{t}/data', '--out', 'm.jsonl', '--no_progress', '--seed', '5', cwd=t)
+    assert r.returncode == 2 and 'already exists' in r.stderr and '--overwrite' in r.stderr and one_line(r)
     assert (t/'m.jsonl').read_bytes() == first                                   # untouched
-    r = run_cli(f'auto:generators:{t}/data', '--out', 'm2.jsonl', '--valid_pct', '0.25', '--relative', '--no-progress', cwd=t)
+    r = run_cli(f'auto:generators:{t}/data', '--out', 'm2.jsonl', '--valid_pct', '0.25', '--relative', '--no_progress', cwd=t)
     assert r.returncode == 0 and (t/'m2.jsonl').read_bytes() == first            # same seed: byte-identical
     r = run_cli(f'auto:generators:{t}/data', '--out', 'm.jsonl', '--valid_pct', '0.25', '--seed', '5', '--overwrite',
-                '--relative', '--no-progress', cwd=t)
+                '--relative', '--no_progress', cwd=t)
     assert r.returncode == 0 and (t/'m.jsonl').read_bytes() != first
 
 
 def test_cli_errors_are_one_line_and_write_nothing(small_tree):
     t = small_tree
-    r = run_cli(f'real:folder:{t}/missing', f'fake:folder:{t}/data/sd', '--out', 'x.jsonl', '--no-progress', cwd=t)
-    assert r.returncode == 1 and 'folder not found' in r.stderr and 'Traceback' not in r.stderr
+    r = run_cli(f'real:folder:{t}/missing', f'fake:folder:{t}/data/sd', '--out', 'x.jsonl', '--no_progress', cwd=t)
+    assert r.returncode == 2 and 'folder not found' in r.stderr and one_line(r)
     r = run_cli(f'real:folder:{t}/data/natural', f'fake:folder:{t}/data/sd', '--quota', 'nope=0.5', '--out', 'x.jsonl',
-                '--no-progress', cwd=t)
-    assert r.returncode == 1 and 'unknown source' in r.stderr
-    r = run_cli(f'auto:generators:{t}/data', '--dry_run', '--out', 'x.jsonl', '--no-progress', cwd=t)
+                '--no_progress', cwd=t)
+    assert r.returncode == 2 and 'unknown source' in r.stderr and one_line(r)
+    r = run_cli(f'auto:generators:{t}/data', '--dry_run', '--out', 'x.jsonl', '--no_progress', cwd=t)
     assert r.returncode == 0 and 'natural' in r.stdout
     assert not (t/'x.jsonl').exists() and not list(t.glob('.x.jsonl*'))
 
@@ -295,11 +301,13 @@ def test_cli_errors_are_one_line_and_write_nothing(small_tree):
 def test_cli_help_explains_every_option(tmp_path):
     r = run_cli('--help', cwd=tmp_path)
     assert r.returncode == 0
-    for opt in ['sources', '--out', '--n', '--valid_pct', '--test_pct', '--seed', '--quota', '--real_names',
+    for opt in ['sources', '--out', '--n', '--valid_pct', '--test_pct', '--seed', '--quota', '--real_names', '--keep_splits',
                 '--prompt_groups', '--probe', '--content_hash', '--relative', '--overwrite', '--dry_run', '--workers',
-                '--no-progress', '--verbose']:
+                '--no_progress', '--verbose']:
         assert opt in r.stdout, opt
-    assert 'LABEL:LAYOUT:PATH' in r.stdout and 'img2dataset' in r.stdout
+    for layout in ('folder', 'classes', 'img2dataset', 'generators', 'genimage', 'forensynths', 'csv'): assert layout in r.stdout
+    assert 'LABEL:LAYOUT:PATH' in r.stdout
+    assert re.search(r'--no_progress\s+hide the progress bars', r.stdout), r.stdout   # the flag and its help agree
 
 
 def test_crash_while_writing_leaves_no_partial_file(small_tree, monkeypatch):
@@ -310,5 +318,5 @@ def test_crash_while_writing_leaves_no_partial_file(small_tree, monkeypatch):
         return json.dumps(rec).encode()
     monkeypatch.setattr(rmeta, '_dumps', boom)
     with pytest.raises(KeyboardInterrupt):
-        realfake_prepare([f'auto:generators:{t}/data'], out=str(t/'m.jsonl'), progress=False)
+        realfake_prepare([f'auto:generators:{t}/data'], out=str(t/'m.jsonl'), no_progress=True)
     assert len(calls) == 6 and not (t/'m.jsonl').exists() and not [p for p in t.iterdir() if 'm.jsonl' in p.name]

@@ -302,10 +302,10 @@ def test_img2img_flag(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the set trains unchanged
 def test_realfake_train_trains_on_the_aligned_set(vaes, tmp_path):
     "The output metadata is an ordinary training set: one epoch of convnext_atto runs on it."
-    from realfake.train import train
+    from realfake.train import train, PRESETS
     kl, _ = vaes
     for i in range(24): _img(tmp_path/'in'/f'{i}.jpg', 40, 32, seed=i, quality=90)
     R.reconstruct([tmp_path/'in'], ae=str(kl), out_dir=tmp_path/'aligned', valid_pct=0.25, bs=8, workers=1, progress=False)
-    res = train(str(tmp_path/'aligned'/'metadata.jsonl'), out=tmp_path/'run', epochs=1, arch='convnext_atto', weights='none',
-                size=32, resize=32, bs=8, workers=0, cpu=True, quiet=True)
+    res = train(str(tmp_path/'aligned'/'metadata.jsonl'), PRESETS['demo'].override(epochs=1, size=32, bs=8, lr=2e-3),
+                out=tmp_path/'run', workers=0, cpu=True, quiet=True)
     assert np.isfinite(res['values']['valid_loss']) and (Path(res['model_dir'])/'model.safetensors').is_file()

@@ -58,7 +58,7 @@ def test_splits(tmp_path):
     df = read_metadata(make_demo(tmp_path/'d', n=20, size=16, valid_pct=0.2, test_pct=0.1))
     for lab in ('real', 'fake'):
         assert df[df.label == lab].split.value_counts().to_dict() == {'train': 14, 'valid': 4, 'test': 2}
-    df = read_metadata(make_demo(tmp_path/'e', n=20, size=16, valid_pct=0.2, seed=1))
+    df = read_metadata(make_demo(tmp_path/'e', n=20, size=16, valid_pct=0.2, test_pct=0, seed=1))
     assert set(df.split) == {'train', 'valid'}
 
 
@@ -141,7 +141,7 @@ def test_cli(tmp_path):
     df = read_metadata(tmp_path/'demo'/'metadata.jsonl')
     assert len(df) == 6 and set(df.format) == {'PNG'}
     r = run_cli('--dest', 'demo', '--n', '3', cwd=tmp_path)
-    assert r.returncode == 1 and 'already exists' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 2 and 'already exists' in r.stderr and 'Traceback' not in r.stderr
     r = run_cli('--help', cwd=tmp_path)
     for opt in ['--dest', '--n', '--size', '--seed', '--difficulty', '--same_format', '--valid_pct', '--test_pct',
                 '--overwrite', '--verbose']:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from badfiles import make_corpus, reason_ok, deadline, Hang, run_cli, make_model_dir, Entry, CONTROL
+from badfiles import make_corpus, reason_ok, Entry, CONTROL
+from helpers import deadline, Hang, run_cli, make_model_dir
+from realfake.preprocess import Preprocess
 
-images = pytest.importorskip('realfake.images', reason='realfake.images (helper D) not built yet')
+import realfake.images as images
 
 # ---------------------------------------------------------------- outcome bookkeeping
 def _short(msg, e: Entry) -> str:
@@ -49,7 +51,6 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
-    pytest.importorskip('realfake.learner', reason='realfake.learner (helper L) not built yet')
     # size 48 > the corpus images' shorter side (32): crops mode must upscale them (a second load_image)
     return make_model_dir(tmp_path_factory.mktemp('model') / 'model', size=48)
 
@@ -143,10 +144,13 @@ def _row_outcome(row):
     has_err = isinstance(err, str) and err != ''
     return ('error', err) if has_err else ('ok', row)
 
-def cells_classifier(corpus, clf, mode='resize'):
+NATIVE_GRID = dict(resize='native', crops='grid', max_crops=4)
+
+def cells_classifier(corpus, clf, native=False):
     items = [str(e.path) for e in corpus]
+    if native: clf = clf.with_preprocess(**NATIVE_GRID)
     try:
-        with deadline(120, 'Classifier.predict'): df = clf.predict(items, bs=4, mode=mode, n_crops=4)
+        with deadline(120, 'Classifier.predict'): df = clf.predict(items, bs=4)
     except (Exception, Hang) as x:
         return {e.key: f'FAIL: predict raised {type(x).__name__}: {x}' for e in corpus}, None
     if len(df) != len(items) or list(df['path']) != items:
@@ -170,14 +174,14 @@ def test_classifier_predict(corpus, clf):
         if e.expect == 'ok': assert r['label'] == ('fake' if r['prob_fake'] > thr else 'real') or r['prob_fake'] == thr
 
 def test_classifier_crops(corpus, clf):
-    cells, df = cells_classifier(corpus, clf, mode='crops')
-    assert_cells(cells, "Classifier.predict(mode='crops')")
+    cells, df = cells_classifier(corpus, clf, native=True)
+    assert_cells(cells, "Classifier.predict at native pixels, grid of crops")
     # a path scores like its upright pixels given as an array (EXIF applied exactly once)
     ok = [e for e in corpus if e.expect == 'ok']
-    arr = clf.predict([np.asarray(images.load_image(e.path)) for e in ok], bs=4, mode='crops', n_crops=4)
+    arr = clf.with_preprocess(**NATIVE_GRID).predict([np.asarray(images.load_image(e.path)) for e in ok], bs=4)
     by = dict(zip([e.key for e in corpus], df['prob_fake']))
     bad = [f'{e.key}: path {by[e.key]:.5f} vs upright array {q:.5f}' for e, q in zip(ok, arr['prob_fake']) if abs(by[e.key] - q) > 1e-4]
-    assert not bad, "crops mode scores a file differently from its decoded pixels:\n" + '\n'.join(bad)
+    assert not bad, "native crops score a file differently from its decoded pixels:\n" + '\n'.join(bad)
 
 
 def test_classifier_odd_items(clf):
@@ -217,7 +221,7 @@ def cells_predict_cli(corpus, model_dir, tmp, folder=False):
     out = Path(tmp) / ('pred_folder.csv' if folder else 'pred_files.csv')
     inputs = [str(corpus[0].path.parent)] if folder else [str(e.path) for e in corpus]
     r = run_cli('realfake_predict', *inputs, '--model', model_dir, '--out', out, '--bs', 4, '--num_workers', 0,
-                '--no-progress', '--backend', 'torch', '--device', 'cpu', timeout=120)
+                '--no_progress', '--backend', 'torch', '--device', 'cpu', timeout=120)
     if r.returncode is None or not out.exists():
         why = 'hang' if r.returncode is None else f'crash: rc={r.returncode}'
         return {e.key: f'FAIL: {why}: {r.stderr[-300:]}' for e in corpus}, r, []
@@ -270,7 +274,7 @@ def cells_prepare(corpus, tmp):
     tmp = Path(tmp); out = tmp / 'prepared.jsonl'
     clean = _clean_pngs(tmp / 'clean', len(corpus) + 6)
     r = run_cli('realfake_prepare', f'real:folder:{corpus[0].path.parent}', f'fake:folder:{clean}', '--probe',
-                '--out', out, '--valid_pct', 0.25, '--no-progress', '--workers', 2, timeout=120)
+                '--out', out, '--valid_pct', 0.25, '--no_progress', '--workers', 2, timeout=120)
     if r.returncode is None or r.returncode != 0 or not out.exists():
         return {e.key: f'FAIL: rc={r.returncode}: {r.stderr[-300:]}' for e in corpus}, r, None
     from realfake.metadata import read_metadata
@@ -296,7 +300,6 @@ def cells_prepare(corpus, tmp):
     return cells, r, df
 
 def test_prepare_probe(corpus, tmp_path):
-    pytest.importorskip('realfake.prepare', reason='realfake.prepare (helper P) not built yet')
     cells, r, df = cells_prepare(corpus, tmp_path)
     assert_cells(cells, 'realfake_prepare --probe')
     assert df['label'].value_counts().to_dict().get('fake') == df['label'].value_counts().to_dict().get('real'), 'not balanced'
@@ -314,17 +317,17 @@ class _Collect(logging.Handler):
 
 def cells_dls(corpus, num_workers=0, aug=False, robust=None):
     "Warnings from worker processes are not seen here: with workers only skipped_images is checked."
-    data = pytest.importorskip('realfake.data', reason='realfake.data (helper D) not built yet')
+    import realfake.data as data
     df = _corpus_df(corpus)
     n = len(corpus)
     h = _Collect(); lg = logging.getLogger('realfake'); lg.addHandler(h)
     old_level = lg.level; lg.setLevel(logging.WARNING) if lg.level in (0,) or lg.level > logging.WARNING else None
     try:
         with deadline(90, 'get_dls + one pass'):
-            dls = data.get_dls(df, size=16, resize=18, bs=4, num_workers=num_workers, aug=aug, robust=robust, seed=0, device='cpu')
+            dls = data.get_dls(df, Preprocess(size=16, resize=18), bs=4, num_workers=num_workers, aug=aug, robust=robust, seed=0, device='cpu')
             n_train = sum(len(xb) for xb, yb in dls.train)
             ys = []
-            for xb, yb in dls.valid:
+            for xb, yb, counts in dls.valid:
                 assert tuple(xb.shape[1:]) == (3, 16, 16), xb.shape
                 ys += [int(v) for v in yb]
     except (Exception, Hang) as x:
@@ -358,12 +361,11 @@ def test_get_dls_workers(corpus):
 
 # ---------------------------------------------------------------- realfake_evaluate
 def cells_evaluate(corpus, model_dir, tmp):
-    pytest.importorskip('realfake.evaluate', reason='realfake.evaluate (helper E) not built yet')
     from realfake.metadata import write_metadata
     tmp = Path(tmp); meta = tmp / 'corpus.jsonl'; out = tmp / 'report'
     write_metadata(_corpus_df(corpus, ('test',)), meta)
     r = run_cli('realfake_evaluate', meta, '--model', model_dir, '--out', out, '--bs', 4, '--num_workers', 0,
-                '--no-progress', '--backend', 'torch', '--device', 'cpu', timeout=150)
+                '--no_progress', '--backend', 'torch', '--device', 'cpu', timeout=150)
     pred = out / 'predictions.csv'
     if r.returncode is None or not pred.exists():
         return {e.key: f'FAIL: rc={r.returncode}: {r.stderr[-300:]}' for e in corpus}, r, None
@@ -397,12 +399,11 @@ def test_cli_user_errors_are_clean(corpus, model_dir, tmp_path):
     data = (bad_model / 'model.safetensors').read_bytes()
     (bad_model / 'model.safetensors').write_bytes(data[:len(data) // 2])          # a killed copy
     fails = []
-    r = run_cli('realfake_predict', corpus[0].path, '--model', bad_model, '--out', tmp_path / 'p.csv', '--no-progress',
+    r = run_cli('realfake_predict', corpus[0].path, '--model', bad_model, '--out', tmp_path / 'p.csv', '--no_progress',
                 '--backend', 'torch', '--device', 'cpu')
     if r.returncode in (0, None) or 'Traceback' in r.stderr or 'model.safetensors' not in r.stderr:
         fails.append(f'realfake_predict with a truncated model.safetensors: rc={r.returncode}, stderr tail: {r.stderr[-400:]}')
-    pytest.importorskip('realfake.evaluate')
-    r = run_cli('realfake_evaluate', tmp_path / 'missing.jsonl', '--model', model_dir, '--out', tmp_path / 'ev', '--no-progress')
+    r = run_cli('realfake_evaluate', tmp_path / 'missing.jsonl', '--model', model_dir, '--out', tmp_path / 'ev', '--no_progress')
     if r.returncode in (0, None) or 'Traceback' in r.stderr or 'missing.jsonl' not in r.stderr:
         fails.append(f'realfake_evaluate with a missing metadata file: rc={r.returncode}, stderr tail: {r.stderr[-400:]}')
     assert not fails, '\n'.join(fails)
@@ -436,7 +437,7 @@ def test_impossible_paths(tmp_path, clf):
             except Exception as e: fails.append(f'{k}: {name} raised {type(e).__name__}: {e} (not ImageLoadError)')
     df = clf.predict(list(paths.values()), bs=2)
     if df['error'].isna().any() or len(df) != len(paths): fails.append(f'Classifier: {df.to_dict("records")}')
-    data = pytest.importorskip('realfake.data')
+    import realfake.data as data
     import pandas as pd
     from PIL import Image
     recs = []
@@ -446,7 +447,7 @@ def test_impossible_paths(tmp_path, clf):
     recs += [dict(path=p, label='real', split=s) for p in paths.values() for s in ('train', 'valid')]
     try:
         with deadline(60, 'get_dls'):
-            dls = data.get_dls(pd.DataFrame(recs), size=16, resize=16, bs=2, num_workers=0, aug=False, device='cpu')
+            dls = data.get_dls(pd.DataFrame(recs), Preprocess(size=16, resize=16), bs=2, num_workers=0, aug=False, device='cpu')
             for dl in (dls.train, dls.valid):
                 for _ in dl: pass
         missing = set(paths.values()) - set(data.skipped_images(dls))
@@ -490,7 +491,7 @@ if __name__ == '__main__':  # print the outcome table
         from realfake.predict import Classifier
         c = Classifier.from_dir(md, device='cpu', backend='torch')
         cols = {'load_image': cells_load(corpus), 'load_image(size)': cells_load(corpus, 16), 'probe_image': cells_probe(corpus),
-                'Classifier': cells_classifier(corpus, c)[0], 'Classifier crops': cells_classifier(corpus, c, 'crops')[0], 'realfake_predict files': cells_predict_cli(corpus, md, td)[0],
+                'Classifier': cells_classifier(corpus, c)[0], 'Classifier native grid': cells_classifier(corpus, c, native=True)[0], 'realfake_predict files': cells_predict_cli(corpus, md, td)[0],
                 'realfake_predict folder': cells_predict_cli(corpus, md, td, folder=True)[0],
                 'realfake_prepare --probe': cells_prepare(corpus, td / 'prep')[0],
                 'get_dls': cells_dls(corpus, 0)[0], 'realfake_evaluate': cells_evaluate(corpus, md, td / 'ev')[0]}

@@ -8,19 +8,21 @@ import torch
 from fastai.callback.core import Callback
 
 import realfake.learner as L
-from realfake.learner import load_model_dir, read_pointer
-from realfake.train import train
+from realfake.learner import read_pointer
+from realfake.modeldir import load_model_dir, state_tensors, build_network
+from realfake.train import train, PRESETS
 from realfake.synth import make_demo
 from realfake.metadata import read_metadata
 
-TINY = dict(arch='convnext_atto', weights='none', size=32, resize=32, bs=16, workers=0, cpu=True, quiet=True, lr=2e-3)
+TINY = PRESETS['demo'].override(size=32, bs=16, lr=2e-3)        # native 32-pixel crops, a grid of up to 4 for validation
+RUN = dict(workers=0, cpu=True, quiet=True)
 
 @pytest.fixture(scope='module')
 def tiny_demo(tmp_path_factory):
     "32 images per class at 32 px: enough for the mechanics (resume, kill, unreadable files), not for accuracy."
     return make_demo(tmp_path_factory.mktemp('tiny')/'demo', n=32, size=32, seed=1)
 
-def _weights(model_dir): return L._state_tensors(load_model_dir(model_dir)[0])
+def _weights(model_dir): return state_tensors(load_model_dir(model_dir)[0])
 
 def _max_diff(a, b): return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
 
@@ -36,8 +38,8 @@ def test_tiny_model_learns_easy_demo(tmp_path):
     "The README's demo, scaled down: >= 90% validation accuracy in well under two minutes of CPU."
     meta = make_demo(tmp_path/'demo', n=200, size=32, seed=0)
     t = time.time()
-    # no augmentation: the demo's fakes differ by pixel-level traces that affine warps blur away (see 07_train)
-    res = train(str(meta), out=tmp_path/'run', epochs=5, aug=False, **{**TINY, 'bs': 32, 'lr': 3e-3})
+    # the demo's recipe: native pixels, augmentation without warps (they would blur its pixel-level traces away)
+    res = train(str(meta), TINY.override(epochs=5, bs=32, lr=3e-3), out=tmp_path/'run', **RUN)
     secs = time.time() - t
     v = res['values']
     print(f"demo: {secs:.1f}s, {v}")
@@ -49,14 +51,14 @@ def test_tiny_model_learns_easy_demo(tmp_path):
     assert [r[0] for r in rows] == ['0', '1', '2', '3', '4']
     # the final model directory alone reproduces the learner's predictions
     learn = res['learn']
-    xb, yb = learn.dls.valid.one_batch()
+    xb, yb, counts = learn.dls.valid.one_batch()
     learn.model.eval()
     with torch.no_grad(): want = learn.model(xb)
     m, cfg = load_model_dir(res['model_dir'])
     with torch.no_grad(): got = m(xb)
     assert torch.allclose(got, want, atol=1e-5)
-    assert cfg.arch == 'convnext_atto' and cfg.size == 32 and cfg.vocab == ['real', 'fake']
-    assert cfg.mean == pytest.approx([0.485, 0.456, 0.406])
+    assert cfg.arch == 'convnext_atto' and cfg.preprocess == TINY.spec and cfg.vocab == ['real', 'fake']
+    assert list(cfg.preprocess.mean) == pytest.approx([0.485, 0.456, 0.406])
     ck = read_pointer(tmp_path/'run'/'checkpoints', 'latest')
     assert ck.name == 'epoch-004' and (ck/'optimizer.safetensors').is_file()
     assert read_pointer(tmp_path/'run'/'checkpoints', 'best') is not None
@@ -76,7 +78,7 @@ def test_resume_equals_uninterrupted(tiny_demo, tmp_path, monkeypatch):
     Tolerance 1e-5: on CPU with fixed seeds, num_workers=0 and per-epoch reseeding the runs execute the same
     float32 ops in the same order, so we expect (and measure) 0; the slack covers possible reduction-order
     differences in threaded kernels. The negative control (resume without optimizer state) differs by > 1e-3."""
-    kw = dict(epochs=2, **TINY)
+    kw = dict(config=TINY.override(epochs=2), **RUN)
     full = train(str(tiny_demo), out=tmp_path/'full', **kw)
     with pytest.raises(_Interrupt): train(str(tiny_demo), out=tmp_path/'cut', cbs=[_CrashAfter(0)], **kw)
     assert [r[0] for r in _history(tmp_path/'cut')[1]] == ['0']
@@ -98,14 +100,14 @@ def test_resume_equals_uninterrupted(tiny_demo, tmp_path, monkeypatch):
     assert d_bad > 1e-3
 
 def test_resume_refuses_a_different_schedule(tiny_demo, tmp_path):
-    with pytest.raises(_Interrupt): train(str(tiny_demo), out=tmp_path/'r', epochs=2, cbs=[_CrashAfter(0)], **TINY)
-    with pytest.raises(L.RealfakeError, match='schedule'): train(str(tiny_demo), out=tmp_path/'r', epochs=3, resume=True, **TINY)
+    with pytest.raises(_Interrupt): train(str(tiny_demo), TINY.override(epochs=2), out=tmp_path/'r', cbs=[_CrashAfter(0)], **RUN)
+    with pytest.raises(L.RealfakeError, match='schedule'): train(str(tiny_demo), TINY.override(epochs=3), out=tmp_path/'r', resume=True, **RUN)
 
 _KILLED_RUN = '''
 import sys
-from realfake.train import train
+from realfake.train import train, PRESETS
 meta, out = sys.argv[1:]
-train(meta, out=out, epochs=3, arch='convnext_atto', weights='none', size=32, resize=32, bs=8, workers=0, cpu=True, quiet=True, lr=2e-3)
+train(meta, PRESETS['demo'].override(epochs=3, size=32, bs=8, lr=2e-3), out=out, workers=0, cpu=True, quiet=True)
 '''
 
 def test_sigkill_mid_training_then_resume(tiny_demo, tmp_path):
@@ -124,7 +126,7 @@ def test_sigkill_mid_training_then_resume(tiny_demo, tmp_path):
     ck = read_pointer(out/'checkpoints')
     done = L.load_checkpoint(ck)['state']['epoch']  # loads completely: weights, config, optimizer, state
     assert done < 2
-    res = train(str(tiny_demo), out=out, epochs=3, resume=True, **{**TINY, 'bs': 8})
+    res = train(str(tiny_demo), TINY.override(epochs=3, bs=8), out=out, resume=True, **RUN)
     assert res['start_epoch'] == done + 1
     _, rows = _history(out)
     assert [r[0] for r in rows] == ['0', '1', '2']  # no epoch missing or logged twice
@@ -139,7 +141,7 @@ def test_unreadable_train_image_is_reported_and_skipped(tiny_demo, tmp_path, cap
     assert bad.is_file()
     bad.write_bytes(b'<html>not an image</html>')
     with caplog.at_level(logging.WARNING):
-        res = train(str(d/'metadata.jsonl'), out=tmp_path/'run', epochs=1, **TINY)
+        res = train(str(d/'metadata.jsonl'), TINY.override(epochs=1), out=tmp_path/'run', **RUN)
     assert any(str(bad) in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert len(_history(tmp_path/'run')[1]) == 1 and res['values']['valid_loss'] == res['values']['valid_loss']
 
@@ -163,12 +165,11 @@ orig = T._DistributedDL.get_idxs
 def get_idxs(self):
     r = orig(self); seen.append([int(i) for i in r]); return r
 T._DistributedDL.get_idxs = get_idxs
-res = T.train(None, out=out, epochs=2, arch='convnext_atto', weights='none', size=32, resize=32, bs=8, workers=0,
-              cpu=True, quiet=True, lr=2e-3, demo_n=24)
-from realfake.learner import _state_tensors
+res = T.train(None, T.PRESETS['demo'].override(epochs=2, size=32, bs=8, lr=2e-3), out=out, workers=0, cpu=True, quiet=True, demo_n=24)
+from realfake.modeldir import state_tensors
 from safetensors.torch import save_file
 learn = res['learn']
-save_file(_state_tensors(learn.model), f'{rec}/weights{rank}.safetensors')
+save_file(state_tensors(learn.model), f'{rec}/weights{rank}.safetensors')
 n_train = len(learn.dls.train.dataset)
 with open(f'{rec}/rank{rank}.json', 'w') as f:
     json.dump(dict(seen=seen, writes=writes, values=res['values'], n_train=n_train, world=int(os.environ['WORLD_SIZE'])), f)
@@ -195,7 +196,7 @@ def test_two_cpu_processes(tmp_path):
     from safetensors.torch import load_file
     w0, w1 = load_file(str(rec/'weights0.safetensors')), load_file(str(rec/'weights1.safetensors'))
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    init = L._state_tensors(L.build_model('convnext_atto'))
+    init = state_tensors(build_network('convnext_atto'))
     assert not torch.equal(w0['0.model.stem.0.weight'], init['0.model.stem.0.weight'])
     # both ranks computed the same validation metrics (gathered over the whole valid set)
     assert r0['values'] == r1['values']

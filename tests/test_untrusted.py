@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from badfiles import png_declaring, run_cli, make_model_dir, base_image
+from badfiles import png_declaring, base_image
+from helpers import run_cli, make_model_dir
 
 torch = pytest.importorskip('torch')
 PKG = Path(__file__).resolve().parents[1] / 'realfake'
@@ -48,7 +49,7 @@ def test_control_the_pickles_are_live(tmp_path):
         m.unlink()
 
 # ---------------------------------------------------------------- model directories
-learner = pytest.importorskip('realfake.learner', reason='realfake.learner (helper L) not built yet')
+import realfake.modeldir as learner   # the model directory rules (formerly in realfake.learner)
 
 @pytest.fixture(scope='module')
 def good_dir(tmp_path_factory):
@@ -123,7 +124,7 @@ def test_pth_weights_need_the_flag(tmp_path, marker, kind):
     f = evil_files(tmp_path / 'evil', marker)[kind]
     with pytest.raises(learner.WeightsError) as ei: learner.load_pth_weights(f)
     assert 'allow_pth' in str(ei.value)
-    with pytest.raises(learner.WeightsError): learner.build_model('convnext_atto', weights=f)
+    with pytest.raises(learner.WeightsError): learner.build_network('convnext_atto', weights=f)
 
 @pytest.mark.parametrize('kind', ['pth', 'pkl', 'bin'])
 def test_pth_weights_with_the_flag_use_weights_only(tmp_path, marker, kind, monkeypatch):
@@ -132,23 +133,22 @@ def test_pth_weights_with_the_flag_use_weights_only(tmp_path, marker, kind, monk
     def spy(*a, **k): calls.append(k.get('weights_only')); return real_load(*a, **k)
     monkeypatch.setattr(torch, 'load', spy)
     with pytest.raises(learner.WeightsError): learner.load_pth_weights(f, allow_pth=True)
-    with pytest.raises(learner.WeightsError): learner.build_model('convnext_atto', weights=f, allow_pth=True)
+    with pytest.raises(learner.WeightsError): learner.build_network('convnext_atto', weights=f, allow_pth=True)
     assert calls and all(c is True for c in calls), f'torch.load called with weights_only={calls}'
 
 def test_pth_weights_with_the_flag_load_plain_tensors(tmp_path):
     "The flag is not a dead end: a plain tensor .pth loads (and is exactly what build_model uses)."
     torch.manual_seed(1)
-    src = learner.build_model('convnext_atto')
+    src = learner.build_network('convnext_atto')
     body = {k[8:]: v for k, v in src.state_dict().items() if k.startswith('0.model.')}   # the timm body, timm's names
     torch.save({'state_dict': body}, tmp_path / 'w.pth')
-    m = learner.build_model('convnext_atto', weights=tmp_path / 'w.pth', allow_pth=True)
+    m = learner.build_network('convnext_atto', weights=tmp_path / 'w.pth', allow_pth=True)
     got = {k[8:]: v for k, v in m.state_dict().items() if k.startswith('0.model.')}
     assert body and set(got) == set(body)
     assert all(torch.equal(got[k], body[k]) for k in body), 'weights from the .pth were not used'
 
 def test_train_cli_refuses_pickle_weights(tmp_path, marker):
     "realfake_train --weights evil.pth: refused without --allow_pth, refused by weights_only with it; no code runs."
-    pytest.importorskip('realfake.train'); pytest.importorskip('realfake.data')
     from PIL import Image
     from realfake.metadata import write_metadata
     rng = np.random.default_rng(0); recs = []
@@ -192,7 +192,7 @@ def test_package_never_unpickles():
     assert not bad, 'possible unpickling of untrusted data:\n' + '\n'.join(bad)
 
 # ---------------------------------------------------------------- pixel limit
-images = pytest.importorskip('realfake.images', reason='realfake.images (helper D) not built yet')
+import realfake.images as images
 
 def test_max_image_pixels_set_explicitly():
     "Importing realfake.images sets PIL's limit even when something set it to None (no limit) before."

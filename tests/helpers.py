@@ -1,0 +1,55 @@
+"""Helpers shared by the tests: a random-weight model directory, running a console script, a deadline.
+
+`conftest.py` exposes the common ones as fixtures (`tiny_model_dir`, `run_cli`); tests that need them at module level
+import them from here."""
+from __future__ import annotations
+import contextlib, os, signal, subprocess, sys
+from pathlib import Path
+
+__all__ = ['CLI_MODULES', 'cli_cmd', 'cli_env', 'run_cli', 'Hang', 'deadline', 'make_model_dir']
+
+CLI_MODULES = {'realfake_prepare': 'prepare', 'realfake_demo': 'synth', 'realfake_train': 'train',
+               'realfake_evaluate': 'evaluate', 'realfake_predict': 'predict', 'realfake_export': 'export',
+               'realfake_app': 'app'}
+
+def cli_cmd(name: str) -> list[str]:
+    "The command line of console script `name`: the installed script beside this Python, else `python -c`."
+    exe = Path(sys.executable).parent / name
+    if exe.exists(): return [str(exe)]
+    return [sys.executable, '-c', f'import sys; from fastcore.script import _run_cli; from realfake.{CLI_MODULES[name]} import {name} as f; '
+            f'sys.argv[0] = {name!r}; _run_cli(f.__wrapped__, False) if hasattr(f, "__wrapped__") else f()']
+
+def cli_env(**extra) -> dict:
+    "The environment for a command under test: one thread, no progress bars, no plotting window."
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', TQDM_DISABLE='1')
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+def run_cli(name: str, *args, timeout: float = 90, cwd=None, env=None) -> subprocess.CompletedProcess:
+    "Run console script `name` with `args`; a run longer than `timeout` s is reported as a hang (rc None)."
+    cmd = cli_cmd(name) + [str(a) for a in args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or cli_env())
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(cmd, None, e.stdout or '', f'HANG: killed after {timeout}s\n{e.stderr or ""}')
+
+class Hang(BaseException):
+    "Raised by `deadline` (a BaseException, so neither `except OSError` nor `except Exception` in the code under test hides it)."
+
+@contextlib.contextmanager
+def deadline(seconds: int, what: str = 'call'):
+    "Raise `Hang` in the main thread when the block runs longer than `seconds`."
+    def _h(*_): raise Hang(f'{what} hung (> {seconds}s)')
+    old = signal.signal(signal.SIGALRM, _h); signal.alarm(int(seconds))
+    try: yield
+    finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
+
+def make_model_dir(dest, arch: str = 'convnext_atto', seed: int = 0, **spec) -> Path:
+    "A random-weight model directory (config.json + model.safetensors) for CPU tests; `spec`: Preprocess fields."
+    import torch
+    from realfake.modeldir import build_network, ModelConfig, save_model_dir
+    from realfake.preprocess import Preprocess
+    torch.manual_seed(seed)
+    spec = {'size': 32, **spec}
+    spec.setdefault('resize', spec['size'])
+    return save_model_dir(build_network(arch), ModelConfig(arch, preprocess=Preprocess(**spec)), dest)
