@@ -25,9 +25,8 @@ from .predict import load_classifier
 __all__ = ['STATIC', 'BYTES_PER_PIXEL', 'FIXED_BYTES', 'SECURITY_HEADERS', 'VOLUNTEER_COOKIE', 'ADMIN_COOKIE', 'Limits',
            'UploadError', 'Upload', 'receive_uploads', 'check_uploads', 'decode_cost', 'release_memory', 'PixelBudget',
            'score_image', 'describe_scoring', 'label_image', 'cross_site', 'AppState', 'page', 'detect_form',
-           'result_row', 'detect_page', 'label_page', 'display_key', 'results_page', 'home', 'detect_get',
-           'detect_post', 'label_get', 'vote_post', 'image_get', 'results_get', 'admin_get', 'admin_post', 'label_pool',
-           'make_app', 'realfake_app']
+           'result_row', 'detect_page', 'label_page', 'display_key', 'results_page', 'label_pool', 'make_app',
+           'realfake_app']
 
 # %% ../nbs/19_app.ipynb #3e4fa007
 try:
@@ -245,10 +244,10 @@ class PixelBudget:
         n, ticket = min(int(n), self.total), object()
         with self._lock: self._queue.append(ticket)
         try:
-            first = True
+            wait = self.poll
             while not self._take(ticket, n):
-                if first: self.waited += 1; first = False
-                await anyio.sleep(self.poll)
+                if wait == self.poll: self.waited += 1
+                await anyio.sleep(wait); wait = min(2 * wait, 0.05)   # back off: many waiters cost little
         except BaseException:
             with self._lock:
                 if ticket in self._queue: self._queue.remove(ticket)
@@ -364,7 +363,7 @@ class _BodyLimit:
 SECURITY_HEADERS = {
     'content-security-policy': "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
-    'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer',
+    'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'referrer-policy': 'same-origin',
     'cross-origin-opener-policy': 'same-origin'}
 
 def cross_site(headers:dict) -> str|None:
@@ -430,6 +429,8 @@ class AppState:
         if not self.new_per_hour: return True
         now = time.monotonic() if now is None else now
         with self._lock:
+            if len(self._newcomers) > 10_000:   # forget addresses quiet for an hour
+                self._newcomers = {a: ts for a, ts in self._newcomers.items() if ts and now - ts[-1] < 3600}
             times = [t for t in self._newcomers.get(address, []) if now - t < 3600]
             ok = len(times) < self.new_per_hour
             self._newcomers[address] = times + [now] if ok else times
@@ -452,7 +453,7 @@ def page(st:AppState|None, title:str, here:str, *content, status:int=200, warn:b
     label_on = st is not None and st.label_on
     banner = [_msg(f"Warning: {st.pool.warning}", 'warn')] if warn and label_on and st.pool.warning else []
     doc = Html(_head(title), Body(_nav(here, label_on), Main(*banner, *content)), lang='en')
-    return HTMLResponse('<!doctype html>\n' + to_xml(doc), status_code=status)
+    return HTMLResponse(to_xml(doc), status_code=status)   # to_xml writes the doctype
 
 # %% ../nbs/19_app.ipynb #3f1cfd74
 def _pct(p) -> str: return '–' if p is None or (isinstance(p, float) and math.isnan(p)) else f"{100*p:.1f}%"
@@ -598,7 +599,7 @@ def results_page(st:AppState, cmp, mine:pd.DataFrame, admin:bool=False) -> HTMLR
 # %% ../nbs/19_app.ipynb #04a26401
 def _state(req) -> AppState: return req.app.state.realfake
 
-async def home(req:Request):
+async def _home(req:Request):
     st = _state(req)
     cards = [Div(cls='card')(H2('Detect'), P('Upload images and see how likely the model thinks they were generated.'),
                              A('Try the detector', href='/detect', cls='button'))]
@@ -609,7 +610,7 @@ async def home(req:Request):
                                   A('See the results', href='/results', cls='button'))]
     return page(st, 'realfake', '/', H1('Real or generated?'), Div(*cards, cls='grid'))
 
-async def detect_get(req:Request): return detect_page(_state(req))
+async def _detect_get(req:Request): return detect_page(_state(req))
 
 # %% ../nbs/19_app.ipynb #bbdbe8b1
 async def _score_upload(st:AppState, clf, u:Upload, thumb_side:int) -> dict:
@@ -632,7 +633,7 @@ def _detect_answer(req, st, results, crops, message=None, status=200):
                              'results': [{k: to_jsonable(v) for k, v in r.items() if k != 'thumb'} for r in results]})
     return detect_page(st, results, message, crops, status)
 
-async def detect_post(req:Request):
+async def _detect_post(req:Request):
     st = _state(req)
     with tempfile.TemporaryDirectory(prefix='realfake-upload-') as tmp:
         try: uploads, form = await receive_uploads(req, st.limits, Path(tmp))
@@ -668,7 +669,7 @@ async def _label_png(st:AppState, key:str) -> bytes|None:
 def _no_label(st, status=404):
     return page(st, 'Label', '/label', _msg('Labelling is off: start the app with --metadata to enable it.', 'info'), status=status)
 
-async def label_get(req:Request):
+async def _label_get(req:Request):
     st = _state(req)
     if not st.label_on: return _no_label(st, 200)
     vol, new = _volunteer(req), False
@@ -690,7 +691,7 @@ def _refuse(req, st, msg:str, status:int=400):
     if _wants_json(req.headers): return JSONResponse({'error': msg}, status_code=status)
     return page(st, 'Label', '/label', _msg(msg), P(A('Back to labelling', href='/label')), status=status)
 
-async def vote_post(req:Request):
+async def _vote_post(req:Request):
     st = _state(req)
     if not st.label_on: return _refuse(req, st, 'Labelling is off: start the app with --metadata to enable it.', 404)
     try: form = await req.form(max_files=0, max_fields=10, max_part_size=4096)
@@ -710,7 +711,7 @@ async def vote_post(req:Request):
     if _wants_json(req.headers): return JSONResponse({'stored': stored, 'votes': await run_in_threadpool(st.store.n_votes, vol)})
     return RedirectResponse('/label', status_code=303)
 
-async def image_get(req:Request):
+async def _image_get(req:Request):
     st = _state(req)
     key = st.pool.by_token.get(req.path_params['token']) if st.label_on else None
     png = await _label_png(st, key) if key is not None else None
@@ -753,7 +754,7 @@ def _results_json(st, cmp, mine, admin):
     if admin: out['disagree'] = [{**r, 'image': display_key(r['image'])} for r in d['disagree']]
     return JSONResponse(out)
 
-async def results_get(req:Request):
+async def _results_get(req:Request):
     st = _state(req)
     if not st.label_on: return _no_label(st, 200)
     cmp, votes = await _comparison(st)
@@ -763,13 +764,13 @@ async def results_get(req:Request):
     return results_page(st, cmp, mine, admin)
 
 # %% ../nbs/19_app.ipynb #4050ccd4
-async def admin_get(req:Request):
+async def _admin_get(req:Request):
     st = _state(req)
     if not st.admin_token: return page(st, 'Admin', '', _msg('No admin token was set (--admin_token).', 'info'), status=404)
     return page(st, 'Admin', '', H1('Admin'), Form(method='post', action='/admin')(
         Input(type='password', name='token', id='admin-token', autocomplete='off'), Button('Show everything', type='submit')))
 
-async def admin_post(req:Request):
+async def _admin_post(req:Request):
     st = _state(req)
     try: token = str((await req.form(max_files=0, max_fields=4, max_part_size=1024)).get('token', ''))
     except HTTPException: token = ''
@@ -782,11 +783,13 @@ async def admin_post(req:Request):
 # %% ../nbs/19_app.ipynb #ec54f8bf
 VOLUNTEER_COOKIE, ADMIN_COOKIE = 'realfake_volunteer', 'realfake_admin'
 
+async def _no_icon(req:Request): return Response(status_code=204)
+
 def _routes():
-    return [Route('/', home), Route('/detect', detect_get, methods=['GET']), Route('/detect', detect_post, methods=['POST']),
-            Route('/label', label_get), Route('/vote', vote_post, methods=['POST']), Route('/img/{token}', image_get),
-            Route('/results', results_get), Route('/admin', admin_get, methods=['GET']),
-            Route('/admin', admin_post, methods=['POST']), Mount('/static', StaticFiles(directory=STATIC), name='static')]
+    return [Route('/', _home), Route('/favicon.ico', _no_icon), Route('/detect', _detect_get, methods=['GET']), Route('/detect', _detect_post, methods=['POST']),
+            Route('/label', _label_get), Route('/vote', _vote_post, methods=['POST']), Route('/img/{token}', _image_get),
+            Route('/results', _results_get), Route('/admin', _admin_get, methods=['GET']),
+            Route('/admin', _admin_post, methods=['POST']), Mount('/static', StaticFiles(directory=STATIC), name='static')]
 
 def _error_handlers(st):
     def not_found(req, exc): return page(st, 'Not found', '', H1('Not found'), P(A('Back to the start', href='/')), status=404)

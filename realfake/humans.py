@@ -79,12 +79,12 @@ class VoteStore:
                     if tables and 'votes' not in tables:
                         raise RealfakeError(f"{escape_path(self.path)}: an SQLite database of something else "
                                             f"(tables: {', '.join(sorted(tables)[:5])}), not a votes file")
+                    cols = {r[1] for r in con.execute('PRAGMA table_info(votes)')}
+                    if tables and not _VOTE_COLUMNS <= cols:
+                        raise RealfakeError(f"{escape_path(self.path)}: its 'votes' table lacks {sorted(_VOTE_COLUMNS - cols)}: not a realfake votes file")
                     if con.execute('PRAGMA journal_mode=WAL').fetchone()[0].lower() != 'wal':
                         raise RealfakeError(f"{escape_path(self.path)}: SQLite could not switch to WAL mode (network file system?)")
                     con.executescript(_SCHEMA)
-                    cols = {r[1] for r in con.execute('PRAGMA table_info(votes)')}
-                    if not _VOTE_COLUMNS <= cols:
-                        raise RealfakeError(f"{escape_path(self.path)}: its 'votes' table lacks {sorted(_VOTE_COLUMNS - cols)}: not a realfake votes file")
                 return
             except sqlite3.OperationalError as e:
                 if 'locked' not in str(e) or time.monotonic() > deadline: raise
@@ -232,6 +232,7 @@ class LabelPool:
     def __init__(self, df:pd.DataFrame, store:VoteStore, split:str='test', seed:int|None=None, check:bool=True,
                  max_pixels:int|None=None):
         rows = label_rows(df, split)
+        self.rng, self._lock = random.Random(seed), threading.RLock()
         self.store, self.split, self.warning = store, split, split_warning(rows)
         self.metadata_path = df.attrs.get('metadata_path')
         if self.warning: _log.warning(f"label pool ({split}): {self.warning}")
@@ -243,7 +244,6 @@ class LabelPool:
         if check: self._check(max_pixels)
         self.token = store.tokens(list(self.rows))
         self.by_token = {t: k for k, t in self.token.items()}
-        self.rng, self._lock = random.Random(seed), threading.Lock()
 
     def _check(self, max_pixels=None):
         "Read each image's header; drop the unreadable ones, leave out those over `max_pixels`."
@@ -258,13 +258,15 @@ class LabelPool:
 
     def __len__(self): return len(self.rows)
     @property
-    def keys(self) -> list: return list(self.rows)
+    def keys(self) -> list:
+        with self._lock: return list(self.rows)
 
     def drop(self, key:str, reason:str):
         "Take `key` out of the pool (and out of the comparison) because it cannot be read."
-        if self.rows.pop(key, None) is None: return
-        tok = getattr(self, 'token', {}).pop(key, None)
-        if tok: getattr(self, 'by_token', {}).pop(tok, None)
+        with self._lock:
+            if self.rows.pop(key, None) is None: return
+            tok = getattr(self, 'token', {}).pop(key, None)
+            if tok: getattr(self, 'by_token', {}).pop(tok, None)
         self.store.drop(key, reason)
         _log.warning(f"dropped {escape_path(key)} from the label pool: {reason}")
 

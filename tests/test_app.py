@@ -242,7 +242,7 @@ def test_votes_from_another_site_are_refused_and_headers_set(app):
     r = cli.post('/vote', data=dict(token=tok, answer='fake'), headers={'origin': 'http://testserver'}, follow_redirects=False)
     assert r.status_code == 303 and app.state.realfake.store.n_votes() == 1
     h = cli.get('/label').headers
-    assert h['x-frame-options'] == 'DENY' and h['x-content-type-options'] == 'nosniff' and h['referrer-policy'] == 'no-referrer'
+    assert h['x-frame-options'] == 'DENY' and h['x-content-type-options'] == 'nosniff' and h['referrer-policy'] == 'same-origin'
     assert "script-src 'self'" in h['content-security-policy']
 
 def test_new_volunteer_ids_are_capped_per_address(clf, data, tmp_path):

@@ -110,6 +110,19 @@ def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None) -> dict
                     server_log=srv.output()[-3000:])
     finally: srv.close()
 
+def test_memory_stays_bounded_under_concurrent_worst_case_uploads(tiny_model_dir):
+    "3 requests at once, each of 8 one-colour PNGs of 10 megapixels (~30 kB each): peak RSS <= model + Limits.memory_bound()."
+    from realfake.app import Limits
+    mpix = 10
+    limits = Limits(max_pixels=mpix * 1_000_000)
+    r = measure(tiny_model_dir, n_requests=3, n_files=8, mpix=mpix, args=['--max_mpix', mpix])
+    assert r['codes'] == [200] * 3, r['server_log']
+    assert all(x['error'] is None and 0 <= x['prob_fake'] <= 1 for a in r['answers'] for x in a[1]['results'])
+    bound = limits.memory_bound() / MB
+    assert r['peak_growth_mb'] <= bound, f"peak growth {r['peak_growth_mb']:.0f} MB > bound {bound:.0f} MB"
+    # the server still answers, and scores, a normal request afterwards
+    assert r['after_code'] == 200 and r['after']['results'][0]['error'] is None
+
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--requests', type=int, default=3); ap.add_argument('--files', type=int, default=16)
