@@ -681,6 +681,7 @@ async def _label_get(req:Request):
     for _ in range(20):  # skip images that turn out unreadable
         key = await run_in_threadpool(st.pool.next_for, vol)
         if key is None or await _label_png(st, key) is not None: break
+    else: return page(st, 'Label', '/label', _msg('The images to label cannot be read right now; the server log says why.'), status=503)
     msg = 'That answer could not be recorded; please answer this image again.' if req.query_params.get('msg') == 'invalid' else None
     resp = label_page(st, key, await run_in_threadpool(st.store.n_votes, vol), msg)
     if new: resp.set_cookie(VOLUNTEER_COOKIE, vol, max_age=400*24*3600, httponly=True, samesite='lax')
@@ -751,7 +752,7 @@ def _results_json(st, cmp, mine, admin):
                n_dropped=d['n_dropped'], warning=st.pool.warning,
                yours=[dict(token=r.token, answer=r.answer, truth=r.label, human_p_fake=r.human_p_fake,
                            prob_fake=to_jsonable(r.prob_fake), model_label=r.model_label) for r in yours.itertuples()])
-    if admin: out['disagree'] = [{**r, 'image': display_key(r['image'])} for r in d['disagree']]
+    if admin: out['disagree'] = [{**{k: v for k, v in r.items() if k != 'path'}, 'image': display_key(r['image'])} for r in d['disagree']]
     return JSONResponse(out)
 
 async def _results_get(req:Request):

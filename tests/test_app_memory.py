@@ -28,10 +28,10 @@ def _status(pid) -> dict:
         if k in ('VmRSS', 'VmHWM'): out[k] = int(v.split()[0]) * 1024
     return out
 
-def bomb_png(w:int, h:int, seed:int=0) -> bytes:
-    "A `w` x `h` PNG of one colour: about 1/1000 of its decoded size (a 40-megapixel one is ~120 kB)."
+def bomb_png(w:int, h:int, seed:int=0, fmt:str='PNG', mode:str='RGB') -> bytes:
+    "A `w` x `h` image of one colour: a PNG is about 1/1000 of its decoded size (a 40-megapixel one is ~120 kB)."
     from PIL import Image
-    b = io.BytesIO(); Image.new('RGB', (w, h), (seed * 37 % 256, 90, 160)).save(b, 'PNG', compress_level=9)
+    b = io.BytesIO(); Image.new(mode, (w, h), (seed * 37 % 256, 90, 160, 200)[:len(mode)]).save(b, fmt, **({'compress_level': 9} if fmt == 'PNG' else {'lossless': True}))
     return b.getvalue()
 
 def small_png(seed:int=0) -> bytes:
@@ -83,7 +83,7 @@ class Server:
         try: self.proc.wait(20)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
 
-def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None) -> dict:
+def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None, fmt='PNG', mode='RGB', crops=False) -> dict:
     "Peak growth of the server's RSS while `n_requests` requests of `n_files` one-colour PNGs of `mpix` MP run at once."
     w = int((mpix * 1e6 * 1.6) ** 0.5); h = int(mpix * 1e6 // w)
     srv = Server(model, args, env)
@@ -92,8 +92,8 @@ def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None) -> dict
         code, _ = post(srv.url + '/detect', body, ctype)
         assert code == 200, f'warm-up request failed: {code}'
         base = _status(srv.proc.pid)
-        bombs = [(f'b{i}.png', bomb_png(w, h, i)) for i in range(n_files)]
-        body, ctype = multipart(bombs)
+        bombs = [(f'b{i}.{fmt.lower()}', bomb_png(w, h, i, fmt, mode)) for i in range(n_files)]
+        body, ctype = multipart(bombs, [('crops', '1')] if crops else ())
         answers, t0 = [None] * n_requests, time.monotonic()
         def one(i): answers[i] = post(srv.url + '/detect', body, ctype)
         ths = [threading.Thread(target=one, args=(i,)) for i in range(n_requests)]
@@ -127,10 +127,11 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--requests', type=int, default=3); ap.add_argument('--files', type=int, default=16)
     ap.add_argument('--mpix', type=float, default=40); ap.add_argument('--app_args', default='')
+    ap.add_argument('--fmt', default='PNG'); ap.add_argument('--mode', default='RGB'); ap.add_argument('--crops', action='store_true')
     o = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         model = make_model_dir(Path(d)/'model', resize=36, mean=(0.5,) * 3, std=(0.25,) * 3)
-        r = measure(model, o.requests, o.files, o.mpix, o.app_args.split())
+        r = measure(model, o.requests, o.files, o.mpix, o.app_args.split(), fmt=o.fmt, mode=o.mode, crops=o.crops)
     scored = [sum(x.get('error') is None for x in a[1]['results']) if isinstance(a[1], dict) else a[1][:200] for a in r['answers']]
     print(json.dumps({k: v for k, v in r.items() if k not in ('answers', 'after', 'server_log')}, indent=1))
     print('scored per request:', scored)
