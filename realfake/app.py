@@ -847,6 +847,7 @@ def realfake_app(
     decode_mpix:float=None, # most megapixels decoded at once in the whole server (default: max_mpix); bounds memory
     display_size:int=512, # volunteers see every image as its central square of this many pixels
     admin_token:str=None, # a secret: whoever enters it at /admin sees the truth of every image on the Results page
+    new_per_hour:int=60, # new volunteer ids per client address and hour (0: no cap; raise it behind a proxy)
     device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
     verbose:bool=False, # debug logging and full tracebacks
 ):
@@ -857,7 +858,7 @@ def realfake_app(
                     max_request_pixels=int(max_request_mpix * 1e6), decode_pixels=int(decode_mpix * 1e6) if decode_mpix else None)
     sock = _listen(host, port)
     app = make_app(load_classifier(model, device), metadata, db, split=split, crops=crops, limits=limits,
-                   display_size=display_size, admin_token=admin_token)
+                   display_size=display_size, admin_token=admin_token, new_per_hour=new_per_hour)
     st = app.state.realfake
     _log.info(f"model {model}; " + (f"labelling {_plural(len(st.pool), 'image')} ({split}), votes in {db}" if st.label_on
                                      else "labelling off (no --metadata)") + f"; memory beyond the model at most {limits.memory_bound()/2**20:.0f} MB")

@@ -412,7 +412,7 @@ def test_cli_help_documents_every_option(run_cli):
     r = run_cli('realfake_app', '--help', timeout=120)
     assert r.returncode == 0, r.stderr
     for opt in ('--metadata', '--db', '--host', '--port', '--split', '--crops', '--max_mb', '--max_mpix',
-                '--max_request_mpix', '--decode_mpix', '--display_size', '--admin_token'):
+                '--max_request_mpix', '--decode_mpix', '--display_size', '--admin_token', '--new_per_hour'):
         assert opt in r.stdout
     assert 'SQLite file the votes go to' in r.stdout
     assert 'Serve the realfake web app: Detect (score uploaded images), Label (volunteers vote) and Results' in ' '.join(r.stdout.split())
