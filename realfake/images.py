@@ -308,7 +308,9 @@ def probe_image(path, details:bool=False) -> dict:
 def thumbnail(src, max_side:int=160, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
     "An RGB image of `src` that fits in `max_side` x `max_side` (never enlarged), for display."
     im = load_image(src, max_pixels=max_pixels) if isinstance(src, Image.Image) else _thumb_decode(src, max_side, max_pixels)
-    if max(im.size) > max_side: im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if max(im.size) > max_side:
+        im = im.copy() if im is src else im            # never shrink the caller's image in place
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return im
 
 def _thumb_decode(src, max_side, max_pixels):

@@ -88,7 +88,7 @@ class Preprocess:
         "One line for people."
         how = 'native pixels' if self.native else f'shorter side resized to {self.resize}'
         if self.crops == 'center': return f'{how}, centre crop {self.size}'
-        return f'{how}, up to {self.max_crops} crops of {self.size} covering the image, {self.combine} of their logits'
+        return f'{how}, up to {self.max_crops} crops of {self.size} spread over the image, {self.combine} of their logits'
 
 def parse_resize(v) -> int|str:
     "`resize` from a command line or JSON: 'native', or a shorter side such as '256'."
