@@ -4,6 +4,7 @@
 
 # %% ../nbs/16_export.ipynb #94284bfa
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -51,7 +52,9 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
     with atomic_path(dest) as tmp:     # model.onnx appears only once it has passed the checks
         tmp = str(tmp)
         x = torch.randn(2, 3, size, size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():   # torch announces its next exporter; this one is what we check
+            warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based ONNX export', category=DeprecationWarning)
+            warnings.filterwarnings('ignore', message='The feature will be removed', category=DeprecationWarning)
             torch.onnx.export(_Logits(model), (x,), tmp, dynamo=False, opset_version=opset,
                               input_names=['input'], output_names=['logits'],
                               dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})
