@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_generate.ipynb #f842b3fe
 from __future__ import annotations
-import os, csv, json, time, hashlib, inspect
+import os, csv, json, time, hashlib, inspect, warnings
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -107,7 +107,10 @@ def load_pipeline(src, device=None, dtype:str='auto', scheduler:str|None=None, s
     diffusers = import_diffusers(); import_transformers()
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     local = Path(src).is_dir()
-    try: pipe = diffusers.DiffusionPipeline.from_pretrained(str(src), torch_dtype=pick_dtype(dtype, device), local_files_only=local)
+    try:
+        with warnings.catch_warnings():          # newer diffusers call it `dtype`; `torch_dtype` works in all
+            warnings.filterwarnings('ignore', message='.*torch_dtype', category=FutureWarning)
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(src), torch_dtype=pick_dtype(dtype, device), local_files_only=local)
     except Exception as e:
         hint = '' if local else ' (offline? pass a local folder written by save_pretrained, or set HF_HOME to a cache that has it)'
         raise RealfakeError(f"cannot load the pipeline {escape_path(src)}: {type(e).__name__}: {str(e)[:300]}{hint}") from None
