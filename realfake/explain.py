@@ -22,7 +22,7 @@ __all__ = ['KINDS', 'LAYOUTS', 'MAX_MAP_CROPS', 'network_parts', 'cover_boxes', 
 # %% ../nbs/17_explain.ipynb #69a51447
 KINDS = ('cam', 'crops')
 LAYOUTS = ('spec', 'cover')
-MAX_MAP_CROPS = 1024      # most crops a map scores per image (the stride grows on huge images)
+MAX_MAP_CROPS = 256       # most crops a map scores per image (the stride grows on big images; past the crop size, gaps are NaN)
 
 def network_parts(model, config:ModelConfig|None=None) -> tuple[nn.Module, nn.Module, ModelConfig, float]:
     "(body, head, config, temperature) of a network + `config`, or of anything with `.model` and `.config` (a `Classifier`)."

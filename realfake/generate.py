@@ -122,9 +122,9 @@ def load_pipeline(src, device=None, dtype:str='auto', scheduler:str|None=None, s
 
 def pipeline_name(pipe, src=None) -> str:
     "The name a run records as its `source`: the Hub id or folder name it was loaded from, else the class name."
-    if src is not None: return Path(src).name if Path(src).is_dir() else str(src)
-    name = getattr(getattr(pipe, 'config', None), '_name_or_path', None) or getattr(pipe, 'name_or_path', None)
-    return (Path(name).name if Path(name).is_dir() else name) if name else type(pipe).__name__
+    name = src if src is not None else (getattr(getattr(pipe, 'config', None), '_name_or_path', None) or getattr(pipe, 'name_or_path', None))
+    if not name: return type(pipe).__name__
+    return Path(name).name if Path(name).is_dir() or Path(name).is_absolute() else str(name)
 
 # %% ../nbs/21_generate.ipynb #3e2e65db
 def check_settings(out:Path, settings:dict) -> dict:

@@ -42,7 +42,7 @@ SCHEDULERS = {'ddim': 'DDIMScheduler', 'ddpm': 'DDPMScheduler', 'euler': 'EulerD
               'euler_a': 'EulerAncestralDiscreteScheduler', 'lms': 'LMSDiscreteScheduler', 'heun': 'HeunDiscreteScheduler',
               'pndm': 'PNDMScheduler', 'dpm': 'DPMSolverMultistepScheduler', 'unipc': 'UniPCMultistepScheduler'}
 
-def _tiny_tokenizer(max_length:int=16):
+def _tiny_tokenizer(max_length:int=77):
     "A CLIP tokenizer with one token per lower-case letter and digit (with and without the end-of-word mark)."
     from transformers import CLIPTokenizer
     vocab = {'<|startoftext|>': 0, '<|endoftext|>': 1}
