@@ -1,4 +1,4 @@
-"""Bench 2, training DataLoader throughput: `realfake.data.get_dls(df, size=224, resize=256, aug=True)` against fastai's
+"""Bench 2, training DataLoader throughput: `realfake.data.get_dls(df, Preprocess(224, resize=256), aug=True)` against fastai's
 default recipe on the same metadata: `DataBlock(ImageBlock, CategoryBlock, item_tfms=Resize(256),
 batch_tfms=[*aug_transforms(size=224), Normalize.from_stats(*imagenet_stats)])`, with 0, 1 and 2 workers, on CPU.
 Images/s of the training loader (decode + item transforms + collate + batch transforms), i.e. what the model sees.
@@ -6,6 +6,10 @@ Images/s of the training loader (decode + item transforms + collate + batch tran
 Inputs: synthetic images (JPEG q90 1500x1000 and 500x375 as "real", 512x512 PNG as "fake", like LAION vs SD).
 Rate = steady state: images after the first batch / time after the first batch (worker start-up and the first batch
 are excluded; they are paid once per epoch, which is negligible on a 2M-image epoch). Start-up is reported too.
+
+Second table: the native-pixel policy (`Preprocess(224, resize='native')`: random 224 crops cut at the image's own
+pixels, no warps) against the resize policy (256 -> 224, the seed's) on the same loader, per image set (512x512 PNG,
+1500x1000 JPEG), 0 workers, interleaved. Goal: native costs at most 1.5x resize per image.
 
     .venv/bin/python bench/dataloader.py            # ~1-2 min on 2 cores
     .venv/bin/python bench/dataloader.py --quick    # smoke run
@@ -44,9 +48,31 @@ def fastai_dls(df, num_workers:int, bs:int):
                    batch_tfms=[*aug_transforms(size=224), Normalize.from_stats(*imagenet_stats)])
     return db.dataloaders(df, bs=bs, num_workers=num_workers, device='cpu')
 
-def realfake_dls(df, num_workers:int, bs:int):
+def realfake_dls(df, num_workers:int, bs:int, resize=256):
     from realfake.data import get_dls
-    return get_dls(df, size=224, resize=256, bs=bs, num_workers=num_workers, aug=True, seed=0, device='cpu')
+    from realfake.preprocess import Preprocess
+    return get_dls(df, Preprocess(size=224, resize=resize), bs=bs, num_workers=num_workers, aug=True, seed=0, device='cpu')
+
+POLICY_SETS = [('png_512x512', 512, 512, '.png', 64), ('jpeg_1500x1000', 1500, 1000, '.jpg', 48)]
+
+def policies(d:Path, quick:bool, reps:int, bs:int) -> list[list]:
+    "Rows: per image set, resize-policy and native-policy training loader img/s (0 workers, interleaved) and the cost ratio."
+    import pandas as pd
+    rows = []
+    for name, w, h, ext, k in POLICY_SETS:
+        paths = C.make_image_set(d/name, [(name, w, h, ext, 26 if quick else k)])[name]
+        df = pd.DataFrame(dict(path=[str(p) for p in paths], label=['real', 'fake'] * (len(paths) // 2), split='train', source=name))
+        df.loc[df.index[:2], 'split'] = 'valid'
+        sides = {'resize': realfake_dls(df, 0, bs, 256), 'native': realfake_dls(df, 0, bs, 'native')}
+        res = {k2: [] for k2 in sides}
+        for r in range(reps + 1):
+            for k2, dls in sides.items():
+                out = epoch(dls.train)
+                if r: res[k2].append(out[2] / out[1])
+        rate = {k2: C.med(v) for k2, v in res.items()}
+        ratio = rate['resize'] / rate['native']
+        rows.append([name, f"{rate['resize']:.1f}", f"{rate['native']:.1f}", f"**{ratio:.2f}x**", f"<=1.5x {'met' if ratio <= 1.5 else 'NOT met'}"])
+    return rows
 
 def epoch(dl):
     "(seconds to the first batch, seconds after it, images after it, first batch)"
@@ -110,6 +136,10 @@ def main():
                   ['side', 'decode + item tfms', 'collate + batch tfms (aug on CPU)', 'img/s at this CPU cost']))
     print(f"\n{reps} epochs per case after 1 warm-up epoch (cases alternate); img/s = median over epochs of steady-state rate;"
           f"\n'1st batch' = median time from iter() to the first batch (worker start-up + first decode).")
+    if have:
+        print("\nnative pixels (224 crops at the image's own pixels, no warps) vs resize 256 -> 224, training loader, 0 workers:\n")
+        with tempfile.TemporaryDirectory(prefix='rf_bench_pol_') as d2:
+            print(C.table(policies(Path(d2), args.quick, reps, bs), ['images', 'resize img/s', 'native img/s', 'native cost / resize cost', 'goal']))
     if C.load_note(): print(C.load_note())
 
 if __name__ == '__main__': main()

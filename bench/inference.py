@@ -3,7 +3,8 @@ CLI, with the model loaded once) against a naive loop (open each image with PIL,
 CenterCrop(224) + ToTensor + Normalize, one forward per image under `no_grad`), convnext_tiny at 224,
 pretrained=False (random weights, same weights on both sides). Goal: >= 2x images/s.
 Also: onnxruntime against PyTorch on the same model (model-only at batch 32, and end to end through `Classifier`),
-and the floor: the forward pass's FLOPs against this CPU's measured matmul rate.
+and the floor: the forward pass's FLOPs against this CPU's measured matmul rate; and native-pixel scoring (one 224 crop
+at the image's own pixels, and a grid of up to 9 crops) against the resize policy, same model, same images.
 
     .venv/bin/python bench/inference.py            # ~1.5 min on 2 cores (quiet machine)
     .venv/bin/python bench/inference.py --quick    # smoke run
@@ -39,8 +40,9 @@ def main():
     reps = 1 if args.quick else args.reps
     sets = [(n, w, h, e, 3 if args.quick else k) for n, w, h, e, k in SETS]
     C.header(f'inference: realfake_predict (predict_to_csv) vs naive per-image loop, {ARCH} @224, CPU')
-    if not (C.module_available('learner') and C.module_available('predict')): sys.exit('needs realfake.learner and realfake.predict')
-    from realfake.learner import build_model, save_model_dir, load_model_dir, ModelConfig
+    if not (C.module_available('modeldir') and C.module_available('predict')): sys.exit('needs realfake.modeldir and realfake.predict')
+    from realfake.modeldir import build_network, save_model_dir, load_model_dir, ModelConfig
+    from realfake.preprocess import Preprocess
     from realfake.predict import Classifier, predict_to_csv
     rows, info = [], []
     with tempfile.TemporaryDirectory(prefix='rf_bench_inf_') as d:
@@ -48,9 +50,10 @@ def main():
         paths = [q for v in C.make_image_set(d / 'images', sets).values() for q in v]
         n = len(paths)
         torch.manual_seed(0)
-        cfg = ModelConfig(arch=ARCH, size=224, resize=256)
-        save_model_dir(build_model(ARCH, 2, pretrained=False), cfg, d / 'model')
+        cfg = ModelConfig(arch=ARCH, preprocess=Preprocess(size=224, resize=256))
+        save_model_dir(build_network(ARCH), cfg, d / 'model')
         model, cfg = load_model_dir(d / 'model')
+        mean, std = list(cfg.preprocess.mean), list(cfg.preprocess.std)
         clf = Classifier.from_dir(d / 'model', device='cpu', backend='torch', bs=BS)
         clf16 = Classifier.from_dir(d / 'model', device='cpu', backend='torch', bs=BS, precision='bf16')   # realfake_predict --precision bf16
         k = [0]
@@ -62,8 +65,8 @@ def main():
             return predict_to_csv(d / 'images', clf, out=d / f'pred{k[0]}.csv', bs=BS, progress=False)
         res, cpu = {}, {}
         # warm-up on a few images (lazy imports, oneDNN kernels), then timed full runs alternating
-        naive_loop(paths[::12], model, cfg.mean, cfg.std); predict_to_csv(paths[::12], clf, out=d / 'warm.csv', bs=BS, progress=False); predict_to_csv(paths[::12], clf16, out=d / 'warm16.csv', bs=BS, progress=False)
-        ts = C.interleaved({'naive': lambda: res.__setitem__('naive', naive_loop(paths, model, cfg.mean, cfg.std)),
+        naive_loop(paths[::12], model, mean, std); predict_to_csv(paths[::12], clf, out=d / 'warm.csv', bs=BS, progress=False); predict_to_csv(paths[::12], clf16, out=d / 'warm16.csv', bs=BS, progress=False)
+        ts = C.interleaved({'naive': lambda: res.__setitem__('naive', naive_loop(paths, model, mean, std)),
                             'realfake': lambda: res.__setitem__('realfake', rf()),
                             'bf16': rf16}, reps=reps, warmup=0, cpu=cpu)
         s = res['realfake']
@@ -135,6 +138,15 @@ def main():
             te = C.interleaved({'torch': rf, 'onnx': rf_onnx}, reps=max(1, reps - 1), warmup=0)
             a, b = n / C.med(te['torch']), n / C.med(te['onnx'])
             rows.append(['onnxruntime vs torch, end to end predict_to_csv', f"{a:.1f}", f"{b:.1f}", f"**{b / a:.2f}x**", '-', ''])
+        # ---- native pixels vs resize policy, same model, same images, end to end through Classifier.predict
+        nat1, natg = clf.with_preprocess(resize='native'), clf.with_preprocess(resize='native', crops='grid', max_crops=9)
+        for c in (nat1, natg): c.predict(paths[::12], bs=BS)
+        tp = C.interleaved({'resize': lambda: clf.predict(paths, bs=BS), 'native': lambda: nat1.predict(paths, bs=BS),
+                            'grid': lambda: natg.predict(paths, bs=BS)}, reps=max(1, reps - 1), warmup=0)
+        r0, r1, r2 = (n / C.med(tp[k3]) for k3 in ('resize', 'native', 'grid'))
+        crops = natg.predict(paths[:len(paths):max(1, len(paths) // 12)]).n_crops.mean()
+        rows.append(['native pixels, one 224 crop vs resize 256 -> 224 (Classifier.predict)', f"{r0:.1f}", f"{r1:.1f}", f"**{r1 / r0:.2f}x**", '-', 'same forward cost: the difference is decoding'])
+        rows.append([f'native pixels, grid of up to 9 crops vs resize (about {crops:.1f} crops per image here)', f"{r0:.1f}", f"{r2:.1f}", f"**{r2 / r0:.2f}x**", '-', 'one forward per crop'])
         info.append(f"floor: {gfl:.2f} GFLOP per image forward; this CPU's fp32 matmul rate (2048^2, torch, "
                     f"{torch.get_num_threads()} threads) is {rate:.0f} GFLOP/s -> at most {rate / gfl:.0f} images/s if the "
                     f"network ran at matmul speed; measured model-only {ips['torch']:.1f} img/s = {ips['torch'] * gfl / rate:.0%} of it.")

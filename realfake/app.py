@@ -4,87 +4,352 @@
 
 # %% ../nbs/19_app.ipynb #4da29179
 from __future__ import annotations
-import base64, hashlib, html, io, json, math, os, random, re, secrets, sqlite3, threading, time, uuid
-from contextlib import contextmanager
-from dataclasses import dataclass
+import base64, ctypes, ctypes.util, io, math, os, re, secrets, socket, tempfile, threading, time, uuid
+from collections import OrderedDict, deque
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np, pandas as pd
-from PIL import Image
 from fastcore.script import call_parse
 
-from .core import LABELS, RealfakeError, command, get_logger, to_jsonable
-from .images import ImageLoadError, load_image, thumbnail
+import realfake
+from .core import LABELS, RealfakeError, command, escape_path, get_logger, to_jsonable
+from .images import ImageLoadError, load_image, probe_image, thumbnail
 from .metadata import read_metadata
-from .humans import VoteStore, LabelPool, CONFIDENCE, compare_humans_model, _image_key, _token, _metadata_root
+from .humans import CONFIDENCE, LabelPool, VoteStore, compare_humans_model
 from .predict import load_classifier
 
 # %% auto #0
-__all__ = ['VOLUNTEER_COOKIE', 'read_upload', 'make_app', 'realfake_app']
+__all__ = ['STATIC', 'BYTES_PER_PIXEL', 'FIXED_BYTES', 'SECURITY_HEADERS', 'VOLUNTEER_COOKIE', 'ADMIN_COOKIE', 'Limits',
+           'UploadError', 'Upload', 'receive_uploads', 'check_uploads', 'decode_cost', 'release_memory', 'PixelBudget',
+           'score_image', 'describe_scoring', 'label_image', 'cross_site', 'AppState', 'page', 'detect_form',
+           'result_row', 'detect_page', 'label_page', 'display_key', 'results_page', 'label_pool', 'make_app',
+           'realfake_app']
 
 # %% ../nbs/19_app.ipynb #3e4fa007
 try:
-    from fasthtml.common import (FastHTML, A, Button, Div, Fieldset, Footer, Form, H1, H2, H3, Header, Img, Input,
-        Label, Legend, Li, Main, Meta, Nav, NotStr, P, Script, Small, Span, Strong, Style, Table, Tbody, Td, Th,
-        Thead, Title, Tr, Ul, cookie, to_xml)
+    import anyio
+    from fasthtml.common import (A, Body, Button, Div, Fieldset, Form, H1, H2, Head, Header, Html, Img, Input, Label,
+        Legend, Link, Main, Meta, P, Script, Small, Span, Strong, Table, Tbody, Td, Th, Thead, Title, Tr, to_xml)
+    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.exceptions import FormParserError
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-    from starlette.concurrency import run_in_threadpool
-    _FASTHTML_ERROR = None
-except ImportError as e:  # `compare_humans_model` and `VoteStore` still work without the web stack
-    _FASTHTML_ERROR = e
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+    _WEB_ERROR = None
+except ImportError as e:  # the rest of realfake never needs the web stack
+    _WEB_ERROR = e
 
 # %% ../nbs/19_app.ipynb #bc28cb44
 _log = get_logger('app')
+STATIC = Path(realfake.__file__).parent/'static'  # app.css, app.js: package data (MANIFEST.in)
 
 # %% ../nbs/19_app.ipynb #7dc2c083
+BYTES_PER_PIXEL = 20            # most memory a decode holds per pixel (measured maximum: 17, WebP RGBA at native size)
+FIXED_BYTES = 300 * 2**20       # the rest: request buffers, thumbnails, label-image cache, threads
+
+@dataclass(frozen=True)
+class Limits:
+    "What one request and the whole server may take (bytes, pixels, concurrent decoding and scoring)."
+    max_bytes: int = 20_000_000           # per uploaded file
+    max_pixels: int = 40_000_000          # per image (width x height, from its header)
+    max_files: int = 16                   # per request
+    max_request_bytes: int = 64_000_000   # per request body
+    max_request_pixels: int = 160_000_000 # per request, all its images together
+    decode_pixels: int|None = None        # decoded at once in the whole server (None: max_pixels)
+    decode_slots: int = 4                 # images decoded at once in the whole server
+    score_slots: int = 1                  # model calls at once
+    max_connections: int = 64             # requests in progress at once
+
+    def __post_init__(self):
+        if self.decode_pixels is None: object.__setattr__(self, 'decode_pixels', self.max_pixels)
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{f.name} must be a whole number of at least 1, not {v!r}")
+        if self.max_request_bytes < self.max_bytes:
+            raise ValueError(f"max_request_bytes ({self.max_request_bytes:,}) must be at least max_bytes ({self.max_bytes:,})")
+        if self.decode_pixels < self.max_pixels:
+            raise ValueError(f"decode_pixels ({self.decode_pixels:,}) must be at least max_pixels ({self.max_pixels:,}): "
+                             "otherwise the largest image accepted could never be decoded")
+
+    def memory_bound(self) -> int:
+        "Most bytes the server holds beyond the loaded model: `decode_pixels * BYTES_PER_PIXEL + FIXED_BYTES`."
+        return self.decode_pixels * BYTES_PER_PIXEL + FIXED_BYTES
+
+# %% ../nbs/19_app.ipynb #9a768201
 def _fmt_bytes(n) -> str:
     for unit in ('bytes', 'kB', 'MB', 'GB'):
         if n < 1000 or unit == 'GB': return f"{n:.0f} {unit}" if unit == 'bytes' else f"{n:.1f} {unit}"
         n /= 1000
 
-def read_upload(data:bytes, name:str='upload', max_bytes:int=20_000_000, max_pixels:int=40_000_000):
-    "Check an uploaded file's size, then decode it (pixel count checked first) to RGB; `ImageLoadError` says why not."
-    if not data: raise ImageLoadError(name, "the file is empty")
-    if len(data) > max_bytes:
-        raise ImageLoadError(name, f"the file is {_fmt_bytes(len(data))}, more than the {_fmt_bytes(max_bytes)} limit")
-    try: return load_image(data, max_pixels=max_pixels)
-    except ImageLoadError as e: raise ImageLoadError(name, e.reason) from None
+def _plural(n:int, word:str) -> str: return f"{n} {word}{'' if n == 1 else 's'}"
 
-# %% ../nbs/19_app.ipynb #9a768201
+# %% ../nbs/19_app.ipynb #1c9273ec
+class UploadError(RealfakeError):
+    "An upload refused as a whole (not multipart, too many files, ...): `.status` is the HTTP status to answer."
+    def __init__(self, msg:str, status:int=400): super().__init__(msg); self.status = status
+
+@dataclass
+class Upload:
+    "One uploaded file: its name as sent, where its bytes are, its size; `info` (from the header) or `error`."
+    name: str
+    path: Path|None = None
+    size: int = 0
+    info: dict|None = None
+    error: str|None = None
+
+# %% ../nbs/19_app.ipynb #678be149
+class _PartWriter:
+    "python-multipart callbacks: files to `dest` (at most `max_files`, `max_bytes` each), small fields to `fields`."
+    def __init__(self, dest:Path, max_files:int, max_bytes:int):
+        self.dest, self.max_files, self.max_bytes = dest, max_files, max_bytes
+        self.uploads, self.fields = [], {}
+        self._hname, self._hval, self._headers, self._part, self._file, self._field = b'', b'', {}, None, None, None
+
+    def on_part_begin(self): self._headers, self._part, self._file, self._field = {}, None, None, None
+    def on_header_field(self, data, start, end): self._hname += data[start:end]
+    def on_header_value(self, data, start, end): self._hval += data[start:end]
+    def on_header_end(self):
+        self._headers[self._hname.lower()] = self._hval; self._hname, self._hval = b'', b''
+
+    def on_headers_finished(self):
+        _, opts = parse_options_header(self._headers.get(b'content-disposition', b''))
+        if b'filename' not in opts:
+            if len(self.fields) >= 20: raise UploadError('The form has too many fields.')
+            self._field = [opts.get(b'name', b'').decode('utf-8', 'replace'), b'']; return
+        if len(self.uploads) >= self.max_files:
+            raise UploadError(f'Please upload at most {_plural(self.max_files, "image")} at a time.')
+        name = os.path.basename(opts[b'filename'].decode('utf-8', 'replace').replace('\\', '/'))[:200]
+        self._part = Upload(name, self.dest/f'{len(self.uploads)}.upload')
+        self.uploads.append(self._part)
+        self._file = open(self._part.path, 'wb')
+
+    def on_part_data(self, data, start, end):
+        n = end - start
+        if self._field is not None:
+            if len(self._field[1]) + n > 1000: raise UploadError('A form field is too long.')
+            self._field[1] += data[start:end]; return
+        self._part.size += n
+        if self._file is not None and self._part.size > self.max_bytes: self._file.close(); self._file = None
+        elif self._file is not None: self._file.write(data[start:end])
+
+    def on_part_end(self):
+        if self._field is not None: self.fields[self._field[0]] = self._field[1].decode('utf-8', 'replace'); return
+        if self._file is not None: self._file.close(); self._file = None
+        if not self._part.name and not self._part.size: self._part.path.unlink(missing_ok=True); return  # no file chosen
+        self._part.name = self._part.name or 'upload'
+        if self._part.size > self.max_bytes:
+            self._part.path.unlink(missing_ok=True)
+            self._part.error = f"the file is {_fmt_bytes(self._part.size)}, more than the {_fmt_bytes(self.max_bytes)} limit"
+
+    def close(self):
+        if self._file is not None: self._file.close()
+
+    def callbacks(self) -> dict:
+        return {k: getattr(self, k) for k in ('on_part_begin', 'on_header_field', 'on_header_value', 'on_header_end',
+                                              'on_headers_finished', 'on_part_data', 'on_part_end')}
+
+# %% ../nbs/19_app.ipynb #464d7fc4
+async def receive_uploads(req:Request, limits:Limits, dest:Path) -> tuple[list[Upload], dict]:
+    "Stream the multipart body of `req` to files in `dest`, within `limits`: ([Upload], {field: value})."
+    ctype, opts = parse_options_header(req.headers.get('content-type', ''))
+    if ctype != b'multipart/form-data' or not opts.get(b'boundary'):
+        raise UploadError('Please choose at least one image file (sent as multipart/form-data).')
+    w = _PartWriter(Path(dest), limits.max_files, limits.max_bytes)
+    parser, more = MultipartParser(opts[b'boundary'], w.callbacks()), True
+    try:
+        while more:
+            msg = await req.receive()
+            if msg['type'] != 'http.request': raise UploadError('The upload was interrupted.')
+            more = msg.get('more_body', False)
+            parser.write(msg.get('body', b''))
+        parser.finalize()
+    except FormParserError: raise UploadError('The upload is not a valid multipart form.') from None
+    except UploadError:
+        while more:  # read the rest (the body limit bounds it), so that a browser shows the message
+            msg = await req.receive()
+            more = msg['type'] == 'http.request' and msg.get('more_body', False)
+        raise
+    finally: w.close()
+    return [u for u in w.uploads if u.name or u.size], w.fields
+
+# %% ../nbs/19_app.ipynb #bfd56599
+def check_uploads(uploads:list[Upload], limits:Limits) -> list[Upload]:
+    "Read each upload's header: refuse empty files, non-images, images over the pixel limits; set `info` on the rest."
+    total = 0
+    for u in uploads:
+        if u.error: continue
+        if u.size == 0: u.error = 'the file is empty'; continue
+        try: info = probe_image(u.path)
+        except ImageLoadError as e: u.error = e.reason; continue
+        w, h = info['width'], info['height']
+        if w * h > limits.max_pixels:
+            u.error = f"the image is {w}x{h} = {w*h:,} pixels, more than the {limits.max_pixels:,}-pixel limit"
+        elif total + w * h > limits.max_request_pixels:
+            u.error = (f"not scored: one upload may hold at most {limits.max_request_pixels / 1e6:g} megapixels "
+                       "in all; send this image again on its own")
+        else: total += w * h; u.info = info
+    return uploads
+
+# %% ../nbs/19_app.ipynb #09e721f7
+def decode_cost(info:dict, short_side:int|None=None) -> int:
+    "Pixels held while decoding an image (`info`: `probe_image`'s width, height, format) to shorter side `short_side`."
+    w, h = int(info['width']), int(info['height'])
+    if short_side is None or info.get('format') != 'JPEG': return w * h
+    scale = next(s for s in (8, 4, 2, 1) if min(w, h) // s >= short_side or s == 1)  # draft never goes below the size asked
+    return -(-w // scale) * -(-h // scale)
+
+# %% ../nbs/19_app.ipynb #3e12031d
+def _libc():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        return lib
+    except (OSError, AttributeError): return None
+_LIBC = _libc()
+
+def release_memory() -> bool:
+    "Give the C heap's free memory back to the operating system (glibc `malloc_trim`); False where unavailable."
+    return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
+
+# %% ../nbs/19_app.ipynb #0aa4064d
+class PixelBudget:
+    "At most `total` pixels and `slots` images being decoded at once in the server; first come, first served."
+    def __init__(self, total:int, slots:int=4, poll:float=0.01):
+        self.total, self.slots, self.poll = int(total), int(slots), poll
+        self.used = self.holders = self.peak = self.waited = 0
+        self._lock, self._queue = threading.Lock(), deque()
+
+    def _take(self, ticket, n:int) -> bool:
+        with self._lock:
+            if self._queue[0] is not ticket or self.holders >= self.slots or self.used + n > self.total: return False
+            self._queue.popleft(); self.used += n; self.holders += 1; self.peak = max(self.peak, self.used)
+            return True
+
+    def _give(self, n:int) -> bool:
+        with self._lock:
+            self.used -= n; self.holders -= 1
+            return self.holders == 0
+
+    @asynccontextmanager
+    async def hold(self, n:int):
+        "Wait until `n` pixels (at most the whole budget) fit, hold them for the block, then give them back."
+        n, ticket = min(int(n), self.total), object()
+        with self._lock: self._queue.append(ticket)
+        try:
+            wait = self.poll
+            while not self._take(ticket, n):
+                if wait == self.poll: self.waited += 1
+                await anyio.sleep(wait); wait = min(2 * wait, 0.05)   # back off: many waiters cost little
+        except BaseException:
+            with self._lock:
+                if ticket in self._queue: self._queue.remove(ticket)
+            raise
+        try: yield
+        finally:
+            if self._give(n): release_memory()
+
+    def __repr__(self): return f"PixelBudget(used={self.used:,}/{self.total:,}, holders={self.holders}/{self.slots}, peak={self.peak:,})"
+
+# %% ../nbs/19_app.ipynb #f9122962
+def _thumb_uri(im, side:int) -> str:
+    b = io.BytesIO(); thumbnail(im, side).save(b, 'JPEG', quality=85)
+    return 'data:image/jpeg;base64,' + base64.b64encode(b.getvalue()).decode()
+
+def _finite(v): return v is not None and isinstance(v, (int, float, np.number)) and np.isfinite(v)
+
+def _row_result(clf, row, im) -> dict:
+    "prob_fake, label and details (logit, crops, per-crop scores) from one row of `clf.predict`."
+    p = float(row['prob_fake']) if _finite(row.get('prob_fake')) else None
+    details = {k: to_jsonable(row[k]) for k in ('logit', 'n_crops', 'top_crop') if k in row and row[k] is not None}
+    if p is not None and int(row.get('n_crops') or 1) > 1: details['crops'] = clf.crop_scores(im)
+    else: details.pop('n_crops', None); details.pop('top_crop', None)
+    return dict(prob_fake=p, label=row['label'] if isinstance(row.get('label'), str) else None, details=details)
+
+def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=160, lock=None) -> dict:
+    "Decode the image at `path` once as `clf` wants it, score it, add crop scores and a thumbnail; errors -> `error`."
+    out = dict(name=name, prob_fake=None, label=None, error=None, details={})
+    spec = clf.spec
+    try: im = load_image(path, short_side=None if spec.native else spec.resize, max_pixels=max_pixels)
+    except ImageLoadError as e: return {**out, 'error': f"{name}: {e.reason}"}
+    try:
+        with lock or nullcontext():
+            row = clf.predict([im]).iloc[0]
+            out.update(_row_result(clf, row, im))
+    except Exception as e:
+        _log.exception(f"the model failed on {name}")
+        return {**out, 'error': f"{name}: the model failed on this image ({type(e).__name__})"}
+    if out['prob_fake'] is None:
+        err = row.get('error')
+        return {**out, 'error': f"{name}: {err if isinstance(err, str) and err else 'the model gave no score'}"}
+    out['thumb'] = _thumb_uri(im, thumb_side)
+    return out
+
+# %% ../nbs/19_app.ipynb #bfd9707a
+def describe_scoring(clf) -> str:
+    "How `clf` turns an image into its probability, in a sentence or two for the results page."
+    spec = clf.spec
+    s = f"Scored on {spec.describe()}."
+    if spec.crops == 'grid' and spec.combine == 'mean':
+        s += (" Each box is one crop with its own probability. The image's probability comes from the mean of the"
+              " crops' log-odds (logits), not from the mean of the percentages, so a confident crop weighs more than"
+              " a doubtful one.")
+    elif spec.crops == 'grid':
+        s += " Each box is one crop with its own probability; the image gets the probability of its most generated-looking crop."
+    return s
+
+# %% ../nbs/19_app.ipynb #da2a1a45
+def label_image(path, side:int=512, max_pixels:int|None=None) -> bytes:
+    "The PNG volunteers see for the image at `path`: its central square at `side` x `side` pixels, no metadata."
+    im = load_image(path, short_side=side, max_pixels=max_pixels)
+    w, h = im.size
+    l, t = (w - side) // 2, (h - side) // 2
+    b = io.BytesIO(); im.crop((l, t, l + side, t + side)).save(b, 'PNG', compress_level=6)
+    return b.getvalue()
+
+# %% ../nbs/19_app.ipynb #f9a84e5b
 class _TooBig(Exception): pass
 
-class _BodyLimit:
-    "ASGI middleware: refuse request bodies larger than `max_bytes` with a readable 413 page."
-    def __init__(self, app, max_bytes:int, page=None):
-        self.app, self.max_bytes, self.page = app, max_bytes, page
+def _wants_json(headers) -> bool: return 'application/json' in (headers.get('accept') or '')
 
-    async def _refuse(self, scope, receive, send, drain:bool):
-        if drain:  # read (and drop) the rest of the body so the browser shows our page, not "connection reset"
+class _BodyLimit:
+    "ASGI middleware: refuse request bodies over `limit_for(path)` bytes with a readable 413 page."
+    def __init__(self, app, limit_for, page=None):
+        self.app, self.limit_for, self.page = app, limit_for, page
+
+    async def _refuse(self, scope, receive, send, limit:int, drain:bool):
+        if drain:
             more = True
             while more:
                 msg = await receive()
                 more = msg.get('type') == 'http.request' and msg.get('more_body', False)
-        accept = dict(scope.get('headers') or []).get(b'accept', b'').decode('latin-1')
-        msg = f"The upload is too large: the limit is {_fmt_bytes(self.max_bytes)} per request."
-        if 'application/json' in accept: resp = JSONResponse({'error': msg}, status_code=413)
+        msg = f"The upload is too large: the limit is {_fmt_bytes(limit)} per request."
+        heads = {k.decode('latin-1'): v.decode('latin-1') for k, v in scope.get('headers') or []}
+        if _wants_json(heads): resp = JSONResponse({'error': msg, 'results': []}, status_code=413)
         else: resp = HTMLResponse(self.page(msg) if self.page else msg, status_code=413)
         await resp(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http' or scope.get('method') not in ('POST', 'PUT', 'PATCH'):
             return await self.app(scope, receive, send)
+        limit = self.limit_for(scope.get('path', ''))
         cl = dict(scope.get('headers') or []).get(b'content-length')
-        if cl is not None and cl.strip().isdigit() and int(cl) > self.max_bytes:
-            return await self._refuse(scope, receive, send, drain=int(cl) <= 4 * self.max_bytes)
+        if cl is not None and cl.strip().isdigit() and int(cl) > limit:
+            return await self._refuse(scope, receive, send, limit, drain=int(cl) <= 2 * limit)
         seen, started = 0, False
         async def _receive():
             nonlocal seen
             msg = await receive()
             if msg.get('type') == 'http.request':
                 seen += len(msg.get('body', b''))
-                if seen > self.max_bytes: raise _TooBig()
+                if seen > limit: raise _TooBig()
             return msg
         async def _send(msg):
             nonlocal started
@@ -92,412 +357,512 @@ class _BodyLimit:
             await send(msg)
         try: await self.app(scope, _receive, _send)
         except _TooBig:
-            if not started: await self._refuse(scope, receive, send, drain=False)
+            if not started: await self._refuse(scope, receive, send, limit, drain=False)
 
-# %% ../nbs/19_app.ipynb #1c9273ec
-_BASE_COLS = {'path', 'index', 'item', 'prob_fake', 'label', 'error'}
+# %% ../nbs/19_app.ipynb #90cb2b66
+SECURITY_HEADERS = {
+    'content-security-policy': "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'referrer-policy': 'same-origin',
+    'cross-origin-opener-policy': 'same-origin'}
 
-def _model_threshold(model, default:float=0.5) -> float:
-    "The decision threshold of a Classifier-like object (its own, or its config's), else `default`."
-    for obj in (model, getattr(model, 'config', None), getattr(model, 'cfg', None)):
-        t = getattr(obj, 'threshold', None)
-        if isinstance(t, (int, float)) and not isinstance(t, bool): return float(t)
-    return default
+def cross_site(headers:dict) -> str|None:
+    "Why a POST with these (lower-case) headers comes from another site, or None."
+    if headers.get('sec-fetch-site') == 'cross-site': return 'the browser says this form comes from another site'
+    origin, host = headers.get('origin'), headers.get('host', '')
+    if origin is None: return None
+    if origin == 'null' or origin.split('://', 1)[-1].rstrip('/') != host: return f'the form comes from {origin}, not from {host}'
+    return None
 
-def _scoring_model(model, crops:bool):
-    "`model`, or the same model scoring native-pixel crops on a grid when `crops` is asked for."
-    return model.with_preprocess(resize='native', crops='grid') if crops else model
+class _Guard:
+    "ASGI middleware: security headers on every answer; POSTs from another site refused with 403."
+    def __init__(self, app, page=None): self.app, self.page = app, page
 
-def _predict_rows(model, images:list, crops:bool=False) -> list[dict]:
-    "Run `model` on decoded images; one dict per image: prob_fake, label, error, details (+ per-crop scores)."
-    model = _scoring_model(model, crops)
-    df = model.predict(images).reset_index(drop=True)
-    if len(df) != len(images): raise RealfakeError(f"the model returned {len(df)} rows for {len(images)} images")
-    thr, out = _model_threshold(model), []
-    for im, (_, r) in zip(images, df.iterrows()):
-        err = r.get('error')
-        err = None if err is None or (isinstance(err, float) and math.isnan(err)) or err == '' else str(err)
-        p = r.get('prob_fake')
-        p = None if p is None or not np.isfinite(p) else float(p)
-        lab = r.get('label') if isinstance(r.get('label'), str) else (None if p is None else LABELS[int(p >= thr)])
-        details = {k: to_jsonable(v) for k, v in r.items() if k not in _BASE_COLS and v is not None}
-        if err is None and int(details.get('n_crops') or 1) > 1: details['crops'] = model.crop_scores(im)
-        else: details.pop('n_crops', None)
-        out.append(dict(prob_fake=p, label=lab, error=err, details=details))
-    return out
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        async def _send(msg):
+            if msg.get('type') == 'http.response.start':
+                have = {k.lower() for k, _ in msg.get('headers', [])}
+                msg = {**msg, 'headers': list(msg.get('headers', [])) + [(k.encode(), v.encode()) for k, v in
+                                                                           SECURITY_HEADERS.items() if k.encode() not in have]}
+            await send(msg)
+        heads = {k.decode('latin-1').lower(): v.decode('latin-1') for k, v in scope.get('headers') or []}
+        why = cross_site(heads) if scope.get('method') == 'POST' else None
+        if why is None: return await self.app(scope, receive, _send)
+        msg = f"Refused: {why}. Open this site directly and submit the form from its own page."
+        resp = JSONResponse({'error': msg}, status_code=403) if _wants_json(heads) else HTMLResponse(self.page(msg) if self.page else msg, status_code=403)
+        await resp(scope, receive, _send)
 
-# %% ../nbs/19_app.ipynb #17024414
-_CSS = """
-:root { --ink:#1d2433; --muted:#5b6475; --line:#dde1e8; --accent:#3451b2; --fake:#b3261e; --real:#1e7b34; }
-* { box-sizing: border-box; }
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); background: #f5f6f8;
-       max-width: 980px; margin: 0 auto; padding: 0 1rem 3rem; line-height: 1.45; }
-header { display: flex; gap: 1.5rem; align-items: baseline; padding: 1rem 0; border-bottom: 1px solid var(--line);
-         margin-bottom: 1.25rem; flex-wrap: wrap; }
-header .brand { font-size: 1.3rem; font-weight: 700; color: var(--ink); text-decoration: none; margin-right: auto; }
-header a { color: var(--accent); text-decoration: none; font-weight: 600; }
-header a.here { color: var(--ink); border-bottom: 2px solid var(--accent); }
-h1 { font-size: 1.6rem; margin: .4rem 0 .8rem; } h2 { font-size: 1.2rem; margin: 0 0 .6rem; }
-.card { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 1.1rem 1.25rem; margin: 1rem 0; }
-.msg { border-radius: 8px; padding: .7rem 1rem; margin: .8rem 0; border: 1px solid; }
-.msg.error { background: #fdecea; border-color: #f5c2c0; color: #7d1a12; }
-.msg.info { background: #eef2fd; border-color: #c9d4f5; color: #22336e; }
-.hint, small { color: var(--muted); }
-table { border-collapse: collapse; width: 100%; font-size: .95rem; }
-th, td { padding: .45rem .6rem; border-bottom: 1px solid #eceef2; text-align: left; vertical-align: middle; }
-th { color: var(--muted); font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.thumb { max-width: 120px; max-height: 90px; border-radius: 4px; display: block; }
-.prob { font-weight: 700; font-size: 1.15rem; font-variant-numeric: tabular-nums; }
-.bar { height: 8px; background: #eceef2; border-radius: 4px; overflow: hidden; width: 140px; margin-top: .25rem; }
-.bar > span { display: block; height: 100%; background: var(--fake); }
-.tag { display: inline-block; padding: .1rem .55rem; border-radius: 999px; font-weight: 600; font-size: .9rem; }
-.tag.fake { background: #fbe3e1; color: var(--fake); } .tag.real { background: #e1f3e6; color: var(--real); }
-.tag.error { background: #fdecea; color: #7d1a12; }
-button, .button { font: inherit; font-weight: 600; padding: .6rem 1.3rem; border-radius: 8px; border: 1px solid var(--accent);
-         background: var(--accent); color: #fff; cursor: pointer; text-decoration: none; display: inline-block; }
-form.detect { display: flex; flex-direction: column; gap: .8rem; align-items: flex-start; }
-input[type=file] { font: inherit; padding: .5rem; border: 1px dashed #aab2c2; border-radius: 8px; background: #fafbfc; width: 100%; }
-.shown { text-align: center; background: #fff; }
-.shown img { max-width: 100%; max-height: 62vh; border-radius: 6px; box-shadow: 0 1px 6px rgba(0,0,0,.12); }
-.vote { display: flex; flex-direction: column; align-items: center; gap: .9rem; }
-.vote .answers { display: flex; gap: 1rem; }
-.vote .answers button { min-width: 10rem; font-size: 1.1rem; }
-.vote button.real { background: var(--real); border-color: var(--real); }
-.vote button.fake { background: var(--fake); border-color: var(--fake); }
-.vote fieldset { border: 0; padding: 0; margin: 0; display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; justify-content: center; }
-.vote legend { float: left; color: var(--muted); margin-right: .5rem; }
-.crops { position: relative; display: inline-block; }
-.crops img { display: block; width: 240px; border-radius: 4px; }
-.crop { position: absolute; border: 1px solid rgba(255,255,255,.85); display: flex; align-items: center;
-        justify-content: center; color: #fff; font-size: .72rem; font-weight: 700; text-shadow: 0 0 3px #000; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 1rem; }
-.grid .card { margin: 0; } .grid .card p { min-height: 3em; }
-"""
+# %% ../nbs/19_app.ipynb #dc92e1ba
+@dataclass
+class AppState:
+    "What the routes share: model, limits, decoding budget, label pool and store, caches."
+    classifier: Any
+    limits: Limits = field(default_factory=Limits)
+    pool: LabelPool|None = None
+    crops: bool = False                 # the Detect page's "crops" box ticked by default
+    display_size: int = 512             # side of the square label images
+    admin_token: str|None = None        # who may see the truth of every image on the Results page
+    new_per_hour: int = 60              # new volunteer ids per client address and hour (0: no cap)
+    image_cache: int = 32               # label images kept encoded in memory
 
-_CHECK_JS = """
-document.addEventListener('DOMContentLoaded', () => {
-  const f = document.querySelector('form.detect'); if (!f) return;
-  f.addEventListener('submit', (ev) => {
-    const inp = f.querySelector('input[type=file]'), max = +f.dataset.maxBytes, maxFiles = +f.dataset.maxFiles;
-    const bad = [...inp.files].filter(x => x.size > max).map(x => x.name);
-    let msg = '';
-    if (inp.files.length > maxFiles) msg = `Please choose at most ${maxFiles} images.`;
-    else if (bad.length) msg = `Too large (limit ${(max/1e6).toFixed(0)} MB): ${bad.join(', ')}`;
-    if (msg) { ev.preventDefault(); const m = document.getElementById('client-msg'); m.textContent = msg; m.hidden = false; }
-  });
-});
-"""
+    def __post_init__(self):
+        self.budget = PixelBudget(self.limits.decode_pixels, self.limits.decode_slots)
+        self.score_lock = threading.BoundedSemaphore(self.limits.score_slots)
+        self.preds, self.images, self._newcomers = {}, OrderedDict(), {}
+        self._lock = threading.Lock()
+        self._crops_model = None
+
+    @property
+    def label_on(self) -> bool: return self.pool is not None
+    @property
+    def store(self) -> VoteStore|None: return self.pool.store if self.pool is not None else None
+
+    def scorer(self, crops:bool=False):
+        "The classifier for the Detect page: as trained, or on native-pixel crops over the whole image."
+        if not crops: return self.classifier
+        if self._crops_model is None: self._crops_model = self.classifier.with_preprocess(resize='native', crops='grid')
+        return self._crops_model
+
+    def allow_newcomer(self, address:str, now:float|None=None) -> bool:
+        "Count a new volunteer id from `address`; False when it had `new_per_hour` in the last hour."
+        if not self.new_per_hour: return True
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._newcomers) > 10_000:   # forget addresses quiet for an hour
+                self._newcomers = {a: ts for a, ts in self._newcomers.items() if ts and now - ts[-1] < 3600}
+            times = [t for t in self._newcomers.get(address, []) if now - t < 3600]
+            ok = len(times) < self.new_per_hour
+            self._newcomers[address] = times + [now] if ok else times
+            return ok
+
+# %% ../nbs/19_app.ipynb #9e33f2b0
+def _head(title:str):
+    return Head(Meta(charset='utf-8'), Meta(name='viewport', content='width=device-width, initial-scale=1'),
+                Title(f"{title} · realfake"), Link(rel='stylesheet', href='/static/app.css'),
+                Script(src='/static/app.js', defer=True))
 
 def _nav(here:str, label_on:bool=True):
-    links = [('/detect', 'Detect'), ('/label', 'Label'), ('/results', 'Results')]
-    if not label_on: links = links[:1]
-    return Header(A('realfake', href='/', cls='brand'),
-                  *[A(t, href=h, cls='here' if h == here else None) for h, t in links])
+    links = [('/detect', 'Detect'), ('/label', 'Label'), ('/results', 'Results')][:3 if label_on else 1]
+    return Header(A('realfake', href='/', cls='brand'), *[A(t, href=h, cls='here' if h == here else None) for h, t in links])
 
-def _page(title:str, here:str, *content, label_on:bool=True):
-    "A full page: title, header with navigation, content."
-    return Title(f"{title} · realfake"), _nav(here, label_on), Main(*content)
+def _msg(text, kind='error'): return Div(text, cls=f'msg {kind}', role='alert' if kind in ('error', 'warn') else None)
 
-def _msg(text, kind='error'): return Div(text, cls=f'msg {kind}', role='alert' if kind == 'error' else None)
+def page(st:AppState|None, title:str, here:str, *content, status:int=200, warn:bool=False) -> HTMLResponse:
+    "A whole HTML page: head, navigation, the pool's warning (with `warn`), content."
+    label_on = st is not None and st.label_on
+    banner = [_msg(f"Warning: {st.pool.warning}", 'warn')] if warn and label_on and st.pool.warning else []
+    doc = Html(_head(title), Body(_nav(here, label_on), Main(*banner, *content)), lang='en')
+    return HTMLResponse(to_xml(doc), status_code=status)   # to_xml writes the doctype
 
+# %% ../nbs/19_app.ipynb #3f1cfd74
 def _pct(p) -> str: return '–' if p is None or (isinstance(p, float) and math.isnan(p)) else f"{100*p:.1f}%"
 
+_VERDICT = {'fake': 'generated', 'real': 'real', 'unsure': 'unsure'}
+
 def _label_tag(label):
-    if label is None: return Span('no result', cls='tag error')
-    return Span('generated' if label == 'fake' else 'real', cls=f'tag {label}')
+    if label not in _VERDICT: return Span('no result', cls='tag error')
+    return Span(_VERDICT[label], cls=f'tag {label}')
 
-def _thumb_uri(im:Image.Image, size:int=160) -> str:
-    t = im.copy(); t.thumbnail((size, size))
-    b = io.BytesIO(); t.save(b, 'JPEG', quality=85)
-    return 'data:image/jpeg;base64,' + base64.b64encode(b.getvalue()).decode()
+_PCT_COLS = {'human_acc', 'human_majority_acc', 'model_acc', 'model_minus_human', 'human_p_fake', 'prob_fake',
+             'people say generated', 'model: prob generated'}
 
-def _fmt_detail(v) -> str:
-    if isinstance(v, float): return f"{v:.3f}"
-    if isinstance(v, list) and v and all(isinstance(o, (int, float)) and o is not None for o in v):
-        s = ', '.join(_pct(o) for o in v[:24])
-        return s + (f" … ({len(v)} in all)" if len(v) > 24 else '')
-    return str(v)
+def _cell(c, v):
+    if c in _PCT_COLS: return Td(_pct(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)), cls='num')
+    if isinstance(v, (int, np.integer, float, np.floating)): return Td(f"{v:.3g}" if isinstance(v, float) else str(v), cls='num')
+    return Td(str(v))
 
 def _df_table(df:pd.DataFrame, index_name:str|None=None):
     "An HTML table of a small DataFrame; accuracies as percentages."
-    pcts = {'human_acc', 'human_majority_acc', 'model_acc', 'model_minus_human', 'human_p_fake', 'prob_fake',
-            'people say generated', 'model: prob generated'}
     cols = list(df.columns)
-    def cell(c, v):
-        if c in pcts: return Td(_pct(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)), cls='num')
-        if isinstance(v, (int, np.integer, float, np.floating)): return Td(f"{v:.3g}" if isinstance(v, float) else str(v), cls='num')
-        return Td(str(v))
-    head = ([Th(index_name)] if index_name else []) + [Th(c.replace('_', ' '), cls='num' if c in pcts else None) for c in cols]
-    body = [Tr(*([Td(Strong(str(i)))] if index_name else []), *[cell(c, r[c]) for c in cols]) for i, r in df.iterrows()]
+    head = ([Th(index_name)] if index_name else []) + [Th(c.replace('_', ' '), cls='num' if c in _PCT_COLS else None) for c in cols]
+    body = [Tr(*([Td(Strong(str(i)))] if index_name else []), *[_cell(c, r[c]) for c in cols]) for i, r in df.iterrows()]
     return Table(Thead(Tr(*head)), Tbody(*body))
 
-# %% ../nbs/19_app.ipynb #bfd56599
-VOLUNTEER_COOKIE = 'realfake_volunteer'
-_UUID_RE = re.compile(r'^[0-9a-f]{32}$')
+# %% ../nbs/19_app.ipynb #b5e65871
+def detect_form(st:AppState):
+    "The upload form of the Detect page."
+    lim = st.limits
+    return Form(method='post', action='/detect', enctype='multipart/form-data', cls='detect',
+                data_max_bytes=str(lim.max_bytes), data_max_files=str(lim.max_files))(
+        Input(type='file', name='images', accept='image/*', multiple=True, required=True, id='images'),
+        Label(Input(type='checkbox', name='crops', value='1', checked=st.crops, id='crops'),
+              ' Full-resolution crops (slower; scores crops of the image at its own resolution)'),
+        Div(id='client-msg', cls='msg error', hidden=True),
+        Button('Detect', type='submit', id='detect-btn'),
+        Small(f"Up to {_plural(lim.max_files, 'image')}, {_fmt_bytes(lim.max_bytes)} and {lim.max_pixels/1e6:g} "
+              f"megapixels each, {lim.max_request_pixels/1e6:g} megapixels in all. Images are scored in memory and not stored."))
 
-def make_app(classifier, metadata=None, db='votes.sqlite', split:str|None=None, crops:bool=False,
-             max_bytes:int=20_000_000, max_pixels:int=40_000_000, max_files:int=16, display_size:int=1280,
-             seed:int|None=None):
-    "The realfake web app (a FastHTML/Starlette ASGI app): Detect with `classifier`; Label the images of `metadata`."
-    if _FASTHTML_ERROR is not None:
-        raise RealfakeError(f"the web app needs FastHTML: pip install 'realfake[app]' ({_FASTHTML_ERROR})")
-    if metadata is not None and not isinstance(metadata, pd.DataFrame): metadata = read_metadata(metadata)
-    pool = LabelPool(metadata, split=split, seed=seed) if metadata is not None else None
-    store = (db if isinstance(db, VoteStore) else VoteStore(db)) if pool is not None else None
-    label_on = pool is not None
-    max_request = max_files * max_bytes + 65_536  # + room for the form's other fields
-    preds_cache, preds_lock = {}, threading.Lock()
+def _crop_box(i, c):
+    (l, t, r, b), p = c['box'], c['prob_fake']
+    return Div(Span(_pct(p)), cls='crop', title=f"crop {i+1}: {_pct(p)} generated",
+               style=f"left:{100*l:.2f}%;top:{100*t:.2f}%;width:{100*(r-l):.2f}%;height:{100*(b-t):.2f}%;"
+                     f"background:rgba(179,38,30,{0.6*p:.2f})")
 
-    app = FastHTML(title='realfake', default_hdrs=False, canonical=False, sess_cls=None, secret_key=secrets.token_hex(16),
-                   hdrs=[Meta(charset='utf-8'), Meta(name='viewport', content='width=device-width, initial-scale=1'),
-                         Style(_CSS), Script(_CHECK_JS)],
-                   exception_handlers={500: lambda req, exc: _page('Error', '', _msg(
-                       "Something went wrong on the server; the error was logged. Please try again."))})
-    app.add_middleware(_BodyLimit, max_bytes=max_request, page=lambda m: _standalone(_detect_page(message=m)))
-    app.state.realfake = dict(classifier=classifier, pool=pool, store=store, max_bytes=max_bytes,
-                              max_pixels=max_pixels, max_files=max_files)
+def _result_picture(r):
+    crops = r['details'].get('crops')
+    if not crops: return Img(src=r['thumb'], cls='thumb', alt=r['name'])
+    return Div(Img(src=r['thumb'], alt=r['name']), *[_crop_box(i, c) for i, c in enumerate(crops)], cls='crops')
 
-    def _standalone(parts):
-        "Render FT parts as a whole HTML document (for responses built outside FastHTML's routing)."
-        from fasthtml.common import Html, Head, Body
-        heads = [o for o in parts if getattr(o, 'tag', '') == 'title']
-        body = [o for o in parts if getattr(o, 'tag', '') != 'title']
-        return to_xml(Html(Head(*heads, *app.hdrs), Body(*body)))
+def result_row(r:dict):
+    "One table row of the Detect results: name, picture, verdict, probability, details (or the error)."
+    if r['error']: return Tr(Td(r['name']), Td(), Td(_label_tag(None)), Td(_msg(r['error']), colspan=2), cls='bad')
+    det = [Div(Small(f"{k.replace('_', ' ')}: {v:.3f}" if isinstance(v, float) else f"{k.replace('_', ' ')}: {v}"))
+           for k, v in r['details'].items() if k not in ('crops', 'top_crop')]
+    if r['details'].get('crops'): det.append(Div(Small('crop scores: ' + ', '.join(_pct(c['prob_fake']) for c in r['details']['crops']))))
+    return Tr(Td(r['name']), Td(_result_picture(r)), Td(_label_tag(r['label'])),
+              Td(Span(_pct(r['prob_fake']), cls='prob'), Div(Span(style=f"width:{100*r['prob_fake']:.0f}%"), cls='bar')),
+              Td(*det) if det else Td(Small('–')), cls='ok')
 
-    # ---- Detect ----
-    def _detect_form():
-        return Form(method='post', action='/detect', enctype='multipart/form-data', cls='detect',
-                    data_max_bytes=str(max_bytes), data_max_files=str(max_files))(
-            Input(type='file', name='images', accept='image/*', multiple=True, required=True, id='images'),
-            Label(Input(type='checkbox', name='crops', value='1', checked=crops, id='crops'),
-                  ' Full-resolution crops (slower; scores tiles of the image at its native resolution)'),
-            Div(id='client-msg', cls='msg error', hidden=True),
-            Button('Detect', type='submit', id='detect-btn'),
-            Small(f"Up to {max_files} images, {_fmt_bytes(max_bytes)} and {max_pixels/1e6:g} megapixels each. "
-                  "Images are scored in memory and not stored."))
+def detect_page(st:AppState, results=None, message:str|None=None, crops:bool=False, status:int=200) -> HTMLResponse:
+    "The Detect page: the form, and the results of an upload (or a message)."
+    clf = st.scorer(crops)
+    parts = [H1('Is it generated?'),
+             P('Upload photos or images; the model gives the probability that each was generated by an image '
+               f'generator, and its verdict at its threshold ({clf.threshold:.2f}).', cls='hint')]
+    if message: parts.append(_msg(message))
+    if results:
+        parts.append(Div(cls='card', id='results')(
+            H2('Results' + (' (full-resolution crops)' if crops else '')), P(describe_scoring(clf), cls='scoring'),
+            Table(Thead(Tr(Th('file'), Th('image'), Th('verdict'), Th('probability generated'), Th('details'))),
+                  Tbody(*[result_row(r) for r in results]))))
+    parts.append(Div(detect_form(st), cls='card'))
+    return page(st, 'Detect', '/detect', *parts, status=status)
 
-    def _result_row(r):
-        if r['error']:
-            return Tr(Td(r['name']), Td(), Td(_label_tag(None)), Td(_msg(r['error']), colspan=2), cls='bad')
-        det = {k: v for k, v in r['details'].items() if k not in ('crops', 'logit')}
-        details = [Div(Small(f"{k.replace('_', ' ')}: {_fmt_detail(v)}")) for k, v in det.items()]
-        crops_ = r['details'].get('crops')
-        if crops_:
-            boxes = [Div(Span(_pct(c['prob_fake'])), cls='crop', title=f"crop {i+1}: {_pct(c['prob_fake'])} generated",
-                         style=f"left:{100*c['box'][0]:.2f}%;top:{100*c['box'][1]:.2f}%;width:{100*(c['box'][2]-c['box'][0]):.2f}%;"
-                               f"height:{100*(c['box'][3]-c['box'][1]):.2f}%;background:rgba(179,38,30,{0.6*c['prob_fake']:.2f})")
-                     for i, c in enumerate(crops_)]
-            pic = Div(Img(src=r['thumb'], alt=r['name']), *boxes, cls='crops')
-            details.append(Div(Small(f"crop scores: {', '.join(_pct(c['prob_fake']) for c in crops_)}")))
-        else: pic = Img(src=r['thumb'], cls='thumb', alt=r['name'])
-        return Tr(Td(r['name']), Td(pic), Td(_label_tag(r['label'])),
-                  Td(Span(_pct(r['prob_fake']), cls='prob'), Div(Span(style=f"width:{100*r['prob_fake']:.0f}%"), cls='bar')),
-                  Td(*details) if details else Td(Small('–')), cls='ok')
+# %% ../nbs/19_app.ipynb #f2e6c395
+def label_page(st:AppState, key:str|None, n_voted:int, message:str|None=None) -> HTMLResponse:
+    "The Label page: the image behind `key` (None: all done) and the vote form."
+    parts = [H1('Real photo or generated?')]
+    if message: parts.append(_msg(message))
+    if key is None:
+        parts.append(Div(cls='card', id='done')(H2('Thank you!'),
+            P(f"You have labelled all {_plural(len(st.pool), 'image')} ({_plural(n_voted, 'vote')})."),
+            A('See the results', href='/results')))
+        return page(st, 'Label', '/label', *parts, warn=True)
+    tok = st.pool.token[key]
+    parts += [P(f"Image {n_voted + 1} of {len(st.pool)}. Look closely, then answer. There is no time limit; "
+                "your answer is anonymous.", cls='hint', id='progress'),
+              Div(Img(src=f'/img/{tok}', alt='image to label', id='shown'), cls='card shown'),
+              Form(method='post', action='/vote', cls='vote', id='vote-form')(
+                  Input(type='hidden', name='token', value=tok),
+                  Fieldset(Legend('How sure are you? (optional)'),
+                           *[Label(Input(type='radio', name='confidence', value=str(c)), ' ' + t) for c, t in CONFIDENCE.items()]),
+                  Div(Button('Real photo', type='submit', name='answer', value='real', cls='real', id='vote-real'),
+                      Button('Generated', type='submit', name='answer', value='fake', cls='fake', id='vote-fake'),
+                      cls='answers'))]
+    return page(st, 'Label', '/label', *parts, warn=True)
 
-    def _detect_page(results=None, message=None, mode='resize'):
-        parts = [H1('Is it generated?'),
-                 P('Upload photos or images; the model gives the probability that each was generated by an '
-                   f'image generator, and its verdict at its threshold ({_model_threshold(classifier):.2f}).',
-                   cls='hint')]
-        if message: parts.append(_msg(message))
-        if results:
-            parts.append(Div(cls='card', id='results')(
-                H2('Results' + (' (full-resolution crops)' if mode == 'crops' else '')),
-                Table(Thead(Tr(Th('file'), Th('image'), Th('verdict'), Th('probability generated'), Th('details'))),
-                      Tbody(*[_result_row(r) for r in results]))))
-        parts.append(Div(_detect_form(), cls='card'))
-        return _page('Detect', '/detect', *parts, label_on=label_on)
+# %% ../nbs/19_app.ipynb #a7c9072f
+def display_key(key:str) -> str:
+    "An image key for a page: relative keys as they are, absolute ones cut to their last two parts."
+    parts = key.split('/')
+    return escape_path(key if not key.startswith('/') else '…/' + '/'.join(parts[-2:]))
 
-    def _wants_json(req): return 'application/json' in req.headers.get('accept', '')
+def _your_images(st:AppState, cmp, mine:pd.DataFrame) -> pd.DataFrame:
+    "The comparison's rows for the images this volunteer voted on, with their own answer."
+    per = cmp.per_image.merge(mine[['image', 'answer']], on='image')
+    per['token'] = [st.pool.token.get(k) for k in per['image']]
+    return per[per['token'].notna()]
 
-    @app.get('/')
-    def home():
-        cards = [Div(cls='card')(H2('Detect'), P('Upload images and see how likely the model thinks they were generated.'),
-                                 A('Try the detector', href='/detect', cls='button'))]
-        if label_on:
-            cards += [Div(cls='card')(H2('Label'), P('Help build the human baseline: look at images one at a time and '
-                                                      'say whether each is a real photo or generated.'),
-                                      A('Start labelling', href='/label', cls='button')),
-                      Div(cls='card')(H2('Results'), P('How accurate are people compared with the model, on the same images?'),
-                                      A('See the results', href='/results', cls='button'))]
-        return _page('realfake', '/', H1('Real or generated?'), Div(*cards, cls='grid'), label_on=label_on)
+def _yours_table(yours:pd.DataFrame):
+    rows = [Tr(Td(Img(src=f"/img/{r.token}", cls='label-thumb', alt='an image you labelled')), Td(_label_tag(r.answer)),
+               Td(_label_tag(r.label)), Td(_pct(r.human_p_fake), cls='num'), Td(_pct(r.prob_fake), cls='num'),
+               Td(_label_tag(r.model_label))) for r in yours.itertuples()]
+    return Table(Thead(Tr(Th('image'), Th('you said'), Th('truth'), Th('people say generated', cls='num'),
+                          Th('model: prob generated', cls='num'), Th('model says'))), Tbody(*rows))
 
-    @app.get('/detect')
-    def detect_get(): return _detect_page()
+def _overall_card(cmp):
+    o = cmp.overall.iloc[0]
+    return Div(cls='card', id='overall')(
+        P(Strong(f"People: {_pct(o['human_acc'])}"), ' of votes right · ', Strong(f"Model: {_pct(o['model_acc'])}"),
+          f" right on the same {_plural(int(o['images']), 'image')} ({_plural(int(o['votes']), 'vote')} by "
+          f"{_plural(cmp.n_volunteers, 'volunteer')}; model threshold {cmp.threshold:.2f})."),
+        _df_table(cmp.overall))
 
-    @app.post('/detect')
-    async def detect_post(req: Request):
-        form = await req.form()
-        files = [f for f in form.getlist('images') if hasattr(f, 'read')]
+def results_page(st:AppState, cmp, mine:pd.DataFrame, admin:bool=False) -> HTMLResponse:
+    "The Results page: accuracies for everyone; the truth only for the viewer's own votes (everything for the admin)."
+    if not len(cmp.per_image):
+        return page(st, 'Results', '/results', H1('Humans vs model'), _msg('No votes yet.', 'info'), warn=True)
+    parts = [H1('Humans vs model'), _overall_card(cmp), Div(H2('By source'), _df_table(cmp.by_source, 'source'), cls='card', id='by-source')]
+    yours = _your_images(st, cmp, mine)
+    if len(yours): parts.append(Div(H2('Your images'), P('The truth, for the images you have labelled.', cls='hint'),
+                                    _yours_table(yours), cls='card', id='yours'))
+    if admin:
+        dis = cmp.disagree.assign(image=cmp.disagree['image'].map(display_key))[['image', 'source', 'label', 'n_votes', 'human_p_fake', 'prob_fake']]
+        dis = dis.rename(columns={'label': 'truth', 'n_votes': 'votes', 'human_p_fake': 'people say generated', 'prob_fake': 'model: prob generated'})
+        parts.append(Div(H2('Where people and the model disagree most (admin)'),
+                         P('Share of "generated" votes next to the model\'s probability.', cls='hint'),
+                         _df_table(dis), cls='card admin', id='disagree'))
+    if cmp.n_dropped: parts.append(P(f"{_plural(cmp.n_dropped, 'voted image')} turned out unreadable and are not counted.", cls='hint'))
+    return page(st, 'Results', '/results', *parts, warn=True)
+
+# %% ../nbs/19_app.ipynb #04a26401
+def _state(req) -> AppState: return req.app.state.realfake
+
+async def _home(req:Request):
+    st = _state(req)
+    cards = [Div(cls='card')(H2('Detect'), P('Upload images and see how likely the model thinks they were generated.'),
+                             A('Try the detector', href='/detect', cls='button'))]
+    if st.label_on:
+        cards += [Div(cls='card')(H2('Label'), P('Help build the human baseline: look at images one at a time and say '
+                                                  'whether each is a real photo or generated.'), A('Start labelling', href='/label', cls='button')),
+                  Div(cls='card')(H2('Results'), P('How accurate are people compared with the model, on the same images?'),
+                                  A('See the results', href='/results', cls='button'))]
+    return page(st, 'realfake', '/', H1('Real or generated?'), Div(*cards, cls='grid'))
+
+async def _detect_get(req:Request): return detect_page(_state(req))
+
+# %% ../nbs/19_app.ipynb #bbdbe8b1
+async def _score_upload(st:AppState, clf, u:Upload, thumb_side:int) -> dict:
+    if u.error: return dict(name=u.name, error=f"{u.name}: {u.error}", prob_fake=None, label=None, details={})
+    async with st.budget.hold(decode_cost(u.info, None if clf.spec.native else clf.spec.resize)):
+        return await run_in_threadpool(score_image, clf, u.path, u.name, st.limits.max_pixels, thumb_side, st.score_lock)
+
+async def _score_all(st:AppState, uploads:list[Upload], crops:bool) -> list[dict]:
+    clf, out = st.scorer(crops), [None] * len(uploads)
+    async def one(i, u): out[i] = await _score_upload(st, clf, u, 300 if crops else 160)
+    async with anyio.create_task_group() as tg:
+        for i, u in enumerate(uploads): tg.start_soon(one, i, u)
+    return out
+
+def _detect_answer(req, st, results, crops, message=None, status=200):
+    if _wants_json(req.headers):
+        if message: return JSONResponse({'error': message, 'results': []}, status_code=status)
+        return JSONResponse({'mode': 'crops' if crops else 'model', 'threshold': st.scorer(crops).threshold,
+                             'scoring': describe_scoring(st.scorer(crops)),
+                             'results': [{k: to_jsonable(v) for k, v in r.items() if k != 'thumb'} for r in results]})
+    return detect_page(st, results, message, crops, status)
+
+async def _detect_post(req:Request):
+    st = _state(req)
+    with tempfile.TemporaryDirectory(prefix='realfake-upload-') as tmp:
+        try: uploads, form = await receive_uploads(req, st.limits, Path(tmp))
+        except UploadError as e: return _detect_answer(req, st, None, False, str(e), e.status)
         crops = form.get('crops') in ('1', 'on', 'true')
-        mode = 'crops' if crops else 'model'
-        def fail(msg, code=400):
-            if _wants_json(req): return JSONResponse({'error': msg, 'results': []}, status_code=code)
-            return HTMLResponse(_standalone(_detect_page(message=msg)), status_code=code)
-        if not files: return fail('Please choose at least one image file.')
-        if len(files) > max_files: return fail(f'Please upload at most {max_files} images at a time ({len(files)} sent).')
-        results, good = [], []
-        for f in files:
-            name = os.path.basename(f.filename or 'upload')[:200]
-            try:
-                if (f.size or 0) > max_bytes:  # don't read what we'll refuse; the request cap bounds it anyway
-                    raise ImageLoadError(name, f"the file is {_fmt_bytes(f.size)}, more than the {_fmt_bytes(max_bytes)} limit")
-                im = await run_in_threadpool(read_upload, await f.read(), name, max_bytes, max_pixels)
-                results.append(dict(name=name, error=None)); good.append((len(results) - 1, im))
-            except ImageLoadError as e:
-                results.append(dict(name=name, error=str(e), prob_fake=None, label=None, details={}))
-        if good:
-            try: preds = await run_in_threadpool(_predict_rows, classifier, [im for _, im in good], crops)
-            except Exception as e:
-                _log.exception('prediction failed')
-                preds = [dict(prob_fake=None, label=None, error=f"the model failed on this image ({type(e).__name__})",
-                              details={})] * len(good)
-            for (i, im), p in zip(good, preds):
-                results[i].update(p)
-                if p['error'] is None and p['prob_fake'] is None: results[i]['error'] = 'the model gave no score'
-                if results[i]['error'] is None: results[i]['thumb'] = _thumb_uri(im, 300 if mode == 'crops' else 160)
-        _log.info(f"detect: {len(files)} files, {sum(r['error'] is None for r in results)} scored, mode={mode}")
-        if _wants_json(req):
-            return JSONResponse({'mode': mode, 'threshold': _model_threshold(classifier),
-                                 'results': [{k: to_jsonable(v) for k, v in r.items() if k != 'thumb'} for r in results]})
-        return _detect_page(results, mode=mode)
+        if not uploads: return _detect_answer(req, st, None, crops, 'Please choose at least one image file.', 400)
+        await run_in_threadpool(check_uploads, uploads, st.limits)
+        results = await _score_all(st, uploads, crops)
+    _log.info(f"detect: {_plural(len(uploads), 'file')}, {sum(r['error'] is None for r in results)} scored, crops={crops}")
+    return _detect_answer(req, st, results, crops)
 
-    # ---- Label ----
-    def _volunteer(req):
-        v = req.cookies.get(VOLUNTEER_COOKIE, '')
-        return v if _UUID_RE.match(v) else None
+# %% ../nbs/19_app.ipynb #343966bb
+def _volunteer(req) -> str|None:
+    v = req.cookies.get(VOLUNTEER_COOKIE, '')
+    return v if re.fullmatch(r'[0-9a-f]{32}', v) else None
 
-    def _no_label():
-        return _page('Label', '/label', _msg('Labelling is off: start the app with --metadata to enable it.', 'info'),
-                     label_on=label_on)
-
-    @app.get('/label')
-    def label_get(req: Request, msg: str = None):
-        if not label_on: return _no_label()
-        vol, new = _volunteer(req), False
-        if vol is None: vol, new = uuid.uuid4().hex, True
-        key = pool.next_for(store, vol)
-        n = store.n_votes(vol)
-        parts = [H1('Real photo or generated?')]
-        if msg == 'invalid': parts.append(_msg('That answer could not be recorded; please answer this image again.'))
-        if key is None:
-            parts.append(Div(cls='card', id='done')(H2('Thank you!'),
-                P(f'You have labelled all {len(pool)} images ({n} votes).'), A('See the results', href='/results')))
-        else:
-            tok = _token(key)
-            parts += [P(f'Image {n + 1} of {len(pool)}. Look closely, then answer. '
-                        "There is no time limit; your answer is anonymous.", cls='hint', id='progress'),
-                      Div(Img(src=f'/img/{tok}', alt='image to label', id='shown'), cls='card shown'),
-                      Form(method='post', action='/vote', cls='vote', id='vote-form')(
-                          Input(type='hidden', name='token', value=tok),
-                          Fieldset(Legend('How sure are you? (optional)'),
-                                   *[Label(Input(type='radio', name='confidence', value=str(c)), ' ' + t)
-                                     for c, t in CONFIDENCE.items()]),
-                          Div(Button('Real photo', type='submit', name='answer', value='real', cls='real', id='vote-real'),
-                              Button('Generated', type='submit', name='answer', value='fake', cls='fake', id='vote-fake'),
-                              cls='answers'))]
-        page = _page('Label', '/label', *parts, label_on=label_on)
-        if new: return *page, cookie(VOLUNTEER_COOKIE, vol, max_age=400*24*3600, httponly=True, samesite='lax')
-        return page
-
-    @app.post('/vote')
-    def vote(req: Request, token: str = '', answer: str = '', confidence: str = ''):
-        def refuse(msg, code=400):
-            if _wants_json(req): return JSONResponse({'error': msg}, status_code=code)
-            return HTMLResponse(_standalone(_page('Label', '/label', _msg(msg),
-                                                  P(A('Back to labelling', href='/label')), label_on=label_on)),
-                                status_code=code)
-        if not label_on: return refuse('Labelling is off: start the app with --metadata to enable it.', 404)
-        vol = _volunteer(req)
-        if vol is None: return refuse('Your browser did not send the volunteer cookie: please allow cookies for '
-                                      'this site and open the Label page again.')
-        key = pool.by_token.get(token)
-        if key is None or key not in store.shown(vol):
-            return refuse('This image was not shown to you (the page may be out of date): open the Label page again.')
-        if answer not in LABELS: return RedirectResponse('/label?msg=invalid', status_code=303)
-        conf = int(confidence) if confidence in ('1', '2', '3') else None
-        row = pool.rows[key]
-        stored = store.add_vote(vol, key, answer, conf, label=row['label'], source=row['source'])
-        if _wants_json(req): return JSONResponse({'stored': stored, 'votes': store.n_votes(vol)})
-        return RedirectResponse('/label', status_code=303)
-
-    @app.get('/img/{token}')
-    def image(token: str):
-        key = pool.by_token.get(token) if label_on else None
-        if key is None: return Response('unknown image', status_code=404, media_type='text/plain')
-        try: im = load_image(pool.rows[key]['path'])
+async def _label_png(st:AppState, key:str) -> bytes|None:
+    "The label image of `key` (cached); None, and `key` dropped from the pool, when it cannot be decoded."
+    with st._lock:
+        if key in st.images: st.images.move_to_end(key); return st.images[key]
+    row = st.pool.rows.get(key)
+    if row is None: return None
+    cost = decode_cost(row, st.display_size) if 'width' in row else st.limits.decode_pixels
+    async with st.budget.hold(cost):
+        try: png = await run_in_threadpool(label_image, row['path'], st.display_size, st.limits.max_pixels)
         except ImageLoadError as e:
-            _log.warning(str(e))
-            return Response('this image cannot be read', status_code=404, media_type='text/plain')
-        if max(im.size) > display_size: im.thumbnail((display_size, display_size), Image.LANCZOS)
-        b = io.BytesIO(); im.save(b, 'PNG', compress_level=1)
-        return Response(b.getvalue(), media_type='image/png', headers={'Cache-Control': 'private, max-age=3600'})
+            await run_in_threadpool(st.pool.drop, key, e.reason); return None
+    with st._lock:
+        st.images[key] = png
+        while len(st.images) > st.image_cache: st.images.popitem(last=False)
+    return png
 
-    # ---- Results ----
-    def _comparison():
-        vdf = store.votes()
-        paths = [pool.rows[k]['path'] for k in vdf['image'].unique() if k in pool.rows]
-        with preds_lock:  # each image is scored once per server run, the first time the results page needs it
-            todo = [p for p in paths if p not in preds_cache]
-            if todo:
-                for p, r in zip(todo, _predict_rows(classifier, todo)): preds_cache[p] = (r['prob_fake'], r['label'])
-            preds = pd.DataFrame(dict(path=paths, prob_fake=[np.nan if preds_cache[p][0] is None else preds_cache[p][0]
-                                                              for p in paths], pred=[preds_cache[p][1] for p in paths]))
-        root = _metadata_root(metadata)
-        meta = metadata[[_image_key(p, root) in pool.rows for p in metadata['path']]]  # the images volunteers label
-        meta.attrs = metadata.attrs
-        return compare_humans_model(store, meta, preds, threshold=_model_threshold(classifier))
+def _no_label(st, status=404):
+    return page(st, 'Label', '/label', _msg('Labelling is off: start the app with --metadata to enable it.', 'info'), status=status)
 
-    @app.get('/results')
-    async def results(req: Request):
-        if not label_on: return _no_label()
-        cmp = await run_in_threadpool(_comparison)
-        if _wants_json(req): return JSONResponse(cmp.to_dict())
-        if not len(cmp.per_image):
-            return _page('Results', '/results', H1('Humans vs model'), _msg('No votes yet.', 'info'), label_on=label_on)
-        o = cmp.overall.iloc[0]
-        dis = cmp.disagree[['image', 'source', 'label', 'n_votes', 'human_p_fake', 'prob_fake']].rename(
-            columns={'label': 'truth', 'n_votes': 'votes', 'human_p_fake': 'people say generated',
-                     'prob_fake': 'model: prob generated'})
-        return _page('Results', '/results', H1('Humans vs model'),
-            Div(cls='card', id='overall')(
-                P(Strong(f"People: {_pct(o['human_acc'])}"), ' of votes right · ',
-                  Strong(f"Model: {_pct(o['model_acc'])}"), f" right on the same {int(o['images'])} images "
-                  f"({int(o['votes'])} votes by {cmp.n_volunteers} volunteers; model threshold {cmp.threshold:.2f})."),
-                _df_table(cmp.overall)),
-            Div(H2('By source'), _df_table(cmp.by_source, 'source'), cls='card', id='by-source'),
-            Div(H2('Where people and the model disagree most'),
-                P('Share of "generated" votes next to the model\'s probability.', cls='hint'),
-                _df_table(dis), cls='card', id='disagree'),
-            label_on=label_on)
+async def _label_get(req:Request):
+    st = _state(req)
+    if not st.label_on: return _no_label(st, 200)
+    vol, new = _volunteer(req), False
+    if vol is None:
+        if not st.allow_newcomer(req.client.host if req.client else ''):
+            return page(st, 'Label', '/label', _msg('Too many new volunteers from your address in the last hour. If you '
+                                                    'are labelling, please allow cookies for this site.'), status=429)
+        vol, new = uuid.uuid4().hex, True
+    for _ in range(20):  # skip images that turn out unreadable
+        key = await run_in_threadpool(st.pool.next_for, vol)
+        if key is None or await _label_png(st, key) is not None: break
+    else: return page(st, 'Label', '/label', _msg('The images to label cannot be read right now; the server log says why.'), status=503)
+    msg = 'That answer could not be recorded; please answer this image again.' if req.query_params.get('msg') == 'invalid' else None
+    resp = label_page(st, key, await run_in_threadpool(st.store.n_votes, vol), msg)
+    if new: resp.set_cookie(VOLUNTEER_COOKIE, vol, max_age=400*24*3600, httponly=True, samesite='lax')
+    return resp
 
+# %% ../nbs/19_app.ipynb #80413348
+def _refuse(req, st, msg:str, status:int=400):
+    if _wants_json(req.headers): return JSONResponse({'error': msg}, status_code=status)
+    return page(st, 'Label', '/label', _msg(msg), P(A('Back to labelling', href='/label')), status=status)
+
+async def _vote_post(req:Request):
+    st = _state(req)
+    if not st.label_on: return _refuse(req, st, 'Labelling is off: start the app with --metadata to enable it.', 404)
+    try: form = await req.form(max_files=0, max_fields=10, max_part_size=4096)
+    except HTTPException: return _refuse(req, st, 'The vote form is not valid.')
+    vol = _volunteer(req)
+    if vol is None: return _refuse(req, st, 'Your browser did not send the volunteer cookie: please allow cookies for '
+                                            'this site and open the Label page again.')
+    key = st.pool.by_token.get(str(form.get('token', '')))
+    if key is None: return _refuse(req, st, 'This image is not (or no longer) in the set: open the Label page again.')
+    if key not in await run_in_threadpool(st.store.shown, vol):
+        return _refuse(req, st, 'This image was not shown to you (the page may be out of date): open the Label page again.')
+    answer, conf = form.get('answer'), form.get('confidence')
+    if answer not in LABELS: return RedirectResponse('/label?msg=invalid', status_code=303)
+    row = st.pool.rows[key]
+    stored = await run_in_threadpool(st.store.add_vote, vol, key, answer, int(conf) if conf in ('1', '2', '3') else None,
+                                     row['label'], row['source'])
+    if _wants_json(req.headers): return JSONResponse({'stored': stored, 'votes': await run_in_threadpool(st.store.n_votes, vol)})
+    return RedirectResponse('/label', status_code=303)
+
+async def _image_get(req:Request):
+    st = _state(req)
+    key = st.pool.by_token.get(req.path_params['token']) if st.label_on else None
+    png = await _label_png(st, key) if key is not None else None
+    if png is None: return Response('unknown image', status_code=404, media_type='text/plain')
+    return Response(png, media_type='image/png', headers={'cache-control': 'private, max-age=3600'})
+
+# %% ../nbs/19_app.ipynb #551b9f0e
+def _predict_one(st:AppState, key:str):
+    with st.score_lock: r = st.classifier.predict([st.pool.rows[key]['path']]).iloc[0]
+    st.preds[key] = (float(r['prob_fake']) if _finite(r['prob_fake']) else np.nan, r['label'] if isinstance(r['label'], str) else None)
+
+async def _comparison(st:AppState):
+    "Humans vs model on the pool's voted images (the model scores each image once per server run)."
+    votes = await run_in_threadpool(st.store.votes)
+    short = None if st.classifier.spec.native else st.classifier.spec.resize
+    for k in votes['image'].unique():
+        if k in st.pool.rows and k not in st.preds:
+            row = st.pool.rows[k]
+            async with st.budget.hold(decode_cost(row, short) if 'width' in row else st.limits.decode_pixels):
+                await run_in_threadpool(_predict_one, st, k)
+    keys = [k for k in st.preds if k in st.pool.rows]
+    preds = pd.DataFrame(dict(path=[st.pool.rows[k]['path'] for k in keys], prob_fake=[st.preds[k][0] for k in keys],
+                              pred=[st.preds[k][1] for k in keys]))
+    meta = pd.DataFrame([dict(path=r['path'], label=r['label'], source=r['source'], split=r['split']) for r in st.pool.rows.values()],
+                        columns=['path', 'label', 'source', 'split'])
+    meta.attrs['metadata_path'] = st.pool.metadata_path
+    cmp = await run_in_threadpool(compare_humans_model, st.store, meta, preds, 10, st.classifier.threshold)
+    return cmp, votes
+
+def _is_admin(req, st) -> bool:
+    return bool(st.admin_token) and secrets.compare_digest(req.cookies.get(ADMIN_COOKIE, ''), st.admin_token)
+
+def _results_json(st, cmp, mine, admin):
+    d = cmp.to_dict()
+    yours = _your_images(st, cmp, mine) if len(cmp.per_image) else pd.DataFrame()
+    out = dict(overall=d['overall'], by_source=d['by_source'], threshold=d['threshold'], n_volunteers=d['n_volunteers'],
+               n_dropped=d['n_dropped'], warning=st.pool.warning,
+               yours=[dict(token=r.token, answer=r.answer, truth=r.label, human_p_fake=r.human_p_fake,
+                           prob_fake=to_jsonable(r.prob_fake), model_label=r.model_label) for r in yours.itertuples()])
+    if admin: out['disagree'] = [{**{k: v for k, v in r.items() if k != 'path'}, 'image': display_key(r['image'])} for r in d['disagree']]
+    return JSONResponse(out)
+
+async def _results_get(req:Request):
+    st = _state(req)
+    if not st.label_on: return _no_label(st, 200)
+    cmp, votes = await _comparison(st)
+    vol, admin = _volunteer(req), _is_admin(req, st)
+    mine = votes[votes['volunteer'] == vol] if vol else votes.iloc[:0]
+    if _wants_json(req.headers): return _results_json(st, cmp, mine, admin)
+    return results_page(st, cmp, mine, admin)
+
+# %% ../nbs/19_app.ipynb #4050ccd4
+async def _admin_get(req:Request):
+    st = _state(req)
+    if not st.admin_token: return page(st, 'Admin', '', _msg('No admin token was set (--admin_token).', 'info'), status=404)
+    return page(st, 'Admin', '', H1('Admin'), Form(method='post', action='/admin')(
+        Input(type='password', name='token', id='admin-token', autocomplete='off'), Button('Show everything', type='submit')))
+
+async def _admin_post(req:Request):
+    st = _state(req)
+    try: token = str((await req.form(max_files=0, max_fields=4, max_part_size=1024)).get('token', ''))
+    except HTTPException: token = ''
+    if not st.admin_token or not secrets.compare_digest(token, st.admin_token):
+        return page(st, 'Admin', '', _msg('Wrong admin token.'), status=403)
+    resp = RedirectResponse('/results', status_code=303)
+    resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite='strict')
+    return resp
+
+# %% ../nbs/19_app.ipynb #ec54f8bf
+VOLUNTEER_COOKIE, ADMIN_COOKIE = 'realfake_volunteer', 'realfake_admin'
+
+async def _no_icon(req:Request): return Response(status_code=204)
+
+def _routes():
+    return [Route('/', _home), Route('/favicon.ico', _no_icon), Route('/detect', _detect_get, methods=['GET']), Route('/detect', _detect_post, methods=['POST']),
+            Route('/label', _label_get), Route('/vote', _vote_post, methods=['POST']), Route('/img/{token}', _image_get),
+            Route('/results', _results_get), Route('/admin', _admin_get, methods=['GET']),
+            Route('/admin', _admin_post, methods=['POST']), Mount('/static', StaticFiles(directory=STATIC), name='static')]
+
+def _error_handlers(st):
+    def not_found(req, exc): return page(st, 'Not found', '', H1('Not found'), P(A('Back to the start', href='/')), status=404)
+    def failed(req, exc):
+        _log.error(f"{req.method} {req.url.path} failed: {type(exc).__name__}: {exc}")
+        return page(st, 'Error', '', _msg("Something went wrong on the server; the error was logged. Please try again."), status=500)
+    return {404: not_found, Exception: failed}
+
+def label_pool(metadata, db, split:str='test', seed:int|None=None, max_pixels:int|None=None) -> LabelPool:
+    "The `LabelPool` of `metadata` (a path or DataFrame) with its votes in `db` (a path or `VoteStore`)."
+    df = metadata if isinstance(metadata, pd.DataFrame) else read_metadata(metadata)
+    return LabelPool(df, db if isinstance(db, VoteStore) else VoteStore(db), split=split, seed=seed, max_pixels=max_pixels)
+
+def make_app(classifier, metadata=None, db='votes.sqlite', split:str='test', crops:bool=False, limits:Limits|None=None,
+             display_size:int=512, seed:int|None=None, admin_token:str|None=None, new_per_hour:int=60, **limit_kw):
+    "The realfake web app (a Starlette ASGI app): Detect with `classifier`; Label and Results on `metadata`'s `split`."
+    if _WEB_ERROR is not None: raise ImportError(f"the web app needs FastHTML: pip install 'realfake[app]' ({_WEB_ERROR})")
+    limits = limits or Limits(**limit_kw)
+    pool = label_pool(metadata, db, split, seed, limits.max_pixels) if metadata is not None else None
+    st = AppState(classifier, limits, pool, crops=crops, display_size=display_size, admin_token=admin_token or None,
+                  new_per_hour=new_per_hour)
+    app = Starlette(routes=_routes(), exception_handlers=_error_handlers(st))
+    err_page = lambda m: page(st, 'Detect', '/detect', _msg(m), Div(detect_form(st), cls='card')).body.decode()
+    app.add_middleware(_BodyLimit, limit_for=lambda p: limits.max_request_bytes if p == '/detect' else 65_536, page=err_page)
+    app.add_middleware(_Guard, page=lambda m: page(st, 'Refused', '', _msg(m)).body.decode())
+    app.state.realfake = st
     return app
 
-# %% ../nbs/19_app.ipynb #7f4ea833
+# %% ../nbs/19_app.ipynb #da6dc50f
+def _listen(host:str, port:int) -> socket.socket:
+    "A listening socket on `host`:`port` (port 0: any free port); errors name the address."
+    if not 0 <= port <= 65535: raise ValueError(f"--port must be from 0 to 65535, not {port}")
+    try:
+        fam = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=fam)
+    except OSError as e: raise RealfakeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+# %% ../nbs/19_app.ipynb #ba76a16b
 @call_parse
 @command
 def realfake_app(
     model:str='model', # model directory (config.json + model.safetensors) written by realfake_train
     metadata:str=None, # metadata JSONL with the images volunteers label (omit to serve only the detector)
     db:str='votes.sqlite', # SQLite file the votes go to (created if missing)
+    split:str='test', # split volunteers label: test, or on purpose valid, train or all (flagged in the pages and the log)
     host:str='127.0.0.1', # address to listen on; 127.0.0.1 = this machine only, 0.0.0.0 = the whole network
-    port:int=8000, # TCP port
-    split:str='test', # metadata split volunteers label ('' = all rows; all rows too if the split is empty)
-    crops:bool=False, # tick "native-pixel crops" on the Detect page by default
+    port:int=8000, # TCP port (0: any free port)
+    crops:bool=False, # tick "full-resolution crops" on the Detect page by default
     max_mb:float=20.0, # largest upload accepted, in megabytes per image
-    max_mpix:float=40.0, # largest upload accepted, in megapixels per image
+    max_mpix:float=40.0, # largest image accepted, in megapixels (uploads and images to label)
     max_files:int=16, # most images per upload
+    max_request_mb:float=64.0, # most megabytes per upload, all its images together
+    max_request_mpix:float=160.0, # most megapixels per upload, all its images together
+    decode_mpix:float=None, # most megapixels decoded at once in the whole server (default: max_mpix); bounds memory
+    display_size:int=512, # volunteers see every image as its central square of this many pixels
+    admin_token:str=None, # a secret: whoever enters it at /admin sees the truth of every image on the Results page
+    new_per_hour:int=60, # new volunteer ids per client address and hour (0: no cap; raise it behind a proxy)
     device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
     verbose:bool=False, # debug logging and full tracebacks
 ):
-    "Serve the realfake web app: Detect (upload images, see the model's verdict), Label and Results (the human baseline)."
+    "Serve the realfake web app: Detect (score uploaded images), Label (volunteers vote) and Results (humans vs model)."
     import uvicorn
-    clf = load_classifier(model, device)
-    app = make_app(clf, metadata, db, split=split or None, crops=crops, max_bytes=int(max_mb * 1e6),
-                   max_pixels=int(max_mpix * 1e6), max_files=max_files)
+    limits = Limits(max_bytes=int(max_mb * 1e6), max_pixels=int(max_mpix * 1e6), max_files=max_files,
+                    max_request_bytes=int(max_request_mb * 1e6),
+                    max_request_pixels=int(max_request_mpix * 1e6), decode_pixels=int(decode_mpix * 1e6) if decode_mpix else None)
+    sock = _listen(host, port)
+    app = make_app(load_classifier(model, device), metadata, db, split=split, crops=crops, limits=limits,
+                   display_size=display_size, admin_token=admin_token, new_per_hour=new_per_hour)
     st = app.state.realfake
-    _log.info(f"model {model}; " + (f"labelling {len(st['pool'])} images, votes in {db}" if st['pool'] is not None
-                                     else "labelling off (no --metadata)"))
-    print(f"realfake app on http://{'localhost' if host == '127.0.0.1' else host}:{port}  (Ctrl+C stops it)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level='debug' if verbose else 'info')
+    _log.info(f"model {model}; " + (f"labelling {_plural(len(st.pool), 'image')} ({split}), votes in {db}" if st.label_on
+                                     else "labelling off (no --metadata)") + f"; memory beyond the model at most {limits.memory_bound()/2**20:.0f} MB")
+    url = f"http://{'localhost' if host == '127.0.0.1' else host}:{sock.getsockname()[1]}"
+    print(f"realfake app on {url}  (Ctrl+C stops it)", flush=True)
+    config = uvicorn.Config(app, log_level='debug' if verbose else 'info', limit_concurrency=limits.max_connections)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -12,7 +12,8 @@ from fastcore.script import is_cli
 # %% auto #0
 __all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes',
            'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path',
-           'csv_cell', 'get_logger', 'setup_logging', 'progress_bar', 'error_line', 'command', 'find_images']
+           'csv_cell', 'get_logger', 'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command',
+           'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -182,19 +183,23 @@ class _Running:
     "`is_cli(_Running(g))`: is `g` the function fastcore's `call_parse` is running as a command right now?"
     def __init__(self, g): self.__wrapped__ = g
 
+def run_command(prog:str, f, verbose:bool=False):
+    "Run `f()` as the command `prog`: a user error prints one line and exits 2 (a traceback with `verbose`), Ctrl+C exits 130."
+    try: f()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr); sys.exit(130)
+    except USER_ERRORS as e:
+        if verbose: raise
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr); sys.exit(2)
+
 def command(f):
     "Decorator for `realfake_*` commands (put it under `@call_parse`): logging, one-line user errors, exit status 2."
     @functools.wraps(f)
     def _cmd(*args, **kwargs):
+        if not is_cli(_Running(_cmd)): return f(*args, **kwargs)   # called from Python (or from another command)
         verbose = bool(kwargs.get('verbose', False))
         setup_logging(verbose)
-        if not is_cli(_Running(_cmd)): return f(*args, **kwargs)   # called from Python (or from another command)
-        try: f(*args, **kwargs)
-        except KeyboardInterrupt:
-            print(f"{f.__name__}: interrupted", file=sys.stderr); sys.exit(130)
-        except USER_ERRORS as e:
-            if verbose: raise
-            print(f"{f.__name__}: error: {error_line(e)}", file=sys.stderr); sys.exit(2)
+        run_command(f.__name__, lambda: f(*args, **kwargs), verbose)
     return _cmd
 
 # %% ../nbs/00_core.ipynb #97ed5036

@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_data.ipynb #53e6a894
 from __future__ import annotations
-import os, random, dataclasses
+import random
 from dataclasses import dataclass
 from functools import partial
 import numpy as np
 import pandas as pd
 import torch
+from .core import LABELS, SPLITS, RealfakeError, escape_path, get_logger   # first: it quiets a fastai import warning
 from PIL import Image
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock
 from fastai.data.transforms import IntToFloatTensor, Normalize
@@ -18,7 +19,6 @@ from fastai.torch_core import default_device, TensorCategory
 from fastai.vision.augment import aug_transforms, RandomErasing
 try: from fasttransform import Transform  # fastai >= 2.8
 except ImportError: from fastcore.transform import Transform  # fastai 2.7
-from .core import LABELS, SPLITS, RealfakeError, escape_path, get_logger
 from .images import ImageLoadError, MAX_PIXELS, load_image, jpeg_info
 from .preprocess import Preprocess, train_crop, image_crops
 from .perturb import encode_jpeg, blur, down_up

@@ -4,10 +4,9 @@
 
 # %% ../nbs/02_images.ipynb #6033423d
 from __future__ import annotations
-import io, os, errno, math, stat, warnings
-from pathlib import Path
+import io, os, errno, stat, warnings
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from .core import RealfakeError
 

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger   # first: it quiets a fastai import warning
 from torch import nn
 from safetensors.torch import save_file
-from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger
 from .preprocess import Preprocess, combine_logits
 from .modeldir import (MODEL_FILE, CONFIG_FILE, ModelConfig, timm_weights_kwargs, hub_errors, write_model_dir,
-                               state_tensors, load_tensors, check_regular_file, read_small_file)
+                               state_tensors, load_tensors, read_small_file)
 from fastai.torch_core import rank_distrib
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger
 from fastai.callback.channelslast import ChannelsLast
-import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle / lr_find)
+import fastai.callback.schedule  # noqa: F401 (importing it adds Learner.fit_one_cycle and lr_find)
 from fastai.metrics import AccumMetric, ActivationType
 from fastai.optimizer import Adam
 from fastai.vision.learner import vision_learner

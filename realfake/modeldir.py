@@ -14,7 +14,7 @@ import timm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 from .core import LABELS, RealfakeError, atomic_write, write_dir_atomic, get_logger
-from .preprocess import Preprocess, ConfigError, IMAGENET_MEAN, IMAGENET_STD
+from .preprocess import Preprocess, ConfigError
 
 _log = get_logger('modeldir')
 

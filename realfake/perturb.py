@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import numpy as np
 from PIL import Image, ImageFilter
-from .images import load_image
 
 # %% auto #0
 __all__ = ['SUBSAMPLING_CODES', 'encode_jpeg', 'encode_webp', 'rescale', 'down_up', 'blur', 'add_noise', 'center_crop_fraction']

@@ -160,7 +160,6 @@ def combine_logits(logits:torch.Tensor, counts, how:str='mean') -> tuple[torch.T
         top = margin.argmax(1)
         out = z.mean(1) if how == 'mean' else z[torch.arange(len(z), device=z.device), top]
         return out, top
-    img = torch.repeat_interleave(torch.arange(len(counts), device=logits.device), counts)
     outs, tops = [], []
     for i, z in enumerate(torch.split(logits, counts.tolist())):
         m = z[:, 1] - z[:, 0]

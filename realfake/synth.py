@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_synth.ipynb #9b98254a
 from __future__ import annotations
-import io, os, math, functools, warnings
+import io, math, functools, warnings
 from pathlib import Path
 import numpy as np
 from PIL import Image

@@ -4,15 +4,15 @@
 
 # %% ../nbs/14_train.ipynb #4df8c2db
 from __future__ import annotations
-import os, sys, time, contextlib, dataclasses
+import os, sys, time, argparse, contextlib, dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from fastcore.script import call_parse
+from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command   # first: it quiets a fastai import warning
 from fastcore.basics import noop
-from .core import RealfakeError, command, escape_path, get_logger
-from .metadata import read_metadata, summarize
+from fastcore.docments import docments
+from .metadata import read_metadata, check_splits, summarize
 from .synth import make_demo
 from .preprocess import Preprocess, parse_resize
 from .modeldir import MODEL_FILE, write_model_dir, save_model_dir, load_tensors
@@ -27,7 +27,7 @@ _log = get_logger('train')
 
 # %% auto #0
 __all__ = ['PRESETS', 'unused_params', 'use_cuda', 'init_distributed', 'barrier', 'distrib_ctx', 'TrainConfig', 'available_cores',
-           'default_threads', 'default_workers', 'train', 'report', 'realfake_train']
+           'default_threads', 'default_workers', 'train', 'report', 'train_parser', 'realfake_train']
 
 # %% ../nbs/14_train.ipynb #d213390c
 def _backend_device():
@@ -193,7 +193,7 @@ def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=Fal
     init_distributed(cpu)
     out = Path(out or ('runs/demo' if demo else 'runs/realfake'))
     if demo: metadata = _demo_metadata(out, demo_dir, demo_n, config.seed, config.size)
-    df = read_metadata(metadata)
+    df = check_splits(read_metadata(metadata))
     if rank_distrib() == 0 and not quiet: print(summarize(df))
     device = torch.device('cuda', torch.cuda.current_device()) if use_cuda(cpu) else torch.device('cpu')
     set_seed(config.seed)
@@ -227,52 +227,51 @@ def report(res:dict) -> str:
                       f"time:        {res['seconds']:.0f} s"])
 
 # %% ../nbs/14_train.ipynb #2c4f8223
-def _on_off(v, name):
-    if v is None or isinstance(v, bool): return v
+def _on_off(v):
     s = str(v).lower()
     if s in ('on', 'true', '1', 'yes'): return True
     if s in ('off', 'false', '0', 'no'): return False
-    raise RealfakeError(f"--{name}: expected on or off, got {v!r}")
+    raise argparse.ArgumentTypeError(f"expected on or off, got {v!r}")
 
-@call_parse
-@command
-def realfake_train(
-    metadata:str=None, # metadata.jsonl to train on (train/valid splits); omit it to train the demo model on simulated data
-    preset:str=None, # recipe to start from: 'seed' (the published experiment; default with --metadata) or 'demo'
-    arch:str=None, # timm ConvNeXt name, e.g. convnext_large, convnext_tiny (seed: convnext_large; demo: convnext_atto)
-    weights:str=None, # pretrained weights: 'hub' (needs internet), 'none' or a local .safetensors/.pth file (seed: hub; demo: none)
-    epochs:int=None, # epochs of the one-cycle schedule (seed and demo: 5)
-    bs:int=None, # batch size per process (seed: 64; demo: 32)
-    lr:float=None, # peak learning rate (seed: 1e-3; demo: 3e-3)
-    wd:float=None, # AdamW weight decay, not on norm layers and biases (0.05)
-    size:int=None, # side of the square crops the network sees (seed: 224; demo: 64)
-    resize:str=None, # 'native' (no resampling) or the shorter side images are resized to (seed: 256, or size*256/224; demo: native)
-    crops:str=None, # validation and scoring crops: 'center' or 'grid' (seed: center; demo: grid)
-    max_crops:int=None, # with a grid: at most this many crops per image (seed: 9; demo: 4)
-    combine:str=None, # how crop logits combine: 'mean' or 'max' (mean)
-    aug:str=None, # augmentation 'on' or 'off' (on; under --resize native without warps or zoom)
-    robust:float=None, # probability of each robustness degradation of training images (JPEG, blur, downscale), e.g. 0.1 (0)
-    align:str=None, # 'on': JPEG-compress non-JPEG training images at the real images' qualities, so format says nothing (off)
-    seed:int=None, # random seed: data order, augmentation, head initialisation (42)
-    monitor:str=None, # metric that picks the best checkpoint: valid_loss (lower is better) or accuracy, roc_auc, ... (valid_loss)
-    final:str=None, # the final model's weights: 'last' epoch or 'best' checkpoint (last)
-    threshold:float=None, # decision threshold stored with the model: fake when prob_fake >= threshold (0.5)
-    out:str=None, # run folder: history.csv, checkpoints/, model/ (default runs/realfake; demo: runs/demo)
-    resume:bool=False, # continue the run in --out from its latest checkpoint (same --epochs and --lr)
-    allow_pth:bool=False, # allow a .pth weights file (read with torch.load(weights_only=True) only)
-    cpu:bool=False, # train on CPU even if a GPU is present (with torchrun for several CPU processes)
-    workers:int=None, # DataLoader worker processes (default: none on 2 cores or fewer, else up to 8)
-    threads:int=None, # CPU threads per process (default: the cores not already busy)
-    demo_dir:str=None, # where the demo data goes (default: OUT/demo_data)
-    demo_n:int=None, # demo images per class (default 200)
-    quiet:bool=False, # no progress bars or data summary (the final report is still printed)
-    verbose:bool=False, # debug logging and full tracebacks
-):
+_CLI_TYPES = {'int': int, 'float': float, 'str': str, 'bool': _on_off, 'int | str': parse_resize, 'int|str': parse_resize}
+_RUN_OPTIONS = [  # (flag, type or 'flag', help) of the options that are about one run, not the recipe
+    ('--metadata', str, 'metadata.jsonl to train on (train/valid splits); omit it to train the demo model on simulated data'),
+    ('--preset', str, f"recipe to start from: {', '.join(PRESETS)} (default: seed with --metadata, demo without)"),
+    ('--out', str, 'run folder: history.csv, checkpoints/, model/ (default runs/realfake; demo: runs/demo)'),
+    ('--resume', 'flag', 'continue the run in --out from its latest checkpoint (same --epochs and --lr)'),
+    ('--allow_pth', 'flag', 'allow a .pth weights file (read with torch.load(weights_only=True) only)'),
+    ('--cpu', 'flag', 'train on CPU even if a GPU is present (with torchrun for several CPU processes)'),
+    ('--workers', int, 'DataLoader worker processes (default: none on 2 cores or fewer, else up to 8)'),
+    ('--threads', int, 'CPU threads per process (default: the cores not already busy)'),
+    ('--demo_dir', str, 'where the demo data goes (default: OUT/demo_data)'),
+    ('--demo_n', int, 'demo images per class (default 200)'),
+    ('--quiet', 'flag', 'no progress bars or data summary (the final report is still printed)'),
+    ('--verbose', 'flag', 'debug logging and full tracebacks')]
+
+def train_parser() -> argparse.ArgumentParser:
+    "The `realfake_train` parser: this run's options, then one option per `TrainConfig` field."
+    p = argparse.ArgumentParser(prog='realfake_train', description="Train a real/fake ConvNeXt classifier (fastai + timm) on "
+                                "a metadata file, or the demo model without one.")
+    for flag, typ, doc in _RUN_OPTIONS:
+        if typ == 'flag': p.add_argument(flag, action='store_true', help=doc)
+        else: p.add_argument(flag, type=typ, help=doc)
+    g = p.add_argument_group('recipe (each overrides the preset; bool options take on/off)')
+    for name, d in docments(TrainConfig, full=True).items():
+        if name == 'return': continue
+        sets = '; '.join(f"{k}: {_show(getattr(v, name))}" for k, v in PRESETS.items())
+        g.add_argument(f'--{name}', type=_CLI_TYPES[d['anno']], metavar=name.upper(), help=f"{d['docment']} ({sets})")
+    return p
+
+def _show(v): return ('on' if v else 'off') if isinstance(v, bool) else v
+
+def realfake_train(argv:list|None=None):
     "Train a real/fake ConvNeXt classifier (fastai + timm) on a metadata file, or the demo model without one."
-    name = preset or ('demo' if metadata is None else 'seed')
-    if name not in PRESETS: raise RealfakeError(f"--preset must be one of {', '.join(PRESETS)}, not {name!r}")
-    config = PRESETS[name].override(arch=arch, weights=weights, epochs=epochs, bs=bs, lr=lr, wd=wd, size=size, resize=resize,
-                                    crops=crops, max_crops=max_crops, combine=combine, aug=_on_off(aug, 'aug'), robust=robust,
-                                    align=_on_off(align, 'align'), seed=seed, monitor=monitor, final=final, threshold=threshold)
-    return train(metadata, config, out=out, resume=resume, cpu=cpu, allow_pth=allow_pth, workers=workers, threads=threads,
-                 demo_dir=demo_dir, demo_n=demo_n, quiet=quiet)
+    a = vars(train_parser().parse_args(argv))
+    setup_logging(a['verbose'])
+    def _run():
+        name = a['preset'] or ('demo' if a['metadata'] is None else 'seed')
+        if name not in PRESETS: raise RealfakeError(f"--preset must be one of {', '.join(PRESETS)}, not {name!r}")
+        config = PRESETS[name].override(**{f.name: a[f.name] for f in dataclasses.fields(TrainConfig)})
+        train(a['metadata'], config, out=a['out'], resume=a['resume'], cpu=a['cpu'], allow_pth=a['allow_pth'],
+              workers=a['workers'], threads=a['threads'], demo_dir=a['demo_dir'], demo_n=a['demo_n'], quiet=a['quiet'])
+    run_command('realfake_train', _run, a['verbose'])

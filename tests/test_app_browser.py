@@ -94,13 +94,13 @@ def test_upload_and_vote_in_browser(browser, server, artifacts, tmp_path):
         # Label: an image is shown; answer "Generated", sure; the next image comes with the counter moved on
         page.goto(f'{url}/label')
         page.wait_for_selector('#shown')
-        assert page.evaluate("document.querySelector('#shown').naturalWidth") == 320   # the image really loaded
+        assert page.evaluate("document.querySelector('#shown').naturalWidth") == 512   # loaded, at the one display size
         assert 'Image 1 of 4' in page.inner_text('#progress')
         page.screenshot(path=str(artifacts/'app_label.png'), full_page=True)
         page.check('input[name=confidence][value="3"]')
         page.click('#vote-fake')
         page.wait_for_selector('text=Image 2 of 4')
-        store = app.state.realfake['store']
+        store = app.state.realfake.store
         votes = store.votes()
         assert len(votes) == 1 and votes.answer[0] == 'fake' and votes.confidence[0] == 3
         cookie = {c['name']: c['value'] for c in page.context.cookies()}['realfake_volunteer']

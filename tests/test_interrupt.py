@@ -93,7 +93,7 @@ def main(name, module):
     import importlib
     from fastcore.script import _run_cli
     f = getattr(importlib.import_module('realfake.' + module), name)
-    res = _run_cli(getattr(f, '__wrapped__', f), False)   # what the console script does
+    res = _run_cli(f.__wrapped__, False) if hasattr(f, '__wrapped__') else f()   # what the console script does
     sys.exit(0 if res is None or isinstance(res, dict) else res)
 '''
 
