@@ -64,7 +64,7 @@ def main():
         rows = [[f'generate bs=8 vs per-image loop ({k} images, {STEPS} steps, 32x32)', f'{a:.1f} {C.spread(ts["naive"])}',
                  f'{b:.1f} {C.spread(ts["realfake"])}', f'**{b / a:.2f}x**',
                  f'CPU-time ratio {C.med(cpu["naive"]) / C.med(cpu["realfake"]):.2f}x; same seeds, max pixel diff {diff}'],
-                [f'guided images (guide every step, convnext_atto @32) vs unguided generate', f'{b:.1f}', f'{g:.1f} {C.spread(ts["guided_only"])}',
+                ['guided images (guide every step, convnext_atto @32) vs unguided generate', f'{b:.1f}', f'{g:.1f} {C.spread(ts["guided_only"])}',
                  f'{g / b:.2f}x', 'guidance cost per image: decode + classifier forward/backward per step']]
     print(C.table(rows, ['case', 'baseline img/s', 'realfake img/s', 'ratio', 'notes']))
     print(f"\n{reps} interleaved repetitions after a warm-up; img/s = images / median wall time.")

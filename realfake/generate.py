@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
-from fastcore.script import call_parse, Param
+from fastcore.script import call_parse
 from .core import (SPLITS, RealfakeError, atomic_path, atomic_write, atomic_write_json, command, csv_cell,
                            escape_path, get_logger, progress_bar)
 from .metadata import write_metadata
@@ -337,7 +337,7 @@ def generate(pipe, prompts, out='generated', n:int=100, seed:int=0, bs:int=8, st
 @call_parse
 @command
 def realfake_generate(
-    prompts:Param("text file with one prompt per line", str),
+    prompts:str, # text file with one prompt per line
     pipeline:str='CompVis/stable-diffusion-v1-4', # diffusers text-to-image pipeline: a Hub id or a local folder (save_pretrained)
     out:str='generated', # output folder (images/, metadata.jsonl, ...); a rerun with the same settings resumes
     n:int=100, # images per prompt
