@@ -166,13 +166,17 @@ def heatmap(model, src, kind:str='cam', config:ModelConfig|None=None, **kw) -> n
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
 
 # %% ../nbs/17_explain.ipynb #391c88ca
-def overlay(image, heat:np.ndarray, alpha:float=0.5, cmap:str='inferno') -> Image.Image:
-    "`image` (anything `load_image` reads) with `heat` (`H x W` in [0, 1], NaN = not seen) drawn over it."
+def overlay(image, heat:np.ndarray, alpha:float=0.5, cmap:str='inferno', max_side:int|None=None) -> Image.Image:
+    "`image` (anything `load_image` reads) with `heat` (`H x W` in [0, 1], NaN = not seen) drawn over it, at most `max_side` px."
     import matplotlib
     img = load_image(image)
     heat = np.asarray(heat, np.float32)
     if heat.shape != (img.height, img.width):
         raise ValueError(f"the map is {heat.shape[1]}x{heat.shape[0]} but the image is {img.width}x{img.height}")
+    if max_side and max(img.size) > max_side:             # a display size: shrink the picture and its map alike
+        k = max_side / max(img.size)
+        w, h = max(1, round(img.width * k)), max(1, round(img.height * k))
+        img, heat = img.resize((w, h), Image.Resampling.LANCZOS), _resize_map(heat, w, h)
     a = np.asarray(img, np.float32) / 255
     ok = np.isfinite(heat)
     colour = matplotlib.colormaps[cmap](np.clip(np.nan_to_num(heat), 0, 1))[..., :3]
@@ -180,7 +184,7 @@ def overlay(image, heat:np.ndarray, alpha:float=0.5, cmap:str='inferno') -> Imag
     out = np.where(ok[..., None], (1 - alpha) * a + alpha * colour, grey)
     return Image.fromarray(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8))
 
-def write_heatmap(path, image, heat:np.ndarray, alpha:float=0.5, cmap:str='inferno') -> str:
-    "Write `overlay(image, heat)` as the PNG `path`, atomically; returns the path."
-    with atomic_path(path) as tmp: overlay(image, heat, alpha, cmap).save(tmp, format='PNG')
+def write_heatmap(path, image, heat:np.ndarray, alpha:float=0.5, cmap:str='inferno', max_side:int|None=None) -> str:
+    "Write `overlay(image, heat)` (at most `max_side` pixels) as the PNG `path`, atomically; returns the path."
+    with atomic_path(path) as tmp: overlay(image, heat, alpha, cmap, max_side).save(tmp, format='PNG')
     return str(path)
