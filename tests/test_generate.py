@@ -11,7 +11,6 @@ from realfake.metadata import read_metadata
 from realfake.guidance import GuidanceError
 from realfake.generate import generate, plan, image_seed, prompt_group, load_pipeline, read_prompts, KINDS
 
-helpers.CLI_MODULES.setdefault('realfake_generate', 'generate')      # run_cli's fallback when the script is not installed
 PROMPTS = ['a photo of a cat on a sofa', 'a red car in the rain', 'a bowl of fruit']
 
 
