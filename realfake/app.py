@@ -15,11 +15,12 @@ import numpy as np, pandas as pd
 from fastcore.script import call_parse
 
 import realfake
-from .core import LABELS, RealfakeError, command, escape_path, get_logger, to_jsonable
+from .core import LABELS, RealfakeError, command, error_line, escape_path, get_logger, to_jsonable
 from .images import ImageLoadError, load_image, probe_image, thumbnail
 from .metadata import read_metadata
 from .humans import CONFIDENCE, LabelPool, VoteStore, compare_humans_model
 from .predict import load_classifier
+from .explain import heatmap, overlay
 
 # %% auto #0
 __all__ = ['STATIC', 'BYTES_PER_PIXEL', 'FIXED_BYTES', 'SECURITY_HEADERS', 'VOLUNTEER_COOKIE', 'ADMIN_COOKIE', 'Limits',
@@ -273,8 +274,12 @@ def _row_result(clf, row, im) -> dict:
     else: details.pop('n_crops', None); details.pop('top_crop', None)
     return dict(prob_fake=p, label=row['label'] if isinstance(row.get('label'), str) else None, details=details)
 
-def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=160, lock=None) -> dict:
-    "Decode the image at `path` once as `clf` wants it, score it, add crop scores and a thumbnail; errors -> `error`."
+def _heat_uri(clf, im, side:int) -> str:
+    "The heatmap of `im` drawn over it: crop scores for a grid spec, else Grad-CAM of the last stage (realfake.explain)."
+    return _thumb_uri(overlay(im, heatmap(clf, im, 'crops' if clf.spec.crops == 'grid' else 'cam')), side)
+
+def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=160, lock=None, heat:bool=False) -> dict:
+    "Decode the image at `path` once as `clf` wants it, score it, add crop scores, a thumbnail (and a heatmap); errors -> `error`."
     out = dict(name=name, prob_fake=None, label=None, error=None, details={})
     spec = clf.spec
     try: im = load_image(path, short_side=None if spec.native else spec.resize, max_pixels=max_pixels)
@@ -290,6 +295,10 @@ def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=16
         err = row.get('error')
         return {**out, 'error': f"{name}: {err if isinstance(err, str) and err else 'the model gave no score'}"}
     out['thumb'] = _thumb_uri(im, thumb_side)
+    if heat:
+        try:
+            with lock or nullcontext(): out['heat'] = _heat_uri(clf, im, thumb_side)
+        except RealfakeError as e: out['details']['heatmap'] = error_line(e)
     return out
 
 # %% ../nbs/19_app.ipynb #bfd9707a
@@ -488,6 +497,8 @@ def detect_form(st:AppState):
         Input(type='file', name='images', accept='image/*', multiple=True, required=True, id='images'),
         Label(Input(type='checkbox', name='crops', value='1', checked=st.crops, id='crops'),
               ' Full-resolution crops (slower; scores crops of the image at its own resolution)'),
+        Label(Input(type='checkbox', name='heatmap', value='1', id='heatmap'),
+              ' Show where the model finds its evidence (a heatmap over each image; hover to see the image alone)'),
         Div(id='client-msg', cls='msg error', hidden=True),
         Button('Detect', type='submit', id='detect-btn'),
         Small(f"Up to {_plural(lim.max_files, 'image')}, {_fmt_bytes(lim.max_bytes)} and {lim.max_pixels/1e6:g} "
@@ -501,8 +512,10 @@ def _crop_box(i, c):
 
 def _result_picture(r):
     crops = r['details'].get('crops')
-    if not crops: return Img(src=r['thumb'], cls='thumb', alt=r['name'])
-    return Div(Img(src=r['thumb'], alt=r['name']), *[_crop_box(i, c) for i, c in enumerate(crops)], cls='crops')
+    pic = (Div(Img(src=r['thumb'], alt=r['name']), *[_crop_box(i, c) for i, c in enumerate(crops)], cls='crops') if crops
+           else Img(src=r['thumb'], cls='thumb', alt=r['name']))
+    if not r.get('heat'): return pic
+    return Div(pic, Img(src=r['heat'], cls='heat', alt=f"heatmap of {r['name']}"), cls='heatwrap')
 
 def result_row(r:dict):
     "One table row of the Detect results: name, picture, verdict, probability, details (or the error)."
@@ -613,14 +626,14 @@ async def _home(req:Request):
 async def _detect_get(req:Request): return detect_page(_state(req))
 
 # %% ../nbs/19_app.ipynb #bbdbe8b1
-async def _score_upload(st:AppState, clf, u:Upload, thumb_side:int) -> dict:
+async def _score_upload(st:AppState, clf, u:Upload, thumb_side:int, heat:bool=False) -> dict:
     if u.error: return dict(name=u.name, error=f"{u.name}: {u.error}", prob_fake=None, label=None, details={})
     async with st.budget.hold(decode_cost(u.info, None if clf.spec.native else clf.spec.resize)):
-        return await run_in_threadpool(score_image, clf, u.path, u.name, st.limits.max_pixels, thumb_side, st.score_lock)
+        return await run_in_threadpool(score_image, clf, u.path, u.name, st.limits.max_pixels, thumb_side, st.score_lock, heat)
 
-async def _score_all(st:AppState, uploads:list[Upload], crops:bool) -> list[dict]:
+async def _score_all(st:AppState, uploads:list[Upload], crops:bool, heat:bool=False) -> list[dict]:
     clf, out = st.scorer(crops), [None] * len(uploads)
-    async def one(i, u): out[i] = await _score_upload(st, clf, u, 300 if crops else 160)
+    async def one(i, u): out[i] = await _score_upload(st, clf, u, 300 if crops else 160, heat)
     async with anyio.create_task_group() as tg:
         for i, u in enumerate(uploads): tg.start_soon(one, i, u)
     return out
@@ -630,7 +643,7 @@ def _detect_answer(req, st, results, crops, message=None, status=200):
         if message: return JSONResponse({'error': message, 'results': []}, status_code=status)
         return JSONResponse({'mode': 'crops' if crops else 'model', 'threshold': st.scorer(crops).threshold,
                              'scoring': describe_scoring(st.scorer(crops)),
-                             'results': [{k: to_jsonable(v) for k, v in r.items() if k != 'thumb'} for r in results]})
+                             'results': [{k: to_jsonable(v) for k, v in r.items() if k not in ('thumb', 'heat')} for r in results]})
     return detect_page(st, results, message, crops, status)
 
 async def _detect_post(req:Request):
@@ -641,7 +654,7 @@ async def _detect_post(req:Request):
         crops = form.get('crops') in ('1', 'on', 'true')
         if not uploads: return _detect_answer(req, st, None, crops, 'Please choose at least one image file.', 400)
         await run_in_threadpool(check_uploads, uploads, st.limits)
-        results = await _score_all(st, uploads, crops)
+        results = await _score_all(st, uploads, crops, form.get('heatmap') in ('1', 'on', 'true'))
     _log.info(f"detect: {_plural(len(uploads), 'file')}, {sum(r['error'] is None for r in results)} scored, crops={crops}")
     return _detect_answer(req, st, results, crops)
 

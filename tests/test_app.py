@@ -416,3 +416,13 @@ def test_cli_help_documents_every_option(run_cli):
         assert opt in r.stdout
     assert 'SQLite file the votes go to' in r.stdout
     assert 'Serve the realfake web app: Detect (score uploaded images), Label (volunteers vote) and Results' in ' '.join(r.stdout.split())
+
+def test_detect_heatmap_overlay(app, clf):
+    "Ticking the heatmap box draws the model's evidence over each image (realfake.explain); hovering shows the image alone."
+    cli = TestClient(app)
+    png = _img(6, 96, 64)
+    html = cli.post('/detect', files=[('images', ('h.png', png, 'image/png'))], data={'heatmap': '1'}).text
+    assert html.count('class="heatwrap"') == 1 and 'alt="heatmap of h.png"' in html
+    assert 'class="heatwrap"' not in cli.post('/detect', files=[('images', ('h.png', png, 'image/png'))]).text
+    code, j = _json(cli, '/detect', files=[('images', ('h.png', png, 'image/png'))], data={'heatmap': '1', 'crops': '1'})
+    assert code == 200 and j['results'][0]['error'] is None and 'heat' not in j['results'][0]
