@@ -82,8 +82,11 @@ def main():
         pr = torch.cuda.get_device_properties(dev)
         print(f"device: {pr.name}, {pr.total_memory / 2**30:.0f} GiB, {pr.multi_processor_count} SMs, CUDA {torch.version.cuda}\n")
     from realfake.data import get_dls
-    from realfake.learner import create_learner, build_model, save_model_dir, ModelConfig
+    from realfake.preprocess import Preprocess
+    from realfake.learner import create_learner
+    from realfake.modeldir import build_network, save_model_dir, ModelConfig
     from realfake.predict import Classifier
+    spec = Preprocess(size=args.size, resize=round(args.size * 256 / 224))
     rows = []
     with tempfile.TemporaryDirectory(prefix='rf_bench_gpu_') as d:
         d = Path(d)
@@ -93,7 +96,7 @@ def main():
         print(f"wrote {len(df)} images ({n_train} train) in {time.perf_counter() - t:.0f} s\n")
 
         # 1. data only
-        dls = get_dls(df, size=args.size, bs=args.bs, num_workers=args.workers, aug=True, seed=0, device=dev)
+        dls = get_dls(df, spec, bs=args.bs, num_workers=args.workers, aug=True, seed=0, device=dev)
         for _ in range(2):    # warm-up epoch (page cache, worker start), then a timed one
             sync(dev); t = time.perf_counter(); it = iter(dls.train); next(it); t1 = time.perf_counter(); n = 0
             for xb, yb in it: n += len(xb)
@@ -102,7 +105,7 @@ def main():
         rows.append(['data only: get_dls train loader', f"{data_ips:.0f}", f"first batch {t1 - t:.1f} s", ''])
 
         # 2. train, model only
-        model = build_model(args.arch, 2, pretrained=False).to(dev, memory_format=torch.channels_last)
+        model = build_network(args.arch).to(dev, memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == 'cuda')
         xb = torch.randn(args.bs, 3, args.size, args.size, device=dev).contiguous(memory_format=torch.channels_last)
         yb = torch.randint(0, 2, (args.bs,), device=dev)
@@ -161,7 +164,7 @@ def main():
             with torch.inference_mode(): m(xi)
         inf32 = rate(lambda: infer32(model), args.steps, args.infer_bs)
         rows.append(['inference, model only (fp32 / TF32)', f"{inf32:.0f}", f"bf16 is {inf_model_ips / inf32:.2f}x faster", ''])
-        cfg = ModelConfig(arch=args.arch, size=args.size, resize=round(args.size * 256 / 224))
+        cfg = ModelConfig(arch=args.arch, preprocess=spec)
         save_model_dir(model, cfg, d / 'model')
         clf = Classifier.from_dir(d / 'model', device=str(dev), backend='torch', bs=args.infer_bs)
         paths = df.path.tolist()

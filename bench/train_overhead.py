@@ -81,11 +81,12 @@ def main():
     C.header(f'train_overhead: realfake learner vs plain PyTorch loop ({ARCH}, CPU, bs={args.bs}, {args.size}px, '
              f'{args.batches} train + 2 valid batches)')
     if not C.module_available('learner'): sys.exit('needs realfake.learner')
-    from realfake.learner import create_learner, build_model
+    from realfake.learner import create_learner
+    from realfake.modeldir import build_network
     train = make_batches(args.batches, args.bs, args.size, 0)
     valid = make_batches(2, args.bs, args.size, 1)
     torch.manual_seed(0)
-    init = {k: v.clone() for k, v in build_model(ARCH, 2, pretrained=False).state_dict().items()}
+    init = {k: v.clone() for k, v in build_network(ARCH).state_dict().items()}
 
     state = {}
     def rf():
@@ -102,7 +103,7 @@ def main():
     def plain():
         state['plain'] = plain_fit(state['model'], train, valid)
     def setup_plain():
-        m = build_model(ARCH, 2, pretrained=False); m.load_state_dict(init); state['model'] = m
+        m = build_network(ARCH); m.load_state_dict(init); state['model'] = m
         torch.manual_seed(1)
 
     # interleave the two sides; setup (model / learner creation) is untimed
