@@ -16,7 +16,7 @@ from .images import load_image, thumbnail, jpeg_info
 from .metadata import read_metadata
 from .prepare import Source, list_source
 from .preprocess import image_crops, normalize, combine_logits
-from .metrics import (METRICS, roc_curve, roc_auc, confusion_matrix, per_source_metrics, reliability_bins, ece,
+from .metrics import (roc_curve, roc_auc, confusion_matrix, per_source_metrics, reliability_bins, ece,
                               fit_temperature, nll, fit_threshold, binary_metrics, risk_coverage, fit_unsure, selective_metrics)
 from .perturb import PERTURBATIONS, FAKES_JPEG, Perturbation, fakes_jpeg, perturbation_names, perturb_rng
 from .modeldir import update_config

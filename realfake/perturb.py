@@ -10,7 +10,6 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 from .core import RealfakeError, escape_path
-from .images import load_image
 
 # %% auto #0
 __all__ = ['SUBSAMPLING_CODES', 'PERTURBATIONS', 'FAKES_JPEG', 'PERTURBATION_NAMES', 'encode_jpeg', 'encode_webp', 'rescale',
