@@ -245,7 +245,8 @@ def test_calibrate_reports_before_after_and_flags_degenerate_fits():
     rng = np.random.default_rng(3)
     y2 = (rng.random(400) < 0.8).astype(int); noise = rng.normal(0, 1, 400)    # logits unrelated to the labels
     assert calibrate(noise[:200], y2[:200], noise[200:], y2[200:])['warnings']
-    c = calibrate(d[:2000], y[:2000], d[2000:], y[2000:], unsure_accuracy=0.999)   # out of reach: reported, not raised
+    l3, y3 = np.array([-3., -2, 2, 3, .5, -.5, 1, -1]), np.array([1, 0, 1, 0, 1, 0, 1, 0])   # the surest answers are wrong
+    c = calibrate(l3, y3, l3, y3, unsure_accuracy=1.0)                     # out of reach: reported, not raised
     assert c['unsure']['unsure'] is None and 'no abstain band' in c['unsure']['error']
 
 # ---------------------------------------------------------------- outputs: atomic, any file name
