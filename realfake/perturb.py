@@ -51,7 +51,7 @@ def blur(img:Image.Image, sigma:float) -> Image.Image:
 
 def add_noise(img:Image.Image, sigma:float, rng:np.random.Generator) -> Image.Image:
     "Additive Gaussian noise of standard deviation `sigma` (0-255 scale), rounded and clipped."
-    a = np.asarray(img, np.float32) + rng.normal(0, sigma, (img.height, img.width, 3)).astype(np.float32)
+    a = np.asarray(img, np.float32) + rng.standard_normal((img.height, img.width, 3), dtype=np.float32) * np.float32(sigma)
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
 
 def center_crop_fraction(img:Image.Image, fraction:float) -> Image.Image:
