@@ -190,6 +190,8 @@ def _margins(clf:Classifier, batch) -> dict:
     m = (z[:, 1] - z[:, 0]).double().numpy()
     return {k: (float(m[j]), len(stacks[j])) for j, k in enumerate(keys)}
 
+def _worker_init(_): torch.set_num_threads(1)
+
 def _default_workers(clf:Classifier, n:int, bs:int) -> int:
     "No decoding processes on a CPU with <= 2 cores (they compete with the network: bench/inference.py) or for few images."
     cpus = os.cpu_count() or 1
@@ -218,7 +220,7 @@ def score_images(clf:Classifier, paths, fake=None, perturbations=(), seed:int=0,
     per_batch = max(1, math.ceil(bs / len(names)))
     dl = torch.utils.data.DataLoader(_GridItems(paths, fake, clf.spec, perts, seed), batch_size=per_batch, shuffle=False,
                                      num_workers=num_workers, collate_fn=list,
-                                     worker_init_fn=(lambda _: torch.set_num_threads(1)) if num_workers else None)
+                                     worker_init_fn=_worker_init if num_workers else None)
     rows = []
     with progress_bar(len(paths), 'evaluate', show=progress) as bar:
         for batch in dl:

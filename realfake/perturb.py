@@ -6,6 +6,7 @@
 from __future__ import annotations
 import io, zlib
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
@@ -74,23 +75,30 @@ class Perturbation:
     def __call__(self, img:Image.Image, rng:np.random.Generator|None=None):
         return self.fn(img, rng if rng is not None else np.random.default_rng(0))
 
-def _jpeg(q):
-    return Perturbation(f'jpeg_q{q}', lambda im, rng: encode_jpeg(im, q), f'JPEG at quality {q}', 'codec', jpeg_quality=q)
+# Module-level functions (bound with `partial`), not lambdas: a perturbation can then travel to a decoding worker
+# process under any start method (spawn, forkserver).
+def _jpeg_at(im, rng, q): return encode_jpeg(im, q)
+def _webp_at(im, rng, q): return encode_webp(im, q)
+def _rescaled(im, rng, factor): return rescale(im, factor)
+def _blurred(im, rng, sigma): return blur(im, sigma)
+def _cropped(im, rng, fraction): return center_crop_fraction(im, fraction)
+def _noisy(im, rng, sigma): return add_noise(im, sigma, rng)
+def _tiered(im, rng, side, q): return encode_jpeg(limit_long_side(im, side), q)
 
+def _jpeg(q): return Perturbation(f'jpeg_q{q}', partial(_jpeg_at, q=q), f'JPEG at quality {q}', 'codec', jpeg_quality=q)
 def _tier(name, side, q):
-    return Perturbation(name, lambda im, rng: encode_jpeg(limit_long_side(im, side), q),
-                        f'longer side at most {side}, then JPEG at quality {q}', 'tier')
+    return Perturbation(name, partial(_tiered, side=side, q=q), f'longer side at most {side}, then JPEG at quality {q}', 'tier')
 
 PERTURBATIONS = {p.name: p for p in [
     *(_jpeg(q) for q in (95, 75, 50, 30)),
-    Perturbation('webp_q75', lambda im, rng: encode_webp(im, 75), 'WebP at quality 75', 'codec'),
-    Perturbation('down_0.5', lambda im, rng: rescale(im, 0.5), 'downscaled to half the size', 'resize'),
-    Perturbation('down_0.75', lambda im, rng: rescale(im, 0.75), 'downscaled to 3/4 of the size', 'resize'),
-    Perturbation('up_1.5', lambda im, rng: rescale(im, 1.5), 'upscaled by 1.5 (bilinear)', 'resize'),
-    Perturbation('blur_1', lambda im, rng: blur(im, 1), 'Gaussian blur, sigma 1 pixel', 'blur'),
-    Perturbation('blur_2', lambda im, rng: blur(im, 2), 'Gaussian blur, sigma 2 pixels', 'blur'),
-    Perturbation('crop_0.5', lambda im, rng: center_crop_fraction(im, 0.5), 'centre crop, half of each side', 'crop'),
-    Perturbation('noise_5', lambda im, rng: add_noise(im, 5, rng), 'Gaussian noise, sigma 5 (of 255)', 'noise'),
+    Perturbation('webp_q75', partial(_webp_at, q=75), 'WebP at quality 75', 'codec'),
+    Perturbation('down_0.5', partial(_rescaled, factor=0.5), 'downscaled to half the size', 'resize'),
+    Perturbation('down_0.75', partial(_rescaled, factor=0.75), 'downscaled to 3/4 of the size', 'resize'),
+    Perturbation('up_1.5', partial(_rescaled, factor=1.5), 'upscaled by 1.5 (bilinear)', 'resize'),
+    Perturbation('blur_1', partial(_blurred, sigma=1), 'Gaussian blur, sigma 1 pixel', 'blur'),
+    Perturbation('blur_2', partial(_blurred, sigma=2), 'Gaussian blur, sigma 2 pixels', 'blur'),
+    Perturbation('crop_0.5', partial(_cropped, fraction=0.5), 'centre crop, half of each side', 'crop'),
+    Perturbation('noise_5', partial(_noisy, sigma=5), 'Gaussian noise, sigma 5 (of 255)', 'noise'),
     _tier('web', 768, 60), _tier('hard', 512, 40)]}
 
 FAKES_JPEG = 'fakes_jpeg'
@@ -100,12 +108,14 @@ def fakes_jpeg(settings) -> Perturbation:
     "The fakes-only protocol: each fake JPEG-compressed at a (quality, subsampling) drawn from the reals' `settings`."
     settings = [(int(q), s if s in SUBSAMPLING_CODES else None) for q, s in settings]
     if not settings: raise RealfakeError(f"{FAKES_JPEG} needs the JPEG qualities of the real images, and none of them is a JPEG")
-    def fn(im, rng):
-        q, sub = settings[int(rng.integers(len(settings)))]
-        return encode_jpeg(im, q, sub)
     qs = sorted({q for q, _ in settings})
     what = f'quality {qs[0]}' if len(qs) == 1 else f'qualities {qs[0]}-{qs[-1]}'
-    return Perturbation(FAKES_JPEG, fn, f"fakes only: JPEG at the real images' {what}; reals untouched", 'protocol', fakes_only=True)
+    return Perturbation(FAKES_JPEG, partial(_jpeg_drawn, settings=tuple(settings)),
+                        f"fakes only: JPEG at the real images' {what}; reals untouched", 'protocol', fakes_only=True)
+
+def _jpeg_drawn(im, rng, settings):
+    q, sub = settings[int(rng.integers(len(settings)))]
+    return encode_jpeg(im, q, sub)
 
 def perturb_rng(seed:int, name:str, key) -> np.random.Generator:
     "The random generator of perturbation `name` on the image `key` (its path or index) in a run seeded `seed`."

@@ -84,3 +84,11 @@ def test_names():
     assert perturbation_names('all') == PERTURBATION_NAMES and perturbation_names(None) == [] and perturbation_names(' none ') == []
     assert perturbation_names(['blur_2', 'jpeg_q95', 'blur_2']) == ['jpeg_q95', 'blur_2']
     with pytest.raises(RealfakeError, match=r"unknown perturbation 'jpeg95' \(known: all, none, jpeg_q95"): perturbation_names('jpeg95,blur_1')
+
+def test_perturbations_travel_to_worker_processes():
+    "Picklable (no lambdas), so decoding workers can use them under any start method; the copy does the same."
+    import pickle
+    img = _photo()
+    for p in [*PERTURBATIONS.values(), fakes_jpeg([(70, '4:2:0')])]:
+        q = pickle.loads(pickle.dumps(p))
+        assert q.name == p.name and _same(q(img, perturb_rng(0, p.name, 'k')), p(img, perturb_rng(0, p.name, 'k')))
