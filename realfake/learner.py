@@ -34,22 +34,29 @@ __all__ = ['CKPT_FORMAT', 'realfake_metrics', 'CropCombine', 'mixed_precision_mo
            'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback', 'load_checkpoint', 'fit_resumable']
 
 # %% ../nbs/12_learner.ipynb #126b1060
+from . import metrics as _M
+
 def _acc(preds, targs): return (preds == targs).float().mean().item() if len(targs) else float('nan')
 def _class_acc(preds, targs, c):
     m = targs == c
     return (preds[m] == c).float().mean().item() if m.any() else float('nan')
-def _roc_auc(preds, targs):
-    from sklearn.metrics import roc_auc_score
-    t = np.asarray(targs)
-    if len(np.unique(t)) < 2: return float('nan')
-    return float(roc_auc_score(t, np.asarray(preds)))
+def _bal_acc(preds, targs): return _M.balanced_accuracy(targs.cpu().numpy(), preds.cpu().numpy())
+
+_PROB_METRICS = {'roc_auc': _M.roc_auc, 'ap': _M.average_precision, 'eer': _M.eer,
+                 'tpr_at_1fpr': partial(_M.tpr_at_fpr, max_fpr=0.01), 'tpr_at_5fpr': partial(_M.tpr_at_fpr, max_fpr=0.05)}
+
+def _prob_metric(name):
+    f = _PROB_METRICS[name]
+    return AccumMetric(lambda p, t: f(np.asarray(t), np.asarray(p)), dim_argmax=-1, activation=ActivationType.BinarySoftmax,
+                       to_np=True, name=name)
 
 def realfake_metrics():
-    "Fresh metric objects: accuracy, roc_auc, real_accuracy, fake_accuracy."
-    return [AccumMetric(_acc, dim_argmax=-1, name='accuracy'),
-            AccumMetric(_roc_auc, dim_argmax=-1, activation=ActivationType.BinarySoftmax, to_np=True, name='roc_auc'),
+    "Fresh metric objects: accuracy, roc_auc, real_accuracy, fake_accuracy, balanced_accuracy, ap, eer, tpr_at_1fpr, tpr_at_5fpr."
+    return [AccumMetric(_acc, dim_argmax=-1, name='accuracy'), _prob_metric('roc_auc'),
             AccumMetric(partial(_class_acc, c=LABELS.index('real')), dim_argmax=-1, name='real_accuracy'),
-            AccumMetric(partial(_class_acc, c=LABELS.index('fake')), dim_argmax=-1, name='fake_accuracy')]
+            AccumMetric(partial(_class_acc, c=LABELS.index('fake')), dim_argmax=-1, name='fake_accuracy'),
+            AccumMetric(_bal_acc, dim_argmax=-1, name='balanced_accuracy'),
+            *(_prob_metric(n) for n in ('ap', 'eer', 'tpr_at_1fpr', 'tpr_at_5fpr'))]
 
 # %% ../nbs/12_learner.ipynb #584df925
 class CropCombine(Callback):
@@ -205,7 +212,7 @@ class CheckpointCallback(Callback):
         self.ckpt_dir, self.config, self.fit_args, self.seed = Path(ckpt_dir), config, dict(fit_args), seed
         self.monitor, self.start_epoch, self.keep_every = monitor, start_epoch, keep_every
         self.best = best or {'monitor': monitor, 'value': None, 'epoch': None}
-        self.lower_is_better = 'loss' in monitor or 'error' in monitor
+        self.lower_is_better = 'loss' in monitor or 'error' in monitor or monitor in _M.LOWER_IS_BETTER
         self.smooth = smooth
 
     def before_fit(self):

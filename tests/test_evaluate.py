@@ -1,187 +1,164 @@
-"Tests of realfake.evaluate: numpy metrics against hand-computed values, calibration, report folder, audit."
-import json, math
+"""Tests of realfake.evaluate: the report folder, the one-decode perturbation grid against `Classifier.predict`,
+calibration and the abstain band, atomic outputs, any file name, layouts, and bad input as one-line errors.
+(The metrics are tested in test_metrics.py, the perturbations in test_perturb.py, the verdict on trained models in
+test_audit.py.)"""
+import errno, json, os, shutil
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
+from helpers import make_model_dir
+from realfake.core import RealfakeError, escape_path
+from realfake.images import load_image
+from realfake.metadata import write_metadata
+from realfake.metrics import roc_auc
 from realfake.modeldir import ModelConfig
-from realfake.predict import Classifier
-from realfake.metrics import (roc_auc, roc_curve, average_precision, confusion_matrix, binary_metrics, per_source_metrics,
-                              ece, reliability_bins, fit_temperature, fit_threshold, nll)
-from realfake.evaluate import calibrate, evaluate, realfake_evaluate, save_calibration, shortcut_audit, FIGURES
+from realfake.perturb import PERTURBATIONS, FAKES_JPEG, fakes_jpeg, perturb_rng
+from realfake.predict import Classifier, predict_to_csv
+from realfake.evaluate import (EvalOptions, calibrate, evaluate, save_calibration, score_images, load_eval_data,
+                               FIGURES, GRID_FIGURES)
 
-# ---------------------------------------------------------------- metrics, by hand
-def test_auc_ap_by_hand():
-    # reals 0.1, 0.4; fakes 0.35, 0.8: 3 of 4 (fake, real) pairs ordered right
-    y, s = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
-    assert roc_auc(y, s) == pytest.approx(0.75)
-    # ranking 0.8F 0.4R 0.35F 0.1R: recall steps at ranks 1 (P=1) and 3 (P=2/3)
-    assert average_precision(y, s) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
-    fpr, tpr, _ = roc_curve(y, s)
-    assert fpr.tolist() == pytest.approx([0, 0, .5, .5, 1]) and tpr.tolist() == pytest.approx([0, .5, .5, 1, 1])
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
-def test_auc_ties_and_degenerate():
-    # one tie between a real and a fake counts 1/2: (1 + 0.5 + 1 + 1) / 4
-    assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == pytest.approx(0.875)
-    # all scores equal: AP = prevalence, AUC = 0.5
-    assert average_precision([0, 1, 1, 0, 1], [0.3] * 5) == pytest.approx(3 / 5)
-    assert roc_auc([0, 1, 1, 0, 1], [0.3] * 5) == pytest.approx(0.5)
-    assert math.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3])) and math.isnan(average_precision([0, 0], [0.1, 0.2]))
-    assert roc_auc([0, 1], [0.9, 0.1]) == 0.0
+KEYS = {'model', 'data', 'split', 'preprocess', 'n', 'n_errors', 'threshold', 'temperature', 'overall', 'per_source',
+        'calibration', 'audit', 'perturb', 'verdict', 'unsure', 'perturbations', 'options', 'files'}
 
-def test_matches_sklearn_if_installed():
-    skm = pytest.importorskip('sklearn.metrics')
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 300); s = np.round(rng.random(300) + 0.3 * y, 2)     # rounding makes ties
-    assert roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-    assert average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
-
-def test_confusion_and_binary_metrics_by_hand():
-    y, p = [0, 0, 0, 1, 1], [0.2, 0.7, 0.4, 0.9, 0.3]
-    assert confusion_matrix(y, [0, 1, 0, 1, 0]).tolist() == [[2, 1], [1, 1]]
-    m = binary_metrics(y, p, 0.5)
-    assert (m['tn'], m['fp'], m['fn'], m['tp']) == (2, 1, 1, 1)
-    assert m['accuracy'] == pytest.approx(3 / 5) and m['acc_real'] == pytest.approx(2 / 3) and m['acc_fake'] == pytest.approx(1 / 2)
-    assert m['auc'] == pytest.approx(4 / 6)      # 0.9 beats 3 reals, 0.3 beats 0.2
-    m = binary_metrics(y, p, 0.7)                # p >= threshold is fake: 0.7 counts as fake
-    assert (m['tn'], m['fp'], m['fn'], m['tp']) == (2, 1, 1, 1)
-    m = binary_metrics(y, p, 0.25)
-    assert (m['tn'], m['fp'], m['fn'], m['tp']) == (1, 2, 0, 2)
-
-def test_per_source_by_hand():
-    df = pd.DataFrame(dict(label=['real', 'real', 'fake', 'fake', 'fake', 'real'],
-                           source=['nat', 'nat', 'g1', 'g1', 'g2', 'mix'], prob_fake=[0.1, 0.6, 0.9, 0.3, 0.7, np.nan]))
-    t = per_source_metrics(df, 0.5).set_index('source')
-    assert list(t.index) == ['all', 'g1', 'g2', 'nat']           # the unreadable row (NaN) is left out
-    assert t.loc['all', 'n'] == 5 and t.loc['all', 'accuracy'] == pytest.approx(3 / 5)
-    assert t.loc['all', 'auc'] == pytest.approx(5 / 6)   # reals 0.1 0.6; fakes 0.9 (2 pairs) 0.3 (1) 0.7 (2)
-    assert t.loc['g1', 'accuracy'] == pytest.approx(0.5) and t.loc['g1', 'acc_fake'] == pytest.approx(0.5)
-    assert t.loc['g1', 'auc'] == pytest.approx(3 / 4) and t.loc['g1', 'auc_vs'] == 'all real'   # vs reals 0.1, 0.6
-    assert t.loc['g2', 'auc'] == pytest.approx(1.0)                 # 0.7 beats both reals
-    assert t.loc['nat', 'acc_real'] == pytest.approx(0.5) and math.isnan(t.loc['nat', 'acc_fake'])
-
-def test_ece_by_hand():
-    # confidences 0.92 0.83 0.74 0.61 in 4 bins; right, wrong, right, right
-    assert ece([1, 0, 0, 1], [0.92, 0.83, 0.26, 0.61], n_bins=10) == pytest.approx((0.08 + 0.83 + 0.26 + 0.39) / 4)
-    # two in one bin: |mean acc - mean conf| = |0.5 - 0.915|
-    assert ece([1, 0], [0.92, 0.91], n_bins=10) == pytest.approx(0.415)
-    r = reliability_bins([1, 0], [0.92, 0.91], n_bins=10)
-    assert r.n.tolist() == [0] * 9 + [2]
-
-# ---------------------------------------------------------------- calibration, known answers
-def test_threshold_best_accuracy_known_answer():
-    assert fit_threshold([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.9]) == pytest.approx(0.45)
-    # not separable: cutting between 0.7 and 0.8 gets 5/6 (only the fake at 0.4 is missed)
-    y, p = [0, 0, 0, 1, 1, 1], [0.1, 0.5, 0.7, 0.4, 0.8, 0.9]
-    t = fit_threshold(y, p)
-    assert t == pytest.approx(0.75) and binary_metrics(y, p, t)['accuracy'] == pytest.approx(5 / 6)
-    # synthetic scores: reals ~ U(0, 0.62), fakes ~ U(0.58, 1): the best cut lies in the overlap [0.58, 0.62]
-    rng = np.random.default_rng(1)
-    y = np.r_[np.zeros(2000), np.ones(2000)]; p = np.r_[rng.uniform(0, .62, 2000), rng.uniform(.58, 1, 2000)]
-    assert 0.58 <= fit_threshold(y, p) <= 0.62
-
-def test_threshold_target_fpr_known_answer():
-    r = np.linspace(0.01, 0.99, 100)
-    y, p = np.r_[np.zeros(100), np.ones(3)], np.r_[r, [0.5, 0.9, 0.995]]
-    for target, k in [(0.05, 5), (0.01, 1), (0.0, 0), (0.2, 20)]:
-        t = fit_threshold(y, p, 'fpr', target)
-        assert int((r >= t).sum()) == k, (target, t)
-
-def test_temperature_known_answer():
-    rng = np.random.default_rng(0)
-    d = rng.normal(0, 4, 20000)
-    for T0 in (2.5, 0.5):                    # over- then under-confident logits
-        y = (rng.random(len(d)) < 1 / (1 + np.exp(-d / T0))).astype(int)
-        T = fit_temperature(d, y)
-        assert T == pytest.approx(T0, rel=0.06), (T0, T)
-        assert nll(d, y, T) < nll(d, y, 1.0)
-        assert ece(y, 1 / (1 + np.exp(-d / T))) < ece(y, 1 / (1 + np.exp(-d)))
-
-def test_calibrate_reports_before_after():
-    rng = np.random.default_rng(2)
-    d = rng.normal(0, 4, 4000); y = (rng.random(4000) < 1 / (1 + np.exp(-d / 3))).astype(int)
-    c = calibrate(d[:2000], y[:2000], d[2000:], y[2000:])
-    assert c['temperature'] == pytest.approx(3, rel=0.15)
-    assert c['ece_after'] < c['ece_before'] / 2 and c['nll_after'] < c['nll_before']
-    assert 0 <= c['threshold'] <= 1
-
-def test_calibrate_flags_degenerate_fits():
-    rng = np.random.default_rng(3)
-    y = (rng.random(400) < 0.8).astype(int)
-    noise = rng.normal(0, 1, 400)                     # logits unrelated to the labels
-    c = calibrate(noise[:200], y[:200], noise[200:], y[200:])
-    assert c['warnings']
-    d = rng.normal(0, 4, 400); y2 = (rng.random(400) < 1 / (1 + np.exp(-d / 2))).astype(int)
-    assert calibrate(d[:200], y2[:200], d[200:], y2[200:])['warnings'] == []
-
-# ---------------------------------------------------------------- report on a tiny model
-@pytest.fixture(scope='module')
-def model_dir(tiny_model_dir): return tiny_model_dir
-
-def _img(seed, fake):
+def _img(seed, fake, w=48, h=40):
     rng = np.random.default_rng(seed)
-    a = rng.integers(0, 120, (40, 48, 3), dtype=np.uint8) + (100 if fake else 0)
+    a = rng.integers(0, 120, (h, w, 3), dtype=np.uint8) + (100 if fake else 0)
     return Image.fromarray(a.astype(np.uint8))
 
 @pytest.fixture(scope='module')
+def model_dir(tiny_model_dir): return tiny_model_dir
+
+@pytest.fixture(scope='module')
 def gen_folder(tmp_path_factory):
+    "natural (JPEG) + two generators (PNG), 14 images and one broken file."
     root = tmp_path_factory.mktemp('gen')
-    for src, fake, n in [('natural', False, 6), ('gen_a', True, 4), ('gen_b', True, 4)]:
+    for k, (src, fake, n) in enumerate([('natural', False, 6), ('gen_a', True, 4), ('gen_b', True, 4)]):
         (root/src).mkdir()
-        for i in range(n): _img(hash((src, i)) % 1000, fake).save(root/src/f'{i}.png')
+        for i in range(n):
+            if fake: _img(10 * k + i, fake).save(root/src/f'{i}.png')
+            else: _img(10 * k + i, fake).save(root/src/f'{i}.jpg', quality=80 + i)
     (root/'gen_b'/'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
     return root
 
+# ---------------------------------------------------------------- the report folder
 def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     out = tmp_path/'report'
-    res = evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, audit=True)
-    expected = ['metrics.json', 'per_source.csv', 'predictions.csv', 'report.html', 'audit.csv'] + [f for f, _ in FIGURES]
-    assert set(expected) <= {p.name for p in out.iterdir()}
-    assert len(FIGURES) == 7 and {'roc.png', 'confusion_matrix.png', 'reliability.png'} <= {f for f, _ in FIGURES}
-    html = (out/'report.html').read_text()
-    for f, _ in FIGURES:
-        with Image.open(out/f) as im:
-            im.verify(); assert im.format == 'PNG'
-        with Image.open(out/f) as im: assert im.size[0] > 100 and im.size[1] > 100
-        assert f"src='{f}'" in html
+    res = evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, perturb='jpeg_q75,blur_1', audit=True)
     m = json.loads((out/'metrics.json').read_text())
-    assert m['n'] == 14 and m['n_errors'] == 1
-    assert set(m['overall']) >= {'accuracy', 'auc', 'ap', 'acc_real', 'acc_fake', 'tn', 'fp', 'fn', 'tp', 'ece'}
+    assert set(m) == KEYS and m['n'] == 14 and m['n_errors'] == 1
+    names = {p.name for p in out.iterdir()}
+    assert set(m['files']) == names - {'metrics.json'} | {'metrics.json'}          # every file listed, nothing else
+    assert not [n for n in names if n.endswith('.tmp')]
+    html = (out/'report.html').read_text()
+    for f, _ in FIGURES + GRID_FIGURES:
+        with Image.open(out/f) as im: im.verify()
+        assert f"src='{f}'" in html
+    assert 'shortcut' in html or 'inconclusive' in html or 'robust' in html
+    assert set(m['overall']) >= {'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer', 'tpr_at_1fpr',
+                                 'tpr_at_5fpr', 'tn', 'fp', 'fn', 'tp', 'ece'}
     ps = pd.read_csv(out/'per_source.csv')
-    assert ps.source.tolist() == ['all', 'gen_a', 'gen_b', 'natural']
-    assert ps.set_index('source').loc['gen_b', 'n'] == 4
+    assert ps.source.tolist() == ['all', 'gen_a', 'gen_b', 'natural'] and ps.set_index('source').loc['gen_b', 'n'] == 4
     pr = pd.read_csv(out/'predictions.csv')
+    assert list(pr.columns) == ['path', 'label', 'source', 'prob_fake', 'logit', 'pred', 'n_crops', 'error']
     assert len(pr) == 15 and pr.error.notna().sum() == 1 and 'broken.png' in pr.error.dropna().iloc[0]
-    assert set(pr.label) == {'real', 'fake'} and (pr[pr.source == 'natural'].label == 'real').all()
-    # the numbers in the report are the metrics of the predictions it lists
     ok = pr[pr.error.isna()]
     assert m['overall']['auc'] == pytest.approx(roc_auc((ok.label == 'fake').astype(int), ok.prob_fake))
+    # the grid: clean first, the audit's perturbations and the two asked for, in registry order
     a = pd.read_csv(out/'audit.csv')
-    assert a['transform'].tolist()[0] == 'none' and {'jpeg_q50', 'resize_0.5_up', 'png_roundtrip'} <= set(a['transform'])
-    assert a.loc[0, 'd_accuracy'] == 0
+    assert a['transform'].tolist() == ['clean', 'jpeg_q95', 'jpeg_q75', 'jpeg_q50', 'webp_q75', 'down_0.5', 'blur_1', FAKES_JPEG]
+    assert a.loc[0, 'auc'] == pytest.approx(m['overall']['auc']) and a.loc[0, 'd_auc'] == 0
+    g = pd.read_csv(out/'perturb.csv')
+    assert len(g) == 8 * 4 and set(g.source) == {'all', 'gen_a', 'gen_b', 'natural'}
+    wide = pd.read_csv(out/'perturb_predictions.csv')
+    assert list(wide.columns[:4]) == ['path', 'label', 'source', 'clean'] and np.allclose(wide.clean, pr.prob_fake, equal_nan=True)
+    assert m['verdict']['verdict'] in ('shortcut suspected', 'robust', 'inconclusive') and m['verdict']['evidence']
     assert m['calibration'] is not None and 'random half' in m['calibration']['fitted_on']
+    assert m['options']['perturb'] == ['jpeg_q75', 'blur_1'] and m['options']['audit'] is True
 
-def test_audit_detects_a_format_shortcut(model_dir, tmp_path):
-    "A 'model' that calls every PNG-clean image fake collapses when both classes are JPEG-compressed."
+def test_options_are_one_record(model_dir, gen_folder, tmp_path):
+    "Keywords and an EvalOptions mean the same; a bad option fails before scoring."
+    o = EvalOptions(bs=8, num_workers=0, calibration=False)
+    r1 = evaluate(model_dir, gen_folder, tmp_path/'a', o)
+    r2 = evaluate(model_dir, gen_folder, tmp_path/'b', bs=8, num_workers=0, calibration=False)
+    assert r1['overall'] == r2['overall'] and r1['options'] == r2['options'] and r1['calibration'] is None
+    with pytest.raises(RealfakeError, match="unknown perturbation 'jpg'"): evaluate(model_dir, gen_folder, tmp_path/'c', perturb='jpg')
+    assert not (tmp_path/'c').exists()
+
+# ---------------------------------------------------------------- the grid is predict's path
+def _folder(root, n=3):
+    for i in range(n):
+        _img(i, False, 70, 50).save(root/f'r{i}.jpg', quality=85)
+        _img(i + 50, True, 60, 60).save(root/f'f{i}.png')
+    paths = [str(root/f'r{i}.jpg') for i in range(n)] + [str(root/f'f{i}.png') for i in range(n)]
+    return paths, np.r_[np.zeros(n, bool), np.ones(n, bool)]
+
+@pytest.mark.parametrize('spec', [dict(resize=36), dict(resize='native', crops='grid', max_crops=4)], ids=['resize', 'native'])
+def test_each_perturbation_scores_like_predict_on_that_file(tmp_path, spec):
+    """Clean scores are `Classifier.predict`'s on the files; each perturbed score is predict's on a file holding the
+    perturbed image (predict's own `transform` hook); under fakes_jpeg the reals keep their clean score."""
+    mdir = make_model_dir(tmp_path/'m', mean=(0.5,) * 3, std=(0.25,) * 3, **spec)
+    clf = Classifier.from_dir(mdir, backend='torch')
+    paths, fake = _folder(tmp_path)
+    perts = list(PERTURBATIONS.values()) + [fakes_jpeg([(70, '4:2:0'), (90, '4:4:4')])]
+    sc = score_images(clf, paths, fake, perts, seed=5, bs=8)
+    wide = sc.pivot(index='index', columns='perturbation', values='prob_fake')
+    assert sc.error.isna().all() and np.allclose(wide['clean'], clf.prob_fake(paths), atol=1e-5)
+    for p in perts:
+        tf = lambda src, p=p: p(load_image(src), perturb_rng(5, p.name, src))
+        want = clf.prob_fake(paths, transform=tf).copy()
+        if p.fakes_only: want[~fake] = wide['clean'].to_numpy()[~fake]
+        assert np.allclose(wide[p.name], want, atol=1e-5), p.name
+        assert not np.allclose(wide[p.name], wide['clean'], atol=1e-7), p.name      # it did change the scores
+    n_crops = sc.set_index(['index', 'perturbation']).n_crops
+    assert (n_crops.xs('clean', level=1) == (4 if spec.get('crops') == 'grid' else 1)).all()
+
+def test_workers_and_batches_do_not_change_scores(model_dir, tmp_path):
     clf = Classifier.from_dir(model_dir, backend='torch')
-    class FormatDetector(torch.nn.Module):
-        # high-frequency energy: JPEG smooths it away -> a stand-in for "learned the file format"
-        def forward(self, x):
-            hf = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean((1, 2, 3))
-            return torch.stack([torch.zeros_like(hf), 100 * (hf - 0.12)], 1)
-    clf.model = FormatDetector()
-    rng = np.random.default_rng(0)
-    paths, labels = [], []
-    for i in range(8):
-        fake = i % 2 == 1
-        base = np.tile(np.linspace(60, 200, 40), (40, 1))[..., None].repeat(3, 2)    # a smooth gradient
-        a = np.clip(base + (rng.normal(0, 16, base.shape) if fake else 0), 0, 255).astype(np.uint8)  # fakes: + fine noise
-        p = tmp_path/f'{i}.png'; Image.fromarray(a).save(p); paths.append(str(p)); labels.append('fake' if fake else 'real')
-    df = pd.DataFrame(dict(path=paths, label=labels, source='x'))
-    a = shortcut_audit(clf, df, bs=4).set_index('transform')
-    assert a.loc['none', 'accuracy'] == 1.0 and a.loc['png_roundtrip', 'd_accuracy'] == 0
-    assert a.loc['jpeg_q50', 'd_accuracy'] <= -0.25 and a.loc['jpeg_q50', 'acc_real'] == 1.0
+    paths, fake = _folder(tmp_path, 4)
+    perts = [PERTURBATIONS['noise_5'], fakes_jpeg([(60, '4:2:0'), (95, '4:2:0')])]
+    a = score_images(clf, paths, fake, perts, seed=1, bs=2, num_workers=0)
+    b = score_images(clf, paths, fake, perts, seed=1, bs=64, num_workers=1)
+    assert np.allclose(a.prob_fake, b.prob_fake, atol=1e-5) and a.perturbation.tolist() == b.perturbation.tolist()
+    c = score_images(clf, paths, fake, perts, seed=2, bs=64, num_workers=0)
+    assert not np.allclose(a.prob_fake, c.prob_fake, atol=1e-7)           # another seed: other noise, other draws
 
+def test_an_error_in_one_perturbation_stays_in_its_row(model_dir, tmp_path):
+    clf = Classifier.from_dir(model_dir, backend='torch')
+    paths, fake = _folder(tmp_path, 1)
+    boom = PERTURBATIONS['blur_1'].__class__('boom', lambda im, rng: 1 / 0, 'fails', 'other')
+    sc = score_images(clf, paths + [str(tmp_path/'missing.png')], np.r_[fake, True], [boom, PERTURBATIONS['jpeg_q75']])
+    s = sc.set_index(['index', 'perturbation'])
+    assert s.loc[(0, 'boom'), 'error'].startswith('boom: cannot read image') and np.isnan(s.loc[(0, 'boom'), 'prob_fake'])
+    assert pd.isna(s.loc[(0, 'jpeg_q75'), 'error']) and pd.isna(s.loc[(0, 'clean'), 'error'])
+    assert all('missing.png' in s.loc[(2, n), 'error'] for n in ('clean', 'boom', 'jpeg_q75'))
+
+# ---------------------------------------------------------------- a stand-in shortcut model
+class _HighFrequency(torch.nn.Module):
+    "A stand-in for 'learned the file format': fake = much fine detail. JPEG removes it."
+    def forward(self, x):
+        hf = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean((1, 2, 3))
+        return torch.stack([torch.zeros_like(hf), 100 * (hf - 0.12)], 1)
+
+def test_verdict_flags_a_format_detector(model_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    for lab in ('natural', 'gen'):
+        (tmp_path/'d'/lab).mkdir(parents=True)
+        for i in range(8):
+            base = np.tile(np.linspace(60, 200, 40), (40, 1))[..., None].repeat(3, 2) + rng.normal(0, 16, (40, 40, 3))
+            im = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+            if lab == 'natural': im.save(tmp_path/'d'/lab/f'{i}.jpg', quality=75)   # the JPEG smooths the fine noise away
+            else: im.save(tmp_path/'d'/lab/f'{i}.png')
+    clf = Classifier.from_dir(model_dir, backend='torch'); clf.model = _HighFrequency()
+    res = evaluate(clf, tmp_path/'d', out=tmp_path/'rep', audit=True, bs=8, num_workers=0, calibration=False)
+    a = pd.DataFrame(res['audit']).set_index('transform')
+    assert a.loc['clean', 'auc'] == 1.0 and a.loc[FAKES_JPEG, 'acc_real'] == 1.0
+    assert res['verdict']['verdict'] == 'shortcut suspected', res['verdict']
+    assert a.loc[FAKES_JPEG, 'd_auc'] <= -0.4
+
+# ---------------------------------------------------------------- calibration and the abstain band
 class _BrightnessModel(torch.nn.Module):
     "An informative but imperfect stand-in model: brighter is more fake, plus a content-dependent jitter."
     def forward(self, x):
@@ -189,73 +166,187 @@ class _BrightnessModel(torch.nn.Module):
         z = 2 * (m + 0.27) + 2.5 * torch.sin(1000 * m)
         return torch.stack([torch.zeros_like(z), z], 1)
 
-def test_metadata_input_and_save_threshold(model_dir, tmp_path):
-    from realfake.metadata import write_metadata
-    import shutil
-    mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
+def _metadata(tmp_path, splits=(('valid', 40), ('test', 16))):
     recs = []
-    for split, n in [('valid', 24), ('test', 8)]:
+    for split, n in splits:
         for i in range(n):
             fake = i % 2 == 1
             p = tmp_path/'img'/f'{split}_{i}.png'; p.parent.mkdir(exist_ok=True)
             _img(i + 100 * (split == 'test'), fake).save(p)
             recs.append(dict(path=str(p), label='fake' if fake else 'real', split=split, source='g' if fake else 'r'))
-    meta = write_metadata(recs, tmp_path/'metadata.jsonl')
+    return write_metadata(recs, tmp_path/'metadata.jsonl')
+
+def test_metadata_input_and_save_threshold(model_dir, tmp_path):
+    mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
+    meta = _metadata(tmp_path)
     clf = Classifier.from_dir(mdir, backend='torch'); clf.model = _BrightnessModel()
-    (mdir/'config.json').chmod(0o644); mode0 = 0o644
-    res = evaluate(clf, meta, out=tmp_path/'rep', save_threshold=True, bs=8, num_workers=0,
-                   threshold_method='fpr', target_fpr=0.25)
-    assert res['n'] == 8 and 'split=test' in res['data'] and res['split'] == 'test'
-    assert (mdir/'config.json').stat().st_mode & 0o777 == mode0          # permissions kept
+    (mdir/'config.json').chmod(0o644)
+    res = evaluate(clf, meta, out=tmp_path/'rep', save_threshold=True, bs=8, num_workers=0, threshold_method='fpr', target_fpr=0.25)
+    assert res['n'] == 16 and 'split=test' in res['data'] and res['split'] == 'test'
+    assert (mdir/'config.json').stat().st_mode & 0o777 == 0o644          # permissions kept
     c = res['calibration']
-    assert c['fitted_on'] == 'split valid' and c['n_calib'] == 24 and c['n_test'] == 8 and c['warnings'] == []
+    assert c['fitted_on'] == 'split valid' and c['n_calib'] == 40 and c['n_test'] == 16 and c['warnings'] == []
     cfg = json.loads((mdir/'config.json').read_text())
     assert cfg['threshold'] == pytest.approx(c['threshold']) and cfg['temperature'] == pytest.approx(c['temperature'])
-    assert cfg['temperature'] != 1.0
-    ModelConfig.from_json((mdir/'config.json').read_text())          # still a valid config
-    clf2 = Classifier.from_dir(mdir, backend='torch')
-    assert clf2.threshold == pytest.approx(c['threshold']) and clf2.temperature == pytest.approx(c['temperature'])
-    # the other files of the model directory are untouched
+    assert cfg['temperature'] != 1.0 and cfg['unsure'] is None
+    ModelConfig.from_json((mdir/'config.json').read_text())
     assert (mdir/'model.safetensors').read_bytes() == (model_dir/'model.safetensors').read_bytes()
 
-def test_cli_refuses_to_save_degenerate_calibration(model_dir, tmp_path):
-    "The untrained model's logits are noise: --save-threshold must not write them, and the config stays as it was."
-    import shutil
-    from realfake.metadata import write_metadata
+def test_abstain_band_saved_and_shown_everywhere(model_dir, tmp_path):
+    "--unsure_coverage fits a band with the calibration; saved, it makes predict answer 'unsure', and the report shows it."
+    mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
+    meta = _metadata(tmp_path, (('valid', 60), ('test', 30)))
+    clf = Classifier.from_dir(mdir, backend='torch'); clf.model = _BrightnessModel()
+    res = evaluate(clf, meta, out=tmp_path/'rep', save_threshold=True, unsure_coverage=0.7, bs=8, num_workers=0)
+    band = res['calibration']['unsure']
+    lo, hi = band['unsure']
+    assert lo < res['calibration']['threshold'] < hi and band['coverage'] >= 0.7 and 0 < band['test']['coverage'] < 1
+    cfg = json.loads((mdir/'config.json').read_text())
+    assert cfg['unsure'] == pytest.approx([lo, hi])
+    clf2 = Classifier.from_dir(mdir, backend='torch'); clf2.model = _BrightnessModel()
+    paths = pd.read_csv(tmp_path/'rep'/'predictions.csv').path.tolist()
+    s = predict_to_csv(paths, clf2, out=tmp_path/'pred.csv', bs=8, num_workers=0, progress=False)
+    pred = pd.read_csv(tmp_path/'pred.csv')
+    assert s['scored'] == 30 and 'unsure' in set(pred.label)
+    assert pred.label.eq('unsure').mean() == pytest.approx(band['test']['unsure_share'], abs=1e-9)
+    res2 = evaluate(clf2, meta, out=tmp_path/'rep2', bs=8, num_workers=0, calibration=False)
+    assert res2['unsure']['band'] == pytest.approx([lo, hi]) and res2['unsure']['unsure_share'] == pytest.approx(pred.label.eq('unsure').mean())
+    assert 'unsure' in set(pd.read_csv(tmp_path/'rep2'/'predictions.csv').pred)
+    assert 'unsure share' in (tmp_path/'rep2'/'report.html').read_text() and (tmp_path/'rep2'/'risk_coverage.png').exists()
+    # re-calibrating without a band removes the stale one
+    evaluate(clf2, meta, out=tmp_path/'rep3', save_threshold=True, bs=8, num_workers=0)
+    assert json.loads((mdir/'config.json').read_text())['unsure'] is None
+
+def test_refuses_to_save_a_degenerate_calibration(model_dir, tmp_path):
     mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
     before = (mdir/'config.json').read_bytes()
-    recs = []
-    for split in ('valid', 'test'):
-        for i in range(6):
-            p = tmp_path/f'{split}{i}.png'; _img(i + 7 * (split == 'test'), i % 2 == 1).save(p)
-            recs.append(dict(path=str(p), label=['real', 'fake'][i % 2], split=split, source='s'))
-    meta = write_metadata(recs, tmp_path/'metadata.jsonl')
+    meta = _metadata(tmp_path, (('valid', 6), ('test', 6)))
     clf = Classifier.from_dir(mdir, backend='torch')
     clf.model = lambda x: torch.stack([torch.zeros(len(x)), torch.zeros(len(x))], 1)   # constant: no information
-    with pytest.raises(Exception, match='degenerate calibration'):
+    with pytest.raises(RealfakeError, match='degenerate calibration'):
         evaluate(clf, meta, out=tmp_path/'rep', save_threshold=True, bs=8, num_workers=0)
     assert (mdir/'config.json').read_bytes() == before
 
 def test_save_calibration_validates(model_dir, tmp_path):
-    import shutil
     mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
     before = (mdir/'config.json').read_text()
     with pytest.raises(Exception): save_calibration(mdir, threshold=1.5, temperature=1.0)
     with pytest.raises(Exception): save_calibration(mdir, threshold=0.5, temperature=-1.0)
+    with pytest.raises(Exception): save_calibration(mdir, 0.5, 1.0, unsure=[0.7, 0.2])
     assert (mdir/'config.json').read_text() == before
-    save_calibration(mdir, 0.3, 2.0)
-    assert json.loads((mdir/'config.json').read_text())['threshold'] == 0.3
+    save_calibration(mdir, 0.3, 2.0, [0.2, 0.4])
+    assert json.loads((mdir/'config.json').read_text())['unsure'] == [0.2, 0.4]
+
+def test_calibrate_reports_before_after_and_flags_degenerate_fits():
+    rng = np.random.default_rng(2)
+    d = rng.normal(0, 4, 4000); y = (rng.random(4000) < 1 / (1 + np.exp(-d / 3))).astype(int)
+    c = calibrate(d[:2000], y[:2000], d[2000:], y[2000:])
+    assert c['temperature'] == pytest.approx(3, rel=0.15) and c['ece_after'] < c['ece_before'] / 2 and c['warnings'] == []
+    rng = np.random.default_rng(3)
+    y2 = (rng.random(400) < 0.8).astype(int); noise = rng.normal(0, 1, 400)    # logits unrelated to the labels
+    assert calibrate(noise[:200], y2[:200], noise[200:], y2[200:])['warnings']
+    l3, y3 = np.array([-3., -2, 2, 3, .5, -.5, 1, -1]), np.array([1, 0, 1, 0, 1, 0, 1, 0])   # the surest answers are wrong
+    c = calibrate(l3, y3, l3, y3, unsure_accuracy=1.0)                     # out of reach: reported, not raised
+    assert c['unsure']['unsure'] is None and 'no abstain band' in c['unsure']['error']
+
+# ---------------------------------------------------------------- outputs: atomic, any file name
+def test_full_disk_names_the_file_and_leaves_the_old_one(model_dir, gen_folder, tmp_path, monkeypatch):
+    out = tmp_path/'rep'
+    evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, calibration=False)
+    before = (out/'predictions.csv').read_bytes()
+    def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(pd.DataFrame, 'to_csv', full)
+    with pytest.raises(RealfakeError, match=r'cannot write .*predictions\.csv: No space left on device'):
+        evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, calibration=False)
+    assert (out/'predictions.csv').read_bytes() == before and not list(out.glob('.*.tmp'))
+    monkeypatch.undo()
+    import matplotlib.figure
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', full)
+    with pytest.raises(RealfakeError, match=r'cannot write .*roc\.png'):
+        evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, calibration=False)
+    assert not list(out.glob('.*.tmp'))
+
+def test_any_file_name_and_formula_sources(model_dir, tmp_path):
+    "A file name that is not UTF-8 and a source named like a spreadsheet formula: reported, escaped, defused."
+    root = tmp_path/'d'
+    bad_dir, bad_file = os.fsdecode(b'gen\xff'), os.fsdecode(b'caf\xe9.png')
+    for lab, n in (('natural', 3), (bad_dir, 3), ('=cmd', 3)):
+        (root/lab).mkdir(parents=True)
+        for i in range(n): _img(i + 7 * len(lab), lab != 'natural').save(root/lab/(bad_file if i == 0 else f'{i}.png'))
+    res = evaluate(model_dir, root, out=tmp_path/'rep', perturb='jpeg_q75', bs=8, num_workers=0)
+    assert res['n'] == 9 and res['n_errors'] == 0
+    pr = pd.read_csv(tmp_path/'rep'/'predictions.csv')
+    assert pr.path.str.contains(r'caf\\xe9\.png').sum() == 3 and (root/'natural'/bad_file).exists()
+    assert set(pr.source) == {'natural', 'gen\\xff', "'=cmd"}
+    assert "'=cmd" in set(pd.read_csv(tmp_path/'rep'/'per_source.csv').source)
+    assert "'=cmd" in set(pd.read_csv(tmp_path/'rep'/'perturb.csv').source)
+    html = (tmp_path/'rep'/'report.html').read_text(encoding='utf-8')
+    assert 'gen\\xff' in html
+    json.loads((tmp_path/'rep'/'metrics.json').read_text(encoding='utf-8'))
+
+# ---------------------------------------------------------------- inputs
+def test_genimage_layout(model_dir, tmp_path):
+    root = tmp_path/'GenImage'
+    for gen in ('sdv4', 'midjourney'):
+        for split, folder in (('val', 'ai'), ('val', 'nature'), ('train', 'ai'), ('train', 'nature')):
+            d = root/gen/split/folder; d.mkdir(parents=True)
+            for i in range(2): _img(i + 3 * len(gen), folder == 'ai').save(d/f'{i}.png')
+    res = evaluate(model_dir, root, out=tmp_path/'rep', layout='genimage', bs=8, num_workers=0)
+    assert res['split'] == 'valid' and res['n'] == 8
+    assert {r['source'] for r in res['per_source']} == {'all', 'sdv4', 'midjourney'}
+    d = load_eval_data(root, EvalOptions(layout='genimage', split='train'))
+    assert len(d.ev) == 8 and d.cal is None
+
+def test_csv_manifest(model_dir, gen_folder, tmp_path):
+    rows = [dict(path=str(p), label='real' if p.parent.name == 'natural' else 'fake') for p in sorted(gen_folder.rglob('*.*g'))]
+    pd.DataFrame(rows).to_csv(tmp_path/'m.csv', index=False)
+    d = load_eval_data(tmp_path/'m.csv')
+    assert len(d.ev) == 15 and set(d.ev.label) == {'real', 'fake'}
+
+def test_bad_input_is_a_clear_error(model_dir, gen_folder, tmp_path):
+    with pytest.raises(RealfakeError, match="no records in split 'test'"): load_eval_data(_metadata(tmp_path, (('valid', 4),)), EvalOptions(split='test'))
+    only_fake = tmp_path/'f'; (only_fake/'gen').mkdir(parents=True); _img(0, True).save(only_fake/'gen'/'a.png')
+    with pytest.raises(RealfakeError, match=r'no real images \(only 1 fake\)'): load_eval_data(only_fake)
+    with pytest.raises(RealfakeError, match='layout must be one of'): EvalOptions(layout='imagenet')
+    with pytest.raises(RealfakeError, match='no such metadata file or folder'): load_eval_data(tmp_path/'nope')
+    with pytest.raises(RealfakeError, match=f'{FAKES_JPEG} left out: none of the real images is a JPEG'):
+        evaluate(model_dir, _folder_png(tmp_path), out=tmp_path/'r', perturb=FAKES_JPEG, num_workers=0)
+
+def _folder_png(tmp_path):
+    root = tmp_path/'png'
+    for lab in ('natural', 'gen'):
+        (root/lab).mkdir(parents=True)
+        for i in range(2): _img(i, lab == 'gen').save(root/lab/f'{i}.png')
+    return root
+
+def test_cli_help_and_one_line_errors(run_cli, model_dir, gen_folder, tmp_path):
+    r = run_cli('realfake_evaluate', '--help', timeout=120)
+    assert r.returncode == 0
+    for opt in ('--perturb', '--audit', '--layout', '--unsure_accuracy', '--unsure_coverage', '--save_threshold', '--no_calibration'):
+        assert opt in r.stdout, opt
+    r = run_cli('realfake_evaluate', gen_folder, '--perturb', 'jpeg_q80', '--model', model_dir, '--out', tmp_path/'rep', timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and lines[-1].startswith('realfake_evaluate: error: '), r.stderr[-2000:]
+    assert "unknown perturbation 'jpeg_q80'" in lines[-1] and not (tmp_path/'rep').exists()
+
+def test_cli_perturb_runs(run_cli, model_dir, gen_folder, tmp_path):
+    r = run_cli('realfake_evaluate', gen_folder, '--model', model_dir, '--out', tmp_path/'rep', '--perturb', 'web,hard',
+                '--bs', 8, '--num_workers', 0, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'verdict: inconclusive' in r.stdout and 'report:' in r.stdout
+    assert pd.read_csv(tmp_path/'rep'/'audit.csv')['transform'].tolist() == ['clean', 'web', 'hard']
 
 def test_genimage_sample(model_dir, genimage_dir, tmp_path):
-    "The per-generator table, plots and report on real images of real generators (untrained model: numbers are noise)."
+    "The per-generator table and report on real images of real generators (untrained model: numbers are noise)."
     sub = tmp_path/'sample'                      # 3 images per generator, linked (never copied)
     for g in sorted(p for p in genimage_dir.iterdir() if p.is_dir()):
         (sub/g.name).mkdir(parents=True)
         for f in sorted(g.glob('*.jpg'))[:3]: (sub/g.name/f.name).symlink_to(f)
-    res = evaluate(model_dir, sub, out=tmp_path/'rep', bs=32, num_workers=0)
+    res = evaluate(model_dir, sub, out=tmp_path/'rep', bs=32, num_workers=0, perturb='jpeg_q75,fakes_jpeg')
     ps = pd.DataFrame(res['per_source']).set_index('source')
     assert 'natural' in ps.index and len(ps) >= 4
     assert ps.loc['natural', 'n_fake'] == 0 and (ps.drop(['all', 'natural']).n_real == 0).all()
     assert (ps.drop(['all', 'natural']).auc_vs == 'all real').all()
     assert res['n_errors'] == 0 and res['n'] == ps.loc['all', 'n'] == ps.drop('all').n.sum()
+    assert [r['transform'] for r in res['audit']] == ['clean', 'jpeg_q75', FAKES_JPEG]
     for f in res['files']: assert (tmp_path/'rep'/f).exists()

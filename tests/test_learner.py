@@ -10,16 +10,19 @@ from realfake.learner import realfake_metrics, read_pointer, CropCombine
 # ---------------------------------------------------------------- metrics
 def test_metrics():
     ms = realfake_metrics()
-    assert [m.name for m in ms] == ['accuracy', 'roc_auc', 'real_accuracy', 'fake_accuracy']
+    assert [m.name for m in ms] == ['accuracy', 'roc_auc', 'real_accuracy', 'fake_accuracy', 'balanced_accuracy', 'ap', 'eer',
+                                    'tpr_at_1fpr', 'tpr_at_5fpr']
+    probs = {'roc_auc', 'ap', 'eer', 'tpr_at_1fpr', 'tpr_at_5fpr'}
     logits = torch.tensor([[2., 0], [0, 2], [0, 2], [0, 2], [1, 0]])
     t = torch.tensor([0, 0, 1, 1, 1])
     for m in ms:
-        m.reset(); m.accum_values(logits.softmax(1)[:, 1] if m.name == 'roc_auc' else logits.argmax(1), t)
+        m.reset(); m.accum_values(logits.softmax(1)[:, 1] if m.name in probs else logits.argmax(1), t)
     v = {m.name: m.value for m in ms}
     assert v['accuracy'] == pytest.approx(3 / 5) and v['real_accuracy'] == pytest.approx(1 / 2)
     assert v['fake_accuracy'] == pytest.approx(2 / 3)
     from sklearn.metrics import roc_auc_score
     assert v['roc_auc'] == pytest.approx(roc_auc_score(t.numpy(), logits.softmax(1)[:, 1].numpy()))
+    assert v['balanced_accuracy'] == pytest.approx((1 / 2 + 2 / 3) / 2)
     # a one-class validation set gives NaN, not an exception
     m = ms[1]; m.reset(); m.accum_values(torch.tensor([0.2, 0.9]), torch.tensor([1, 1]))
     assert m.value != m.value

@@ -47,7 +47,8 @@ def test_tiny_model_learns_easy_demo(tmp_path):
     assert v['real_accuracy'] >= 0.8 and v['fake_accuracy'] >= 0.8, v
     assert v['roc_auc'] >= 0.95, v
     head, rows = _history(tmp_path/'run')
-    assert head == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'roc_auc', 'real_accuracy', 'fake_accuracy', 'time']
+    assert head == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'roc_auc', 'real_accuracy', 'fake_accuracy',
+                    'balanced_accuracy', 'ap', 'eer', 'tpr_at_1fpr', 'tpr_at_5fpr', 'time']
     assert [r[0] for r in rows] == ['0', '1', '2', '3', '4']
     # the final model directory alone reproduces the learner's predictions
     learn = res['learn']
