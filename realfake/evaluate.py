@@ -22,6 +22,7 @@ from .perturb import PERTURBATIONS, FAKES_JPEG, Perturbation, fakes_jpeg, pertur
 from .modeldir import update_config
 from .humans import compare_humans_model
 from .predict import Classifier, load_classifier
+from .explain import heatmap, overlay
 
 # %% auto #0
 __all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'FIGURES', 'GRID_FIGURES', 'EvalOptions',
@@ -57,6 +58,7 @@ class EvalOptions:
     audit: bool = False                  # add AUDIT_PERTURBATIONS (the verdict's evidence) to `perturb`
     seed: int = 0                        # seeds the calibration half and the perturbations
     progress: bool|None = False          # progress bar (None: only on a terminal)
+    heatmaps: bool = False               # draw the most/least confident grids with heatmaps (realfake.explain) over the images
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -389,18 +391,19 @@ def _save_fig(fig, dest):
         with _output(dest) as tmp: fig.savefig(tmp, dpi=90, format='png')
     finally: plt.close(fig)
 
-def _thumb(path, size=128):
-    "A `size` square tile showing the image (grey when it cannot be read)."
+def _thumb(path, size=128, heat=None):
+    "A `size` square tile showing the image (grey when it cannot be read), with `heat`'s heatmap over it when given."
     tile = Image.new('RGB', (size, size), (128, 128, 128))
-    try: im = thumbnail(path, size)
+    try: im = thumbnail(overlay(path, heatmap(heat, path, 'crops' if heat.spec.crops == 'grid' else 'cam'), max_side=size)
+                        if heat is not None else path, size)
     except Exception: return tile
     tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
     return tile
 
 def _ascii(s) -> str: return _text(s).encode('ascii', 'backslashreplace').decode('ascii')
 
-def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int=160):
-    "Save a grid of the images in `df` (in order) captioned with their probability of fake and source (PIL only: fast)."
+def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int=160, heat=None):
+    "Save a grid of the images in `df` (in order) captioned with their probability of fake and source; `heat`: a model whose heatmaps to draw over them."
     df = df.head(n)
     nrows = max(1, math.ceil(len(df) / ncols))
     cap, head, pad = 30, 28, 6
@@ -410,7 +413,7 @@ def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int
     if not len(df): d.text((pad, head + 10), 'no images', fill=(120, 120, 120))
     for k, r in enumerate(df.itertuples()):
         x, y = pad + (k % ncols) * (thumb + pad), head + (k // ncols) * (thumb + cap + pad)
-        canvas.paste(_thumb(r.path, thumb), (x, y))
+        canvas.paste(_thumb(r.path, thumb, heat), (x, y))
         d.text((x, y + thumb + 2), f"p(fake)={r.prob_fake:.3f}", fill=(0, 0, 0))
         d.text((x, y + thumb + 15), _ascii(getattr(r, 'source', ''))[:26], fill=(90, 90, 90))
     with _output(dest) as tmp: canvas.save(tmp, 'PNG')
@@ -527,14 +530,16 @@ GRID_FIGURES = [('heatmap_auc.png', 'AUC per source and perturbation'),
                 ('heatmap_balanced_accuracy.png', 'balanced accuracy per source and perturbation'),
                 ('jpeg_quality.png', 'JPEG quality curve')]
 
-def _figures(out:Path, ok:pd.DataFrame, clf, cal_res, grid) -> list[tuple[str, str]]:
+def _figures(out:Path, ok:pd.DataFrame, clf, cal_res, grid, heatmaps:bool=False) -> list[tuple[str, str]]:
     "Write the report's figures; return (file, title) of each."
     y, p = (ok.label == 'fake').to_numpy(int), ok.prob_fake.to_numpy(float)
     real, fake = ok[ok.label == 'real'], ok[ok.label == 'fake']
-    plot_grid(real.sort_values('prob_fake'), 'most confident real', out/FIGURES[0][0])
-    plot_grid(real.sort_values('prob_fake', ascending=False), 'least confident real', out/FIGURES[1][0])
-    plot_grid(fake.sort_values('prob_fake', ascending=False), 'most confident fake', out/FIGURES[2][0])
-    plot_grid(fake.sort_values('prob_fake'), 'least confident fake', out/FIGURES[3][0])
+    heat = clf if heatmaps and clf.backend == 'torch' else None
+    if heatmaps and heat is None: _log.warning("heatmaps need the torch backend: the grids are drawn without them")
+    plot_grid(real.sort_values('prob_fake'), 'most confident real', out/FIGURES[0][0], heat=heat)
+    plot_grid(real.sort_values('prob_fake', ascending=False), 'least confident real', out/FIGURES[1][0], heat=heat)
+    plot_grid(fake.sort_values('prob_fake', ascending=False), 'most confident fake', out/FIGURES[2][0], heat=heat)
+    plot_grid(fake.sort_values('prob_fake'), 'least confident fake', out/FIGURES[3][0], heat=heat)
     plot_roc(ok, out/FIGURES[4][0])
     plot_confusion(confusion_matrix(y, (p >= clf.threshold).astype(int)), out/FIGURES[5][0], f'confusion matrix (threshold {clf.threshold:.3g})')
     curves = {'model': (y, p)}
@@ -693,7 +698,7 @@ def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **ch
                perturb=None if grid is None else grid.to_dict('records'), audit=None if audit is None else audit.to_dict('records'),
                verdict=verdict, perturbations=[dict(name=p.name, doc=p.doc, group=p.group) for p in perts], options=o.to_dict())
     files = _write_tables(out, ev, per_source, scores, grid, audit)
-    figs = _figures(out, ok, clf, cal_res, grid)
+    figs = _figures(out, ok, clf, cal_res, grid, o.heatmaps)
     res['files'] = ['metrics.json', 'report.html'] + files + [f for f, _ in figs]
     if o.save_threshold: res['saved_calibration'] = _save(clf, cal_res, o)
     write_json(out/'metrics.json', res)
@@ -743,6 +748,7 @@ def realfake_evaluate(
     backend:str='auto', # 'torch', 'onnx' or 'auto'
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
     votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
+    heatmaps:bool=False, # draw the most/least confident grids with the model's heatmaps over the images
     no_progress:bool=False, # hide progress bars (they are shown only on a terminal anyway)
     verbose:bool=False, # debug logging and full tracebacks
 ):
@@ -750,7 +756,7 @@ def realfake_evaluate(
     o = EvalOptions(split=split, calib_split=calib_split, layout=layout, real_names=real_names, bs=bs, num_workers=num_workers,
                     calibration=not no_calibration, threshold_method=threshold_method, target_fpr=target_fpr,
                     unsure_accuracy=unsure_accuracy, unsure_coverage=unsure_coverage, save_threshold=save_threshold,
-                    perturb=perturb, audit=audit, seed=seed, progress=False if no_progress else None)
+                    perturb=perturb, audit=audit, seed=seed, progress=False if no_progress else None, heatmaps=heatmaps)
     clf = load_classifier(model, device, backend, bs, resize=resize, crops=crops, max_crops=max_crops, combine=combine)
     res = evaluate(clf, data, out, o)
     _print_summary(res)

@@ -350,3 +350,12 @@ def test_genimage_sample(model_dir, genimage_dir, tmp_path):
     assert res['n_errors'] == 0 and res['n'] == ps.loc['all', 'n'] == ps.drop('all').n.sum()
     assert [r['transform'] for r in res['audit']] == ['clean', 'jpeg_q75', FAKES_JPEG]
     for f in res['files']: assert (tmp_path/'rep'/f).exists()
+
+def test_heatmaps_drawn_over_the_confident_grids(model_dir, gen_folder, tmp_path):
+    "--heatmaps: the most/least confident grids show the model's evidence (realfake.explain) over each image."
+    from PIL import Image
+    plain = evaluate(model_dir, gen_folder, out=tmp_path/'plain', bs=8, num_workers=0, calibration=False)
+    heat = evaluate(model_dir, gen_folder, out=tmp_path/'heat', bs=8, num_workers=0, calibration=False, heatmaps=True)
+    assert plain['overall'] == heat['overall']
+    a, b = (np.asarray(Image.open(tmp_path/d/'most_confident_fake.png'), np.float32) for d in ('plain', 'heat'))
+    assert a.shape == b.shape and np.abs(a - b).mean() > 1
