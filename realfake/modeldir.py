@@ -23,7 +23,7 @@ __all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'M
            'check_regular_file', 'read_small_file', 'WeightsError', 'load_pth_weights', 'timm_weights_kwargs',
            'hub_errors', 'check_arch', 'build_network', 'weights_header', 'network_shapes', 'check_weights',
            'state_tensors', 'write_model_dir', 'save_model_dir', 'load_tensors', 'read_config', 'load_model_dir',
-           'update_config', 'split_model_name', 'import_hub', 'resolve_model_dir']
+           'update_config', 'is_repo_id', 'split_model_name', 'import_hub', 'resolve_model_dir']
 
 # %% ../nbs/04_modeldir.ipynb #2f6585ec
 MODEL_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
@@ -303,6 +303,11 @@ def update_config(model_dir, **changes) -> ModelConfig:
 HUB_FILES = ['config.json', 'model.safetensors', 'model.onnx', 'README.md']
 _REPO_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}')
 
+def is_repo_id(name) -> bool:
+    "Whether `name` is shaped like a Hub repo id, `org/name` (a revision after `@` allowed)."
+    repo = split_model_name(os.fspath(name))[0]
+    return bool(_REPO_ID.fullmatch(repo)) and not repo.startswith(('.', '~'))
+
 def split_model_name(name:str) -> tuple[str, str|None]:
     "`'org/name@revision'` -> `('org/name', 'revision')`; without `@`, the revision is None."
     repo, sep, rev = str(name).partition('@')
@@ -341,7 +346,7 @@ def resolve_model_dir(name, revision:str|None=None, cache_dir=None) -> Path:
     repo, rev = split_model_name(os.fspath(name))
     if rev and revision and rev != revision: raise ValueError(f"{name}: two revisions given ({rev!r} and {revision!r})")
     revision = revision or rev
-    if p.exists() or not _REPO_ID.fullmatch(repo) or repo.startswith(('.', '~')):
+    if p.exists() or not is_repo_id(repo):
         raise FileNotFoundError(f"{name}: model directory not found (a Hub model is named 'org/name' or 'org/name@revision')")
     hf = import_hub()
     try: d = Path(hf.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES, cache_dir=cache_dir))
