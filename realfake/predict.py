@@ -20,7 +20,7 @@ from .preprocess import Preprocess, image_crops, normalize, combine_logits, pars
 from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
-                             is_url, import_pyarrow, SHARD_COLUMNS)
+                             is_url, import_pyarrow, clean_partial_outputs, csv_line, SHARD_COLUMNS)
 
 # %% auto #0
 __all__ = ['PREDICT_COLUMNS', 'CSV_COLUMNS', 'prepare_input', 'import_onnxruntime', 'onnx_is_current', 'Classifier',
@@ -367,7 +367,7 @@ def _repair_csv(out:Path, columns=CSV_COLUMNS) -> list[list[str]]|None:
 
 def _write_csv(out:Path, columns, rows):
     "Replace `out` by a CSV of `rows` (atomically)."
-    with atomic_write(out) as f: csv.writer(f, lineterminator='\n').writerows([columns] + rows)
+    with atomic_write(out) as f: f.write(''.join(map(csv_line, [columns] + rows)))
 
 def _read_sidecar(side:Path) -> dict|None:
     try: return json.loads(side.read_text(encoding='utf-8'))
@@ -438,12 +438,11 @@ def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_wo
     _log.info(f"{len(files)} images found, {len(files) - len(todo)} already in {escape_path(out)}, {len(todo)} to score")
     stats = dict(found=len(files), skipped=len(files) - len(todo), scored=0, errors=0, fake=0, out=str(out))
     with open(out, 'a', newline='', encoding='utf-8') as fh:
-        w = csv.writer(fh, lineterminator='\n')
         for p, err in missing:
-            w.writerow([escape_path(p), '', '', '', 0, '', err]); stats['errors'] += 1
+            fh.write(csv_line([escape_path(p), '', '', '', 0, '', err])); stats['errors'] += 1
         fh.flush()
         for df in clf.iter_predict(todo, bs=bs, num_workers=num_workers, progress=progress):
-            w.writerows([_row(r) for r in df.itertuples()])
+            for r in df.itertuples(): fh.write(csv_line(_row(r)))
             fh.flush(); os.fsync(fh.fileno())
             stats['scored'] += int(df.error.isna().sum()); stats['errors'] += int(df.error.notna().sum())
             stats['fake'] += int((df.label == 'fake').sum())
@@ -486,6 +485,7 @@ def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:
     stats = dict(shards=len(mine), skipped=len(mine) - len(todo) - len(missing), missing=[s.name for s in missing], scored=0,
                  images=0, errors=0, fake=0, unreadable=[], out=str(out), rank=env.rank, world=env.world)
     by_name, pending = {s.name: s for s in todo}, {}
+    for s in todo: clean_partial_outputs(out, s.name)
     dl = torch.utils.data.DataLoader(ShardSamples(todo, partial(_decode_member, spec=clf.spec)), batch_size=bs, num_workers=nw,
                                      collate_fn=collate_shard_batch, worker_init_fn=_worker_init if nw else None,
                                      pin_memory=clf.device.type == 'cuda')

@@ -4,7 +4,8 @@
 
 # %% ../nbs/13b_shards.ipynb #c259b674
 from __future__ import annotations
-import os, csv, json, shutil
+import os, re, json, shutil
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -16,9 +17,9 @@ from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_
 # %% auto #0
 __all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'import_webdataset', 'import_pyarrow', 'Shard', 'is_url',
            'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env', 'rank_shards', 'shard_samples',
-           'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'write_shard_outputs', 'record_diff',
-           'differs_message', 'read_shard_info', 'shard_state', 'open_job', 'job_summary', 'summary_line',
-           'merge_outputs', 'realfake_merge']
+           'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs',
+           'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'open_job',
+           'job_summary', 'summary_line', 'merge_outputs', 'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -192,6 +193,12 @@ def _arrow_table(rows:dict, info:dict):
     return pa.table({c: pa.array(rows[c], type=types[c], from_pandas=True) for c in SHARD_COLUMNS},
                     metadata={'realfake': json.dumps(info)})
 
+_QUOTE = re.compile(r'[",\r\n]')
+
+def csv_line(fields) -> str:
+    "One CSV record ending in a newline: a field is quoted when it holds a comma, a quote, CR or LF."
+    return ','.join(f'"{s.replace(chr(34), chr(34) * 2)}"' if _QUOTE.search(s) else s for s in map(str, fields)) + '\n'
+
 def _cell(v):
     if v is None or (isinstance(v, float) and v != v): return ''
     return f'{v:.6g}' if isinstance(v, float) else v
@@ -203,11 +210,15 @@ def _write_parquet(path:Path, rows:dict, info:dict):
 
 def _write_csv(path:Path, rows:dict, info:dict):
     with atomic_write(path) as f:
-        w = csv.writer(f, lineterminator='\n')
-        w.writerow(SHARD_COLUMNS)
-        w.writerows([_cell(v) for v in r] for r in zip(*(rows[c] for c in SHARD_COLUMNS)))
+        f.write(csv_line(SHARD_COLUMNS))
+        for r in zip(*(rows[c] for c in SHARD_COLUMNS)): f.write(csv_line(map(_cell, r)))
 
 _WRITERS = dict(parquet=_write_parquet, csv=_write_csv)
+
+def clean_partial_outputs(out_dir, name:str):
+    "Delete the temporary files a killed process left while writing shard `name`'s outputs (`.<name>.<ext>.*.tmp`)."
+    for p in Path(out_dir).glob(f'.{glob_escape(name)}.*.tmp'):
+        if p.name.split('.')[2] in (*FORMATS, 'json'): p.unlink(missing_ok=True)
 
 def write_shard_outputs(out_dir, shard:Shard, rows:dict, scored_with:dict, formats=('parquet',), shard_error:str|None=None) -> dict:
     "Write a finished shard's `rows` ({column: values}) in each format, then its record `<name>.json` (returned)."
@@ -328,7 +339,7 @@ def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
 @call_parse
 @command
 def realfake_merge(
-    out:str='predictions', # the output folder of realfake_predict on tar shards
+    out:str, # the output folder of realfake_predict on tar shards
     to:str=None, # also concatenate the per-shard files into this .parquet or .csv file
     partial:bool=False, # with --to: merge the finished shards even if some are still to do
     verbose:bool=False, # debug logging and full tracebacks
