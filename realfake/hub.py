@@ -221,7 +221,7 @@ def push_model(model_dir, repo_id:str, card=None, report=None, metadata=None, re
         if revision and revision != 'main': api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.create_commit(repo_id, ops, commit_message=message or f"Upload realfake model ({read_config(model_dir).arch})",
                                  revision=revision)
-    except (hf.errors.HfHubHTTPError, OSError) as e:
+    except (OSError, ValueError) as e:      # huggingface_hub's HTTP errors are OSErrors (HfHubHTTPError < HTTPError < OSError)
         raise RealfakeError(f"{repo_id}: upload failed ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
                             "log in with `hf auth login` (or set HF_TOKEN) with write access to the repo") from None
     return dict(plan, commit=info.oid, url=info.commit_url)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_modeldir.ipynb #83e4d7a9
 from __future__ import annotations
-import os, re, json, math, stat, tempfile, contextlib, dataclasses
+import os, re, json, math, stat, tempfile, contextlib, dataclasses, importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -321,18 +321,30 @@ def import_hub():
     return huggingface_hub
 
 # %% ../nbs/04_modeldir.ipynb #41c5c06f
+class _Never(Exception): "Stands for an error class this huggingface_hub version does not have."
+
+class _HubErrors:
+    "huggingface_hub's error classes by name: in `huggingface_hub.errors` (0.24+) or `huggingface_hub.utils` (older)."
+    def __init__(self, hf):
+        self.mods = []
+        for name in ('huggingface_hub.errors', 'huggingface_hub.utils'):
+            try: self.mods.append(importlib.import_module(name))
+            except ImportError: pass
+    def __getattr__(self, name): return next((getattr(m, name) for m in self.mods if hasattr(m, name)), _Never)
+
 def _hub_error(e:Exception, repo:str, revision:str|None, hf) -> RealfakeError:
     "A `RealfakeError` that says what went wrong fetching `repo` and what to do about it."
-    E = hf.errors
+    E = _HubErrors(hf)
     rev = f" revision {revision!r}" if revision else ''
     if isinstance(e, E.RevisionNotFoundError): return RealfakeError(f"{repo}: the Hub repo has no{rev or ' such revision'}")
     if isinstance(e, (E.RepositoryNotFoundError, E.GatedRepoError)):
         return RealfakeError(f"{repo}: not a local model directory, and no such model repo on the Hub (if it is private or gated, "
                              "log in with `hf auth login` or set HF_TOKEN)")
     if isinstance(e, (E.LocalEntryNotFoundError, E.IncompleteSnapshotError, E.OfflineModeIsEnabled)):
-        why = ("offline mode is on (HF_HUB_OFFLINE=1)" if hf.constants.HF_HUB_OFFLINE else "the Hub cannot be reached")
+        C = importlib.import_module('huggingface_hub.constants')
+        why = "offline mode is on (HF_HUB_OFFLINE=1)" if C.HF_HUB_OFFLINE else "the Hub cannot be reached"
         return RealfakeError(f"{repo}{rev}: not a local model directory, and not in the Hugging Face cache "
-                             f"({hf.constants.HF_HUB_CACHE}) while {why}: fetch it once with network access "
+                             f"({C.HF_HUB_CACHE}) while {why}: fetch it once with network access "
                              f"(`hf download {repo}{' --revision ' + revision if revision else ''}`, or run this command online), "
                              "or pass the path of a model directory")
     return RealfakeError(f"{repo}{rev}: could not fetch it from the Hub ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
@@ -350,7 +362,7 @@ def resolve_model_dir(name, revision:str|None=None, cache_dir=None) -> Path:
         raise FileNotFoundError(f"{name}: model directory not found (a Hub model is named 'org/name' or 'org/name@revision')")
     hf = import_hub()
     try: d = Path(hf.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES, cache_dir=cache_dir))
-    except (OSError, ValueError, hf.errors.HfHubHTTPError) as e: raise _hub_error(e, repo, revision, hf) from None
+    except (OSError, ValueError, _HubErrors(hf).HfHubHTTPError) as e: raise _hub_error(e, repo, revision, hf) from None
     if not (d/CONFIG_FILE).is_file():
         raise RealfakeError(f"{repo}: the Hub repo has no {CONFIG_FILE}: it is not a realfake model directory")
     _log.debug(f"{name} -> {d}")

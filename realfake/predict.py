@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_predict.ipynb #4f03c143
 from __future__ import annotations
-import os, re, csv, io, json, math, copy, dataclasses
+import os, re, csv, io, json, math, copy, time, dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from .preprocess import Preprocess, image_crops, normalize, combine_logits, pars
 from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
-                             is_url, import_pyarrow, clean_partial_outputs, csv_line, SHARD_COLUMNS)
+                             is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, SHARD_COLUMNS)
 
 # %% auto #0
 __all__ = ['PREDICT_COLUMNS', 'CSV_COLUMNS', 'prepare_input', 'import_onnxruntime', 'onnx_is_current', 'Classifier',
@@ -255,11 +255,14 @@ def __call__(self:Classifier, items, **kw): return self.predict(items, **kw)
 
 # %% ../nbs/13_predict.ipynb #a2a92888
 def _default_workers(clf) -> int:
-    "Decoding processes: none on a CPU with 2 cores or fewer (a worker then competes with the forward pass: measured"
-    " 16.3 vs 16.6 img/s fp32, 34.1 vs 36.1 bf16 in bench/inference.py), else up to 4."
+    "Decoding processes: on a CPU, none with 2 cores or fewer (a worker then competes with the forward pass: measured"
+    " 16.3 vs 16.6 img/s fp32, 34.1 vs 36.1 bf16 in bench/inference.py), else up to 4; on a GPU, this process's share"
+    " of the cores (LOCAL_WORLD_SIZE processes per machine) less one, up to 16."
     cpus = os.cpu_count() or 1
-    if clf.device.type == 'cpu' and cpus <= 2: return 0
-    return min(4, max(0, cpus - 1))
+    if clf.device.type == 'cpu': return 0 if cpus <= 2 else min(4, cpus - 1)
+    try: share = cpus // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    except ValueError: share = cpus
+    return max(1, min(16, share - 1))
 
 def _rank_device(device, local_rank:int=0):
     "With GPUs, process `LOCAL_RANK` of a machine uses GPU `LOCAL_RANK` unless the device names one."
@@ -474,6 +477,7 @@ def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:
     clf, bs, num_workers = _run_settings(model, bs, num_workers)
     env, formats, out = dist_env(), parse_formats(formats), Path(out)
     if 'parquet' in formats: import_pyarrow()
+    import_webdataset()                              # once here, before DataLoader workers fork, not once per worker
     shards = expand_shards(inputs)
     if not shards: raise RealfakeError(f"no tar shards in {', '.join(map(escape_path, inputs))}")
     record = scoring_record(clf)
@@ -483,12 +487,13 @@ def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:
     nw = min(_default_workers(clf) if num_workers is None else num_workers, len(todo))
     _log.info(f"process {env.rank} of {env.world}: {len(mine)} of {len(shards)} shards, {len(mine) - len(todo) - len(missing)} already done, {len(todo)} to score")
     stats = dict(shards=len(mine), skipped=len(mine) - len(todo) - len(missing), missing=[s.name for s in missing], scored=0,
-                 images=0, errors=0, fake=0, unreadable=[], out=str(out), rank=env.rank, world=env.world)
+                 images=0, errors=0, fake=0, unreadable=[], out=str(out), rank=env.rank, world=env.world, seconds=0.0)
     by_name, pending = {s.name: s for s in todo}, {}
     for s in todo: clean_partial_outputs(out, s.name)
     dl = torch.utils.data.DataLoader(ShardSamples(todo, partial(_decode_member, spec=clf.spec)), batch_size=bs, num_workers=nw,
                                      collate_fn=collate_shard_batch, worker_init_fn=_worker_init if nw else None,
                                      pin_memory=clf.device.type == 'cuda')
+    t0 = time.perf_counter()
     with progress_bar(len(todo), 'shards', unit='shard', show=progress) as bar:
         for b in dl:
             _score_shard_batch(clf, b, pending)
@@ -497,6 +502,7 @@ def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:
                 stats['scored'] += 1; stats['images'] += n; stats['errors'] += info['n_errors']; stats['fake'] += info['n_fake']
                 if err: stats['unreadable'].append(name); _log.warning(err)
                 bar.update(1)
+    stats['seconds'] = time.perf_counter() - t0
     return stats
 
 def shards_line(s:dict) -> str:
@@ -504,8 +510,8 @@ def shards_line(s:dict) -> str:
     who = f"process {s['rank']} of {s['world']}: " if s['world'] > 1 else ''
     bad = f", {len(s['unreadable'])} shards unreadable to their end ({', '.join(s['unreadable'][:3])})" if s['unreadable'] else ''
     gone = f", {len(s['missing'])} not found" if s['missing'] else ''
-    return (f"{who}{s['scored']} shards scored ({s['images']} images: {s['fake']} fake, {s['errors']} unreadable{bad}), "
-            f"{s['skipped']} already done{gone} -> {escape_path(s['out'])}")
+    return (f"{who}{s['scored']} shards scored ({s['images']} images in {s['seconds']:.1f} s: {s['fake']} fake, "
+            f"{s['errors']} unreadable{bad}), {s['skipped']} already done{gone} -> {escape_path(s['out'])}")
 
 # %% ../nbs/13_predict.ipynb #58791388
 _PATHS = Param("image files and folders (searched recursively), or WebDataset tar shards: .tar files, brace patterns "
@@ -518,7 +524,7 @@ def realfake_predict(
     model:str='model', # model directory (config.json + model.safetensors and/or model.onnx), or Hub repo org/name[@revision]
     out:str=None, # CSV for files (default predictions.csv), folder for shards (default predictions); a rerun resumes it
     bs:int=32, # images per batch
-    num_workers:int=None, # decoding worker processes (default: min(4, CPUs-1), none on a CPU with 2 cores or fewer; 0 = decode in this process)
+    num_workers:int=None, # decoding worker processes (default: CPU: min(4, CPUs-1), none with 2 cores or fewer; GPU: this process's share of the cores, up to 16; 0 = decode in this process)
     resize:str=None, # score with another resize policy than the model's: 'native' or a shorter side in pixels
     crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
     max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)

@@ -235,10 +235,19 @@ def write_shard_outputs(out_dir, shard:Shard, rows:dict, scored_with:dict, forma
     return info
 
 # %% ../nbs/13b_shards.ipynb #d97fc869
+def _flat(d:dict, prefix:str='') -> dict:
+    "{'a': {'b': 1}} -> {'a.b': 1}, after a JSON round trip (tuples become lists)."
+    out = {}
+    for k, v in json.loads(json.dumps(d or {})).items():
+        if isinstance(v, dict): out.update(_flat(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
 def record_diff(old:dict, new:dict, ignore=('model',)) -> list[tuple]:
-    "`(key, old value, new value)` for each option that differs between two 'scored with' records (compared as JSON)."
-    old, new = json.loads(json.dumps(old or {})), json.loads(json.dumps(new or {}))
-    return [(k, old.get(k), new.get(k)) for k in sorted((set(old) | set(new)) - set(ignore)) if old.get(k) != new.get(k)]
+    "`(key, old value, new value)` for each option that differs between two 'scored with' records (nested keys as `a.b`)."
+    old, new = _flat(old), _flat(new)
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k.split('.')[0] not in ignore and old.get(k) != new.get(k)]
 
 def differs_message(out, diffs:list[tuple]) -> str:
     "One line: what `out` was scored with that differs now, and what to do."
