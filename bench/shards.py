@@ -22,7 +22,7 @@ PER_SHARD = 100
 def make_data(d:Path, n:int) -> list[Path]:
     "n synthetic 256x256 JPEGs, written both as files (d/images) and as img2dataset-like shards (d/shards)."
     from PIL import Image
-    (d/'images').mkdir(parents=True); (d/'shards').mkdir()
+    (d/'images').mkdir(parents=True); (d/'shards').mkdir(parents=True)
     files = []
     for s in range(0, n, PER_SHARD):
         with tarfile.open(d/'shards'/f'{s // PER_SHARD:05d}.tar', 'w') as t:
@@ -95,7 +95,7 @@ def gpu_rows(d:Path, model:Path, n:int) -> list:
 
 def main():
     p = C.parser(__doc__.split('\n')[0], reps=3)
-    p.add_argument('--n', type=int, default=600, help='images (default 600)')
+    p.add_argument('--n', type=int, default=3000, help='images of the @64 rows (default 3000; the @224 row uses 300)')
     p.add_argument('--threads', type=int, default=None, help='torch threads of the in-process rows (default: torch\'s)')
     args = p.parse_args()
     import torch
@@ -103,29 +103,30 @@ def main():
     from PIL import Image; Image.init()
     import logging; logging.getLogger('realfake').setLevel(logging.WARNING)
     reps, n = (1, 200) if args.quick else (args.reps, args.n)
-    C.header(f'shards: realfake_predict on WebDataset tar shards vs a folder of the same {n} images; 2 CPU processes vs 1')
+    n224 = min(n, 300)
+    C.header('shards: realfake_predict on WebDataset tar shards vs a folder of the same images; 2 CPU processes vs 1')
     from realfake.modeldir import build_network, save_model_dir, ModelConfig
     from realfake.preprocess import Preprocess
     rows, info = [], []
     with tempfile.TemporaryDirectory(prefix='rf_bench_shards_') as d:
         d = Path(d)
-        make_data(d, n)
+        make_data(d/'small', n224); make_data(d/'big', n)
         torch.manual_seed(0)
         m224 = save_model_dir(build_network('convnext_atto'), ModelConfig('convnext_atto', preprocess=Preprocess(size=224, resize=256)), d/'m224')
         m64 = save_model_dir(build_network('convnext_atto'), ModelConfig('convnext_atto', preprocess=Preprocess(size=64, resize=72)), d/'m64')
-        rows.append(shards_vs_folder(d, m224, n, reps, None, f'convnext_atto @224, {n} JPEG 256x256 in {-(-n // PER_SHARD)} shards', 'a'))
-        rows.append(shards_vs_folder(d, m64, n, reps, None, 'convnext_atto @64 (resize 72): reading + decoding dominate', 'b'))
+        rows.append(shards_vs_folder(d/'small', m224, n224, reps, None, f'convnext_atto @224, {n224} JPEG 256x256 in {-(-n224 // PER_SHARD)} shards', 'a'))
+        rows.append(shards_vs_folder(d/'big', m64, n, reps, None, f'convnext_atto @64 (resize 72), {n} images: reading + decoding dominate', 'b'))
         if (os.cpu_count() or 1) >= 2:
-            rows.append(shards_vs_folder(d, m64, n, reps, 2, 'convnext_atto @64, 2 decoding workers', 'c'))
+            rows.append(shards_vs_folder(d/'big', m64, n, reps, 2, 'convnext_atto @64, 2 decoding workers', 'c'))
         runs = {1: [], 2: []}
         for i in range(reps):                      # alternating, fresh outputs each time
-            for k in (1, 2): runs[k].append(processes(d, m64, n, k, max(1, (os.cpu_count() or 2) // k), f'p{k}_{i}'))
+            for k in (1, 2): runs[k].append(processes(d/'big', m64, n, k, max(1, (os.cpu_count() or 2) // k), f'p{k}_{i}'))
         (s1, w1, c1), (s2, w2, c2) = ([C.med([r[j] for r in runs[k]]) for j in range(3)] for k in (1, 2))
         rows.append([f'torchrun: 2 processes ({max(1, (os.cpu_count() or 2) // 2)} thread each) vs 1 ({os.cpu_count()} threads), convnext_atto @64',
                      f"{s1:.1f}", f"{s2:.1f}", f"**{s2 / s1:.2f}x**", 'report',
                      f"img/s while scoring (images / slowest process's scoring time); end to end with start-up: {n / w1:.1f} vs "
                      f"{n / w2:.1f} img/s ({w2 and w1 / w2:.2f}x); CPU s {c1:.0f} vs {c2:.0f}"])
-        if torch.cuda.is_available(): rows += gpu_rows(d, m224, n)
+        if torch.cuda.is_available(): rows += gpu_rows(d/'big', m224, n)
         else: info.append('GPU row: not run (no CUDA device here); the GPU path (LOCAL_RANK device, pinned memory, bf16) is unmeasured.')
     print(C.table(rows, ['case', 'folder / 1 process img/s', 'shards / 2 processes img/s', 'ratio', 'goal', 'notes']))
     print(f"\n{reps} interleaved repetitions after a warm-up run; img/s = images / median wall time; each run writes fresh outputs.")

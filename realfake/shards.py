@@ -4,7 +4,7 @@
 
 # %% ../nbs/13b_shards.ipynb #c259b674
 from __future__ import annotations
-import os, re, json, shutil
+import os, re, json, shutil, queue, threading
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import NamedTuple
@@ -17,9 +17,9 @@ from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_
 # %% auto #0
 __all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'import_webdataset', 'import_pyarrow', 'Shard', 'is_url',
            'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env', 'rank_shards', 'shard_samples',
-           'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs',
-           'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'open_job',
-           'job_summary', 'summary_line', 'merge_outputs', 'realfake_merge']
+           'read_ahead', 'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line',
+           'clean_partial_outputs', 'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info',
+           'shard_state', 'open_job', 'job_summary', 'summary_line', 'merge_outputs', 'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -141,6 +141,30 @@ def _error_text(e:Exception) -> str:
     return f"{type(e).__name__}: {error_line(e).split(' @ ')[0]}"
 
 # %% ../nbs/13b_shards.ipynb #f2a1e7fb
+class _Raised(NamedTuple): error: BaseException
+
+def read_ahead(it, size:int=64):
+    "Iterate `it` in a background thread, up to `size` items ahead of the consumer."
+    q, stop, end = queue.Queue(size), threading.Event(), object()
+    def put(x):
+        while not stop.is_set():
+            try: q.put(x, timeout=0.1); return True
+            except queue.Full: pass
+        return False
+    def run():
+        try:
+            for x in it:
+                if not put(x): return
+            put(end)
+        except BaseException as e: put(_Raised(e))
+    t = threading.Thread(target=run, daemon=True, name='realfake-read-ahead')
+    t.start()
+    try:
+        while (x := q.get()) is not end:
+            if isinstance(x, _Raised): raise x.error
+            yield x
+    finally: stop.set(); t.join(1)
+
 class ShardSamples(torch.utils.data.IterableDataset):
     "Samples of `shards`, decoded by `decode(bytes, label)`, split among DataLoader workers; an 'end' item after each shard."
     def __init__(self, shards:list[Shard], decode, image_exts=IMAGE_EXTS):
@@ -148,11 +172,12 @@ class ShardSamples(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        for sh in (self.shards if info is None else self.shards[info.id::info.num_workers]): yield from self._shard(sh)
+        for sh in (self.shards if info is None else self.shards[info.id::info.num_workers]): yield from self._shard(sh, info is not None)
 
-    def _shard(self, sh:Shard):
+    def _shard(self, sh:Shard, ahead:bool):
         errors, n = [], 0
-        for key, ext, data in shard_samples(sh.url, errors, self.image_exts):
+        samples = shard_samples(sh.url, errors, self.image_exts)
+        for key, ext, data in (read_ahead(samples) if ahead else samples):
             n += 1
             key = escape_path(key)
             yield ('sample', sh.name, key, *self.decode(data, f"{sh.name}:{key}.{ext}"))
