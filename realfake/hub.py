@@ -50,11 +50,12 @@ def md_table(rows:list[dict], cols:list[str]|None=None) -> str:
 
 # %% ../nbs/18_hub.ipynb #7df268eb
 def data_summary(metadata) -> dict:
-    "Counts of the training metadata: by split, by source and by format (x label), and the sources of each label."
+    "Counts of the training metadata: by split, by source and by format (x label), and each label's training sources."
     df = read_metadata(metadata)
+    train = df[df.split == 'train'] if 'split' in df.columns and (df.split == 'train').any() else df
     tab = lambda by: [{by: i, **{c: int(v) for c, v in r.items()}} for i, r in summary_table(df, by).iterrows()]
     s = dict(file=Path(metadata).name, n=len(df), by_split=tab('split'), by_source=tab('source'),
-             sources={lb: sorted(map(str, df.source[df.label == lb].unique())) for lb in LABELS})
+             sources={lb: sorted(map(str, train.source[train.label == lb].unique())) for lb in LABELS})
     if 'format' in df.columns and df['format'].notna().any(): s['by_format'] = tab('format')
     return s
 

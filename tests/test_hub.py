@@ -193,7 +193,8 @@ def report(model_dir, tmp_path_factory):
 def train_metadata(tmp_path_factory):
     d = tmp_path_factory.mktemp('hubmeta')
     recs = ([dict(path=f'r{i}.jpg', label='real', split='train' if i < 8 else 'valid', source='imagenet', format='JPEG') for i in range(10)] +
-            [dict(path=f'f{i}.png', label='fake', split='train' if i < 8 else 'valid', source='sdv5', format='PNG') for i in range(10)])
+            [dict(path=f'f{i}.png', label='fake', split='train' if i < 8 else 'valid', source='sdv5', format='PNG') for i in range(10)] +
+            [dict(path=f'm{i}.png', label='fake', split='test', source='midjourney', format='PNG') for i in range(2)])   # test only
     return write_metadata(recs, d/'metadata.jsonl')
 
 def _split_card(text):
@@ -221,9 +222,9 @@ def test_card_from_real_report(model_dir, report, train_metadata):
     assert f"temperature {res['calibration']['temperature']:.3f}" in body
     for a in res['audit']: assert f"| {a['transform']} |" in body
     assert 'convnext_atto' in body and 'centre crop 32' in body and "Classifier.from_pretrained('org/tiny')" in body
-    assert '| imagenet | 10 | 0 | 10 |' in body and '| PNG | 0 | 10 | 10 |' in body          # training data summary
+    assert '| imagenet | 10 | 0 | 10 |' in body and '| PNG | 0 | 12 | 12 |' in body          # training data summary
     never = body.split('Generators never seen')[1].split('\n')[0]
-    assert 'midjourney' in never and 'sdv5' not in never                                 # unseen: in eval, not in training
+    assert 'midjourney' in never and 'sdv5' not in never          # unseen: evaluated, not in the train split (only in test)
     assert 'most real images are JPEG and most fake images PNG' in body
     assert str(report.parent) not in text and str(model_dir.parent) not in text          # no local paths in a public card
 
