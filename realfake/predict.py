@@ -20,7 +20,7 @@ from .preprocess import Preprocess, image_crops, normalize, combine_logits, pars
 from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
-                             is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, SHARD_COLUMNS)
+                             is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS)
 
 # %% auto #0
 __all__ = ['PREDICT_COLUMNS', 'CSV_COLUMNS', 'prepare_input', 'import_onnxruntime', 'onnx_is_current', 'Classifier',
@@ -35,8 +35,8 @@ def _err_msg(src, e:Exception, name:str|None=None) -> str:
     "'cannot read image NAME: reason' (NAME: `name`, else the escaped path, else the source's type)."
     if name is None: name = escape_path(src) if isinstance(src, (str, os.PathLike)) else None
     if isinstance(e, ImageLoadError):
-        return f"cannot read image {name or (escape_path(e.path) if isinstance(e.path, (str, os.PathLike)) else e.path)}: {e.reason}"
-    return f"cannot read image {name or f'<{type(src).__name__}>'}: {type(e).__name__}: {e}"
+        return f"cannot read image {name or (escape_path(e.path) if isinstance(e.path, (str, os.PathLike)) else e.path)}: {printable(str(e.reason))}"
+    return f"cannot read image {name or f'<{type(src).__name__}>'}: {type(e).__name__}: {printable(str(e))}"
 
 def prepare_input(src, spec:Preprocess, transform=None, name:str|None=None) -> tuple:
     "`(normalised crops, their boxes, None)` for one source by the spec, or `(None, [], error message)`; never raises."

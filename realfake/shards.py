@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
-                           get_logger, error_line)
+                           get_logger)
 
 # %% auto #0
 __all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'import_webdataset', 'import_pyarrow', 'Shard', 'is_url',
            'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env', 'rank_shards', 'shard_samples',
-           'read_ahead', 'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line',
+           'printable', 'read_ahead', 'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line',
            'clean_partial_outputs', 'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info',
            'shard_state', 'open_job', 'job_summary', 'summary_line', 'merge_outputs', 'realfake_merge']
 
@@ -136,9 +136,14 @@ def shard_samples(url:str, errors:list, image_exts=IMAGE_EXTS):
         ext = next(k for k in s if not k.startswith('__'))
         yield s['__key__'], ext, s[ext]
 
+def printable(text:str) -> str:
+    "`text` with undecodable bytes (held as surrogates, as in a non-UTF-8 file name) written `\\xNN`: valid UTF-8."
+    return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
 def _error_text(e:Exception) -> str:
-    "An exception as one line, without the ' @ <stream>' webdataset appends."
-    return f"{type(e).__name__}: {error_line(e).split(' @ ')[0]}"
+    "An exception as one printable line, without what webdataset appends (' @ <stream>', the stream and url as args)."
+    msg = str(e) if isinstance(e, OSError) and e.errno is not None else str(e.args[0]) if e.args else ''
+    return printable(f"{type(e).__name__}: {' '.join(msg.split(' @ ')[0].split()) or type(e).__name__}")
 
 # %% ../nbs/13b_shards.ipynb #f2a1e7fb
 class _Raised(NamedTuple): error: BaseException

@@ -112,6 +112,20 @@ def test_inputs_pattern_list_folder_and_names(clf, tmp_path):
     predict_shards(tmp_path/'u', clf, out=tmp_path/'out', formats='parquet,csv', progress=False, num_workers=0)
     assert _read(tmp_path/'out', '00009').key.tolist() == ['caf\\xe9'] == pd.read_csv(tmp_path/'out'/'00009.csv').key.tolist()
 
+def test_undecodable_shard_names_and_errors(clf, tmp_path):
+    "Shards whose names are not UTF-8: outputs named with the escaped name; an error that quotes such a path is written too."
+    root = os.fsencode(tmp_path)
+    good = Path(os.fsdecode(root + b'/caf\xe9.tar'))
+    try: write_shard(good, {'k1': _jpeg(1), 'k2': _jpeg(2)})
+    except (OSError, UnicodeError): pytest.skip('this file system refuses non-UTF-8 names')
+    odd = 'pipe:cat ' + os.fsdecode(root + b'/d\xe9j\xe0.tar')                     # a command that fails on a missing file
+    s = predict_shards([good, odd], clf, out=tmp_path/'out', formats='parquet,csv', progress=False, num_workers=0)
+    assert (s['scored'], s['images'], s['unreadable']) == (2, 2, ['d\\xe9j\\xe0'])
+    assert _read(tmp_path/'out', 'caf\\xe9').key.tolist() == ['k1', 'k2']
+    err = _read(tmp_path/'out', 'd\\xe9j\\xe0').error.iloc[-1]                  # the error quotes the command: still valid text
+    assert err.startswith('cannot read shard pipe:cat ') and 'd\\xe9j\\xe0.tar' in err, err
+    assert job_summary(tmp_path/'out')['unreadable'] == ['d\\xe9j\\xe0']
+
 def test_changed_options_refused_or_rescored(clf, model_dir, tmp_path):
     "Other options: refused (nothing touched; the command exits 2 with one line), or rescored with rescore; then resumable."
     make_shards(tmp_path/'s', 2, 2)
