@@ -8,7 +8,7 @@ run in subprocesses with `HF_ENDPOINT` pointing at it and `HF_HUB_CACHE` in the 
 shell would run them; what the server received is then checked byte for byte.
 """
 from __future__ import annotations
-import base64, hashlib, json, os, re, threading, logging
+import base64, hashlib, json, re, threading, logging
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlparse, unquote
@@ -17,7 +17,7 @@ from PIL import Image
 
 from helpers import cli_env, make_model_dir
 from realfake.core import RealfakeError
-from realfake.hub import model_card, write_model_card, push_model, read_report, data_summary
+from realfake.hub import model_card, write_model_card, push_model, read_report
 from realfake.metadata import write_metadata
 from realfake.modeldir import resolve_model_dir, write_model_dir, load_tensors, read_config
 from realfake.predict import Classifier

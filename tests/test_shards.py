@@ -8,8 +8,8 @@ import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
 from helpers import cli_env, make_model_dir, run_cli
-from realfake.core import RealfakeError, escape_path
-from realfake.predict import Classifier, PredictOptions, predict_shards, predict_to_csv
+from realfake.core import RealfakeError
+from realfake.predict import Classifier, PredictOptions, predict_shards
 from realfake.shards import SHARD_COLUMNS, JOB_FILE, expand_shards, job_summary
 
 pytest.importorskip('webdataset'); pytest.importorskip('pyarrow')
