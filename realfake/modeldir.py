@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_modeldir.ipynb #83e4d7a9
 from __future__ import annotations
-import os, re, json, math, stat, tempfile, contextlib, dataclasses
+import os, re, json, math, stat, tempfile, contextlib, dataclasses, importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +19,11 @@ from .preprocess import Preprocess, ConfigError
 _log = get_logger('modeldir')
 
 # %% auto #0
-__all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'MAX_WEIGHTS_BYTES', 'ModelConfig',
+__all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'MAX_WEIGHTS_BYTES', 'HUB_FILES', 'ModelConfig',
            'check_regular_file', 'read_small_file', 'WeightsError', 'load_pth_weights', 'timm_weights_kwargs',
            'hub_errors', 'check_arch', 'build_network', 'weights_header', 'network_shapes', 'check_weights',
            'state_tensors', 'write_model_dir', 'save_model_dir', 'load_tensors', 'read_config', 'load_model_dir',
-           'update_config']
+           'update_config', 'is_repo_id', 'split_model_name', 'import_hub', 'resolve_model_dir']
 
 # %% ../nbs/04_modeldir.ipynb #2f6585ec
 MODEL_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
@@ -298,3 +298,72 @@ def update_config(model_dir, **changes) -> ModelConfig:
     cfg = read_config(model_dir).replace(**changes)
     with atomic_write(Path(model_dir)/CONFIG_FILE) as f: f.write(cfg.to_json() + '\n')
     return cfg
+
+# %% ../nbs/04_modeldir.ipynb #b0baac35
+HUB_FILES = ['config.json', 'model.safetensors', 'model.onnx', 'README.md']
+_REPO_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}')
+
+def is_repo_id(name) -> bool:
+    "Whether `name` is shaped like a Hub repo id, `org/name` (a revision after `@` allowed)."
+    repo = split_model_name(os.fspath(name))[0]
+    return bool(_REPO_ID.fullmatch(repo)) and not repo.startswith(('.', '~'))
+
+def split_model_name(name:str) -> tuple[str, str|None]:
+    "`'org/name@revision'` -> `('org/name', 'revision')`; without `@`, the revision is None."
+    repo, sep, rev = str(name).partition('@')
+    return repo, (rev or None) if sep else None
+
+def import_hub():
+    "The `huggingface_hub` module, or an `ImportError` that says how to install it."
+    try: import huggingface_hub
+    except ImportError as e:
+        raise ImportError("loading a model from the Hugging Face Hub needs huggingface_hub: pip install 'realfake[hub]'") from e
+    return huggingface_hub
+
+# %% ../nbs/04_modeldir.ipynb #41c5c06f
+class _Never(Exception): "Stands for an error class this huggingface_hub version does not have."
+
+class _HubErrors:
+    "huggingface_hub's error classes by name: in `huggingface_hub.errors` (0.24+) or `huggingface_hub.utils` (older)."
+    def __init__(self, hf):
+        self.mods = []
+        for name in ('huggingface_hub.errors', 'huggingface_hub.utils'):
+            try: self.mods.append(importlib.import_module(name))
+            except ImportError: pass
+    def __getattr__(self, name): return next((getattr(m, name) for m in self.mods if hasattr(m, name)), _Never)
+
+def _hub_error(e:Exception, repo:str, revision:str|None, hf) -> RealfakeError:
+    "A `RealfakeError` that says what went wrong fetching `repo` and what to do about it."
+    E = _HubErrors(hf)
+    rev = f" revision {revision!r}" if revision else ''
+    if isinstance(e, E.RevisionNotFoundError): return RealfakeError(f"{repo}: the Hub repo has no{rev or ' such revision'}")
+    if isinstance(e, (E.RepositoryNotFoundError, E.GatedRepoError)):
+        return RealfakeError(f"{repo}: not a local model directory, and no such model repo on the Hub (if it is private or gated, "
+                             "log in with `hf auth login` or set HF_TOKEN)")
+    if isinstance(e, (E.LocalEntryNotFoundError, E.IncompleteSnapshotError, E.OfflineModeIsEnabled)):
+        C = importlib.import_module('huggingface_hub.constants')
+        why = "offline mode is on (HF_HUB_OFFLINE=1)" if C.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        return RealfakeError(f"{repo}{rev}: not a local model directory, and not in the Hugging Face cache "
+                             f"({C.HF_HUB_CACHE}) while {why}: fetch it once with network access "
+                             f"(`hf download {repo}{' --revision ' + revision if revision else ''}`, or run this command online), "
+                             "or pass the path of a model directory")
+    return RealfakeError(f"{repo}{rev}: could not fetch it from the Hub ({type(e).__name__}: {' '.join(str(e).split())[:300]})")
+
+def resolve_model_dir(name, revision:str|None=None, cache_dir=None) -> Path:
+    "The local model directory `name` names: an existing folder as it is, or Hub repo `org/name[@revision]` from the cache."
+    p = Path(name)
+    if p.is_dir():
+        if revision: raise ValueError(f"{p}: a local folder has no revision (revision={revision!r} is for Hub names)")
+        return p
+    repo, rev = split_model_name(os.fspath(name))
+    if rev and revision and rev != revision: raise ValueError(f"{name}: two revisions given ({rev!r} and {revision!r})")
+    revision = revision or rev
+    if p.exists() or not is_repo_id(repo):
+        raise FileNotFoundError(f"{name}: model directory not found (a Hub model is named 'org/name' or 'org/name@revision')")
+    hf = import_hub()
+    try: d = Path(hf.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES, cache_dir=cache_dir))
+    except (OSError, ValueError, _HubErrors(hf).HfHubHTTPError) as e: raise _hub_error(e, repo, revision, hf) from None
+    if not (d/CONFIG_FILE).is_file():
+        raise RealfakeError(f"{repo}: the Hub repo has no {CONFIG_FILE}: it is not a realfake model directory")
+    _log.debug(f"{name} -> {d}")
+    return d

@@ -10,7 +10,8 @@ __all__ = ['CLI_MODULES', 'cli_cmd', 'cli_env', 'run_cli', 'Hang', 'deadline', '
 
 CLI_MODULES = {'realfake_prepare': 'prepare', 'realfake_demo': 'synth', 'realfake_train': 'train',
                'realfake_evaluate': 'evaluate', 'realfake_predict': 'predict', 'realfake_export': 'export',
-               'realfake_app': 'app', 'realfake_generate': 'generate', 'realfake_reconstruct': 'reconstruct'}
+               'realfake_app': 'app', 'realfake_generate': 'generate', 'realfake_reconstruct': 'reconstruct',
+               'realfake_push': 'hub', 'realfake_merge': 'shards'}
 
 def cli_cmd(name: str) -> list[str]:
     "The command line of console script `name`: the installed script beside this Python, else `python -c`."

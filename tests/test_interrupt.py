@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import cli_cmd, cli_env, run_cli, make_model_dir, CLI_MODULES
+from realfake.core import escape_path
 
 HOOK = r'''
 import os, sys, signal, builtins, time
@@ -108,13 +109,14 @@ def hooked(tmp: Path, name: str, *args, env: dict, timeout=100, popen=False):
 
 def killed(r) -> bool: return r.returncode == -signal.SIGKILL
 
-def _pngs(dest: Path, n: int, size=16, seed=0, prefix='img', newline=False):
+def _pngs(dest: Path, n: int, size=16, seed=0, prefix='img', newline=False, latin1=False):
     from PIL import Image
     dest.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         p = dest / (f'{prefix} "new\nline" {i:03d}.png' if newline else f'{prefix} {i:03d}.png')
+        if latin1: p = Path(os.fsdecode(os.fsencode(dest) + b'/%s caf\xe9\r %03d.png' % (prefix.encode(), i)))   # not UTF-8, and a CR
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p); out.append(p)
     return out
 
@@ -140,7 +142,7 @@ def _check_complete(path: Path, files):
     paths = [r[0] for r in rows]
     dup = sorted({p for p in paths if paths.count(p) > 1})
     assert not dup, f'scored twice: {dup[:3]}'
-    assert sorted(paths) == sorted(str(f) for f in files), 'missing or extra rows'
+    assert sorted(paths) == sorted(escape_path(f) for f in files), 'missing or extra rows'
     return rows
 
 @pytest.fixture(scope='module')
@@ -158,11 +160,12 @@ def _rerun_predict(folder, model_dir, out, n_files, n_done):
     assert scored + errors == n_files - n_done, f'rerun scored {scored}+{errors}, expected {n_files - n_done}: a file scored twice or skipped'
     return r
 
-@pytest.mark.parametrize('names', ['plain', 'newline'])
+@pytest.mark.parametrize('names', ['plain', 'newline', 'latin1'])
 def test_predict_killed_mid_row(tmp_path, model_dir, names):
-    """SIGKILL while a CSV row is half written (for 'newline', right after a newline inside a quoted file name):
+    """SIGKILL while a CSV row is half written (for 'newline', right after a newline inside a quoted file name; for
+    'latin1', names that are not UTF-8 and hold a carriage return):
     the complete rows stay valid; the rerun drops the half row, scores only the rest, and the CSV is complete."""
-    files = _pngs(tmp_path / 'imgs', 12, newline=names == 'newline')
+    files = _pngs(tmp_path / 'imgs', 12, newline=names == 'newline', latin1=names == 'latin1')
     out = tmp_path / 'pred.csv'
     r = hooked(tmp_path, 'realfake_predict', tmp_path / 'imgs', '--model', model_dir, '--out', out, '--bs', 2,
                '--num_workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',

@@ -1,5 +1,5 @@
 "Tests of realfake.predict: Classifier and realfake_predict (CPU, untrained convnext_atto at 32 px)."
-import csv, os, signal, subprocess, sys, textwrap, time
+import csv, json, logging, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
@@ -229,3 +229,130 @@ def test_console_script_exit_codes(model_dir, tmp_path):
     r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(tmp_path/'no_model'), '--out',
                         str(tmp_path/'q.csv'), '--no_progress'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'no_model' in r.stderr
+
+
+# ------------------------------------------------------------------ issue 13/14: options, CSV repair, odd file names
+from realfake.core import escape_path, unescape_path, RealfakeError
+from realfake.predict import PredictOptions, _open_resume, sidecar_path, csv_complete_length
+from realfake.shards import csv_line
+from helpers import cli_env
+
+AWKWARD = ['/d/plain.jpg', '/d/comma, here.jpg', '/d/quote "q" .png', '/d/new\nline.png', '/d/cr\rreturn.png',
+           '/d/ünï cødé 漢字.jpg', escape_path(os.fsdecode(b'/d/caf\xe9.jpg')), escape_path('/d/back\\slash.png'), '/d/"',
+           '/d/ends with newline\n', '/d/""', '/d/=cmd.png']
+
+def _awkward_csv():
+    "CSV bytes as predict_to_csv writes them (header, rows with awkward paths, some error rows), and each record's end offset."
+    data = csv_line(CSV_COLUMNS).encode(); ends, rows = [len(data)], []
+    for i, p in enumerate(AWKWARD):
+        err = f'cannot read image {p}: "bad"\nheader' if i % 4 == 2 else ''
+        r = [p, '' if err else f'{i / 20:.6g}', '' if err else ('fake' if i % 2 else 'real'), '' if err else f'{i - 6:.6g}',
+             '0' if err else str(1 + i % 3), '' if err or i % 3 else '0,0,32,32', err]
+        data += csv_line(r).encode(); rows.append(r); ends.append(len(data))
+    return data, rows, ends
+
+def test_csv_repair_at_every_byte_offset(tmp_path, caplog, monkeypatch):
+    """A kill can cut the CSV at any byte, inside quotes, a multi-byte character, a doubled quote or a newline that
+    belongs to a file name. At every offset the repair leaves a valid CSV holding exactly the complete records before
+    the cut (minus error rows, which are retried), and the done set is their paths."""
+    data, rows, ends = _awkward_csv()
+    rec = dict(weights_sha256='ab', threshold=0.5)
+    out = tmp_path/'p.csv'
+    header = (','.join(CSV_COLUMNS) + '\n').encode()
+    caplog.set_level(logging.ERROR, logger='realfake')           # one warning per cut otherwise
+    monkeypatch.setattr(os, 'fsync', lambda fd: None)            # durability is not what this test is about: speed
+    for cut in range(len(data) + 1):
+        out.write_bytes(data[:cut]); sidecar_path(out).unlink(missing_ok=True)
+        n = sum(e <= cut for e in ends[1:]) if cut >= ends[0] else 0
+        want = [r for r in rows[:n] if not r[-1]]
+        done = _open_resume(out, rec)
+        got = list(csv.reader(open(out, newline='', encoding='utf-8')))
+        assert got == [CSV_COLUMNS] + want, f'cut at byte {cut}'
+        assert done == {r[0] for r in want}, f'cut at byte {cut}'
+        assert out.read_bytes().startswith(header)
+    # the tail scan agrees with a scan of the whole file, wherever the scan starts
+    for cut in range(0, len(data) + 1, 7):
+        assert all(csv_complete_length(data[:cut], tail) == csv_complete_length(data[:cut], len(data)) for tail in (1, 5, 64))
+
+def test_options_stored_refused_rescored(clf, model_dir, tmp_path, run_cli):
+    "The options live in predictions.csv.json; other options are refused (exit 2, one line) or rescored; bs/workers do not count."
+    d = tmp_path/'in'; _write_good(d, 3)
+    out = tmp_path/'p.csv'
+    opts = PredictOptions(model=str(model_dir), device='cpu', backend='torch', num_workers=0)
+    s = predict_to_csv([d], opts, out=out, progress=False)
+    side = json.loads(sidecar_path(out).read_text())
+    assert side['columns'] == CSV_COLUMNS and side['scored_with']['threshold'] == 0.5 and len(side['scored_with']['weights_sha256']) == 64
+    assert predict_to_csv([d], opts.replace(bs=1, num_workers=0), out=out, progress=False)['skipped'] == 3   # speed settings
+    with pytest.raises(RealfakeError, match=r'was scored with threshold 0.5, not 0.8: score into another --out, or pass --rescore'):
+        predict_to_csv([d], opts.replace(threshold=0.8), out=out, progress=False)
+    with pytest.raises(RealfakeError, match=r"was scored with preprocess .*\(and 1 more: threshold\)|was scored with preprocess"):
+        predict_to_csv([d], opts.replace(resize='native', crops='grid'), out=out, progress=False)
+    r = run_cli('realfake_predict', d, '--model', model_dir, '--out', out, '--threshold', 0.8, '--no_progress', '--num_workers', 0)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
+    assert 'threshold 0.5, not 0.8' in r.stderr
+    s = predict_to_csv([d], opts.replace(threshold=0.8), out=out, progress=False, rescore=True)
+    assert (s['scored'], s['skipped']) == (3, 0)
+    df = pd.read_csv(out)
+    assert len(df) == 3 and (df.label == np.where(df.prob_fake >= 0.8, 'fake', 'real')).all()
+    assert json.loads(sidecar_path(out).read_text())['scored_with']['threshold'] == 0.8
+    assert predict_to_csv([d], opts.replace(threshold=0.8), out=out, progress=False)['skipped'] == 3        # resumable again
+
+def test_error_rows_retried(clf, counting, tmp_path):
+    "A file that could not be read is tried again on the next run; the CSV keeps one row per file."
+    d = tmp_path/'in'; _write_good(d, 3)
+    (d/'late.png').write_bytes(b'')                                 # still being written when the first run saw it
+    out = tmp_path/'p.csv'
+    s = predict_to_csv([d, tmp_path/'gone.jpg'], clf, out=out, bs=2, num_workers=0, progress=False)
+    assert (s['scored'], s['errors']) == (3, 2) and counting.n == 3
+    _rand_img(7).save(d/'late.png', format='PNG')
+    s = predict_to_csv([d, tmp_path/'gone.jpg'], clf, out=out, bs=2, num_workers=0, progress=False)
+    assert (s['skipped'], s['scored'], s['errors']) == (3, 1, 1) and counting.n == 4     # only the failed file again
+    df = pd.read_csv(out)
+    assert len(df) == 5 and df.path.is_unique
+    assert df.set_index('path').loc[str(d/'late.png')].notna()['prob_fake']
+    assert df.error.notna().sum() == 1 and 'gone.jpg' in df.error.dropna().iloc[0]
+
+def test_load_classifier_leaves_a_passed_classifier_alone(clf):
+    c = load_classifier(clf, threshold=0.7)
+    assert c.threshold == 0.7 and clf.threshold == 0.5 and c.model is clf.model
+
+def _latin1_folder(root: Path) -> list[Path]:
+    "Files whose names are Latin-1 bytes (not UTF-8), one with a newline, one unreadable; the folder name too."
+    d = Path(os.fsdecode(os.fsencode(root) + b'/d\xe9j\xe0'))
+    try: d.mkdir(parents=True)
+    except (OSError, UnicodeError): pytest.skip('this file system refuses non-UTF-8 names')
+    names = [b'caf\xe9.png', b'na\xefve\nline.png', b'\xff\xfe.png', b'plain.png', b'cr\xe8me.jpg', b'car\rriage, "q".png']
+    out = []
+    for i, n in enumerate(names):
+        p = Path(os.fsdecode(os.fsencode(d) + b'/' + n))
+        _rand_img(i).save(p, format='PNG'); out.append(p)
+    bad = Path(os.fsdecode(os.fsencode(d) + b'/cass\xe9.jpg')); bad.write_bytes(b'not an image')
+    return out + [bad]
+
+def test_undecodable_names_end_to_end(model_dir, clf, tmp_path, run_cli):
+    """Latin-1 file names on a Linux disk: listed, scored (in worker processes), written escaped into the CSV, named in
+    the error row and the summary line, and resumed without scoring anything twice."""
+    files = _latin1_folder(tmp_path)
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b'/r\xe9sultats.csv'))
+    args = ['realfake_predict', files[0].parent, '--model', model_dir, '--out', out, '--bs', 2, '--num_workers', 2,
+            '--no_progress', '--device', 'cpu']
+    r = subprocess.run([sys.executable, '-c', 'import sys, os; from fastcore.script import _run_cli; from realfake.predict import '
+                        "realfake_predict as f; sys.argv[0] = 'realfake_predict'; _run_cli(f.__wrapped__, False)"] +
+                       [os.fsencode(a) if isinstance(a, (str, Path)) else str(a) for a in args[1:]],
+                       capture_output=True, timeout=180, env=cli_env())
+    stdout, stderr = r.stdout.decode(), r.stderr.decode('utf-8', 'replace')
+    assert r.returncode == 0, stderr[-1500:]
+    assert '6 scored' in stdout and '1 errors' in stdout and escape_path(out) in stdout
+    df = pd.read_csv(out, keep_default_na=False)
+    assert sorted(df.path) == sorted(escape_path(f) for f in files)
+    assert all(Path(unescape_path(p)).exists() for p in df.path)                   # back to the very files
+    bad = df[df.error != '']
+    assert len(bad) == 1 and escape_path(files[-1]) in bad.error.iloc[0]
+    assert '\\xe9' in bad.path.iloc[0] and df.path.map(lambda p: '\n' in p).sum() == 1
+    # rerun: all done except the unreadable file, retried
+    s = predict_to_csv([files[0].parent], clf, out=out, bs=2, num_workers=2, progress=False)
+    assert (s['skipped'], s['scored'], s['errors']) == (6, 0, 1)
+    assert len(pd.read_csv(out)) == 7
+    # from Python: the path column holds the escaped names too (valid UTF-8 text for pandas/pyarrow string columns)
+    pr = clf.predict(files)
+    assert pr.path.tolist() == [escape_path(f) for f in files] and pr.error.notna().sum() == 1
