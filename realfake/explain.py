@@ -4,31 +4,34 @@
 
 # %% ../nbs/17_explain.ipynb #6eb7e523
 from __future__ import annotations
-import math, os
+import csv, hashlib, math, os, re
+from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from PIL import Image
-from .core import RealfakeError, atomic_path
+from .core import RealfakeError, atomic_path, atomic_write, escape_path, error_line, csv_cell, progress_bar, get_logger
 from .images import load_image, probe_image, MAX_ASPECT
 from .preprocess import Preprocess, image_crops, decode, pad_reflect, normalize
-from .modeldir import ModelConfig
+
+_log = get_logger('explain')
 
 # %% auto #0
-__all__ = ['KINDS', 'LAYOUTS', 'MAX_MAP_CROPS', 'network_parts', 'cover_boxes', 'model_crops', 'source_size', 'to_source',
-           'paste_maps', 'crop_cams', 'cam', 'crop_probs', 'crop_score_map', 'heatmap', 'overlay', 'write_heatmap']
+__all__ = ['KINDS', 'LAYOUTS', 'MAX_MAP_CROPS', 'HEATMAP_INDEX', 'network_parts', 'cover_boxes', 'model_crops', 'source_size',
+           'to_source', 'paste_maps', 'crop_cams', 'cam', 'crop_probs', 'crop_score_map', 'heatmap', 'overlay',
+           'write_heatmap', 'heatmap_file', 'write_heatmaps']
 
 # %% ../nbs/17_explain.ipynb #69a51447
 KINDS = ('cam', 'crops')
 LAYOUTS = ('spec', 'cover')
 MAX_MAP_CROPS = 256       # most crops a map scores per image (the stride grows on big images; past the crop size, gaps are NaN)
 
-def network_parts(model, config:ModelConfig|None=None) -> tuple[nn.Module, nn.Module, ModelConfig, float]:
+def network_parts(model, config=None) -> tuple:
     "(body, head, config, temperature) of a network + `config`, or of anything with `.model` and `.config` (a `Classifier`)."
     net = model if isinstance(model, nn.Module) else getattr(model, 'model', None)
     config = config if config is not None else getattr(model, 'config', None)
-    if not isinstance(config, ModelConfig):
+    if not isinstance(getattr(config, 'preprocess', None), Preprocess):      # a ModelConfig (duck-typed: modeldir sits beside this module)
         raise TypeError("pass the model's ModelConfig (config=...) or an object with .model and .config, like a Classifier")
     if net is None: raise RealfakeError("heatmaps need the torch network; this classifier runs on the ONNX backend (load it with backend='torch')")
     if not (isinstance(net, nn.Sequential) and len(net) == 2):
@@ -127,7 +130,7 @@ def crop_cams(body:nn.Module, head:nn.Module, x:torch.Tensor, target:str='fake',
         out.append(F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0].cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, *x.shape[-2:]), np.float32)
 
-def cam(model, src, config:ModelConfig|None=None, target:str='fake', layout:str='spec', stride:int|None=None) -> np.ndarray:
+def cam(model, src, config=None, target:str='fake', layout:str='spec', stride:int|None=None) -> np.ndarray:
     "Grad-CAM of the last ConvNeXt stage for `src`: `H x W` (the source's size) in [0, 1], NaN where no crop looks."
     body, head, config, _ = network_parts(model, config)
     spec = config.preprocess
@@ -148,7 +151,7 @@ def crop_probs(body:nn.Module, head:nn.Module, x:torch.Tensor, temperature:float
             out.append(torch.sigmoid((z[:, 1] - z[:, 0]) / temperature).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
-def crop_score_map(model, src, config:ModelConfig|None=None, how:str='mean', layout:str='cover', stride:int|None=None) -> np.ndarray:
+def crop_score_map(model, src, config=None, how:str='mean', layout:str='cover', stride:int|None=None) -> np.ndarray:
     "Each pixel's mean (or max) `prob_fake` over the crops covering it: `H x W` (the source's size), NaN where none lies."
     body, head, config, temperature = network_parts(model, config)
     spec = config.preprocess
@@ -159,7 +162,7 @@ def crop_score_map(model, src, config:ModelConfig|None=None, how:str='mean', lay
     return to_source(m, source_size(src) if not spec.native else dsize, spec)
 
 # %% ../nbs/17_explain.ipynb #7cff4541
-def heatmap(model, src, kind:str='cam', config:ModelConfig|None=None, **kw) -> np.ndarray:
+def heatmap(model, src, kind:str='cam', config=None, **kw) -> np.ndarray:
     "The `kind` map of `src` ('cam': `cam`, 'crops': `crop_score_map`), `H x W` float32 at the source's size."
     if kind == 'cam': return cam(model, src, config, **kw)
     if kind == 'crops': return crop_score_map(model, src, config, **kw)
@@ -188,3 +191,33 @@ def write_heatmap(path, image, heat:np.ndarray, alpha:float=0.5, cmap:str='infer
     "Write `overlay(image, heat)` (at most `max_side` pixels) as the PNG `path`, atomically; returns the path."
     with atomic_path(path) as tmp: overlay(image, heat, alpha, cmap, max_side).save(tmp, format='PNG')
     return str(path)
+
+# %% ../nbs/17_explain.ipynb #51c3be8e
+HEATMAP_INDEX = 'heatmaps.csv'
+
+def heatmap_file(path) -> str:
+    "The PNG name of image `path`'s heatmap: `<stem, 80 safe characters>-<sha1 of the full path, 8 hex>.png`."
+    full = os.path.abspath(os.fsencode(path) if not isinstance(path, bytes) else path)
+    stem = re.sub(r'[^A-Za-z0-9._-]', '_', os.fsdecode(os.path.basename(full)).rsplit('.', 1)[0])[:80]
+    return f"{stem or 'image'}-{hashlib.sha1(full).hexdigest()[:8]}.png"
+
+def write_heatmaps(files, model, dest, kind:str='cam', max_side:int|None=1024, progress:bool|None=False, **kw) -> dict:
+    "Write the `kind` heatmap overlay of each image in `files` into folder `dest` (skipping those there) and its index."
+    if kind not in KINDS: raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    network_parts(model, kw.get('config'))                  # refuses an ONNX classifier before any work
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    rows, stats = [], dict(written=0, skipped=0, errors=0, dest=str(dest))
+    with progress_bar(len(files), 'heatmaps', show=progress) as bar:
+        for f in files:
+            name, err = heatmap_file(f), ''
+            if (dest/name).exists(): stats['skipped'] += 1
+            else:
+                try: write_heatmap(dest/name, f, heatmap(model, f, kind, **kw), max_side=max_side); stats['written'] += 1
+                except (RealfakeError, OSError, ValueError) as e:
+                    err, name = error_line(e), ''; stats['errors'] += 1
+                    _log.warning(f"no heatmap for {escape_path(f)}: {err}")
+            rows.append((escape_path(os.path.abspath(f)), name, err)); bar.update(1)
+    with atomic_write(dest/HEATMAP_INDEX) as fh:
+        w = csv.writer(fh, quoting=csv.QUOTE_ALL, lineterminator='\n')
+        w.writerow(['path', 'heatmap', 'error']); w.writerows([[csv_cell(c) for c in r] for r in rows])
+    return stats

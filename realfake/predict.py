@@ -14,8 +14,9 @@ from PIL import Image
 from fastcore.basics import patch
 from fastcore.script import call_parse, Param
 from .core import (LABELS, RealfakeError, command, escape_path, file_sha256, find_images,
-                           get_logger, progress_bar, atomic_write, atomic_write_json)
+                           get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path)
 from .images import ImageLoadError
+from .explain import KINDS, write_heatmaps
 from .preprocess import Preprocess, image_crops, normalize, combine_logits, parse_resize
 from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
@@ -25,7 +26,7 @@ from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is
 # %% auto #0
 __all__ = ['PREDICT_COLUMNS', 'CSV_COLUMNS', 'prepare_input', 'import_onnxruntime', 'onnx_is_current', 'Classifier',
            'load_classifier', 'PredictOptions', 'scoring_record', 'csv_complete_length', 'sidecar_path',
-           'predict_to_csv', 'predict_shards', 'shards_line', 'realfake_predict']
+           'predict_to_csv', 'predict_shards', 'shards_line', 'csv_heatmaps', 'realfake_predict']
 
 # %% ../nbs/13_predict.ipynb #b6a65bb4
 _log = get_logger('predict')
@@ -514,6 +515,22 @@ def shards_line(s:dict) -> str:
             f"{s['errors']} unreadable{bad}), {s['skipped']} already done{gone} -> {escape_path(s['out'])}")
 
 # %% ../nbs/13_predict.ipynb #58791388
+def _heatmap_backend(heatmaps, kind:str, backend:str) -> str:
+    "The backend to load: heatmaps need the torch network ('auto' becomes 'torch'; 'onnx' is refused)."
+    if not heatmaps: return backend
+    if kind not in KINDS: raise ValueError(f"--heatmap_kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if backend == 'onnx': raise RealfakeError("--heatmaps needs the torch network: use --backend torch (or auto)")
+    return 'torch'
+
+def csv_heatmaps(out, model, dest, kind:str='cam', progress:bool|None=None) -> dict:
+    "Write the heatmaps of the images scored without error in predictions CSV `out` into folder `dest` (see `write_heatmaps`)."
+    rows = pd.read_csv(out, usecols=['path', 'error'], dtype=str, keep_default_na=False)
+    files = [unescape_path(p) for p in rows.path[rows.error == '']]
+    clf = _classifier(model)[0]
+    h = write_heatmaps(files, clf, dest, kind, progress=progress)
+    print(f"{h['written']} heatmaps written, {h['skipped']} already there, {h['errors']} failed -> {escape_path(dest)}")
+    return h
+
 _PATHS = Param("image files and folders (searched recursively), or WebDataset tar shards: .tar files, brace patterns "
                "('data/{00000..00099}.tar') or folders of shards", str, nargs='+')
 
@@ -534,18 +551,24 @@ def realfake_predict(
     threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
     precision:str='fp32', # 'fp32', or 'bf16' (about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly)
     formats:str='parquet', # tar shards: output per shard, 'parquet', 'csv' or 'parquet,csv'
+    heatmaps:str=None, # image files: also write a heatmap overlay PNG per image into this folder (torch backend; index in heatmaps.csv)
+    heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
     rescore:bool=False, # when --out was scored with other options, score it again instead of refusing
     no_progress:bool=False, # hide the progress bar (it is shown only on a terminal anyway)
     verbose:bool=False, # debug logging and full tracebacks
 ):
     "Score images, folders or WebDataset tar shards with a model (folder or Hub name): a CSV for files, one Parquet/CSV per shard."
+    backend = _heatmap_backend(heatmaps, heatmap_kind, backend)
     opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers)
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
+    if kinds == {True} and heatmaps: raise RealfakeError("--heatmaps draws image files, not tar shards: score the shards without it")
     if kinds == {True}:
         s = predict_shards(paths, opts, out=out or 'predictions', formats=formats, rescore=rescore, progress=progress)
         print(shards_line(s))
     else:
-        s = predict_to_csv(paths, opts, out=out or 'predictions.csv', rescore=rescore, progress=progress)
+        clf = opts.classifier() if heatmaps else opts          # loaded once for the scores and the maps
+        s = predict_to_csv(paths, clf, out=out or 'predictions.csv', bs=bs, num_workers=num_workers, rescore=rescore, progress=progress)
         print(f"{s['scored']} scored ({s['fake']} fake), {s['errors']} errors, {s['skipped']} already done -> {escape_path(s['out'])}")
+        if heatmaps: s['heatmaps'] = csv_heatmaps(s['out'], clf, heatmaps, heatmap_kind, progress)
     return s

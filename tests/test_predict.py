@@ -356,3 +356,27 @@ def test_undecodable_names_end_to_end(model_dir, clf, tmp_path, run_cli):
     # from Python: the path column holds the escaped names too (valid UTF-8 text for pandas/pyarrow string columns)
     pr = clf.predict(files)
     assert pr.path.tolist() == [escape_path(f) for f in files] and pr.error.notna().sum() == 1
+
+def test_cli_heatmaps(model_dir, tmp_path, run_cli):
+    "--heatmaps DIR: one overlay PNG per readable image (same-named files kept apart), an index, a rerun redoing only what is missing."
+    d = tmp_path/'in'; _write_good(d, 1); _write_good(d/'sub', 1)          # two files named img_000.png
+    (d/'broken.jpg').write_bytes(b'\xff\xd8\xff' + b'\0' * 50)
+    maps, out = tmp_path/'maps', tmp_path/'p.csv'
+    args = ('realfake_predict', d, '--model', model_dir, '--out', out, '--heatmaps', maps, '--heatmap_kind', 'crops', '--no_progress')
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert '2 heatmaps written, 0 already there, 0 failed' in r.stdout
+    idx = pd.read_csv(maps/'heatmaps.csv', keep_default_na=False)
+    assert sorted(idx.path) == sorted(str(p.resolve()) for p in (d/'img_000.png', d/'sub'/'img_000.png'))
+    assert len(set(idx.heatmap)) == 2 and all(h.startswith('img_000-') for h in idx.heatmap)
+    png = Image.open(maps/idx.heatmap[0])
+    src = Image.open(idx.path[0])
+    assert png.size == src.size and np.abs(np.asarray(png, float) - np.asarray(src.convert('RGB'), float)).mean() > 5   # drawn over
+    (maps/idx.heatmap[1]).unlink()
+    r = run_cli(*args)
+    assert r.returncode == 0 and '1 heatmaps written, 1 already there' in r.stdout, r.stderr[-800:]
+    r = run_cli(*args[:-2], 'nothing', '--no_progress')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--heatmap_kind must be one of cam, crops" in r.stderr
+    shard = tmp_path/'s.tar'; shard.write_bytes(b'\0' * 1024)
+    r = run_cli('realfake_predict', shard, '--model', model_dir, '--heatmaps', maps, '--no_progress')
+    assert r.returncode == 2 and 'not tar shards' in r.stderr and 'Traceback' not in r.stderr
