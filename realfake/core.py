@@ -12,8 +12,8 @@ from fastcore.script import is_cli
 # %% auto #0
 __all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes',
            'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path',
-           'csv_cell', 'get_logger', 'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command',
-           'find_images']
+           'csv_cell', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar', 'error_line', 'run_command',
+           'command', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -151,13 +151,17 @@ def get_logger(name:str) -> logging.Logger:
     "The logger of realfake module `name`."
     return logging.getLogger(f'realfake.{name}')
 
+class OneLineFormatter(logging.Formatter):
+    "Each log record on one line: a CR or LF in the message (file names may hold them) is written `\\r` / `\\n`."
+    def formatMessage(self, record): return super().formatMessage(record).replace('\r', '\\r').replace('\n', '\\n')
+
 def setup_logging(verbose:bool=False):
-    "Log realfake messages to stderr: INFO by default, DEBUG when `verbose`."
+    "Log realfake messages to stderr, one line each: INFO by default, DEBUG when `verbose`."
     log = logging.getLogger('realfake')
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not any(getattr(h, '_realfake', False) for h in log.handlers):
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s', '%H:%M:%S'))
+        h.setFormatter(OneLineFormatter('%(asctime)s %(levelname)s %(name)s: %(message)s', '%H:%M:%S'))
         h._realfake = True
         log.addHandler(h)
     return log

@@ -11,7 +11,7 @@ import numpy as np, pandas as pd
 import torch
 from PIL import Image, ImageDraw
 from fastcore.script import call_parse
-from .core import LABELS, RealfakeError, command, get_logger, atomic_path, to_jsonable, escape_path, csv_cell, progress_bar
+from .core import LABELS, RealfakeError, command, get_logger, atomic_path, to_jsonable, escape_path, csv_cell, progress_bar, error_line
 from .images import load_image, thumbnail, jpeg_info
 from .metadata import read_metadata
 from .prepare import Source, list_source
@@ -23,6 +23,7 @@ from .modeldir import update_config
 from .humans import compare_humans_model
 from .predict import Classifier, load_classifier
 from .explain import heatmap, overlay
+from .hub import write_model_card
 
 # %% auto #0
 __all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'FIGURES', 'GRID_FIGURES', 'EvalOptions',
@@ -677,12 +678,20 @@ def _write_tables(out:Path, ev, per_source, scores, grid, audit):
         files += ['perturb.csv', 'audit.csv', 'perturb_predictions.csv']
     return files
 
+def _write_card(clf:Classifier, out:Path, src, o:EvalOptions) -> bool:
+    "Write `model_card.md` (`realfake.hub`) for review before `realfake_push`; a failure is a warning, never the end of the run."
+    meta = src if isinstance(src, (str, os.PathLike)) and Path(src).is_file() and o.layout != 'csv' and Path(src).suffix.lower() != '.csv' else None
+    try: write_model_card(clf.path, out, metadata=meta)
+    except (RealfakeError, OSError, ValueError) as e:
+        _log.warning(f"model card not written: {error_line(e)}"); return False
+    return True
+
 def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **changes) -> dict:
     "Evaluate a model directory (or `Classifier`) on `data` with `options` (or their fields as keywords); write the report folder `out`."
     o = (options or EvalOptions()).replace(**changes)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     clf = model if isinstance(model, Classifier) else load_classifier(model, bs=o.bs)
-    data = load_eval_data(data, o)
+    src, data = data, load_eval_data(data, o)
     scores, perts, notes = _score_all(clf, data, o)
     ev = _predictions(data.ev, scores)
     ok = ev[ev.prob_fake.notna()].reset_index(drop=True)
@@ -702,6 +711,8 @@ def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **ch
     res['files'] = ['metrics.json', 'report.html'] + files + [f for f, _ in figs]
     if o.save_threshold: res['saved_calibration'] = _save(clf, cal_res, o)
     write_json(out/'metrics.json', res)
+    if clf.path is not None and _write_card(clf, out, src, o):          # the card reads metrics.json
+        res['files'].insert(2, 'model_card.md'); write_json(out/'metrics.json', res)
     _write_html(out/'report.html', res, figs)
     return res
 
