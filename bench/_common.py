@@ -3,7 +3,7 @@
 Not a test module and not part of the package: the scripts in `bench/` import it as a sibling file.
 """
 from __future__ import annotations
-import os, sys, time, platform, statistics, datetime, argparse, subprocess
+import os, sys, time, platform, statistics, datetime, argparse
 from pathlib import Path
 
 import warnings

@@ -19,7 +19,6 @@ import os, sys, time, tempfile, warnings
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
-import numpy as np
 
 SETS = [('real_1500x1000', 1500, 1000, '.jpg', 48), ('real_500x375', 500, 375, '.jpg', 48), ('fake_512x512', 512, 512, '.png', 96)]
 N_VALID, BS = 16, 32

@@ -11,7 +11,6 @@ scale, the difference between two legitimate full-resolution filters (fastai's b
 """
 from __future__ import annotations
 import os, sys, tempfile
-from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
 import numpy as np
@@ -68,7 +67,7 @@ def main():
     reps = 1 if args.quick else args.reps
     C.header('decode: realfake.images.load_image vs fastai PILImage.create + Resize(256) + crop 224 (1 process)')
     have = C.module_available('images')
-    rows, notes = [], []
+    rows = []
     with tempfile.TemporaryDirectory(prefix='rf_bench_decode_') as d:
         paths = C.make_image_set(d, sets)
         for name, w, h, ext, n in sets:

@@ -124,7 +124,7 @@ def main():
             cm = torch.compile(model)
             rows.append(['train, model only, torch.compile', f"{rate(lambda: train_step(cm), args.steps, args.bs):.0f}", '', ''])
         if dev.type == 'cuda': rows[-1][3] = f"peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-        del opt, model; torch.cuda.empty_cache() if dev.type == 'cuda' else None
+        opt = model = None; torch.cuda.empty_cache() if dev.type == "cuda" else None
 
         # 3. train, end to end with the realfake learner; the callback measures data waits
         from fastai.callback.core import Callback
@@ -143,7 +143,7 @@ def main():
         learn = create_learner(dls, arch=args.arch, pretrained=False, path=d, cbs=[dw])
         with contextlib.redirect_stdout(io.StringIO()):
             learn.fit_one_cycle(1, 1e-4)                     # warm-up epoch (cudnn autotune, workers)
-            t = time.perf_counter(); learn.fit_one_cycle(1, 1e-4); total = time.perf_counter() - t
+            learn.fit_one_cycle(1, 1e-4)
         steps_time = dw.t_last - dw.t0          # first training step's start to the last one's end (no validation)
         e2e_ips = dw.n / steps_time
         wait_frac = dw.wait / steps_time

@@ -10,7 +10,7 @@ at the image's own pixels, and a grid of up to 9 crops) against the resize polic
     .venv/bin/python bench/inference.py --quick    # smoke run
 """
 from __future__ import annotations
-import os, sys, time, tempfile
+import os, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os, sys, time, io, contextlib, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
-import numpy as np
 
 ARCH = 'convnext_atto'
 

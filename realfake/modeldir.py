@@ -20,10 +20,10 @@ _log = get_logger('modeldir')
 
 # %% auto #0
 __all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'MAX_WEIGHTS_BYTES', 'HUB_FILES', 'ModelConfig',
-           'check_regular_file', 'read_small_file', 'WeightsError', 'load_pth_weights', 'timm_weights_kwargs',
-           'hub_errors', 'check_arch', 'build_network', 'weights_header', 'network_shapes', 'check_weights',
-           'state_tensors', 'write_model_dir', 'save_model_dir', 'load_tensors', 'read_config', 'load_model_dir',
-           'update_config', 'is_repo_id', 'split_model_name', 'import_hub', 'resolve_model_dir']
+           'check_regular_file', 'read_small_file', 'WeightsError', 'ModelNotFound', 'load_pth_weights',
+           'timm_weights_kwargs', 'hub_errors', 'check_arch', 'build_network', 'weights_header', 'network_shapes',
+           'check_weights', 'state_tensors', 'write_model_dir', 'save_model_dir', 'load_tensors', 'read_config',
+           'load_model_dir', 'update_config', 'is_repo_id', 'split_model_name', 'import_hub', 'resolve_model_dir']
 
 # %% ../nbs/04_modeldir.ipynb #2f6585ec
 MODEL_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
@@ -146,6 +146,9 @@ def read_small_file(path, max_bytes:int, what:str) -> bytes:
 # %% ../nbs/04_modeldir.ipynb #22c7c4fa
 class WeightsError(RealfakeError, ValueError):
     "Weights that cannot or may not be loaded."
+
+class ModelNotFound(RealfakeError, FileNotFoundError):
+    "A model folder or Hub name that names nothing: a user error (the CLIs print one line), and still a `FileNotFoundError`."
 
 class _Body(nn.Module):
     "The timm model without its classifier; `forward` gives the last feature map (fastai's `TimmBody`)."
@@ -279,13 +282,13 @@ def load_tensors(path) -> dict:
 def read_config(model_dir) -> ModelConfig:
     "The validated `ModelConfig` of the model directory `model_dir` (no weights are read)."
     d = Path(model_dir)
-    if not d.is_dir(): raise FileNotFoundError(f"{d}: model directory not found")
+    if not d.is_dir(): raise ModelNotFound(f"{d}: model directory not found")
     return ModelConfig.from_file(d/CONFIG_FILE)
 
 def load_model_dir(src, device='cpu') -> tuple[nn.Module, ModelConfig]:
     "`(model in eval mode, ModelConfig)` from a model directory, checked first; never unpickles anything."
     src = Path(src)
-    if not src.is_dir(): raise FileNotFoundError(f"{src}: model directory not found")
+    if not src.is_dir(): raise ModelNotFound(f"{src}: model directory not found")
     if not (src/MODEL_FILE).exists(): raise FileNotFoundError(f"{src}: not a model directory (no {MODEL_FILE})")
     cfg = read_config(src)
     check_weights(src/MODEL_FILE, cfg)
@@ -359,7 +362,7 @@ def resolve_model_dir(name, revision:str|None=None, cache_dir=None) -> Path:
     if rev and revision and rev != revision: raise ValueError(f"{name}: two revisions given ({rev!r} and {revision!r})")
     revision = revision or rev
     if p.exists() or not is_repo_id(repo):
-        raise FileNotFoundError(f"{name}: model directory not found (a Hub model is named 'org/name' or 'org/name@revision')")
+        raise ModelNotFound(f"{name}: model directory not found (a Hub model is named 'org/name' or 'org/name@revision')")
     hf = import_hub()
     try: d = Path(hf.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES, cache_dir=cache_dir))
     except (OSError, ValueError, _HubErrors(hf).HfHubHTTPError) as e: raise _hub_error(e, repo, revision, hf) from None

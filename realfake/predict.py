@@ -18,7 +18,7 @@ from .core import (LABELS, RealfakeError, command, escape_path, file_sha256, fin
 from .images import ImageLoadError
 from .explain import KINDS, write_heatmaps
 from .preprocess import Preprocess, image_crops, normalize, combine_logits, parse_resize
-from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir
+from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
                              is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS)
@@ -131,7 +131,7 @@ class Classifier:
         "Load the model directory `path` once (backend 'torch', 'onnx' or 'auto'; precision 'fp32' or 'bf16')."
         path = Path(path)
         if backend not in ('auto', 'torch', 'onnx'): raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', not {backend!r}")
-        if not path.is_dir(): raise RealfakeError(f"{path}: model directory not found")
+        if not path.is_dir(): raise ModelNotFound(f"{path}: model directory not found")
         if backend == 'auto': backend = 'torch' if precision == 'bf16' else _pick_backend(path, backend, device)
         if backend == 'onnx':
             onnx_file = path/'model.onnx'

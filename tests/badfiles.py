@@ -7,7 +7,7 @@ with the file's name). `probe` overrides the expectation for header-only probing
 """
 from __future__ import annotations
 import io, os, random, struct, zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from PIL import Image

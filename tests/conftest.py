@@ -1,5 +1,5 @@
 "Shared pytest fixtures: real sample images when ../shared has them, a tiny model directory, a command runner."
-import os
+import os, logging
 from pathlib import Path
 import pytest
 from helpers import make_model_dir, run_cli as _run_cli
@@ -31,3 +31,12 @@ def one_torch_thread():
     n = torch.get_num_threads(); torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+@pytest.fixture(autouse=True)
+def _realfake_warnings_stay_on():
+    "A test that quiets realfake's logger must undo it: later tests in the same process check its warnings."
+    log = logging.getLogger('realfake'); level, disabled = log.level, log.disabled
+    yield
+    quieted = log.getEffectiveLevel() > logging.WARNING or log.disabled
+    log.setLevel(level); log.disabled = disabled
+    assert not quieted, "this test left the 'realfake' logger quieter than WARNING"

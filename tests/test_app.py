@@ -1,17 +1,16 @@
 "Tests of realfake.app: the HTTP routes with a test client, the limits, what the Label and Results pages give away, the CLI."
-import copy, io, json, math, os, re, subprocess, sys, threading
+import copy, io, json, math, re, threading
 from pathlib import Path
 
-import numpy as np, pandas as pd, pytest
+import numpy as np, pytest
 from PIL import Image
 
 pytest.importorskip('fasthtml', reason='the web app needs python-fasthtml (pip install realfake[app])')
 from starlette.testclient import TestClient
 
 from realfake.core import LABELS, USER_ERRORS, RealfakeError
-from realfake.app import (ADMIN_COOKIE, STATIC, VOLUNTEER_COOKIE, Limits, _BodyLimit, label_image, make_app,
+from realfake.app import (ADMIN_COOKIE, STATIC, VOLUNTEER_COOKIE, _BodyLimit, label_image, make_app,
                           realfake_app)
-from realfake.humans import VoteStore
 from realfake.images import load_image
 from realfake.metadata import write_metadata
 
@@ -291,7 +290,7 @@ def test_unreadable_images_leave_the_pool_and_their_votes_do_not_count(clf, tmp_
 
 # ---------------------------------------------------------------- Results: the truth stays off public pages
 def test_results_compare_humans_and_model(app, clf, data):
-    pool, store = app.state.realfake.pool, app.state.realfake.store
+    pool = app.state.realfake.pool
     truth = {t: pool.rows[k]['label'] for t, k in pool.by_token.items()}
     assert 'No votes yet' in TestClient(app).get('/results').text
     good, bad = TestClient(app), TestClient(app)

@@ -4,7 +4,7 @@ Uploads an image on the Detect page, casts a vote on the Label page, checks the 
 screenshots to $REALFAKE_ARTIFACTS (or the test's tmp_path). Skips, saying why, where no browser can be launched.
 Never downloads a browser (no `playwright install`): it uses the system chromium ($REALFAKE_CHROMIUM or
 /usr/bin/chromium; `apt-get install -y chromium`)."""
-import io, os, shutil, socket, threading, time
+import os, shutil, socket, threading, time
 from pathlib import Path
 
 import numpy as np, pytest

@@ -6,10 +6,9 @@ Run as a script to print the figures for any checkout (e.g. before and after a c
     PYTHONPATH=/path/to/checkout python tests/test_app_memory.py --requests 3 --files 16 --mpix 40
 """
 from __future__ import annotations
-import argparse, io, json, os, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
+import argparse, io, json, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import cli_cmd, cli_env, make_model_dir

@@ -18,8 +18,7 @@ CPU cores; measured results (valid split; the test split is scored by the tests)
     content:     valid AUC 0.999; test AUC 0.997, then 1.000 at JPEG 95 and 75, 0.997 at WebP 75  -> robust
                  (the fakes-only protocol does not apply: no real image is a JPEG)
 """
-import io
-import numpy as np, pandas as pd, pytest, torch
+import numpy as np, pandas as pd, pytest
 from PIL import Image
 
 from realfake.evaluate import evaluate

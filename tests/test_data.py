@@ -50,7 +50,6 @@ def test_vocab_and_splits(df):
     assert (tr.count('real'), tr.count('fake')) == (6, 10)
     assert (va.count('real'), va.count('fake')) == (3, 5)
     # each item is the file of its own row: labels of dls and metadata agree, row by row
-    meta = df.set_index('path')
     for ds, rows in ((dls.train_ds, dls.rows[:16]), (dls.valid_ds, dls.rows[16:])):
         assert [df['label'].iloc[r] for r in rows] == labels_of(ds)
     assert set(df['split'].iloc[dls.rows[:16]]) == {'train'} and set(df['split'].iloc[dls.rows[16:]]) == {'valid'}

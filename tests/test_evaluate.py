@@ -3,12 +3,11 @@ calibration and the abstain band, atomic outputs, any file name, layouts, and ba
 (The metrics are tested in test_metrics.py, the perturbations in test_perturb.py, the verdict on trained models in
 test_audit.py.)"""
 import errno, json, os, shutil
-from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
 from helpers import make_model_dir
-from realfake.core import RealfakeError, escape_path
+from realfake.core import RealfakeError
 from realfake.images import load_image
 from realfake.metadata import write_metadata
 from realfake.metrics import roc_auc
@@ -49,6 +48,7 @@ def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     res = evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, perturb='jpeg_q75,blur_1', audit=True)
     m = json.loads((out/'metrics.json').read_text())
     assert set(m) == KEYS and m['n'] == 14 and m['n_errors'] == 1
+    assert res['files'] == m['files'] and res['overall']['auc'] == m['overall']['auc']     # what it returns is what it wrote
     names = {p.name for p in out.iterdir()}
     assert set(m['files']) == names - {'metrics.json'} | {'metrics.json'}          # every file listed, nothing else
     assert not [n for n in names if n.endswith('.tmp')]

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-import helpers
 from helpers import make_model_dir, cli_cmd, cli_env
 from realfake.core import RealfakeError
 from realfake.metadata import read_metadata

@@ -184,9 +184,10 @@ def report(model_dir, tmp_path_factory):
     for k, (folder, ext) in enumerate([('natural', '.jpg'), ('sdv5', '.png'), ('midjourney', '.png')]):
         (d/'data'/folder).mkdir(parents=True)
         for i in range(6): _img(10 * k + i).save(d/'data'/folder/f'{i}{ext}')
-    logging.getLogger('realfake').setLevel(logging.ERROR)
-    torch.set_num_threads(1)
-    evaluate(model_dir, d/'data', out=d/'report', audit=True, bs=8, num_workers=0)
+    log, level, threads = logging.getLogger('realfake'), logging.getLogger('realfake').level, torch.get_num_threads()
+    log.setLevel(logging.ERROR); torch.set_num_threads(1)
+    try: evaluate(model_dir, d/'data', out=d/'report', audit=True, bs=8, num_workers=0)
+    finally: log.setLevel(level); torch.set_num_threads(threads)   # other tests in this process read realfake's warnings
     return d/'report'
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 "Tests for realfake.images: the one image loader (draft-mode JPEG, modes, EXIF, bombs, bad files)."
-import errno, io, os, pickle, warnings
-from pathlib import Path
+import errno, os, pickle, warnings
 import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps

@@ -6,7 +6,7 @@ and SIGKILLs its own process exactly there (mid-row of the CSV, before an fsync 
 checkpoint file, in the middle of an epoch). After each kill we check what is on disk, then rerun and check the result.
 """
 from __future__ import annotations
-import csv, io, json, os, re, signal, subprocess, sys, time, textwrap
+import csv, io, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest

@@ -1,11 +1,10 @@
 "Tests of realfake.modeldir: config validation (old and new layouts), model directories, the network, local weights, untrusted files."
-import json, os, pickle, signal, subprocess, sys, textwrap, time
-from pathlib import Path
+import json, os, pickle, signal, subprocess, sys, time
 
 import pytest
 import torch
 import timm
-from safetensors.torch import save_file, load_file
+from safetensors.torch import save_file
 
 from realfake.core import RealfakeError, write_dir_atomic
 from realfake.preprocess import Preprocess

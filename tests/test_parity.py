@@ -1,7 +1,6 @@
 """Train/serve parity: the probabilities training computes on its validation split equal what `Classifier.predict`,
 the ONNX backend and the web app's upload path compute for the same files, for both resize policies and for JPEG and
 PNG inputs (max |d prob| <= 1e-4, identical labels)."""
-import io
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 

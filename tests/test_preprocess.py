@@ -1,10 +1,9 @@
 """Tests of realfake.preprocess beyond the notebook's: native crops never interpolate, odd and hostile sizes at native
 pixels (a score or a clear error, bounded memory), the spec round trip through config.json."""
-import io, json, resource, subprocess, sys, textwrap
+import io, json, subprocess, sys, textwrap
 import numpy as np, pytest
 from PIL import Image
 
-from realfake.images import load_image
 from realfake.preprocess import Preprocess, image_crops, crop_boxes, train_crop, pad_reflect
 from realfake.modeldir import ModelConfig
 from realfake.predict import Classifier

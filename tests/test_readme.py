@@ -3,7 +3,6 @@ demo data: make data -> prepare with a test split -> train -> evaluate the test 
 app answering a request, and the Python snippet. A README command that fails fails this test (and CI)."""
 import os, re, shlex, signal, socket, subprocess, sys, time
 from pathlib import Path
-import pytest
 
 README = Path(__file__).resolve().parents[1]/'README.md'
 

@@ -1,5 +1,5 @@
 "Tests of realfake.synth: the simulated demo data (determinism, labels, formats, splits, traces, CLI)."
-import os, subprocess, sys, time, warnings
+import os, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest
 from PIL import Image

@@ -5,13 +5,13 @@ valid odd formats, or a clear error naming the file and the reason; never a cras
 `python tests/test_torture.py` prints the outcome table (bad input x entry point).
 """
 from __future__ import annotations
-import csv, io, json, os, re, sys, math, logging
+import csv, json, os, sys, math, logging
 from pathlib import Path
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from badfiles import make_corpus, reason_ok, Entry, CONTROL
+from badfiles import make_corpus, reason_ok, Entry
 from helpers import deadline, Hang, run_cli, make_model_dir
 from realfake.preprocess import Preprocess
 
@@ -97,7 +97,6 @@ def test_load_image_resized(corpus): assert_cells(cells_load(corpus, 16), 'load_
 
 def test_load_image_other_sources(corpus):
     "bytes / PIL / array inputs of the valid files decode like the path; bad bytes raise ImageLoadError, never crash."
-    from PIL import Image
     bad = []
     for e in corpus:
         if e.expect != 'ok' or not os.access(e.path, os.R_OK) or e.key == 'no_read_perm': continue
@@ -288,7 +287,7 @@ def cells_prepare(corpus, tmp):
     for e in corpus:
         rec = recs.get(str(e.path)) or recs.get(os.path.abspath(e.path))
         if e.probe_expect == 'ok':
-            if rec is None: cells[e.key] = f'FAIL: readable file missing from the metadata' + (f' (dropped: {dropped[e.key]})' if e.key in dropped else ''); continue
+            if rec is None: cells[e.key] = 'FAIL: readable file missing from the metadata' + (f' (dropped: {dropped[e.key]})' if e.key in dropped else ''); continue
             if (rec['width'], rec['height']) != e.size: cells[e.key] = f"FAIL: recorded {rec['width']}x{rec['height']}, expected {e.size}"; continue
             if rec['label'] != 'real': cells[e.key] = f"FAIL: label {rec['label']}"; continue
             cells[e.key] = 'ok' if e.expect == 'ok' else 'ok (header only: kept, the loader skips it later)'
@@ -421,7 +420,7 @@ def test_fifo_never_hangs(tmp_path):
             fails.append(f'{name}: accepted a FIFO')
         except images.ImageLoadError as e:
             if 'pipe.jpg' not in str(e): fails.append(f'{name}: unclear error {e}')
-        except Hang as e: fails.append(f'{name}: hangs on a FIFO')
+        except Hang: fails.append(f'{name}: hangs on a FIFO')
     assert not fails, '\n'.join(fails)
 
 def test_impossible_paths(tmp_path, clf):
@@ -477,9 +476,8 @@ def test_unreadable_file_unprivileged():
 
 # ---------------------------------------------------------------- table
 
-def _table(corpus, cols: dict) -> str:
-    keys = [e.key for e in corpus] + sorted({k for c in cols.values() for k in c if k not in {e.key for e in corpus}})
-    w = max(map(len, keys)) + 2
+def _table(entries, cols: dict) -> str:
+    keys = [e.key for e in entries] + sorted({k for c in cols.values() for k in c if k not in {e.key for e in entries}})
     lines = ['| input | ' + ' | '.join(cols) + ' |', '|' + '---|' * (len(cols) + 1)]
     for k in keys: lines.append(f'| {k} | ' + ' | '.join(cols[c].get(k, '-') for c in cols) + ' |')
     return '\n'.join(lines)
@@ -487,12 +485,12 @@ def _table(corpus, cols: dict) -> str:
 if __name__ == '__main__':  # print the outcome table
     import tempfile
     with tempfile.TemporaryDirectory() as td:
-        td = Path(td); corpus = make_corpus(td / 'bad files'); md = make_model_dir(td / 'model', size=48)
+        td = Path(td); entries = make_corpus(td / 'bad files'); md = make_model_dir(td / 'model', size=48)
         from realfake.predict import Classifier
         c = Classifier.from_dir(md, device='cpu', backend='torch')
-        cols = {'load_image': cells_load(corpus), 'load_image(size)': cells_load(corpus, 16), 'probe_image': cells_probe(corpus),
-                'Classifier': cells_classifier(corpus, c)[0], 'Classifier native grid': cells_classifier(corpus, c, native=True)[0], 'realfake_predict files': cells_predict_cli(corpus, md, td)[0],
-                'realfake_predict folder': cells_predict_cli(corpus, md, td, folder=True)[0],
-                'realfake_prepare --probe': cells_prepare(corpus, td / 'prep')[0],
-                'get_dls': cells_dls(corpus, 0)[0], 'realfake_evaluate': cells_evaluate(corpus, md, td / 'ev')[0]}
-        print(_table(corpus, cols))
+        cols = {'load_image': cells_load(entries), 'load_image(size)': cells_load(entries, 16), 'probe_image': cells_probe(entries),
+                'Classifier': cells_classifier(entries, c)[0], 'Classifier native grid': cells_classifier(entries, c, native=True)[0], 'realfake_predict files': cells_predict_cli(entries, md, td)[0],
+                'realfake_predict folder': cells_predict_cli(entries, md, td, folder=True)[0],
+                'realfake_prepare --probe': cells_prepare(entries, td / 'prep')[0],
+                'get_dls': cells_dls(entries, 0)[0], 'realfake_evaluate': cells_evaluate(entries, md, td / 'ev')[0]}
+        print(_table(entries, cols))

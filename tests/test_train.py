@@ -1,6 +1,6 @@
 """Training tests (CPU, convnext_atto, tiny images): the demo is learnt, resume == uninterrupted, SIGKILL + resume,
 two CPU processes (gloo) with shards / identical weights / only rank 0 writing, unreadable images skipped."""
-import json, logging, os, shutil, signal, subprocess, sys, textwrap, time
+import json, logging, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
