@@ -115,7 +115,7 @@ def test_refuses_overwrite_and_bad_options(tmp_path):
     assert m.read_bytes() == before
     make_demo(tmp_path/'d', n=3, size=16, overwrite=True)
     assert len(read_metadata(m)) == 6
-    for kw, msg in [(dict(size=20), 'multiple of 8'), (dict(n=0), 'at least 1'), (dict(difficulty=0), 'difficulty'),
+    for kw, msg in [(dict(size=20), 'multiple of 8'), (dict(size=65536), 'from 16 to 2048'), (dict(n=0), 'at least 1'), (dict(difficulty=0), 'difficulty'),
                     (dict(valid_pct=0.7, test_pct=0.4), 'sum below 1')]:
         with pytest.raises(DemoError, match=msg): make_demo(tmp_path/'bad', **kw)
     assert not (tmp_path/'bad'/'metadata.jsonl').exists()
