@@ -18,7 +18,7 @@ from .prepare import Source, list_source
 from .preprocess import image_crops, normalize, combine_logits
 from .metrics import (roc_curve, roc_auc, confusion_matrix, per_source_metrics, reliability_bins, ece,
                               fit_temperature, nll, fit_threshold, binary_metrics, risk_coverage, fit_unsure, selective_metrics)
-from .perturb import PERTURBATIONS, FAKES_JPEG, Perturbation, fakes_jpeg, perturbation_names, perturb_rng
+from .perturb import FAKES_JPEG, Perturbation, fakes_jpeg, get_perturbation, perturbation_names, perturb_rng
 from .modeldir import update_config
 from .humans import compare_humans_model
 from .predict import Classifier, load_classifier
@@ -292,7 +292,7 @@ def resolve_perturbations(names, ev:pd.DataFrame, seed:int=0, explicit=()) -> tu
     "The `Perturbation`s of `names` for the images `ev` (binding the fakes-only protocol to its reals), and notes on what was left out."
     perts, notes = [], []
     for n in names:
-        if n != FAKES_JPEG: perts.append(PERTURBATIONS[n]); continue
+        if n != FAKES_JPEG: perts.append(get_perturbation(n)); continue
         settings = real_jpeg_settings(ev, seed=seed)
         if settings: perts.append(fakes_jpeg(settings)); continue
         msg = f"{FAKES_JPEG} left out: none of the real images is a JPEG, so there is no quality to match"
@@ -500,8 +500,8 @@ def plot_heatmap(table:pd.DataFrame, metric:str, dest):
 
 def _quality(name:str) -> int|None:
     if name == 'clean': return 100
-    p = PERTURBATIONS.get(name)
-    return p.jpeg_quality if p is not None else None
+    try: return get_perturbation(name).jpeg_quality
+    except RealfakeError: return None                 # fakes_jpeg and the like: no single quality
 
 def plot_quality_curve(table:pd.DataFrame, dest, max_sources:int=12):
     "AUC and balanced accuracy against JPEG quality (clean = the files as they are), overall and per fake source."
@@ -739,7 +739,7 @@ def realfake_evaluate(
     out:str='eval_report', # report folder (metrics.json, CSV tables, PNG figures, report.html)
     split:str=None, # metadata split to evaluate (default: test if present, else valid)
     layout:str='generators', # folder layout: generators ('natural' = real), genimage, forensynths; csv: a manifest file
-    perturb:str=None, # score under perturbations too: 'all' or a comma list (jpeg_q95,jpeg_q75,...,web,hard,fakes_jpeg)
+    perturb:str=None, # score under perturbations too: 'all' or a comma list (jpeg_q95,...,web,hard,fakes_jpeg; jpeg_qN/webp_qN at any N)
     audit:bool=False, # add the audit's perturbations (JPEG 95/75/50, WebP 75, downscale 0.5, fakes_jpeg) and its verdict
     calib_split:str=None, # held-out split for calibration (default: valid when evaluating test, else a random half)
     no_calibration:bool=False, # skip fitting temperature and threshold

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_perturb.ipynb #afc015fe
 from __future__ import annotations
-import io, zlib
+import io, re, zlib
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -15,7 +15,7 @@ from .core import RealfakeError, escape_path
 # %% auto #0
 __all__ = ['SUBSAMPLING_CODES', 'PERTURBATIONS', 'FAKES_JPEG', 'PERTURBATION_NAMES', 'encode_jpeg', 'encode_webp', 'rescale',
            'limit_long_side', 'down_up', 'blur', 'add_noise', 'center_crop_fraction', 'Perturbation', 'fakes_jpeg',
-           'perturb_rng', 'perturbation_names']
+           'perturb_rng', 'get_perturbation', 'perturbation_names']
 
 # %% ../nbs/06_perturb.ipynb #2253c39c
 SUBSAMPLING_CODES = {'4:4:4': 0, '4:2:2': 1, '4:2:0': 2}
@@ -86,12 +86,13 @@ def _noisy(im, rng, sigma): return add_noise(im, sigma, rng)
 def _tiered(im, rng, side, q): return encode_jpeg(limit_long_side(im, side), q)
 
 def _jpeg(q): return Perturbation(f'jpeg_q{q}', partial(_jpeg_at, q=q), f'JPEG at quality {q}', 'codec', jpeg_quality=q)
+def _webp(q): return Perturbation(f'webp_q{q}', partial(_webp_at, q=q), f'WebP at quality {q}', 'codec')
 def _tier(name, side, q):
     return Perturbation(name, partial(_tiered, side=side, q=q), f'longer side at most {side}, then JPEG at quality {q}', 'tier')
 
 PERTURBATIONS = {p.name: p for p in [
     *(_jpeg(q) for q in (95, 75, 50, 30)),
-    Perturbation('webp_q75', partial(_webp_at, q=75), 'WebP at quality 75', 'codec'),
+    _webp(75),
     Perturbation('down_0.5', partial(_rescaled, factor=0.5), 'downscaled to half the size', 'resize'),
     Perturbation('down_0.75', partial(_rescaled, factor=0.75), 'downscaled to 3/4 of the size', 'resize'),
     Perturbation('up_1.5', partial(_rescaled, factor=1.5), 'upscaled by 1.5 (bilinear)', 'resize'),
@@ -123,12 +124,36 @@ def perturb_rng(seed:int, name:str, key) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(name.encode('utf-8')), int(k)])
 
 # %% ../nbs/06_perturb.ipynb #7965c8c5
+_QUALITY_NAME = re.compile(r'(jpeg|webp)_q([1-9][0-9]{0,2})')
+
+def _quality_name(name:str):
+    "('jpeg'|'webp', quality) when `name` is a codec at a valid quality, else None."
+    m = _QUALITY_NAME.fullmatch(name)
+    return (m[1], int(m[2])) if m and int(m[2]) <= 100 else None
+
+def _unknown(name): return RealfakeError(f"unknown perturbation {name!r} (known: all, none, {', '.join(PERTURBATION_NAMES)}, "
+                                         "and jpeg_qN or webp_qN at any quality N from 1 to 100)")
+
+def get_perturbation(name:str) -> Perturbation:
+    "The perturbation called `name`: a registry entry, or `jpeg_qN` / `webp_qN` at any quality N from 1 to 100."
+    if name in PERTURBATIONS: return PERTURBATIONS[name]
+    codec = _quality_name(name)
+    if codec is None: raise _unknown(name)
+    return (_jpeg if codec[0] == 'jpeg' else _webp)(codec[1])
+
+# %% ../nbs/06_perturb.ipynb #027bb9a1
+def _order(name:str):
+    "Sort key: registry order, with codecs at other qualities among their codec's entries by falling quality."
+    codec = _quality_name(name)
+    first = PERTURBATION_NAMES.index('jpeg_q95' if codec and codec[0] == 'jpeg' else 'webp_q75') if codec else PERTURBATION_NAMES.index(name)
+    return (first, -codec[1] if codec else 0)
+
 def perturbation_names(spec) -> list[str]:
     "The perturbation names in `spec` ('all', 'none', 'a,b,...' or a list), checked, without duplicates, in registry order."
     if spec is None: return []
     items = [s.strip() for s in (spec.split(',') if isinstance(spec, str) else spec) if s and str(s).strip()]
     if items in ([], ['none']): return []
-    if 'all' in items: return list(PERTURBATION_NAMES)
-    bad = [s for s in items if s not in PERTURBATION_NAMES]
-    if bad: raise RealfakeError(f"unknown perturbation {bad[0]!r} (known: all, none, {', '.join(PERTURBATION_NAMES)})")
-    return [n for n in PERTURBATION_NAMES if n in items]
+    extra = [s for s in items if s not in PERTURBATION_NAMES and s != 'all']
+    for s in extra: get_perturbation(s)                           # an unknown name fails here
+    names = set(PERTURBATION_NAMES if 'all' in items else items) | set(extra)
+    return sorted(names, key=_order)
