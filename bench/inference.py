@@ -121,7 +121,7 @@ def main():
         rows.append([f'model only, torch fp32 bs={BS} (channels_last, inference_mode)', '-', f"{ips['torch']:.1f}", '-', '-',
                      f"{gfl:.2f} GFLOP/img -> {ips['torch'] * gfl:.0f} GFLOP/s achieved"])
         rows.append(['model only, torch fp32 bs=1, NCHW, no_grad (what the naive loop runs)', f"{ips['torch_bs1x8']:.1f}", '-', '-', '-', ''])
-        rows.append([f'model only, torch bf16 autocast bs={BS} (info: AMX)', '-', f"{ips['torch_bf16']:.1f}",
+        rows.append([f'model only, torch bf16 autocast bs={BS} (info: native bf16 kernels)', '-', f"{ips['torch_bf16']:.1f}",
                      f"{ips['torch_bf16'] / ips['torch']:.2f}x vs fp32", '-', 'changes numerics; not what realfake runs'])
         if 'onnx' in fns:
             yo = sess.run(None, {inp: x.numpy()})[0]
