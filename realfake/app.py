@@ -15,7 +15,7 @@ import numpy as np, pandas as pd
 from fastcore.script import call_parse
 
 import realfake
-from .core import LABELS, RealfakeError, command, error_line, escape_path, get_logger, to_jsonable
+from .core import LABELS, RealfakeError, command, error_line, get_logger, to_jsonable
 from .images import ImageLoadError, load_image, probe_image, thumbnail
 from .metadata import read_metadata
 from .humans import CONFIDENCE, LabelPool, VoteStore, compare_humans_model
@@ -567,9 +567,9 @@ def label_page(st:AppState, key:str|None, n_voted:int, message:str|None=None) ->
 
 # %% ../nbs/19_app.ipynb #a7c9072f
 def display_key(key:str) -> str:
-    "An image key for a page: relative keys as they are, absolute ones cut to their last two parts."
+    "An image key (already printable: `image_key`) for a page: relative keys as they are, absolute ones cut to their last two parts."
     parts = key.split('/')
-    return escape_path(key if not key.startswith('/') else '…/' + '/'.join(parts[-2:]))
+    return key if not key.startswith('/') else '…/' + '/'.join(parts[-2:])
 
 def _your_images(st:AppState, cmp, mine:pd.DataFrame) -> pd.DataFrame:
     "The comparison's rows for the images this volunteer voted on, with their own answer."

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping
 import numpy as np, pandas as pd
 from fastcore.basics import patch
-from .core import LABELS, SPLITS, RealfakeError, escape_path, get_logger, to_jsonable
+from .core import LABELS, SPLITS, RealfakeError, escape_path, unescape_path, get_logger, to_jsonable
 from .images import ImageLoadError, probe_image
 from .metadata import read_metadata
 
@@ -190,12 +190,12 @@ def dropped(self:VoteStore) -> dict:
 
 # %% ../nbs/10_humans.ipynb #7dea5966
 def image_key(path, root=None) -> str:
-    "How the votes database names an image: its path relative to `root` (the metadata folder) when inside it."
+    "How the votes database names an image: its path relative to `root` (the metadata folder) when inside it, as printable text (`escape_path`)."
     p = Path(os.path.normpath(str(path)))
     if root is not None:
-        try: return p.relative_to(os.path.normpath(str(root))).as_posix()
+        try: return escape_path(p.relative_to(os.path.normpath(str(root))).as_posix())
         except ValueError: pass
-    return p.as_posix()
+    return escape_path(p.as_posix())
 
 def metadata_root(df:pd.DataFrame) -> Path|None:
     "The folder of the metadata file `df` was read from (paths in it are relative to it), or None."
@@ -253,7 +253,7 @@ class LabelPool:
             self.rows[k].update(info)
             if max_pixels and info['width'] * info['height'] > max_pixels:
                 del self.rows[k]
-                _log.warning(f"left {escape_path(k)} out of the label pool: {info['width']}x{info['height']} pixels, "
+                _log.warning(f"left {k} out of the label pool: {info['width']}x{info['height']} pixels, "
                              f"more than the limit of {max_pixels:,}")
 
     def __len__(self): return len(self.rows)
@@ -268,7 +268,7 @@ class LabelPool:
             tok = getattr(self, 'token', {}).pop(key, None)
             if tok: getattr(self, 'by_token', {}).pop(tok, None)
         self.store.drop(key, reason)
-        _log.warning(f"dropped {escape_path(key)} from the label pool: {reason}")
+        _log.warning(f"dropped {key} from the label pool: {reason}")
 
 # %% ../nbs/10_humans.ipynb #91fe3567
 @patch
@@ -330,6 +330,19 @@ class HumanModelComparison:
 # %% ../nbs/10_humans.ipynb #a29aecf9
 def _norm_path(p) -> str: return os.path.normpath(os.path.abspath(str(p)))
 
+def _escaped(preds:pd.DataFrame) -> pd.DataFrame:
+    "`preds` with each path as `escape_path` writes it (how the comparison names files), whether it came escaped (a CSV of realfake's) or not."
+    p = preds['path'].astype(object).map(str)
+    esc = p.map(_as_escaped)
+    return preds if (esc == p).all() else preds.assign(path=esc)
+
+def _as_escaped(v) -> str: return v if isinstance(v, str) and _is_escaped(v) else escape_path(v)
+
+def _is_escaped(v:str) -> bool:
+    "Is `v` already in `escape_path`'s form (it round-trips)?"
+    try: return escape_path(unescape_path(v)) == v
+    except (ValueError, UnicodeError): return False
+
 def _preds_probs(preds, paths:list, root=None):
     "prob_fake (np.nan when unknown) and label (None when unknown) for each path, from a DataFrame or a mapping."
     n = len(paths)
@@ -338,11 +351,12 @@ def _preds_probs(preds, paths:list, root=None):
         if 'path' not in preds or 'prob_fake' not in preds:
             raise RealfakeError("predictions need the columns 'path' and 'prob_fake'")
         def _abs(p): return _norm_path(p if os.path.isabs(str(p)) or root is None else Path(root)/str(p))
+        preds = _escaped(preds)
         probs = dict(zip(map(_abs, preds['path']), preds['prob_fake'].astype(float)))
         # the model's label: `pred` (realfake_evaluate's predictions.csv, where `label` is the truth), else from the
         # threshold; a `label` column is never trusted, it means the truth in some tables and the verdict in others
         labels = dict(zip(map(_abs, preds['path']), preds['pred'])) if 'pred' in preds else {}
-    elif isinstance(preds, Mapping): probs, labels = {_norm_path(k): float(v) for k, v in preds.items()}, {}
+    elif isinstance(preds, Mapping): probs, labels = {_norm_path(_as_escaped(k)): float(v) for k, v in preds.items()}, {}
     else: raise TypeError(f"predictions must be a DataFrame or a mapping path -> prob_fake, not {type(preds).__name__}")
     keys = [_norm_path(p) for p in paths]
     p = np.array([probs.get(k, np.nan) for k in keys], float)
@@ -368,7 +382,7 @@ def _per_image(known:pd.DataFrame, truth:dict) -> pd.DataFrame:
         n_correct = int((g['answer'] == label).sum())
         maj = 0.5 if 2 * n_fake == n else float((('fake' if 2 * n_fake > n else 'real')) == label)
         conf = pd.to_numeric(g['confidence'], errors='coerce').mean()
-        rows.append(dict(image=img, path=path, label=label, source=source, n_votes=n, n_fake=n_fake,
+        rows.append(dict(image=img, path=escape_path(path), label=label, source=source, n_votes=n, n_fake=n_fake,
                          n_correct=n_correct, human_p_fake=n_fake / n, human_acc=n_correct / n,
                          majority_correct=maj, mean_confidence=conf))
     return pd.DataFrame(rows)

@@ -1,11 +1,11 @@
 "Tests of realfake.humans: the vote store (concurrency, tokens, refusals), the label pool (splits, unreadable images, the next image) and the human-vs-model comparison. No web stack needed."
-import io, json, multiprocessing as mp, sqlite3, sys, threading
+import io, json, multiprocessing as mp, os, sqlite3, sys, threading
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 
-from realfake.core import LABELS, RealfakeError
+from realfake.core import LABELS, RealfakeError, escape_path
 from realfake.humans import (LabelPool, VoteStore, compare_humans_model, image_key, label_rows, metadata_root,
                              split_warning)
 from realfake.metadata import read_metadata, write_metadata
@@ -196,3 +196,19 @@ def test_realfake_evaluate_votes_option(data, tiny_model_dir, tmp_path):
     assert res['humans_vs_model'] == j
     assert 'overall' in j and len(tests) == 10
     assert j['overall'][0]['human_acc'] == 1.0 and j['n_dropped'] == 0
+
+def test_undecodable_file_names_are_labelled_and_compared(tmp_path):
+    "A Latin-1 name on a Linux disk (not valid UTF-8): in the pool, voted on under an escaped key, counted in the comparison."
+    raw = os.fsdecode(b'caf\xe9.png')                                           # undecodable byte held as a surrogate
+    (tmp_path/raw).write_bytes(_img(1)); (tmp_path/'f.png').write_bytes(_img(2))
+    recs = [dict(path=raw, label='real', split='test', source='natural'), dict(path='f.png', label='fake', split='test', source='sd')]
+    meta = read_metadata(write_metadata(recs, tmp_path/'metadata.jsonl', relative_to=tmp_path))
+    store = VoteStore(tmp_path/'votes.sqlite')
+    pool = LabelPool(meta, store, seed=0)
+    assert sorted(pool.keys) == ['caf\\xe9.png', 'f.png']                       # printable, unambiguous (escape_path)
+    for k in pool.keys: store.add_vote('v1', k, pool.rows[k]['label'])          # a perfect volunteer
+    preds = pd.DataFrame(dict(path=[escape_path(tmp_path/raw), escape_path(tmp_path/'f.png')], prob_fake=[0.1, 0.9]))
+    cmp = compare_humans_model(store, tmp_path/'metadata.jsonl', preds)
+    assert len(cmp.per_image) == 2 and cmp.n_unknown == 0
+    assert cmp.per_image.set_index('path').loc[escape_path(tmp_path/raw), 'model_correct'] == 1.0   # printable in reports
+    json.dumps(cmp.to_dict(), ensure_ascii=False).encode('utf-8')          # the JSON realfake_evaluate --votes writes
