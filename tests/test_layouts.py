@@ -244,6 +244,24 @@ def test_symlinked_folder_into_the_other_label(tmp_path):
     assert not any('both real and fake' in w for w in res.warnings)
 
 
+def test_hard_links_are_one_file(tmp_path):
+    "A hard link is the same file under another name: into the other label, every copy is dropped; within one label, kept once."
+    g = tree(tmp_path/'gen', [f'natural/r{i}.jpg' for i in range(4)] + [f'sd14/f{i}.png' for i in range(4)])
+    os.link(g/'sd14'/'f0.png', g/'natural'/'looks_real.png')               # one fake file, also listed as real
+    os.link(g/'natural'/'r0.jpg', g/'natural'/'r0_again.jpg')              # one real file under two names
+    res = prepare(f'auto:generators:{g}', progress=False)
+    names = sorted(Path(p).name for p in res.df.path)
+    assert 'f0.png' not in names and 'looks_real.png' not in names         # both labels: every copy dropped
+    assert names.count('r0.jpg') + names.count('r0_again.jpg') == 1 and len(names) == 7 - 1
+    loud = [w for w in res.warnings if 'both real and fake' in w]
+    assert len(loud) == 1 and loud[0].startswith('1 files were listed as both real and fake') and 'hard link' in loud[0]
+    # across sources, one of them a CSV manifest: the listing's report names the conflict
+    (tmp_path/'solo').mkdir(); os.link(g/'sd14'/'f1.png', tmp_path/'solo'/'copy.png')
+    (tmp_path/'list.csv').write_text('path,label\ngen/sd14/f1.png,fake\ngen/sd14/f2.png,fake\n')
+    res = prepare([f'fake:csv:{tmp_path}/list.csv', f'real:folder:{tmp_path}/solo', f'real:folder:{g}/natural'], progress=False)
+    assert sorted(res.duplicates.labels) == ['fake,real', 'real'] and res.duplicates['count'].tolist() == [2, 2]   # + r0's two names
+    assert not any(Path(p).name in ('f1.png', 'copy.png') for p in res.df.path)
+
 def test_unreadable_folders_are_counted_in_the_report(tmp_path, monkeypatch):
     g = tree(tmp_path/'gen', [f'natural/{i}.jpg' for i in range(4)] + [f'sd/{i}.png' for i in range(4)] + ['sd/secret/x.png'])
     scandir = os.scandir
