@@ -27,7 +27,7 @@ _log = get_logger('train')
 
 # %% auto #0
 __all__ = ['PRESETS', 'unused_params', 'use_cuda', 'init_distributed', 'barrier', 'distrib_ctx', 'TrainConfig', 'available_cores',
-           'default_threads', 'default_workers', 'train', 'report', 'train_parser', 'realfake_train']
+           'default_threads', 'default_workers', 'train', 'epoch_line', 'report', 'train_parser', 'realfake_train']
 
 # %% ../nbs/14_train.ipynb #d213390c
 def _backend_device():
@@ -202,6 +202,7 @@ def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=Fal
     learn = create_learner(dls, config.arch, path=out, lr=config.lr, wd=config.wd, allow_pth=allow_pth, **_weights_args(config.weights))
     if quiet or rank_distrib() or not sys.stdout.isatty(): learn.remove_cb(ProgressCallback)   # bars are for terminals, not logs
     if quiet or rank_distrib(): learn.logger = noop
+    elif not sys.stdout.isatty(): learn.logger = lambda values: print(epoch_line(learn.recorder.metric_names, values), flush=True)
     cfg, ckpt_dir = model_config(learn, threshold=config.threshold), out/'checkpoints'
     with distrib_ctx(learn, cpu=cpu):
         res = fit_resumable(learn, config.epochs, config.lr, ckpt_dir, cfg, resume=resume, seed=config.seed, monitor=config.monitor, cbs=cbs)
@@ -211,6 +212,12 @@ def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=Fal
                config=cfg, recipe=config, metadata=Path(metadata), learn=learn)
     if rank_distrib() == 0: print(report(res))
     return res
+
+def epoch_line(names, values) -> str:
+    "fastai's per-epoch record (`names` from `Recorder.metric_names`) as one line of name=value, for logs."
+    d = dict(zip(names, values))
+    rest = '  '.join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items() if k not in ('epoch', 'time'))
+    return f"epoch {d.get('epoch', '?')}: {rest}  ({d.get('time', '')})"
 
 def report(res:dict) -> str:
     "The lines printed at the end of training."

@@ -146,6 +146,14 @@ def test_unreadable_train_image_is_reported_and_skipped(tiny_demo, tmp_path, cap
     assert any(str(bad) in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert len(_history(tmp_path/'run')[1]) == 1 and res['values']['valid_loss'] == res['values']['valid_loss']
 
+def test_log_output_names_each_epoch(tiny_demo, tmp_path, capsys):
+    "Not a terminal (a log, a pipe): no progress table, one named line per epoch instead of fastai's bare list."
+    train(str(tiny_demo), TINY.override(epochs=2), out=tmp_path/'run', workers=0, cpu=True)
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith('epoch ')]
+    assert [l.split(':')[0] for l in lines] == ['epoch 0', 'epoch 1'] and all('valid_loss=' in l for l in lines), out
+    assert not any(l.lstrip().startswith('[0,') for l in out.splitlines()), out
+
 # ---------------------------------------------------------------- two CPU processes (gloo)
 _DDP_DRIVER = '''
 import sys, os, json, builtins
