@@ -212,3 +212,23 @@ def test_undecodable_file_names_are_labelled_and_compared(tmp_path):
     assert len(cmp.per_image) == 2 and cmp.n_unknown == 0
     assert cmp.per_image.set_index('path').loc[escape_path(tmp_path/raw), 'model_correct'] == 1.0   # printable in reports
     json.dumps(cmp.to_dict(), ensure_ascii=False).encode('utf-8')          # the JSON realfake_evaluate --votes writes
+
+def test_realfake_evaluate_votes_with_an_undecodable_name(tiny_model_dir, tmp_path):
+    "End to end: the predictions CSV holds the escaped name, the votes database the escaped key; the comparison joins them."
+    from realfake.evaluate import realfake_evaluate
+    raw = os.fsdecode(b'caf\xe9.png')
+    recs = []
+    for i in range(4):
+        for lab in LABELS:
+            name = raw if (i, lab) == (0, 'real') else f'{lab}{i}.png'
+            (tmp_path/name).write_bytes(_img(10 * i + len(lab)))
+            recs.append(dict(path=name, label=lab, split='test' if i < 2 else 'valid', source=lab))
+    meta = write_metadata(recs, tmp_path/'metadata.jsonl', relative_to=tmp_path)
+    store = VoteStore(tmp_path/'v.sqlite')
+    pool = LabelPool(read_metadata(meta), store, seed=0)
+    assert 'caf\\xe9.png' in pool.keys
+    for k in pool.keys: store.add_vote('a', k, pool.rows[k]['label'])
+    realfake_evaluate(str(meta), model=str(tiny_model_dir), split='test', out=str(tmp_path/'rep'), num_workers=0,
+                      no_progress=True, votes=str(tmp_path/'v.sqlite'))
+    j = json.loads((tmp_path/'rep'/'humans_vs_model.json').read_text())
+    assert (j['overall'][0]['images'], j['overall'][0]['model_images'], j['n_unknown']) == (4, 4, 0)
