@@ -10,9 +10,11 @@ Also, in process (no start-up, no report; a subset of the images), what the grid
 Images: 500 "real" JPEGs 512x384 (quality 90) and 500 "fake" PNGs 512x512 in the generators layout; model: a
 random-weight convnext_atto with the demo preset's preprocessing (native pixels, up to 4 crops of 64). Both sides
 run with the same thread count (`--threads`, default 1: on a 2-core machine shared with other jobs two threads per
-process are slower, not faster).
+process are slower, not faster) and the same decoding workers (`--workers`, passed as `--num_workers`; default: each
+command's own, which on a 2-core CPU is none for a clean run and one for the grid).
 
     .venv/bin/python bench/evaluate_perturb.py            # ~15 min on 2 cores
+    .venv/bin/python bench/evaluate_perturb.py --workers 1  # one decoding worker beside the one torch thread, both sides
     .venv/bin/python bench/evaluate_perturb.py --quick    # smoke run: 40 images, numbers meaningless
 """
 from __future__ import annotations
@@ -50,23 +52,25 @@ def make_model(d:Path) -> Path:
     torch.manual_seed(0)
     return save_model_dir(build_network('convnext_atto'), ModelConfig('convnext_atto', preprocess=PRESETS['demo'].spec), d/'model')
 
-def bench_cli(data, model, d:Path, n:int, reps:int, threads:int) -> list[list]:
+def bench_cli(data, model, d:Path, n:int, reps:int, threads:int, workers:int|None=None) -> list[list]:
     "The goal: one --perturb run against 12 clean runs, each a separate process writing its report."
     import pandas as pd
     grid_t, clean_t = [], []
+    w = [] if workers is None else ['--num_workers', workers]
     for r in range(reps):
-        grid_t.append(cli([data, '--model', model, '--out', d/f'grid{r}', '--perturb', ','.join(PERTURB)], threads))
-        clean_t.append(sum(cli([data, '--model', model, '--out', d/f'clean{r}_{k}'], threads) for k in range(len(PERTURB))))
+        grid_t.append(cli([data, '--model', model, '--out', d/f'grid{r}', '--perturb', ','.join(PERTURB), *w], threads))
+        clean_t.append(sum(cli([data, '--model', model, '--out', d/f'clean{r}_{k}', *w], threads) for k in range(len(PERTURB))))
     g, c = pd.read_csv(d/'grid0'/'perturb_predictions.csv'), pd.read_csv(d/'clean0_0'/'predictions.csv')
     dprob = np.abs(g['clean'].to_numpy() - c['prob_fake'].to_numpy()).max()
     assert dprob < 1e-4, f"the grid's clean scores differ from a clean run's by {dprob}"
     assert list(g.columns[4:]) == PERTURB
     gm, cm = C.med(grid_t), C.med(clean_t)
-    return [[f'`realfake_evaluate --perturb` (12) vs 12 clean `realfake_evaluate` runs, {n} images, processes',
+    how = 'default workers' if workers is None else f'--num_workers {workers}'
+    return [[f'`realfake_evaluate --perturb` (12) vs 12 clean `realfake_evaluate` runs, {n} images, processes, {how}',
              f"{cm:.1f} s ({n * 12 / cm:.1f} img-evals/s)", f"{gm:.1f} s ({n / gm:.1f} img/s, {n * 13 / gm:.1f} img-evals/s)",
              f"**{gm / cm:.2f}x**", f"<= 0.5x {'met' if gm / cm <= 0.5 else 'NOT met'}", f"max abs dprob clean vs grid {dprob:.1e}"]]
 
-def bench_inprocess(paths, fake, model, reps:int) -> list[list]:
+def bench_inprocess(paths, fake, model, reps:int, workers:int|None=None) -> list[list]:
     "Scoring alone: the one-decode grid against a decode per perturbation, and against 12 clean passes."
     from realfake.predict import Classifier
     from realfake.images import load_image
@@ -77,9 +81,9 @@ def bench_inprocess(paths, fake, model, reps:int) -> list[list]:
     n = len(paths)
     def separate():
         for p in perts: clf.predict(paths, transform=lambda s, p=p: p(load_image(s), perturb_rng(0, p.name, s)))
-    fns = {'grid': lambda: score_images(clf, paths, fake, perts, num_workers=0),
+    fns = {'grid': lambda: score_images(clf, paths, fake, perts, num_workers=workers),     # None: each side's default
            'separate': separate,
-           'clean x12': lambda: [score_images(clf, paths, fake, [], num_workers=0) for _ in perts]}
+           'clean x12': lambda: [score_images(clf, paths, fake, [], num_workers=workers) for _ in perts]}
     score_images(clf, paths[:4], fake[:4], perts, num_workers=0)          # warm-up (lazy imports, kernels)
     cpu = {}
     ts = C.interleaved(fns, reps=reps, warmup=0, cpu=cpu)
@@ -98,6 +102,7 @@ def main():
     p.add_argument('--n', type=int, default=1000, help='images (half real JPEG, half fake PNG; default 1000)')
     p.add_argument('--n_inprocess', type=int, default=200, help='images for the in-process part (default 200)')
     p.add_argument('--threads', type=int, default=1, help='torch threads on both sides (default 1)')
+    p.add_argument('--workers', type=int, default=None, help="decoding workers on both sides (default: realfake_evaluate's own)")
     args = p.parse_args()
     n, n_in = (40, 16) if args.quick else (args.n, args.n_inprocess)
     os.environ['OMP_NUM_THREADS'] = str(args.threads)
@@ -110,8 +115,8 @@ def main():
         data, model = make_data(d, n), make_model(d)
         paths = sorted(str(q) for q in data.rglob('*.*g'))
         sub = paths[::max(1, len(paths) // n_in)][:n_in]
-        rows = bench_cli(data, model, d, n, args.reps, args.threads)
-        rows += bench_inprocess(sub, np.array(['/gen/' in q for q in sub]), model, args.reps)
+        rows = bench_cli(data, model, d, n, args.reps, args.threads, args.workers)
+        rows += bench_inprocess(sub, np.array(['/gen/' in q for q in sub]), model, args.reps, args.workers)
     print(C.table(rows, ['case', 'baseline', 'realfake', 'time ratio', 'goal', 'notes']))
     print(f"\nperturbations: {', '.join(PERTURB)}; img-evals = images x perturbations scored (13 per image for the grid: clean + 12)")
     note = C.load_note()

@@ -195,11 +195,20 @@ def _margins(clf:Classifier, batch) -> dict:
 
 def _worker_init(_): torch.set_num_threads(1)
 
-def _default_workers(clf:Classifier, n:int, bs:int) -> int:
-    "No decoding processes on a CPU with <= 2 cores (they compete with the network: bench/inference.py) or for few images."
+def _default_workers(clf:Classifier, n:int, bs:int, perturbed:bool=False) -> int:
+    "Decoding processes: none for few images; on a CPU with <= 2 cores none for clean scoring (they compete with the network: bench/inference.py), one for a grid; else up to 4."
     cpus = os.cpu_count() or 1
-    if n < 2 * bs or (clf.device.type == 'cpu' and cpus <= 2): return 0
+    if n < 2 * bs: return 0
+    if clf.device.type == 'cpu' and cpus <= 2: return int(perturbed and cpus == 2)
     return min(4, cpus - 1)
+
+@contextlib.contextmanager
+def _torch_threads(n:int|None):
+    "torch's threads set to `n` inside the block (None: left alone), restored after."
+    old = torch.get_num_threads()
+    if n: torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
 
 # %% ../nbs/15_evaluate.ipynb #709e98d4
 def _rows(clf, batch, names) -> list[dict]:
@@ -219,14 +228,16 @@ def score_images(clf:Classifier, paths, fake=None, perturbations=(), seed:int=0,
     perts = list(perturbations)
     fake = np.zeros(len(paths), bool) if fake is None else np.asarray(fake, bool)
     names = ['clean'] + [p.name for p in perts]
-    if num_workers is None: num_workers = _default_workers(clf, len(paths), bs)
+    auto = num_workers is None
+    if auto: num_workers = _default_workers(clf, len(paths), bs, bool(perts))
+    small_cpu = clf.device.type == 'cpu' and (os.cpu_count() or 1) <= 2
     per_batch = max(1, math.ceil(bs / len(names)))
     dl = torch.utils.data.DataLoader(_GridItems(paths, fake, clf.spec, perts, seed), batch_size=per_batch, shuffle=False,
                                      num_workers=num_workers, collate_fn=list,
                                      worker_init_fn=_worker_init if num_workers else None)
     rows = []
-    with progress_bar(len(paths), 'evaluate', show=progress) as bar:
-        for batch in dl:
+    with _torch_threads(1 if auto and num_workers and small_cpu else None), progress_bar(len(paths), 'evaluate', show=progress) as bar:
+        for batch in dl:                  # (2 cores: the worker decodes and perturbs on one, the network runs on the other)
             rows += _rows(clf, batch, names); bar.update(len(batch))
     df = pd.DataFrame(rows, columns=['index', 'perturbation', 'logit', 'n_crops', 'error'])
     df.insert(2, 'prob_fake', clf.margin_to_prob(df.logit.to_numpy(float)))
