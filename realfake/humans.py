@@ -330,18 +330,12 @@ class HumanModelComparison:
 # %% ../nbs/10_humans.ipynb #a29aecf9
 def _norm_path(p) -> str: return os.path.normpath(os.path.abspath(str(p)))
 
-def _escaped(preds:pd.DataFrame) -> pd.DataFrame:
-    "`preds` with each path as `escape_path` writes it (how the comparison names files), whether it came escaped (a CSV of realfake's) or not."
-    p = preds['path'].astype(object).map(str)
-    esc = p.map(_as_escaped)
-    return preds if (esc == p).all() else preds.assign(path=esc)
-
-def _as_escaped(v) -> str: return v if isinstance(v, str) and _is_escaped(v) else escape_path(v)
-
-def _is_escaped(v:str) -> bool:
-    "Is `v` already in `escape_path`'s form (it round-trips)?"
-    try: return escape_path(unescape_path(v)) == v
-    except (ValueError, UnicodeError): return False
+def _as_escaped(v:str) -> str:
+    "`v` as `escape_path` writes it (how the comparison names files), whether it came escaped (realfake's CSVs) or raw."
+    try:
+        if escape_path(unescape_path(v)) == v: return v
+    except (ValueError, UnicodeError): pass
+    return escape_path(v)
 
 def _preds_probs(preds, paths:list, root=None):
     "prob_fake (np.nan when unknown) and label (None when unknown) for each path, from a DataFrame or a mapping."
@@ -350,13 +344,13 @@ def _preds_probs(preds, paths:list, root=None):
     if isinstance(preds, pd.DataFrame):
         if 'path' not in preds or 'prob_fake' not in preds:
             raise RealfakeError("predictions need the columns 'path' and 'prob_fake'")
-        def _abs(p): return _norm_path(p if os.path.isabs(str(p)) or root is None else Path(root)/str(p))
-        preds = _escaped(preds)
-        probs = dict(zip(map(_abs, preds['path']), preds['prob_fake'].astype(float)))
+        def _abs(p): p = _as_escaped(str(p)); return _norm_path(p if os.path.isabs(p) or root is None else Path(root)/p)
+        at = [_abs(p) for p in preds['path']]
+        probs = dict(zip(at, preds['prob_fake'].astype(float)))
         # the model's label: `pred` (realfake_evaluate's predictions.csv, where `label` is the truth), else from the
         # threshold; a `label` column is never trusted, it means the truth in some tables and the verdict in others
-        labels = dict(zip(map(_abs, preds['path']), preds['pred'])) if 'pred' in preds else {}
-    elif isinstance(preds, Mapping): probs, labels = {_norm_path(_as_escaped(k)): float(v) for k, v in preds.items()}, {}
+        labels = dict(zip(at, preds['pred'])) if 'pred' in preds else {}
+    elif isinstance(preds, Mapping): probs, labels = {_norm_path(_as_escaped(str(k))): float(v) for k, v in preds.items()}, {}
     else: raise TypeError(f"predictions must be a DataFrame or a mapping path -> prob_fake, not {type(preds).__name__}")
     keys = [_norm_path(p) for p in paths]
     p = np.array([probs.get(k, np.nan) for k in keys], float)

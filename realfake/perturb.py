@@ -131,14 +131,12 @@ def _quality_name(name:str):
     m = _QUALITY_NAME.fullmatch(name)
     return (m[1], int(m[2])) if m and int(m[2]) <= 100 else None
 
-def _unknown(name): return RealfakeError(f"unknown perturbation {name!r} (known: all, none, {', '.join(PERTURBATION_NAMES)}, "
-                                         "and jpeg_qN or webp_qN at any quality N from 1 to 100)")
-
 def get_perturbation(name:str) -> Perturbation:
     "The perturbation called `name`: a registry entry, or `jpeg_qN` / `webp_qN` at any quality N from 1 to 100."
     if name in PERTURBATIONS: return PERTURBATIONS[name]
     codec = _quality_name(name)
-    if codec is None: raise _unknown(name)
+    if codec is None: raise RealfakeError(f"unknown perturbation {name!r} (known: all, none, {', '.join(PERTURBATION_NAMES)}, "
+                                          "and jpeg_qN or webp_qN at any quality N from 1 to 100)")
     return (_jpeg if codec[0] == 'jpeg' else _webp)(codec[1])
 
 # %% ../nbs/06_perturb.ipynb #027bb9a1
