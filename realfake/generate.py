@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_generate.ipynb #f842b3fe
 from __future__ import annotations
-import os, csv, json, time, hashlib, inspect, warnings
+import os, codecs, csv, json, time, hashlib, inspect, warnings
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
@@ -16,7 +16,8 @@ from .metadata import write_metadata
 from .images import load_image
 from .modeldir import read_config
 from .predict import load_classifier
-from .guidance import (ClassifierGuidance, SCHEDULERS, SCHEDULES, check_guidable, import_diffusers, import_transformers)
+from .guidance import (ClassifierGuidance, SCHEDULERS, SCHEDULES, TRANSFORMS, check_guidable, check_independent, import_diffusers,
+                               import_transformers)
 
 _log = get_logger('generate')
 
@@ -28,13 +29,13 @@ __all__ = ['KINDS', 'DTYPES', 'read_prompts', 'prompt_group', 'image_seed', 'Ite
 
 # %% ../nbs/21_generate.ipynb #0ba994eb
 def read_prompts(path) -> list[str]:
-    "The prompts of the text file `path`, one per line, in order (blank lines skipped, repeats kept once, with a warning)."
+    "The prompts of the UTF-8 text file `path` (byte-order marks dropped), one per line, in order (blank lines skipped, repeats kept once, with a warning)."
     path = Path(path)
     try: data = path.read_bytes()
     except OSError as e: raise RealfakeError(f"{escape_path(path)}: cannot read the prompts file: {e.strerror or e}") from None
     prompts, seen = [], {}
     for no, line in enumerate(data.split(b'\n'), 1):
-        try: p = line.decode('utf-8').strip()
+        try: p = line.decode('utf-8').strip().lstrip('\ufeff').strip()   # a BOM (of this file, or of one of several concatenated) is not text
         except UnicodeDecodeError: raise RealfakeError(f"{escape_path(path)}:{no}: not UTF-8 text") from None
         if not p: continue
         if p in seen: _log.warning(f"{escape_path(path)}:{no}: repeats the prompt of line {seen[p]}; kept once"); continue
@@ -228,18 +229,27 @@ def summarize_pairs(plain:np.ndarray, guided:np.ndarray) -> dict:
     return dict(p_real_unguided=float(plain.mean()), p_real_guided=float(guided.mean()), mean_difference=float(d.mean()),
                 improved=float((d > 0).mean()), n=int(len(d)))
 
+def _guide_scores(guides, paths, device) -> np.ndarray:
+    "Mean p(real) of each file over the guides (one model or a list: an ensemble)."
+    return np.mean([_score(g, paths, device) for g in (guides if isinstance(guides, (list, tuple)) else [guides])], 0)
+
 def guidance_report(out:Path, items:list, guide_model, judge_model=None, device=None, max_pairs:int=8) -> dict:
-    "Score unguided and guided images of `items` with the guide (and judge); write guidance.csv, report.json, comparison.png."
+    """Score unguided and guided images of `items` with the judge first (refused by `check_independent` if its weights
+    are a guide's), then the guide (an ensemble's mean p(real)); write guidance.csv, report.json, comparison.png."""
     out = Path(out)
     plain, guided = [out/it.rel('images') for it in items], [out/it.rel('guided') for it in items]
-    models = {'guide': guide_model, **({'judge': judge_model} if judge_model is not None else {})}
-    scores = {name: (_score(m, plain, device), _score(m, guided, device)) for name, m in models.items()}
+    indep = check_independent(judge_model, guide_model) if judge_model is not None else None
+    scores = {**({'judge': (_score(judge_model, plain, device), _score(judge_model, guided, device))} if judge_model is not None else {}),
+              'guide': (_guide_scores(guide_model, plain, device), _guide_scores(guide_model, guided, device))}
+    models = {'judge': judge_model, 'guide': guide_model}
     with atomic_write(out/'guidance.csv') as f:
         w = csv.writer(f, lineterminator='\n')
         w.writerow(['group', 'i', 'seed', 'prompt'] + [f'{n}_{k}' for n in scores for k in ('unguided', 'guided')])
         for j, it in enumerate(items):
             w.writerow([it.group, it.i, it.seed, csv_cell(it.prompt)] + [f'{s[k][j]:.6g}' for s in scores.values() for k in (0, 1)])
-    report = {name: dict(model=str(getattr(m, 'path', m)), **summarize_pairs(*s)) for (name, m), s in zip(models.items(), scores.values())}
+    name = lambda m: [name(x) for x in m] if isinstance(m, (list, tuple)) else str(getattr(m, 'path', None) or m)
+    report = {k: dict(model=name(models[k]), **summarize_pairs(*s)) for k, s in scores.items()}
+    if indep: report['judge']['independence'] = indep['label']
     if judge_model is None: report['note'] = "no --judge: a rise under the guide alone may only mean the guide was fooled"
     atomic_write_json(out/'report.json', report)
     comparison_grid(out/'comparison.png', items[:max_pairs], out, {n: (s[0][:max_pairs], s[1][:max_pairs]) for n, s in scores.items()})
@@ -248,11 +258,12 @@ def guidance_report(out:Path, items:list, guide_model, judge_model=None, device=
 # %% ../nbs/21_generate.ipynb #49223294
 def format_report(report:dict) -> str:
     "The guidance report as a few lines of text."
-    lines = [f"{'model':6} {'p(real) unguided':>17} {'guided':>7} {'mean diff':>10} {'improved':>9}  (n={report['guide']['n']} pairs)"]
-    for name in ('guide', 'judge'):
+    lines = [f"{'model':6} {'p(real) unguided':>17} {'guided':>7} {'mean diff':>10} {'improved':>9}  (n={report['guide']['n']} pairs; the judge first)"]
+    for name in ('judge', 'guide'):
         if name in report:
             r = report[name]
             lines.append(f"{name:6} {r['p_real_unguided']:17.3f} {r['p_real_guided']:7.3f} {r['mean_difference']:+10.3f} {r['improved']:9.0%}")
+    if 'judge' in report and report['judge'].get('independence'): lines.append(f"judge: {report['judge']['independence']}")
     if 'note' in report: lines.append(report['note'])
     return '\n'.join(lines)
 
@@ -275,14 +286,18 @@ def comparison_grid(path, items:list, out:Path, scores:dict, size:float=2.2):
     return path
 
 # %% ../nbs/21_generate.ipynb #3ac77ee4
-def _guide_settings(guide, scale, every, schedule, checkpointing) -> dict|None:
+def _guide_settings(guide, scale, every, schedule, checkpointing, views=0, transforms=TRANSFORMS) -> dict|None:
     if guide is None: return None
-    return dict(model=str(getattr(guide, 'path', None) or guide), scale=scale, every=every, schedule=schedule, checkpointing=checkpointing)
+    name = lambda g: str(getattr(g, 'path', None) or g)
+    s = dict(model=[name(g) for g in guide] if isinstance(guide, (list, tuple)) else name(guide), scale=scale, every=every,
+             schedule=schedule, checkpointing=checkpointing)
+    return {**s, 'views': views, 'transforms': list(transforms)} if views else s
 
 def _setup(pipe, opts:dict, guide, judge, device, dtype, scheduler, safety_checker):
     "(pipeline, its name, ClassifierGuidance or None) after checking everything that can fail before generating."
     if opts['split'] not in SPLITS: raise RealfakeError(f"split must be one of {', '.join(SPLITS)}, not {opts['split']!r}")
-    if judge is not None and not hasattr(judge, 'predict'): read_config(judge)          # a missing judge fails now, not at the end
+    if judge is not None and guide is not None: check_independent(judge, guide)         # a missing or non-independent judge fails now, not at the end
+    elif judge is not None and not hasattr(judge, 'predict'): read_config(judge)
     src = None
     if isinstance(pipe, (str, os.PathLike)): src, pipe = pipe, load_pipeline(pipe, device, dtype, scheduler, safety_checker)
     else:
@@ -292,17 +307,19 @@ def _setup(pipe, opts:dict, guide, judge, device, dtype, scheduler, safety_check
     if guide is not None:
         check_guidable(pipe)
         g = ClassifierGuidance(guide, scale=opts['guide_scale'], every=opts['guide_every'], schedule=opts['guide_schedule'],
-                               checkpointing=opts['checkpointing'], device=pipe.device)
+                               checkpointing=opts['checkpointing'], device=pipe.device,
+                               views=opts.get('guide_views', 0), transforms=opts.get('guide_transforms', TRANSFORMS))
     return pipe, pipeline_name(pipe, src), g
 
 def generate(pipe, prompts, out='generated', n:int=100, seed:int=0, bs:int=8, steps:int|None=None, cfg:float|None=None,
              width:int|None=None, height:int|None=None, negative_prompt:str|None=None, scheduler:str|None=None,
              dtype:str='auto', device=None, source:str|None=None, split:str='test', safety_checker:bool=True,
              guide=None, guide_scale:float=0.1, guide_every:int=1, guide_schedule:str='linear', checkpointing:bool=False,
-             judge=None, progress:bool|None=None) -> dict:
-    "Generate `n` images per prompt with `pipe` into `out` (resuming), and with `guide` the same under guidance. Returns counts."
+             guide_views:int=0, guide_transforms=TRANSFORMS, judge=None, progress:bool|None=None) -> dict:
+    "Generate `n` images per prompt with `pipe` into `out` (resuming), and with `guide` (a model or a list: an ensemble) the same under guidance. Returns counts."
     t0, out = time.time(), Path(out)
-    opts = dict(split=split, guide_scale=guide_scale, guide_every=guide_every, guide_schedule=guide_schedule, checkpointing=checkpointing)
+    opts = dict(split=split, guide_scale=guide_scale, guide_every=guide_every, guide_schedule=guide_schedule, checkpointing=checkpointing,
+                guide_views=guide_views, guide_transforms=tuple(guide_transforms))
     prompts = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     if bs < 1: raise RealfakeError(f"bs must be at least 1, not {bs}")
     rank, world, local = dist_env()
@@ -310,7 +327,7 @@ def generate(pipe, prompts, out='generated', n:int=100, seed:int=0, bs:int=8, st
     pipe, name, g = _setup(pipe, opts, guide, judge, device, dtype, scheduler, safety_checker)
     settings = check_settings(out, dict(pipeline=name, source=source or name, base_seed=seed, steps=steps, cfg=cfg, width=width, height=height,
                                         negative_prompt=negative_prompt, scheduler=type(pipe.scheduler).__name__, dtype=str(pipe.dtype).replace('torch.', ''),
-                                        guide=_guide_settings(guide, guide_scale, guide_every, guide_schedule, checkpointing)))
+                                        guide=_guide_settings(guide, guide_scale, guide_every, guide_schedule, checkpointing, guide_views, guide_transforms)))
     kinds = KINDS if g is not None else KINDS[:1]
     items = plan(prompts, n, seed)
     mine, done = shard(items, rank, world), read_progress(out)
@@ -330,10 +347,15 @@ def generate(pipe, prompts, out='generated', n:int=100, seed:int=0, bs:int=8, st
     secs = time.time() - t0
     stats = dict(planned=len(items), mine=len(mine), made=made, skipped=len(mine) * len(kinds) - made, seconds=secs,
                  merged=merge(out, items, kinds, settings, split), out=str(out), report=None)
-    if stats['merged'] and g is not None: stats['report'] = guidance_report(out, items, g.clf, judge, device=pipe.device)
+    if stats['merged'] and g is not None: stats['report'] = guidance_report(out, items, g.clfs if len(g.clfs) > 1 else g.clf, judge, device=pipe.device)
     return stats
 
 # %% ../nbs/21_generate.ipynb #53a78a80
+def _guide_arg(guide:str|None):
+    "`--guide`: one model directory, or several separated by commas (an ensemble)."
+    if guide is None or ',' not in guide: return guide
+    return [g.strip() for g in guide.split(',') if g.strip()]
+
 @call_parse
 @command
 def realfake_generate(
@@ -354,12 +376,14 @@ def realfake_generate(
     source:str=None, # the metadata 'source' of the images (default: the pipeline's Hub id or folder name)
     split:str='test', # the metadata 'split' of every image (test: an out-of-sample set like the seed's)
     no_safety_checker:bool=False, # do not run the pipeline's safety checker (which blacks out images it flags)
-    guide:str=None, # realfake model directory: also make every image under classifier guidance towards 'real'
+    guide:str=None, # realfake model directory: also make every image under classifier guidance towards 'real' (several, comma-separated: an ensemble)
     guide_scale:float=0.1, # guidance strength: latent step per guided step, in units of the gradient's RMS
     guide_every:int=1, # guide every k-th denoising step
     guide_schedule:str='linear', # strength over the run: linear (1 -> 0), cosine or constant
+    guide_views:int=0, # expectation over transformations: average the guide's score over this many random views per step (0: off)
+    guide_transforms:str='crop,resize,jpeg', # the views' random transformations (JPEG: straight-through)
     checkpointing:bool=False, # recompute the VAE decoder's activations in the guidance backward pass (less GPU memory)
-    judge:str=None, # a second, independently trained realfake model that also scores both runs
+    judge:str=None, # an independently trained realfake model (other data or seed) that scores both runs first; refused if its weights are a guide's
     no_progress:bool=False, # hide the progress bar (it is shown only on a terminal anyway)
     verbose:bool=False, # debug logging and full tracebacks
 ):
@@ -367,8 +391,9 @@ def realfake_generate(
     if guide_schedule not in SCHEDULES: raise RealfakeError(f"--guide_schedule must be one of {', '.join(SCHEDULES)}")
     s = generate(pipeline, prompts, out, n=n, seed=seed, bs=bs, steps=steps, cfg=cfg, width=width, height=height,
                  negative_prompt=negative_prompt, scheduler=scheduler, dtype=dtype, device=device, source=source, split=split,
-                 safety_checker=not no_safety_checker, guide=guide, guide_scale=guide_scale, guide_every=guide_every,
-                 guide_schedule=guide_schedule, checkpointing=checkpointing, judge=judge, progress=False if no_progress else None)
+                 safety_checker=not no_safety_checker, guide=_guide_arg(guide), guide_scale=guide_scale, guide_every=guide_every,
+                 guide_schedule=guide_schedule, checkpointing=checkpointing, judge=judge,
+                 guide_views=guide_views, guide_transforms=tuple(t.strip() for t in guide_transforms.split(',') if t.strip()), progress=False if no_progress else None)
     print(f"{s['made']} images made in {s['seconds']:.0f} s, {s['skipped']} already done -> {escape_path(s['out'])}")
     print(f"wrote {escape_path(Path(s['out'])/'metadata.jsonl')}" if s['merged'] else
           "other processes are still running: the last one to finish writes metadata.jsonl (or rerun to merge)")

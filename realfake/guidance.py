@@ -4,23 +4,25 @@
 
 # %% ../nbs/20_guidance.ipynb #8b18dbca
 from __future__ import annotations
-import copy, contextlib, inspect, json, math, tempfile, warnings
+import copy, contextlib, hashlib, inspect, io, json, math, tempfile, warnings
 from pathlib import Path
+import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .core import RealfakeError, get_logger
 from .images import MAX_ASPECT
 from .preprocess import Preprocess, crop_boxes, combine_logits
-from .modeldir import ModelConfig
+from .modeldir import MODEL_FILE, ModelConfig, load_tensors, read_config
 from .predict import Classifier, load_classifier
 
 _log = get_logger('guidance')
 
 # %% auto #0
-__all__ = ['EXTRA_HINT', 'SCHEDULERS', 'SCHEDULES', 'import_diffusers', 'import_transformers', 'tiny_sd_pipeline', 'resized_size',
-           'torch_input', 'fake_margin', 'log_p_real', 'GuidanceError', 'check_guidable', 'schedule_weight',
-           'ClassifierGuidance', 'guidance_grad']
+__all__ = ['EXTRA_HINT', 'SCHEDULERS', 'SCHEDULES', 'TRANSFORMS', 'import_diffusers', 'import_transformers', 'tiny_sd_pipeline',
+           'resized_size', 'torch_input', 'fake_margin', 'log_p_real', 'GuidanceError', 'check_guidable',
+           'schedule_weight', 'jpeg_st', 'random_view', 'guidance_objective', 'ClassifierGuidance', 'objective_grad',
+           'guidance_grad', 'weights_sha256', 'check_independent']
 
 # %% ../nbs/20_guidance.ipynb #ae347fb4
 EXTRA_HINT = "pip install 'realfake[generate]'"
@@ -152,22 +154,98 @@ def schedule_weight(schedule:str, frac:float) -> float:
     if schedule == 'constant': return 1.0
     raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
 
+# %% ../nbs/20_guidance.ipynb #38c7db09
+TRANSFORMS = ('crop', 'resize', 'jpeg')
+
+def _check_transforms(transforms):
+    bad = set(transforms) - set(TRANSFORMS)
+    if isinstance(transforms, str) or bad:
+        raise ValueError(f"transforms must be a list among {', '.join(TRANSFORMS)}, not {transforms!r}")
+
+def _jpeg_round_trip(images:torch.Tensor, qualities) -> torch.Tensor:
+    "Each image (`B x 3 x H x W` in [0, 1]) through PIL's JPEG encoder and decoder at its quality (no gradient)."
+    from PIL import Image
+    u8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for a, q in zip(u8, qualities):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format='JPEG', quality=int(q))
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert('RGB')).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255
+
+def jpeg_st(images:torch.Tensor, qualities) -> torch.Tensor:
+    "JPEG round trip at `qualities` (one per image), straight-through: forward is PIL's real JPEG, backward the identity."
+    return images + (_jpeg_round_trip(images, qualities) - images).detach()
+
+def _uniform(g, lo, hi) -> float: return float(torch.empty(1).uniform_(lo, hi, generator=g))
+
+def random_view(images:torch.Tensor, generator:torch.Generator|None=None, transforms=TRANSFORMS, crop=(0.75, 1.0),
+                scale=(0.5, 1.0), quality=(50, 95)) -> torch.Tensor:
+    """One random view of each image (`B x 3 x H x W` in [0, 1]), same size, differentiable: a crop of a random
+    `crop` fraction of each side resized back, a down-and-up resize by a random `scale`, a JPEG round trip at a
+    random `quality` (straight-through, `jpeg_st`), in that order, for those named in `transforms`."""
+    _check_transforms(transforms)
+    H, W = images.shape[2:]
+    out = []
+    for x in images.split(1):
+        if 'crop' in transforms:
+            f = _uniform(generator, *crop)
+            ch, cw = max(1, round(H * f)), max(1, round(W * f))
+            t, l = (int(torch.randint(0, n + 1, (1,), generator=generator)) for n in (H - ch, W - cw))
+            x = F.interpolate(x[:, :, t:t + ch, l:l + cw], size=(H, W), mode='bilinear', align_corners=False)
+        if 'resize' in transforms:
+            s = _uniform(generator, *scale)
+            small = F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode='bilinear', antialias=True, align_corners=False)
+            x = F.interpolate(small, size=(H, W), mode='bilinear', align_corners=False)
+        out.append(x)
+    x = torch.cat(out).clamp(0, 1)
+    if 'jpeg' in transforms:
+        x = jpeg_st(x, torch.randint(quality[0], quality[1] + 1, (len(x),), generator=generator).tolist())
+    return x
+
+# %% ../nbs/20_guidance.ipynb #9926c7c5
+def guidance_objective(clfs:list, images:torch.Tensor, views:int=0, transforms=TRANSFORMS,
+                       generator:torch.Generator|None=None) -> torch.Tensor:
+    "Mean `log p(real)` of each image over the classifiers `clfs` (and `views` random views if > 0), differentiably."
+    ims = [images] if not views else [random_view(images, generator, transforms) for _ in range(views)]
+    lps = []
+    for clf in clfs:
+        dev = next(clf.model.parameters()).device
+        lps += [log_p_real(clf.model, clf.config, im.to(dev), clf.temperature).to(images.device) for im in ims]
+    return torch.stack(lps).mean(0)
+
 # %% ../nbs/20_guidance.ipynb #cd9c21dc
+def _load_guides(model, device) -> list:
+    "The list of torch `Classifier`s of `model`: one model (directory or Classifier) or a list of them (an ensemble)."
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not models: raise ValueError("an ensemble needs at least one guide")
+    clfs = [m if isinstance(m, Classifier) else load_classifier(m, device=device, backend='torch') for m in models]
+    if any(c.model is None for c in clfs): raise GuidanceError("guidance needs the torch network; load the classifier with backend='torch'")
+    return clfs
+
 class ClassifierGuidance:
-    "Steer a diffusers pipeline towards images a realfake model scores as real (see above)."
+    """Steer a diffusers pipeline towards images that `model` (one realfake model, or a list of them: an ensemble)
+    scores as real; `views` > 0 averages over that many random `transforms` of each image (see above)."""
     def __init__(self, model, scale:float=0.1, every:int=1, schedule:str='linear', checkpointing:bool=False,
-                 micro_bs:int|None=None, device=None):
+                 micro_bs:int|None=None, device=None, views:int=0, transforms=TRANSFORMS, seed:int=0):
         if not scale >= 0: raise ValueError(f"scale must be >= 0, not {scale}")
         if not (isinstance(every, int) and every >= 1): raise ValueError(f"every must be an integer >= 1, not {every!r}")
-        schedule_weight(schedule, 0)
-        self.clf = model if isinstance(model, Classifier) else load_classifier(model, device=device, backend='torch')
-        if self.clf.model is None: raise GuidanceError("guidance needs the torch network; load the classifier with backend='torch'")
+        if not (isinstance(views, int) and views >= 0): raise ValueError(f"views must be an integer >= 0, not {views!r}")
+        schedule_weight(schedule, 0); _check_transforms(transforms)
+        self.clfs = _load_guides(model, device)
+        self.clf = self.clfs[0]
         self.scale, self.every, self.schedule, self.checkpointing, self.micro_bs = float(scale), every, schedule, checkpointing, micro_bs
-        self.history, self.skipped, self._x0 = [], 0, None
+        self.views, self.transforms, self.seed = views, tuple(transforms), seed
+        self.history, self.skipped, self._x0, self._gen = [], 0, None, None
 
     def __repr__(self):
-        return (f"ClassifierGuidance({self.clf.path or self.clf.config.arch}, scale={self.scale:g}, every={self.every}, "
-                f"schedule={self.schedule!r}, checkpointing={self.checkpointing})")
+        names = ', '.join(str(c.path or c.config.arch) for c in self.clfs)
+        return (f"ClassifierGuidance({names}, scale={self.scale:g}, every={self.every}, schedule={self.schedule!r}, "
+                f"checkpointing={self.checkpointing}, views={self.views})")
+
+    def objective(self, images:torch.Tensor) -> torch.Tensor:
+        "`guidance_objective` with this guidance's guides, views and random generator."
+        return guidance_objective(self.clfs, images, self.views, self.transforms, self._gen)
 
 # %% ../nbs/20_guidance.ipynb #e57039bb
 def _decode(vae, x0:torch.Tensor) -> torch.Tensor:
@@ -176,18 +254,22 @@ def _decode(vae, x0:torch.Tensor) -> torch.Tensor:
     img = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
     return (img.float() / 2 + 0.5).clamp(0, 1)
 
-def guidance_grad(vae, net, config:ModelConfig, x0:torch.Tensor, temperature:float|None=None,
-                  micro_bs:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "(d log p(real) / d x0, log p(real)) for the clean latents `x0`, through the VAE decoder and the classifier only."
-    dev = next(net.parameters()).device
+def objective_grad(vae, objective, x0:torch.Tensor, micro_bs:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "(d objective / d x0, objective) for the clean latents `x0`: `objective` maps decoded images to one number each."
     grads, lps = [], []
     for chunk in torch.split(x0.detach(), micro_bs or len(x0)):
         with torch.enable_grad():
             x = chunk.clone().requires_grad_(True)
-            lp = log_p_real(net, config, _decode(vae, x).to(dev), temperature)
+            lp = objective(_decode(vae, x))
             g, = torch.autograd.grad(lp.sum(), x)
         grads.append(g.to(x0.dtype)); lps.append(lp.detach().float().cpu())
     return torch.cat(grads), torch.cat(lps)
+
+def guidance_grad(vae, net, config:ModelConfig, x0:torch.Tensor, temperature:float|None=None,
+                  micro_bs:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "(d log p(real) / d x0, log p(real)) for the clean latents `x0`, through the VAE decoder and the classifier only."
+    dev = next(net.parameters()).device
+    return objective_grad(vae, lambda im: log_p_real(net, config, im.to(dev), temperature), x0, micro_bs)
 
 @contextlib.contextmanager
 def _frozen(*modules):
@@ -221,12 +303,12 @@ def __call__(self:ClassifierGuidance, pipe, step:int, timestep, kwargs:dict) -> 
     if x0 is None or x0.shape != latents.shape or latents.ndim != 4:
         raise GuidanceError(f"cannot guide {type(pipe).__name__}: its latents are not image-shaped (B x C x h x w) "
                             f"or its scheduler did not report pred_original_sample")
-    g, lp = guidance_grad(pipe.vae, self.clf.model, self.clf.config, x0, self.clf.temperature, self.micro_bs)
+    g, lp = objective_grad(pipe.vae, self.objective, x0, self.micro_bs)
     if not torch.isfinite(g).all():
         self.skipped += 1
         _log.warning(f"step {step}: the guidance gradient is not finite (an fp16 decoder overflowing?); step left unguided")
         return {}
-    self.history.append(dict(step=step, log_p_real=float(lp.mean()), strength=s))
+    self.history.append(dict(step=step, log_p_real=float(lp.mean()), strength=s))      # the objective: mean over guides and views
     return dict(latents=latents + s * _unit_rms(g).to(latents.dtype))
 
 # %% ../nbs/20_guidance.ipynb #3f6d9e99
@@ -250,9 +332,46 @@ def attach(self:ClassifierGuidance, pipe):
     vae = pipe.vae
     was_ckpt = getattr(vae, 'is_gradient_checkpointing', False)
     if self.checkpointing and not was_ckpt: vae.enable_gradient_checkpointing()
-    self.history, self.skipped = [], 0
+    self.history, self.skipped, self._gen = [], 0, torch.Generator().manual_seed(self.seed)
     try:
-        with _frozen(vae, self.clf.model), self._wrapped_step(pipe.scheduler):
+        with _frozen(vae, *(c.model for c in self.clfs)), self._wrapped_step(pipe.scheduler):
             yield dict(callback_on_step_end=self, callback_on_step_end_tensor_inputs=['latents'])
     finally:
         if self.checkpointing and not was_ckpt: vae.disable_gradient_checkpointing()
+
+# %% ../nbs/20_guidance.ipynb #7c8daf85
+def weights_sha256(model) -> str:
+    """SHA-256 of a model's weights (tensor names, dtypes, shapes and values, in name order): of a model directory's
+    safetensors file or of a `Classifier` (the same for both, whatever the file's header says)."""
+    if isinstance(model, Classifier) and model.path is None:
+        if model.model is None: raise GuidanceError("cannot hash a Classifier with neither a folder nor a torch network")
+        sd = model.model.state_dict()
+    else:
+        d = Path(model.path if isinstance(model, Classifier) else model)
+        read_config(d)                                                   # ModelNotFound naming the folder
+        sd = load_tensors(d/MODEL_FILE)
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f'{k}\0{t.dtype}\0{tuple(t.shape)}\0'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def _model_name(m) -> str: return str(m.path or m.config.arch) if isinstance(m, Classifier) else str(m)
+
+def _arch_spec(m) -> dict:
+    cfg = m.config if isinstance(m, Classifier) else read_config(m)
+    return dict(arch=cfg.arch, n_out=cfg.n_out, preprocess=cfg.preprocess.to_dict())
+
+def check_independent(judge, guides) -> dict:
+    """Raise `GuidanceError` if the judge's weights are a guide's; else what was compared: the weights' SHA-256s,
+    whether the judge has a guide's architecture and preprocessing (`same_config`), and a `label` saying so."""
+    guides = list(guides) if isinstance(guides, (list, tuple)) else [guides]
+    j, gs = weights_sha256(judge), [weights_sha256(g) for g in guides]
+    if j in gs:
+        raise GuidanceError(f"the judge {_model_name(judge)} is not independent: its weights are those of the guide "
+                            f"{_model_name(guides[gs.index(j)])} (SHA-256 {j[:16]}...); judge with a model trained on other data or with another seed")
+    same = [_arch_spec(judge) == _arch_spec(g) for g in guides]
+    label = ("independent only if trained on other data or with another seed (weights differ; architecture and preprocessing "
+             "are a guide's, and a model directory does not record its training data or seed)" if any(same) else
+             "weights, architecture or preprocessing differ from every guide's")
+    return dict(judge_sha256=j, guide_sha256=gs, same_config=same, label=label)

@@ -48,3 +48,61 @@ def brightness_model(tmp_path_factory, seed: int = 0):
     "`brightness_model_dir` trained once per test session (per seed), in a pytest temporary folder."
     if seed not in _CACHE: _CACHE[seed] = brightness_model_dir(tmp_path_factory.mktemp(f'brightness{seed}')/'model', seed=seed)
     return _CACHE[seed]
+
+
+def judge_model(tmp_path_factory):
+    """The tests' independent judge: a `brightness_model_dir` trained with another seed (7) on other data (textures of
+    twice the noise), once per session; a different network from every guide (`check_independent` passes)."""
+    if 'judge' not in _CACHE:
+        _CACHE['judge'] = brightness_model_dir(tmp_path_factory.mktemp('judge')/'model', seed=7, noise=0.3)
+    return _CACHE['judge']
+
+
+def run_pipe(pipe, guide=None, seeds=(0, 1, 2, 3, 4, 5), steps: int = 8, prompt: str = 'a photo of a street'):
+    "Images (N x H x W x 3 in [0, 1]) of `pipe` for `seeds`, under `guide` (a ClassifierGuidance) if given."
+    kw = dict(prompt=[prompt] * len(seeds), num_inference_steps=steps, output_type='np',
+              generator=[torch.Generator().manual_seed(s) for s in seeds])
+    if guide is None: return pipe(**kw).images
+    with guide.attach(pipe) as extra: return pipe(**kw, **extra).images
+
+
+def p_real(clf, images) -> np.ndarray:
+    "p(real) of each image by the Classifier `clf`, through its 8-bit path (as saved files would be scored)."
+    return 1 - clf.predict(list((images * 255).round().astype(np.uint8))).prob_fake.to_numpy()
+
+
+DEFENCES = {'none (plain guidance)': {}, 'EOT crop, 4 views': dict(views=4, transforms=('crop',)),
+            'EOT resize, 4 views': dict(views=4, transforms=('resize',)), 'EOT JPEG (straight-through), 4 views': dict(views=4, transforms=('jpeg',)),
+            'EOT crop+resize+JPEG, 4 views': dict(views=4), 'ensemble of 2 guides': dict(ensemble=True),
+            'ensemble of 2 + EOT crop+resize+JPEG, 4 views': dict(views=4, ensemble=True)}
+
+
+def defence_table(root, scale: float = 0.1, seeds=tuple(range(8)), steps: int = 8) -> str:
+    """The notebook's table: for each defence, mean p(real) of the unguided and guided images of the tiny pipeline by
+    the guide (brightness model, seed 0) and by the independent judge (seed 7, other data); a markdown table."""
+    from pathlib import Path
+    from realfake.guidance import ClassifierGuidance, tiny_sd_pipeline, check_independent
+    from realfake.predict import Classifier
+    root = Path(root)
+    guides = [brightness_model_dir(root/f'guide{s}', seed=s) for s in (0, 1)]
+    judge = brightness_model_dir(root/'judge', seed=7, noise=0.3)
+    check_independent(judge, guides)
+    clfs = [Classifier.from_dir(g, device='cpu', backend='torch') for g in guides]
+    jclf = Classifier.from_dir(judge, device='cpu', backend='torch')
+    pipe = tiny_sd_pipeline()
+    plain = run_pipe(pipe, seeds=seeds, steps=steps)
+    g0, j0 = p_real(clfs[0], plain).mean(), p_real(jclf, plain).mean()
+    rows = ['| defence | judge p(real) | guide p(real) | brightness change |', '|---|---|---|---|',
+            f'| unguided | {j0:.3f} | {g0:.3f} | |']
+    for name, opt in DEFENCES.items():
+        opt = dict(opt); ens = opt.pop('ensemble', False)
+        guided = run_pipe(pipe, ClassifierGuidance(clfs if ens else clfs[0], scale=scale, **opt), seeds=seeds, steps=steps)
+        rows.append(f'| {name} | {p_real(jclf, guided).mean():.3f} | {p_real(clfs[0], guided).mean():.3f} | '
+                    f'{guided.mean() - plain.mean():+.3f} |')
+    return '\n'.join(rows)
+
+
+if __name__ == '__main__':                  # python tests/diffusion_helpers.py: the table in nbs/20_guidance.ipynb
+    import sys, tempfile
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d: print(defence_table(d, **({'scale': float(sys.argv[1])} if len(sys.argv) > 1 else {})))
