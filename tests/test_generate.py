@@ -117,6 +117,19 @@ def test_guided_run_reports_the_judge_first(pipe, tmp_path, tmp_path_factory, on
         assert (out/it.rel('images')).exists() and (out/it.rel('guided')).exists()
 
 
+def test_ensemble_and_views_are_recorded(pipe, tmp_path, one_torch_thread):
+    "An ensemble guide with random views: the settings in generation.jsonl, the report's guide is the ensemble."
+    a, b = make_model_dir(tmp_path/'a', seed=1), make_model_dir(tmp_path/'b', seed=2)
+    s = generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=2, scheduler='ddim', guide=[a, b], guide_views=2,
+                 guide_transforms=('crop', 'jpeg'))
+    gen = [json.loads(l) for l in (tmp_path/'gen'/'generation.jsonl').read_text().splitlines()]
+    g = next(r['guide'] for r in gen if r['kind'] == 'guided')
+    assert g['model'] == [str(a), str(b)] and g['views'] == 2 and g['transforms'] == ['crop', 'jpeg']
+    assert s['report']['guide']['model'] == [str(a), str(b)] and 'judge' not in s['report'] and 'no --judge' in s['report']['note']
+    with pytest.raises(RealfakeError, match='other settings'):             # other views are other settings
+        generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=2, scheduler='ddim', guide=[a, b], guide_views=3)
+
+
 @pytest.mark.parametrize('how', ['api', 'api, ensemble', 'cli, ensemble'])
 def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
     "The guide's own weights (here a copy in another folder) are refused as the judge before anything is made."
