@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_generate.ipynb #f842b3fe
 from __future__ import annotations
-import os, codecs, csv, json, time, hashlib, inspect, warnings
+import os, csv, json, time, hashlib, inspect, warnings
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np

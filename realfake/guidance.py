@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .core import RealfakeError, get_logger
 from .images import MAX_ASPECT
 from .preprocess import Preprocess, crop_boxes, combine_logits
-from .modeldir import MODEL_FILE, ModelConfig, load_tensors, read_config
+from .modeldir import MODEL_FILE, ModelConfig, load_tensors, read_config, resolve_model_dir
 from .predict import Classifier, load_classifier
 
 _log = get_logger('guidance')
@@ -347,7 +347,7 @@ def weights_sha256(model) -> str:
         if model.model is None: raise GuidanceError("cannot hash a Classifier with neither a folder nor a torch network")
         sd = model.model.state_dict()
     else:
-        d = Path(model.path if isinstance(model, Classifier) else model)
+        d = Path(model.path) if isinstance(model, Classifier) else resolve_model_dir(model)   # a folder or a Hub name
         read_config(d)                                                   # ModelNotFound naming the folder
         sd = load_tensors(d/MODEL_FILE)
     h = hashlib.sha256()
@@ -359,7 +359,7 @@ def weights_sha256(model) -> str:
 def _model_name(m) -> str: return str(m.path or m.config.arch) if isinstance(m, Classifier) else str(m)
 
 def _arch_spec(m) -> dict:
-    cfg = m.config if isinstance(m, Classifier) else read_config(m)
+    cfg = m.config if isinstance(m, Classifier) else read_config(resolve_model_dir(m))
     return dict(arch=cfg.arch, n_out=cfg.n_out, preprocess=cfg.preprocess.to_dict())
 
 def check_independent(judge, guides) -> dict:
