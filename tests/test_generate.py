@@ -130,6 +130,13 @@ def test_ensemble_and_views_are_recorded(pipe, tmp_path, one_torch_thread):
         generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=2, scheduler='ddim', guide=[a, b], guide_views=3)
 
 
+def test_a_missing_judge_fails_before_generating(pipe_dir, tiny_model_dir, tmp_path):
+    from realfake.modeldir import ModelNotFound
+    with pytest.raises(ModelNotFound, match='nowhere'):
+        generate(pipe_dir, ['a cat'], tmp_path/'gen', n=1, steps=2, device='cpu', guide=tiny_model_dir, judge=tmp_path/'nowhere')
+    assert not (tmp_path/'gen').exists()
+
+
 @pytest.mark.parametrize('how', ['api', 'api, ensemble', 'cli, ensemble'])
 def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
     "The guide's own weights (here a copy in another folder) are refused as the judge before anything is made."
