@@ -172,7 +172,8 @@ def open_checked(path, max_bytes:int, what:str):
     try:
         _check_stat(os.fstat(fd), path, max_bytes, what)
         if hasattr(os, 'set_blocking'): os.set_blocking(fd, True)
-        return os.fdopen(fd, 'rb')
+        f = os.fdopen(fd, 'rb'); f.raw.name = os.fspath(path)   # a name, as open() gives, for libraries that want one
+        return f
     except BaseException: os.close(fd); raise
 
 def read_small_file(path, max_bytes:int, what:str) -> bytes:
