@@ -75,7 +75,6 @@ CASES = [(e, f, k) for e in ENTRIES for f in FILES for k in BAD]
 def test_the_grid_covers_every_entry_point_and_kind():
     assert len(CASES) == len(ENTRIES) * len(FILES) * len(BAD) == 105
 
-@pytest.mark.slow
 @pytest.mark.parametrize('entry,fname,kind', CASES)
 def test_bad_model_file(good, tmp_path, caplog, entry, fname, kind):
     m0, img = good
