@@ -4,16 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #2f93550c
 from __future__ import annotations
-import os, re, json, logging, tempfile, contextlib, functools, warnings, sys
+import os, re, json, stat, logging, tempfile, contextlib, functools, warnings, sys
 from pathlib import Path
 from typing import Iterable
 from fastcore.script import is_cli
 
 # %% auto #0
-__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes',
-           'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path',
-           'csv_cell', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar', 'error_line', 'run_command',
-           'command', 'find_images']
+__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write',
+           'atomic_write_bytes', 'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path',
+           'unescape_path', 'csv_cell', 'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError',
+           'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar',
+           'error_line', 'run_command', 'command', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -93,11 +94,13 @@ def write_dir_atomic(dest, files:dict) -> Path:
     import shutil
     dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.tmp-', dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)   # mkdtemp makes 0700 folders; give the usual permissions
     try:
         for name, w in files.items():
             p = tmp/name
             if callable(w): w(p)
             else: p.write_bytes(w)
+            os.chmod(p, 0o666 & ~_UMASK)   # some writers (safetensors) make 0600 files
             with open(p, 'rb') as f: os.fsync(f.fileno())
         _fsync_dir(tmp)
         _replace_dir(tmp, dest)
@@ -145,6 +148,75 @@ def unescape_path(s:str) -> str:
 def csv_cell(s):
     "A text value safe for spreadsheets: one starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'` (no formula injection)."
     return "'" + s if isinstance(s, str) and s[:1] in ('=', '+', '-', '@', '\t', '\r') else s
+
+# %% ../nbs/00_core.ipynb #c31adaa4
+def _check_stat(st, path, max_bytes:int, what:str) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        kind = 'a folder' if stat.S_ISDIR(st.st_mode) else 'a FIFO' if stat.S_ISFIFO(st.st_mode) else 'a socket' if stat.S_ISSOCK(st.st_mode) else 'a device'
+        raise RealfakeError(f"{escape_path(path)}: the {what} is {kind}, not a regular file")
+    if st.st_size > max_bytes: raise RealfakeError(f"{escape_path(path)}: the {what} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed")
+    return st.st_size
+
+def check_regular_file(path, max_bytes:int, what:str) -> int:
+    "Size of `path`; a `RealfakeError` naming it if it is missing, not a regular file, or larger than `max_bytes`."
+    try: st = os.stat(path)
+    except FileNotFoundError: raise FileNotFoundError(f"{escape_path(path)}: {what} not found") from None
+    except OSError as e: raise RealfakeError(f"{escape_path(path)}: cannot read the {what}: {e.strerror or e}") from None
+    return _check_stat(st, path, max_bytes, what)
+
+def open_checked(path, max_bytes:int, what:str):
+    "`path` open for binary reading, after `check_regular_file` and again on the open file (a swap in between cannot hang us)."
+    check_regular_file(path, max_bytes, what)
+    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_NOCTTY', 0))
+    except OSError as e: raise RealfakeError(f"{escape_path(path)}: cannot read the {what}: {e.strerror or e}") from None
+    try:
+        _check_stat(os.fstat(fd), path, max_bytes, what)
+        if hasattr(os, 'set_blocking'): os.set_blocking(fd, True)
+        f = os.fdopen(fd, 'rb'); f.raw.name = os.fspath(path)   # a name, as open() gives, for libraries that want one
+        return f
+    except BaseException: os.close(fd); raise
+
+def read_small_file(path, max_bytes:int, what:str) -> bytes:
+    "The bytes of `path` through `open_checked` (at most `max_bytes`, even if it grows meanwhile)."
+    with open_checked(path, max_bytes, what) as f: data = f.read(max_bytes + 1)
+    if len(data) > max_bytes: raise RealfakeError(f"{escape_path(path)}: the {what} is more than the {max_bytes:,} bytes allowed")
+    return data
+
+# %% ../nbs/00_core.ipynb #0818c52b
+MAX_STATE_BYTES = 100_000_000
+
+class StateFileError(RealfakeError, ValueError):
+    "A state file (sidecar, job file, progress record, checkpoint pointer) that cannot be used: delete it to start again."
+
+def _jtype(v) -> str:
+    return {dict: 'an object', list: 'a list', str: 'a string', bool: 'a boolean', type(None): 'null'}.get(type(v), 'a number')
+
+def check_shape(v, shape, where:str='') -> str|None:
+    "Why `v` (parsed JSON) does not have `shape` ({key: shape}, `[shape]`, a type or a tuple of types), or None when it does."
+    name = where or 'the content'
+    if isinstance(shape, dict):
+        if not isinstance(v, dict): return f"{name} is {_jtype(v)}, not an object"
+        for k, s in shape.items():
+            if k not in v: return f"{where + '.' if where else ''}{k} is missing"
+            if (e := check_shape(v[k], s, f"{where + '.' if where else ''}{k}")): return e
+        return None
+    if isinstance(shape, list):
+        if not isinstance(v, list): return f"{name} is {_jtype(v)}, not a list"
+        return next((e for i, x in enumerate(v) if (e := check_shape(x, shape[0], f"{name}[{i}]"))), None)
+    types = shape if isinstance(shape, tuple) else (shape,)
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        return f"{name} is {_jtype(v)}, not {' or '.join(dict.fromkeys(_jtype(t()) if t is not type(None) else 'null' for t in types))}"
+    return None
+
+def read_state_json(path, shape, what:str, missing=None, hint:str='delete it to start again'):
+    "The JSON content of state file `path`, checked against `shape`; `missing` when there is no file; else a `StateFileError`."
+    try: data = read_small_file(path, MAX_STATE_BYTES, what)
+    except FileNotFoundError: return missing
+    except RealfakeError as e: raise StateFileError(f"{e}: {hint}") from None
+    try: obj = json.loads(data)
+    except ValueError as e: raise StateFileError(f"{escape_path(path)}: unreadable {what} ({e}): {hint}") from None
+    if (why := check_shape(obj, shape)): raise StateFileError(f"{escape_path(path)}: unusable {what} ({why}): {hint}")
+    return obj
 
 # %% ../nbs/00_core.ipynb #c9e2fbbd
 def get_logger(name:str) -> logging.Logger:

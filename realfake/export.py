@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import RealfakeError, atomic_path, command, escape_path, file_sha256, get_logger
-from .modeldir import load_model_dir
+from .modeldir import load_model_dir, model_file_sha256
 from .predict import import_onnxruntime
 
 # %% auto #0
@@ -61,7 +61,7 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
         m = onnx.load(tmp)
         onnx.checker.check_model(m)
         st = model_dir / 'model.safetensors'
-        meta = {'realfake_weights_sha256': file_sha256(st) if st.exists() else '', 'realfake_arch': str(cfg.arch),
+        meta = {'realfake_weights_sha256': model_file_sha256(st) if st.exists() else '', 'realfake_arch': str(cfg.arch),
                 'realfake_size': str(size), 'realfake_labels': ','.join(cfg.vocab)}
         for k, v in meta.items():
             p = m.metadata_props.add(); p.key, p.value = k, v

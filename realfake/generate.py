@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import (SPLITS, RealfakeError, atomic_path, atomic_write, atomic_write_json, command, csv_cell,
-                           escape_path, get_logger, progress_bar)
+                           escape_path, get_logger, progress_bar, read_state_json, check_shape)
 from .metadata import write_metadata
 from .images import load_image
 from .modeldir import read_config
@@ -22,9 +22,9 @@ from .guidance import (ClassifierGuidance, SCHEDULERS, SCHEDULES, TRANSFORMS, ch
 _log = get_logger('generate')
 
 # %% auto #0
-__all__ = ['KINDS', 'DTYPES', 'read_prompts', 'prompt_group', 'image_seed', 'Item', 'plan', 'dist_env', 'shard', 'pick_dtype',
-           'set_scheduler', 'check_text_to_image', 'load_pipeline', 'pipeline_name', 'check_settings', 'Progress',
-           'read_progress', 'make_batch', 'merge', 'summarize_pairs', 'guidance_report', 'format_report',
+__all__ = ['KINDS', 'DTYPES', 'PROGRESS_SHAPE', 'read_prompts', 'prompt_group', 'image_seed', 'Item', 'plan', 'dist_env', 'shard',
+           'pick_dtype', 'set_scheduler', 'check_text_to_image', 'load_pipeline', 'pipeline_name', 'check_settings',
+           'Progress', 'read_progress', 'make_batch', 'merge', 'summarize_pairs', 'guidance_report', 'format_report',
            'comparison_grid', 'generate', 'realfake_generate']
 
 # %% ../nbs/21_generate.ipynb #0ba994eb
@@ -131,7 +131,7 @@ def pipeline_name(pipe, src=None) -> str:
 def check_settings(out:Path, settings:dict) -> dict:
     "Compare `settings` with `out/run.json` (refusing a clash), then record them; returns what is recorded."
     f = out/'run.json'
-    old = json.loads(f.read_text()) if f.exists() else {}
+    old = read_state_json(f, {}, 'run settings file', missing={}, hint='delete it, or use another --out')
     clash = [k for k in settings if k in old and k != 'guide' and old[k] != settings[k]]
     if old.get('guide') and settings.get('guide') and old['guide'] != settings['guide']: clash.append('guide')
     if clash:
@@ -157,6 +157,8 @@ class Progress:
         self.f.write(json.dumps(rec, ensure_ascii=False).encode('utf-8') + b'\n'); self.f.flush(); os.fsync(self.f.fileno())
     def close(self): self.f.close()
 
+PROGRESS_SHAPE = {'kind': str, 'group': str, 'i': int, 'path': str, 'seed': int, 'prompt': str, 'width': int, 'height': int}
+
 def read_progress(out:Path) -> dict:
     "{(kind, group, i): record} of every finished image in `out` whose file exists (all processes' files)."
     done = {}
@@ -164,7 +166,8 @@ def read_progress(out:Path) -> dict:
         for line in p.read_bytes().split(b'\n'):
             try: r = json.loads(line)
             except ValueError: continue                     # a partial line of a killed process
-            if isinstance(r, dict) and (Path(out)/r.get('path', '')).is_file(): done[(r['kind'], r['group'], r['i'])] = r
+            # a line of another shape is not a record of ours: its image is made again
+            if check_shape(r, PROGRESS_SHAPE) is None and (Path(out)/r['path']).is_file(): done[(r['kind'], r['group'], r['i'])] = r
     return done
 
 # %% ../nbs/21_generate.ipynb #46f27bfd

@@ -10,7 +10,8 @@ import yaml
 from fastcore.script import call_parse
 from .core import LABELS, RealfakeError, atomic_write, command, escape_path, get_logger
 from .metadata import read_metadata, summary_table
-from .modeldir import MODEL_FILE, CONFIG_FILE, read_config, check_weights, weights_header, import_hub, is_repo_id
+from .modeldir import (MODEL_FILE, CONFIG_FILE, read_config, check_weights, weights_header, import_hub, is_repo_id,
+                               read_model_file)
 from .predict import onnx_is_current
 
 # %% auto #0
@@ -25,15 +26,16 @@ def read_report(report_dir) -> dict:
     "The `metrics.json` of a `realfake_evaluate` report folder (or the file itself)."
     p = Path(report_dir)
     f = p/'metrics.json' if p.is_dir() else p
-    try: res = json.loads(f.read_text(encoding='utf-8'))
+    try: res = json.loads(read_model_file(f, 'report'))
     except FileNotFoundError: raise RealfakeError(f"{escape_path(f)}: no evaluation report (run realfake_evaluate --out {escape_path(p)})") from None
     except ValueError as e: raise RealfakeError(f"{escape_path(f)}: not a realfake_evaluate report ({e})") from None
     if not isinstance(res, dict) or 'overall' not in res: raise RealfakeError(f"{escape_path(f)}: not a realfake_evaluate report (no 'overall')")
     return res
 
 def _public(text) -> str:
-    "`text` with absolute paths reduced to their last component (no machine's layout in a public card)."
-    return re.sub(r'(?<![\w.])(?:/|[A-Za-z]:\\)[^\s,;()]*', lambda m: Path(m.group()).name or m.group(), str(text))
+    "`text` with absolute paths reduced to their last component and `@host` names dropped (no machine's layout or name in a public card)."
+    text = re.sub(r'(?<![\w.])(?:/|[A-Za-z]:\\)[^\s,;()]*', lambda m: Path(m.group()).name or m.group(), str(text))
+    return re.sub(r'@[A-Za-z0-9][\w.\-]*', '', text)
 
 def _num(v, digits:int=3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return ''
@@ -41,10 +43,10 @@ def _num(v, digits:int=3) -> str:
     return str(v) if isinstance(v, int) else f'{v:.{digits}f}'
 
 def md_table(rows:list[dict], cols:list[str]|None=None) -> str:
-    "A Markdown table of `rows` (dicts), numbers with 3 decimals, empty cells for missing values."
+    "A Markdown table of `rows` (dicts), numbers with 3 decimals, empty cells for missing values, text made `_public`."
     if not rows: return ''
     cols = cols or list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: _num(v).replace('|', '\\|').replace('\n', ' ')
+    cell = lambda v: _public(_num(v)).replace('|', '\\|').replace('\n', ' ')
     return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] +
                      ['| ' + ' | '.join(cell(r.get(c)) for c in cols) + ' |' for r in rows])
 
@@ -155,7 +157,7 @@ def _limits_section(summary:dict|None, r:dict|None) -> str:
     train_fake = set((summary or {}).get('sources', {}).get('fake', []))
     eval_fake = [s['source'] for s in (r or {}).get('per_source', []) if s.get('source') != 'all' and (s.get('n_fake') or 0) > 0]
     unseen = [s for s in eval_fake if s not in train_fake] if summary and r else []
-    seen = (f"Evaluated on generators absent from the training data: {', '.join(unseen)} (see their rows above)." if unseen else
+    seen = (f"Evaluated on generators absent from the training data: {_public(', '.join(unseen))} (see their rows above)." if unseen else
             "Every generator in the evaluation was also in the training data: these numbers say nothing about unseen ones."
             if summary and r else "Which generators the training data held is not documented here.")
     fmt = {row['format']: row for row in (summary or {}).get('by_format', []) if row.get('format') != 'total'}
@@ -221,7 +223,7 @@ def push_model(model_dir, repo_id:str, card=None, report=None, metadata=None, re
     model_dir = Path(model_dir)
     if not is_repo_id(repo_id) or '@' in repo_id: raise ValueError(f"--repo must be a Hub repo id 'org/name', not {repo_id!r}")
     files = upload_files(model_dir)
-    text = Path(card).read_text(encoding='utf-8') if card is not None else model_card(model_dir, report, metadata, repo_id, license)
+    text = read_model_file(card, 'card').decode('utf-8', 'replace') if card is not None else model_card(model_dir, report, metadata, repo_id, license)
     if not text.startswith('---\n'): _log.warning(f"{escape_path(card)} has no metadata header ('---' lines): the Hub will show no model details")
     plan = dict(repo=repo_id, revision=revision or 'main', files=files + ['README.md'],
                 bytes=sum((model_dir/f).stat().st_size for f in files) + len(text.encode()))

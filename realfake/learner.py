@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger   # first: it quiets a fastai import warning
+from .core import LABELS, RealfakeError, atomic_write, atomic_write_json, get_logger, read_state_json   # first: it quiets a fastai import warning
 from torch import nn
 from safetensors.torch import save_file
 from .preprocess import Preprocess, combine_logits
@@ -30,8 +30,9 @@ from fastcore.basics import ifnone
 _log = get_logger('learner')
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'realfake_metrics', 'CropCombine', 'mixed_precision_mode', 'create_learner', 'model_config',
-           'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback', 'load_checkpoint', 'fit_resumable']
+__all__ = ['CKPT_FORMAT', 'POINTER_SHAPE', 'STATE_SHAPE', 'realfake_metrics', 'CropCombine', 'mixed_precision_mode',
+           'create_learner', 'model_config', 'read_pointer', 'ResumeCSVLogger', 'EpochSeed', 'CheckpointCallback',
+           'load_checkpoint', 'fit_resumable']
 
 # %% ../nbs/12_learner.ipynb #126b1060
 from . import metrics as _M
@@ -142,16 +143,19 @@ def _seed_everything(seed:int):
 
 def _epoch_seed(seed:int, epoch:int, rank:int=0) -> int: return (seed * 1_000_003 + epoch * 1009 + rank * 7919) % (2**31 - 1)
 
-def _read_json(p:Path, what:str):
-    "JSON content of the small file `p`; a `RealfakeError` naming it if it is not a regular file or not JSON."
-    try: return json.loads(read_small_file(p, 100_000_000, what))
-    except (ValueError, UnicodeDecodeError) as e: raise RealfakeError(f"{p}: corrupt {what} ({e}); delete it to start afresh") from None
+POINTER_SHAPE = {'dir': str}
+STATE_SHAPE = {'format': int, 'epoch': int, 'fit': dict, 'seed': int, 'best': (dict, type(None)), 'values': dict, 'history': list,
+               'optimizer': {'n_params': int, 'scalars': [dict], 'hypers': [dict]}}
+
+def _read_json(p:Path, what:str, shape):
+    "JSON content of the state file `p`, its shape checked; a one-line `StateFileError` naming it otherwise."
+    return read_state_json(p, shape, what, hint='delete it to start afresh')
 
 def read_pointer(ckpt_dir, which:str='latest') -> Path|None:
     "The checkpoint folder `checkpoints/{which}.json` points at, or None."
     p = Path(ckpt_dir)/f'{which}.json'
     if not p.exists(): return None
-    d = _read_json(p, 'checkpoint pointer')
+    d = _read_json(p, 'checkpoint pointer', POINTER_SHAPE)
     name = d.get('dir') if isinstance(d, dict) else None
     if not isinstance(name, str) or not re.fullmatch(r'epoch-\d{3,}', name): raise RealfakeError(f"{p}: invalid pointer {d!r}")
     return Path(ckpt_dir)/name
@@ -280,7 +284,7 @@ def load_checkpoint(ckpt:Path) -> dict:
     ckpt = Path(ckpt)
     for f in (MODEL_FILE, CONFIG_FILE, 'optimizer.safetensors', 'state.json'):
         if not (ckpt/f).is_file(): raise RealfakeError(f"{ckpt}: incomplete checkpoint, {f} missing")
-    state = _read_json(ckpt/'state.json', 'checkpoint state')
+    state = _read_json(ckpt/'state.json', 'checkpoint state', STATE_SHAPE)
     if not isinstance(state, dict) or state.get('format') != CKPT_FORMAT: raise RealfakeError(f"{ckpt/'state.json'}: unknown checkpoint format")
     opt_t = load_tensors(ckpt/'optimizer.safetensors'); opt_t.pop('_empty', None)
     return {'config': ModelConfig.from_file(ckpt/CONFIG_FILE), 'model': load_tensors(ckpt/MODEL_FILE),

@@ -13,23 +13,27 @@ from torch import nn
 import timm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
-from .core import LABELS, RealfakeError, atomic_write, write_dir_atomic, get_logger
+from .core import (LABELS, RealfakeError, atomic_write, write_dir_atomic, get_logger, escape_path,
+                           check_regular_file, open_checked, read_small_file)
 from .preprocess import Preprocess, ConfigError
 
 _log = get_logger('modeldir')
 
 # %% auto #0
-__all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'MAX_WEIGHTS_BYTES', 'HUB_FILES', 'ModelConfig',
-           'check_regular_file', 'read_small_file', 'WeightsError', 'ModelNotFound', 'load_pth_weights',
-           'timm_weights_kwargs', 'hub_errors', 'check_arch', 'build_network', 'weights_header', 'network_shapes',
-           'check_weights', 'state_tensors', 'write_model_dir', 'save_model_dir', 'load_tensors', 'read_config',
-           'load_model_dir', 'update_config', 'is_repo_id', 'split_model_name', 'import_hub', 'resolve_model_dir']
+__all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'MAX_WEIGHTS_BYTES', 'MAX_CROP_PIXELS',
+           'MAX_ONNX_BYTES', 'MAX_REPORT_BYTES', 'MODEL_FILE_KINDS', 'HUB_FILES', 'ModelConfig', 'check_model_file',
+           'open_model_file', 'read_model_file', 'model_file_sha256', 'WeightsError', 'ModelNotFound',
+           'load_pth_weights', 'timm_weights_kwargs', 'hub_errors', 'check_arch', 'build_network', 'weights_header',
+           'network_shapes', 'check_weights', 'state_tensors', 'write_model_dir', 'save_model_dir', 'load_tensors',
+           'read_config', 'load_model_dir', 'update_config', 'is_repo_id', 'split_model_name', 'import_hub',
+           'resolve_model_dir']
 
 # %% ../nbs/04_modeldir.ipynb #2f6585ec
 MODEL_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
 CONFIG_VERSION = 2
 MAX_CONFIG_BYTES = 1_000_000              # a config.json is under a kilobyte; refuse anything absurd
 MAX_WEIGHTS_BYTES = 16 * 2**30            # the largest timm ConvNeXt in fp32 is ~3.5 GB
+MAX_CROP_PIXELS = 2**24                   # crop pixels per image a config may ask for (size² x crops): 192 MiB of float32 input
 
 def _is_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -57,6 +61,9 @@ class ModelConfig:
         if self.n_out == 2 and self.vocab != LABELS: bad('vocab', f'a binary model must have vocab {LABELS}')
         if isinstance(self.preprocess, dict): self.preprocess = Preprocess.from_dict(self.preprocess)
         if not isinstance(self.preprocess, Preprocess): bad('preprocess', 'must be a preprocessing spec')
+        p = self.preprocess; n = p.size**2 * (p.max_crops if p.crops == 'grid' else 1)
+        if n > MAX_CROP_PIXELS: bad('preprocess', f"{p.size}x{p.size} x {n // p.size**2} crops is {n:,} input pixels per image, more than the {MAX_CROP_PIXELS:,} allowed "
+                                 f"({n * 12 / 2**20:.0f} MiB of float32 per image); use a smaller size or fewer max_crops")
         if not _is_num(self.threshold) or not 0 <= self.threshold <= 1: bad('threshold', 'must be a number in [0, 1]')
         if not _is_num(self.temperature) or self.temperature <= 0: bad('temperature', 'must be a finite number > 0')
         if self.unsure is not None:
@@ -111,7 +118,7 @@ class ModelConfig:
     def from_file(cls, path) -> ModelConfig:
         "Read and validate a `config.json` file (a regular file of at most `MAX_CONFIG_BYTES`)."
         path = Path(path)
-        try: data = read_small_file(path, MAX_CONFIG_BYTES, 'model config')
+        try: data = read_model_file(path, 'config')
         except FileNotFoundError: raise
         except RealfakeError as e: raise ConfigError(str(e)) from None
         try: return cls.from_json(data)
@@ -127,21 +134,37 @@ def _upgrade_v1(d:dict) -> dict:
     return d
 
 # %% ../nbs/04_modeldir.ipynb #cc9787e6
-def check_regular_file(path, max_bytes:int, what:str) -> int:
-    "Size of `path`; a `RealfakeError` naming it if it is missing, not a regular file, or larger than `max_bytes`."
-    try: st = os.stat(path)
-    except FileNotFoundError: raise FileNotFoundError(f"{path}: {what} not found") from None
-    except OSError as e: raise RealfakeError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = 'a folder' if stat.S_ISDIR(st.st_mode) else 'a FIFO' if stat.S_ISFIFO(st.st_mode) else 'a socket' if stat.S_ISSOCK(st.st_mode) else 'a device'
-        raise RealfakeError(f"{path}: the {what} is {kind}, not a regular file")
-    if st.st_size > max_bytes: raise RealfakeError(f"{path}: the {what} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed")
-    return st.st_size
+MAX_ONNX_BYTES = 2**31                    # protobuf cannot hold more; larger ONNX models keep their weights outside
+MAX_REPORT_BYTES = 100_000_000            # metrics.json of a report, a model card
+MODEL_FILE_KINDS = {'config': ('model config', MAX_CONFIG_BYTES), 'weights': ('weights file', MAX_WEIGHTS_BYTES),
+                    'onnx': ('ONNX model', MAX_ONNX_BYTES), 'report': ('evaluation report', MAX_REPORT_BYTES),
+                    'card': ('model card', MAX_REPORT_BYTES), 'state': ('training state', MAX_REPORT_BYTES)}
 
-def read_small_file(path, max_bytes:int, what:str) -> bytes:
-    "The bytes of `path` after `check_regular_file`."
-    check_regular_file(path, max_bytes, what)
-    with open(path, 'rb') as f: return f.read(max_bytes + 1)
+
+# %% ../nbs/04_modeldir.ipynb #2d83c67d
+def _kind(kind:str) -> tuple:
+    if kind not in MODEL_FILE_KINDS: raise ValueError(f"unknown model file kind {kind!r} (known: {', '.join(MODEL_FILE_KINDS)})")
+    return MODEL_FILE_KINDS[kind]
+
+def check_model_file(path, kind:str) -> int:
+    "Size of the model-folder file `path` of `kind` (a key of `MODEL_FILE_KINDS`): regular, and within the kind's cap."
+    return check_regular_file(path, *_kind(kind)[::-1])
+
+def open_model_file(path, kind:str):
+    "The model-folder file `path` of `kind`, open for binary reading through `open_checked` with the kind's cap."
+    return open_checked(path, *_kind(kind)[::-1])
+
+def read_model_file(path, kind:str) -> bytes:
+    "All the bytes of the model-folder file `path` of `kind` (at most the kind's cap)."
+    return read_small_file(path, *_kind(kind)[::-1])
+
+def model_file_sha256(path, kind:str='weights') -> str:
+    "SHA-256 hex digest of the model-folder file `path`, read through `open_model_file`."
+    import hashlib
+    h = hashlib.sha256()
+    with open_model_file(path, kind) as f:
+        while b := f.read(1 << 20): h.update(b)
+    return h.hexdigest()
 
 # %% ../nbs/04_modeldir.ipynb #22c7c4fa
 class WeightsError(RealfakeError, ValueError):
@@ -233,7 +256,7 @@ def build_network(arch:str, n_out:int=2, pretrained:bool=False, weights=None, al
 # %% ../nbs/04_modeldir.ipynb #81f9d040
 def weights_header(path) -> dict:
     "{tensor name: shape} from the header of the safetensors file `path` (no tensor is loaded)."
-    check_regular_file(path, MAX_WEIGHTS_BYTES, 'weights file')
+    check_model_file(path, 'weights')
     try:
         with safe_open(str(path), framework='pt') as f: return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e: raise RealfakeError(f"{path}: not a valid safetensors file ({str(e)[:200]})") from None
@@ -275,7 +298,7 @@ def save_model_dir(model:nn.Module, config:ModelConfig, dest) -> Path:
 
 def load_tensors(path) -> dict:
     "The tensors of safetensors file `path`; a truncated or corrupt file is a `RealfakeError` naming it."
-    check_regular_file(path, MAX_WEIGHTS_BYTES, 'weights file')
+    check_model_file(path, 'weights')
     try: return load_file(str(path), device='cpu')
     except Exception as e: raise RealfakeError(f"{path}: not a valid safetensors file ({str(e)[:200]})") from None
 

@@ -14,19 +14,21 @@ from PIL import Image
 from fastcore.basics import patch
 from fastcore.script import call_parse, Param
 from .core import (LABELS, RealfakeError, command, escape_path, file_sha256, find_images,
-                           get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path)
+                           get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path, read_state_json)
 from .images import ImageLoadError
 from .explain import KINDS, write_heatmaps
 from .preprocess import Preprocess, image_crops, normalize, combine_logits, parse_resize
-from .modeldir import ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound
+from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, open_model_file,
+                               read_model_file, model_file_sha256)
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
                              is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS)
 
 # %% auto #0
-__all__ = ['PREDICT_COLUMNS', 'CSV_COLUMNS', 'prepare_input', 'import_onnxruntime', 'onnx_is_current', 'Classifier',
-           'load_classifier', 'PredictOptions', 'scoring_record', 'csv_complete_length', 'sidecar_path',
-           'predict_to_csv', 'predict_shards', 'shards_line', 'csv_heatmaps', 'realfake_predict']
+__all__ = ['PRECISIONS', 'MAX_BS', 'PREDICT_COLUMNS', 'CSV_COLUMNS', 'SIDECAR_SHAPE', 'prepare_input', 'import_onnxruntime',
+           'onnx_is_current', 'Classifier', 'load_classifier', 'PredictOptions', 'scoring_record',
+           'csv_complete_length', 'sidecar_path', 'predict_to_csv', 'predict_shards', 'shards_line', 'csv_heatmaps',
+           'realfake_predict']
 
 # %% ../nbs/13_predict.ipynb #b6a65bb4
 _log = get_logger('predict')
@@ -75,13 +77,14 @@ def import_onnxruntime():
 def onnx_is_current(model_dir) -> bool:
     "True when model.onnx records the SHA-256 of the model.safetensors beside it (or there is none)."
     d = Path(model_dir); st = d / 'model.safetensors'
-    if not st.exists(): return True
+    if not st.exists() and not st.is_symlink(): return True
     try:
         import onnx
-        m = onnx.load(str(d / 'model.onnx'), load_external_data=False)
+        with open_model_file(d / 'model.onnx', 'onnx') as f: m = onnx.load(f, load_external_data=False)
         meta = {p.key: p.value for p in m.metadata_props}
-    except Exception: return False
-    return meta.get('realfake_weights_sha256') == file_sha256(st)
+        return meta.get('realfake_weights_sha256') == model_file_sha256(st, 'weights')
+    except (RealfakeError, OSError) as e: _log.warning(f"{e}"); return False      # a FIFO, a device, too large...
+    except Exception: return False                                                  # not ONNX at all
 
 def _pick_backend(path:Path, backend:str, device) -> str:
     "'torch' or 'onnx' for `backend='auto'` (see above)."
@@ -100,9 +103,17 @@ def _bf16_supported(device:torch.device) -> bool:
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception: return False
 
+PRECISIONS, MAX_BS = ('fp32', 'bf16'), 65536
+
+def _check_bs(bs) -> int:
+    "`bs` when it is a whole number of images from 1 to `MAX_BS`, else a one-line `ValueError`."
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or not 1 <= bs <= MAX_BS:
+        raise ValueError(f"batch size (--bs) must be a whole number from 1 to {MAX_BS}, not {bs!r}")
+    return int(bs)
+
 def _check_precision(precision:str, device:torch.device, backend:str) -> str:
     "'fp32' or 'bf16' (only on the torch backend, where the hardware supports it)."
-    if precision not in ('fp32', 'bf16'): raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    if precision not in PRECISIONS: raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     if precision == 'bf16' and (backend != 'torch' or not _bf16_supported(device)):
         _log.warning(f"bf16 inference is not available here ({backend} backend on {device}): using fp32")
         return 'fp32'
@@ -131,16 +142,18 @@ class Classifier:
         "Load the model directory `path` once (backend 'torch', 'onnx' or 'auto'; precision 'fp32' or 'bf16')."
         path = Path(path)
         if backend not in ('auto', 'torch', 'onnx'): raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', not {backend!r}")
+        if precision not in PRECISIONS: raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+        _check_bs(bs)
         if not path.is_dir(): raise ModelNotFound(f"{path}: model directory not found")
         if backend == 'auto': backend = 'torch' if precision == 'bf16' else _pick_backend(path, backend, device)
         if backend == 'onnx':
             onnx_file = path/'model.onnx'
-            if not onnx_file.exists(): raise RealfakeError(f"{onnx_file} not found: run realfake_export --model {path} first")
+            if not onnx_file.exists() and not onnx_file.is_symlink(): raise RealfakeError(f"{onnx_file} not found: run realfake_export --model {path} first")
             ort = import_onnxruntime()
             providers = ['CPUExecutionProvider']
             if device not in (None, 'cpu') and 'CUDAExecutionProvider' in ort.get_available_providers(): providers.insert(0, 'CUDAExecutionProvider')
-            sess = ort.InferenceSession(str(onnx_file), providers=providers)
-            return cls(None, read_config(path), device='cpu', backend='onnx', session=sess, path=path, bs=bs)
+            sess = ort.InferenceSession(read_model_file(onnx_file, 'onnx'), providers=providers)   # bytes: read through the guard
+            return cls(None, read_config(path), device='cpu', backend='onnx', session=sess, path=path, bs=bs, precision=precision)
         model, config = load_model_dir(path, device='cpu')
         return cls(model, config, device=device, backend='torch', path=path, bs=bs, precision=precision)
 
@@ -311,7 +324,7 @@ def _weights_sha256(path:Path) -> str:
     "SHA-256 of a weights file, remembered per (path, size, mtime) within the process."
     st = path.stat()
     k = (str(path), st.st_size, st.st_mtime_ns)
-    if k not in _SHA: _SHA[k] = file_sha256(path)
+    if k not in _SHA: _SHA[k] = model_file_sha256(path, 'onnx' if path.suffix == '.onnx' else 'weights')
     return _SHA[k]
 
 def scoring_record(clf:Classifier) -> dict:
@@ -373,10 +386,10 @@ def _write_csv(out:Path, columns, rows):
     "Replace `out` by a CSV of `rows` (atomically)."
     with atomic_write(out) as f: f.write(''.join(map(csv_line, [columns] + rows)))
 
+SIDECAR_SHAPE = {'scored_with': dict}
+
 def _read_sidecar(side:Path) -> dict|None:
-    try: return json.loads(side.read_text(encoding='utf-8'))
-    except FileNotFoundError: return None
-    except (OSError, ValueError) as e: raise RealfakeError(f"{escape_path(side)}: unreadable ({e}): delete it to start again") from None
+    return read_state_json(side, SIDECAR_SHAPE, 'predictions sidecar')
 
 # %% ../nbs/13_predict.ipynb #079919a7
 def _open_resume(out, scored_with:dict, rescore:bool=False, columns=CSV_COLUMNS) -> set:
@@ -424,7 +437,7 @@ def _row(r) -> list:
 def _run_settings(model, bs, num_workers) -> tuple[Classifier, int, int|None]:
     "The classifier, batch size and workers of a run (explicit `bs` / `num_workers` win over the options')."
     clf, opts = _classifier(model)
-    return clf, bs or opts.bs, opts.num_workers if num_workers is None else num_workers
+    return clf, _check_bs(bs or opts.bs), opts.num_workers if num_workers is None else num_workers
 
 # %% ../nbs/13_predict.ipynb #f0d5f7f4
 def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_workers:int|None=None,
@@ -550,7 +563,7 @@ def realfake_predict(
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available; under torchrun, GPU LOCAL_RANK)
     threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
     precision:str='fp32', # 'fp32', or 'bf16' (about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly)
-    formats:str='parquet', # tar shards: output per shard, 'parquet', 'csv' or 'parquet,csv'
+    formats:str=None, # tar shards (default parquet): output per shard, 'parquet', 'csv' or 'parquet,csv'
     heatmaps:str=None, # image files: also write a heatmap overlay PNG per image into this folder (torch backend; index in heatmaps.csv)
     heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
     rescore:bool=False, # when --out was scored with other options, score it again instead of refusing
@@ -558,15 +571,17 @@ def realfake_predict(
     verbose:bool=False, # debug logging and full tracebacks
 ):
     "Score images, folders or WebDataset tar shards with a model (folder or Hub name): a CSV for files, one Parquet/CSV per shard."
+    _check_bs(bs)
     backend = _heatmap_backend(heatmaps, heatmap_kind, backend)
     opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers)
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
     if kinds == {True} and heatmaps: raise RealfakeError("--heatmaps draws image files, not tar shards: score the shards without it")
     if kinds == {True}:
-        s = predict_shards(paths, opts, out=out or 'predictions', formats=formats, rescore=rescore, progress=progress)
+        s = predict_shards(paths, opts, out=out or 'predictions', formats=formats or 'parquet', rescore=rescore, progress=progress)
         print(shards_line(s))
     else:
+        if formats is not None: raise RealfakeError("--formats is for tar shards: image files are scored into one CSV (--out)")
         clf = opts.classifier() if heatmaps else opts          # loaded once for the scores and the maps
         s = predict_to_csv(paths, clf, out=out or 'predictions.csv', bs=bs, num_workers=num_workers, rescore=rescore, progress=progress)
         print(f"{s['scored']} scored ({s['fake']} fake), {s['errors']} errors, {s['skipped']} already done -> {escape_path(s['out'])}")

@@ -23,7 +23,8 @@ import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastcore.script import call_parse, Param
 from .core import (RealfakeError, IMAGE_EXTS, atomic_path, atomic_write_json, escape_path, unescape_path,
-                           csv_cell, error_line, get_logger, progress_bar, command, find_images)
+                           csv_cell, error_line, get_logger, progress_bar, command, find_images,
+                           read_state_json, check_shape)
 from .metadata import read_metadata, write_metadata
 from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info
 
@@ -412,7 +413,7 @@ def read_progress(out_dir) -> dict:
         for line in f.read_bytes().split(b'\n'):
             try: r = json.loads(line)
             except ValueError: continue                      # blank, or cut short by a kill
-            if not isinstance(r, dict) or 'ae' not in r or 'rel' not in r: continue
+            if check_shape(r, {'ae': str, 'rel': str}): continue   # not a record of ours
             k = (r['ae'], unescape_path(r['rel']))
             if 'error' not in r or 'error' in done.get(k, {'error': ''}): done[k] = r
     return done
@@ -422,7 +423,7 @@ def check_settings(folder:Path, settings:dict):
     f = Path(folder)/'reconstruct.json'
     try: atomic_write_json(f, settings, overwrite=False); return
     except FileExistsError: pass
-    old = json.loads(f.read_text())
+    old = read_state_json(f, {}, 'settings file', hint='delete it, or use another --out_dir')
     diff = [f"{k}: {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
     if diff: raise RealfakeError(f"{folder} holds fakes made with other settings ({'; '.join(diff)}): "
                                  "use another --out_dir, or another name (--ae NAME=...)")

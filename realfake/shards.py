@@ -12,14 +12,15 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
-                           get_logger)
+                           get_logger, read_state_json, check_shape, StateFileError)
 
 # %% auto #0
-__all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'import_webdataset', 'import_pyarrow', 'Shard', 'is_url',
-           'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env', 'rank_shards', 'shard_samples',
-           'printable', 'read_ahead', 'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line',
-           'clean_partial_outputs', 'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info',
-           'shard_state', 'open_job', 'job_summary', 'summary_line', 'merge_outputs', 'realfake_merge']
+__all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset',
+           'import_pyarrow', 'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env',
+           'rank_shards', 'shard_samples', 'printable', 'read_ahead', 'ShardSamples', 'ShardBatch',
+           'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'write_shard_outputs',
+           'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'open_job', 'job_summary',
+           'summary_line', 'merge_outputs', 'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -287,10 +288,13 @@ def differs_message(out, diffs:list[tuple]) -> str:
     return (f"{escape_path(out)} was scored with {k} {short(old)}, not {short(new)}{more}: score into another --out, "
             "or pass --rescore to score again what was scored differently")
 
+RECORD_SHAPE = {'scored_with': dict, 'n_samples': int, 'n_errors': int, 'n_fake': int}
+JOB_SHAPE = {'scored_with': dict, 'shards': [{'name': str}]}
+
 def read_shard_info(out_dir, name:str) -> dict|None:
-    "The record `<name>.json` of a finished shard, or None."
-    try: return json.loads((Path(out_dir)/f'{name}.json').read_text(encoding='utf-8'))
-    except (OSError, ValueError): return None
+    "The record `<name>.json` of a finished shard, or None (none, or unusable: then the shard is scored again, with a warning)."
+    try: return read_state_json(Path(out_dir)/f'{name}.json', RECORD_SHAPE, 'shard record', hint='scoring the shard again')
+    except StateFileError as e: _log.warning(str(e)); return None
 
 def shard_state(out_dir, name:str, formats, scored_with:dict) -> str:
     "'done', 'todo', 'retry' (it could not be read to its end) or 'stale' (scored with other options)."
@@ -300,6 +304,13 @@ def shard_state(out_dir, name:str, formats, scored_with:dict) -> str:
     return 'stale' if record_diff(info.get('scored_with'), scored_with) else 'done'
 
 # %% ../nbs/13b_shards.ipynb #9157fcea
+def _read_job(job:Path, missing=None) -> dict|None:
+    "The job file `job`, its shape checked (a one-line `StateFileError` naming it otherwise)."
+    d = read_state_json(job, JOB_SHAPE, 'job file', missing, hint='delete it or use another --out')
+    if d is not None and (why := check_shape(d.get('formats', []), [str], 'formats')):
+        raise StateFileError(f"{escape_path(job)}: unusable job file ({why}): delete it or use another --out")
+    return d
+
 def open_job(out_dir, shards:list[Shard], scored_with:dict, formats, rescore:bool=False, rank:int=0) -> Path:
     "Check the job file of `out_dir` against `scored_with` (refuse other options unless `rescore`); rank 0 writes it."
     out_dir = Path(out_dir)
@@ -307,8 +318,7 @@ def open_job(out_dir, shards:list[Shard], scored_with:dict, formats, rescore:boo
         raise RealfakeError(f"{escape_path(out_dir)} is a file: with tar shards --out is a folder (one output per shard)")
     job = out_dir/JOB_FILE
     if job.exists():
-        try: old = json.loads(job.read_text(encoding='utf-8'))
-        except (OSError, ValueError) as e: raise RealfakeError(f"{escape_path(job)}: unreadable job file ({e}): delete it or use another --out") from None
+        old = _read_job(job)
         diffs = record_diff(old.get('scored_with'), scored_with)
         if diffs and not rescore: raise RealfakeError(differs_message(out_dir, diffs))
     if rank == 0:
@@ -320,9 +330,8 @@ def open_job(out_dir, shards:list[Shard], scored_with:dict, formats, rescore:boo
 def job_summary(out_dir) -> dict:
     "Where the job in `out_dir` stands: shards done / to do / unreadable, and images, errors and fakes in the done ones."
     out_dir = Path(out_dir)
-    try: job = json.loads((out_dir/JOB_FILE).read_text(encoding='utf-8'))
-    except FileNotFoundError: raise RealfakeError(f"{escape_path(out_dir)}: no {JOB_FILE}: not a realfake_predict output folder") from None
-    except ValueError as e: raise RealfakeError(f"{escape_path(out_dir/JOB_FILE)}: unreadable ({e})") from None
+    job = _read_job(out_dir/JOB_FILE)
+    if job is None: raise RealfakeError(f"{escape_path(out_dir)}: no {JOB_FILE}: not a realfake_predict output folder")
     s = dict(out=str(out_dir), shards=len(job['shards']), done=[], todo=[], unreadable=[], stale=[], images=0, errors=0, fake=0,
              formats=job.get('formats', ['parquet']))
     for sh in job['shards']:

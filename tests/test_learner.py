@@ -35,7 +35,7 @@ def test_read_pointer_rejects_path_tricks(tmp_path):
     assert read_pointer(tmp_path, 'best') is None
 
     (tmp_path/'latest.json').write_text('{"dir": ')                 # cut by a crash or a full disk
-    with pytest.raises(RealfakeError, match='corrupt checkpoint pointer'): read_pointer(tmp_path)
+    with pytest.raises(RealfakeError, match='unreadable checkpoint pointer'): read_pointer(tmp_path)
 
 def test_crop_combine_only_touches_validation_batches():
     "A batch with crop counts becomes one prediction per image (mean of its crops' logits); training batches pass through."
