@@ -369,28 +369,30 @@ def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[in
     "(quality, subsampling) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
     return jpeg_settings(ev, 'real', n, seed)
 
-def _one_class(name:str, ev, seed:int, explicit, notes:list) -> Perturbation|None:
-    "`fakes_jpeg` or `reals_jpeg` bound to the other class's JPEG settings, or None with a note (an error when asked for by name)."
+def _one_class(name:str, ev, seed:int) -> tuple[Perturbation|None, str]:
+    "(`fakes_jpeg` or `reals_jpeg` bound to the other class's JPEG settings, '') or (None, why not)."
     src = 'real' if name == FAKES_JPEG else 'fake'
     settings = jpeg_settings(ev, src, seed=seed)
-    if settings: return (fakes_jpeg if name == FAKES_JPEG else reals_jpeg)(settings)
-    msg = f"{name} left out: none of the {src} images is a JPEG, so there is no quality to match"
-    if name in explicit: raise RealfakeError(msg)
-    _log.warning(msg); notes.append(msg)
+    if settings: return (fakes_jpeg if name == FAKES_JPEG else reals_jpeg)(settings), ''
+    return None, f"{name} left out: none of the {src} images is a JPEG, so there is no quality to match"
 
 def resolve_perturbations(names, ev:pd.DataFrame, seed:int=0, explicit=()) -> tuple[list[Perturbation], list[str]]:
     """The `Perturbation`s of `names` for the images `ev` (binding the one-class protocols to the other class's JPEG settings),
-    and notes on what was left out. Without JPEG reals, `fakes_jpeg` gives way to `reals_jpeg` (the reals in the fakes' format)."""
+    and notes on what was left out. Without JPEG reals, `fakes_jpeg` gives way to `reals_jpeg` (the reals in the fakes' format);
+    a one-class protocol asked for by name that cannot be bound at all is an error."""
     perts, notes = [], []
     for n in names:
         if n not in (FAKES_JPEG, REALS_JPEG): perts.append(get_perturbation(n)); continue
-        p = _one_class(n, ev, seed, explicit, notes)
+        p, why = _one_class(n, ev, seed)
         if p is None and n == FAKES_JPEG and REALS_JPEG not in names:
-            p = _one_class(REALS_JPEG, ev, seed, (), notes)
-            if p is not None: notes.append(f"{REALS_JPEG} instead: the reals JPEG-compressed at the fake JPEGs' qualities, the fakes untouched")
-            else: notes.append("no one-class contrast: neither class holds JPEG files, so a format shortcut is not tested")
+            p, _ = _one_class(REALS_JPEG, ev, seed)
+            if p is not None: why += f"; {REALS_JPEG} instead: the reals JPEG-compressed at the fake JPEGs' qualities, the fakes untouched"
+            else: why += "; no one-class contrast: neither class holds JPEG files, so a format shortcut is not tested"
+        if p is None and n in explicit: raise RealfakeError(why.split('; ')[0])
+        if why: _log.warning(why); notes.append(why)
         if p is not None: perts.append(p)
     return perts, notes
+
 
 # %% ../nbs/15_evaluate.ipynb #43731921
 def _half_split(y, seed=0):
