@@ -293,7 +293,7 @@ def _change_text(c, row) -> str:
 
 def _names(rows) -> str: return ', '.join(e['perturbation'] for e in rows) or 'none'
 
-def _worst(rows) -> dict: return max(rows, key=lambda e: e['severity'])
+def _worst(rows) -> dict: return max(rows, key=lambda e: (e['severity'], np.nan_to_num(e['auc_drop'])))
 
 # %% ../nbs/15_evaluate.ipynb #58ca77ef
 def _outside_text(rows) -> str:
@@ -605,7 +605,8 @@ def plot_heatmap(table:pd.DataFrame, metric:str, dest):
         ax.text(j, i, 'n/a' if np.isnan(v) else f"{v:.2f}", ha='center', va='center', fontsize=7,
                 color='gray' if np.isnan(v) else text_colour(im.cmap(im.norm(v))))
     ax.set_xticks(range(pv.shape[1]), [_ascii(c) for c in pv.columns], rotation=45, ha='right', fontsize=8)
-    ax.set_yticks(range(pv.shape[0]), [_ascii(s)[:24] for s in pv.index], fontsize=8)
+    n = table[table.perturbation == table.perturbation.iloc[0]].set_index('source').n if 'n' in table else {}
+    ax.set_yticks(range(pv.shape[0]), [f"{_ascii(s)[:24]} (n={n.get(s, '?')})" for s in pv.index], fontsize=8)
     ax.set_title(f"{metric} per source and perturbation")
     fig.colorbar(im, ax=ax, fraction=0.03).set_label(f"{metric} (0.5 = chance, 1 = perfect)", fontsize=7)
     _save_fig(fig, dest)
