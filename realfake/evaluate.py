@@ -683,7 +683,7 @@ def _html_table(df, cols=None) -> str:
     return f"<div class='tbl'>{_fmt_table(df).to_html(index=False, na_rep='')}</div>"
 
 _CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
+        "td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}td:first-child{text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
         ".tbl{max-width:100%;overflow-x:auto}.figs{display:flex;flex-wrap:wrap;gap:12px}.figs div{flex:1 1 45%;min-width:0}"
         ".verdict{font-size:1.2em;padding:.6em;border:2px solid #888}.small{color:#555;font-size:.9em}"
         "@media print{.tbl{overflow:visible}table{font-size:9px}}")
