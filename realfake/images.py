@@ -293,9 +293,9 @@ def _png_chunks(f, limit:int=10_000, text_bytes:int=4096) -> list[tuple[bytes, b
     return out
 
 def _exif_texts(im) -> list[str]:
-    "EXIF Software and UserComment (where AUTOMATIC1111 writes its parameters into JPEG and WebP files), parsed from the header."
-    ex = im.getexif()
-    return [_as_text(ex.get(0x0131)), _as_text(ex.get_ifd(0x8769).get(0x9286))]
+    "EXIF Software and UserComment (where AUTOMATIC1111 writes its parameters into JPEG and WebP files), parsed from the header; none when it is malformed."
+    try: ex = im.getexif(); return [_as_text(ex.get(0x0131)), _as_text(ex.get_ifd(0x8769).get(0x9286))]
+    except Exception: return []                       # a broken EXIF block says nothing about a generator, and the file is still an image
 
 def _provenance(im: Image.Image, f) -> dict:
     "JPEG quality and subsampling, EXIF present?, a generator's signature in the metadata (`generator_text`)? of the opened (not decoded) `im`."
