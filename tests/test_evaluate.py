@@ -368,3 +368,22 @@ def test_heatmaps_drawn_over_the_confident_grids(model_dir, gen_folder, tmp_path
     key = b[28:44]
     assert (key.max(-1) - key.min(-1)).max() > 100                    # coloured (the inferno bar), not only black text on white
     assert np.abs(a[28:] - b[44:]).mean() > 1
+
+def test_per_source_marks_small_and_absent_sources(model_dir, tmp_path):
+    "A generator with under 10 images is 'too few to judge'; one with no image in the split, or none readable, is listed as absent."
+    recs, img = [], tmp_path/'img'; img.mkdir()
+    plan = [('test', 'real', 'r', 12), ('test', 'fake', 'g', 11), ('test', 'fake', 'tiny', 1), ('test', 'fake', 'broken', 1),
+            ('valid', 'real', 'r', 4), ('valid', 'fake', 'adm', 4)]
+    for split, label, src, n in plan:
+        for i in range(n):
+            p = img/f'{split}_{src}_{i}.png'
+            if src == 'broken': p.write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+            else: _img(len(recs), label == 'fake').save(p)
+            recs.append(dict(path=str(p), label=label, split=split, source=src))
+    res = evaluate(model_dir, write_metadata(recs, tmp_path/'m.jsonl'), out=tmp_path/'rep', bs=8, num_workers=0, calibration=False)
+    ps = pd.DataFrame(res['per_source']).set_index('source')
+    assert ps.judge.to_dict() == {'all': '', 'g': '', 'r': '', 'tiny': 'too few to judge (n < 10)',
+                                  'adm': 'absent: no image in split test', 'broken': 'absent: no readable image'}
+    assert ps.loc['adm', 'n'] == 0 and np.isnan(ps.loc['adm', 'auc']) and ps.loc['tiny', 'n'] == 1
+    html = (tmp_path/'rep'/'report.html').read_text()
+    assert 'too few to judge (n &lt; 10)' in html and 'absent: no image in split test' in html
