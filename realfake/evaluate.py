@@ -18,7 +18,7 @@ from .prepare import Source, list_source
 from .preprocess import image_crops, normalize, combine_logits
 from .metrics import (roc_curve, roc_auc, confusion_matrix, per_source_metrics, reliability_bins, ece,
                               fit_temperature, nll, fit_threshold, binary_metrics, risk_coverage, fit_unsure, selective_metrics)
-from .perturb import FAKES_JPEG, Perturbation, fakes_jpeg, get_perturbation, perturbation_names, perturb_rng
+from .perturb import FAKES_JPEG, REALS_JPEG, Perturbation, fakes_jpeg, reals_jpeg, get_perturbation, perturbation_names, perturb_rng
 from .modeldir import update_config
 from .humans import compare_humans_model
 from .predict import Classifier, load_classifier
@@ -26,11 +26,13 @@ from .explain import heatmap, overlay
 from .hub import write_model_card
 
 # %% auto #0
-__all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'FIGURES', 'GRID_FIGURES', 'EvalOptions',
-           'EvalData', 'folder_records', 'load_eval_data', 'score_images', 'perturb_table', 'audit_verdict',
-           'real_jpeg_settings', 'resolve_perturbations', 'calibrate', 'save_calibration', 'write_csv', 'write_text',
-           'write_json', 'plot_grid', 'plot_roc', 'plot_confusion', 'plot_reliability', 'plot_risk_coverage',
-           'plot_heatmap', 'plot_quality_curve', 'evaluate', 'realfake_evaluate']
+__all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY', 'FIGURES',
+           'GRID_FIGURES', 'PER_SOURCE_COLS', 'AUDIT_COLS', 'EVIDENCE_COLS', 'EvalOptions', 'EvalData',
+           'folder_records', 'load_eval_data', 'score_images', 'perturb_table', 'perturbation_kind', 'audit_verdict',
+           'verdict_roles', 'jpeg_settings', 'real_jpeg_settings', 'resolve_perturbations', 'calibrate',
+           'save_calibration', 'write_csv', 'write_text', 'write_json', 'plot_grid', 'plot_roc', 'text_colour',
+           'plot_confusion', 'plot_reliability', 'plot_risk_coverage', 'plot_heatmap', 'plot_quality_curve', 'evaluate',
+           'realfake_evaluate']
 
 # %% ../nbs/15_evaluate.ipynb #84df28dc
 _log = get_logger('evaluate')
@@ -105,6 +107,7 @@ class EvalData:
     cal: pd.DataFrame|None
     desc: str
     split: str|None = None
+    absent: tuple = ()                   # sources of the data with no record in the evaluated split
 
 def folder_records(root, layout:str='generators', real_names=REAL_NAMES) -> pd.DataFrame:
     "path/label/source (and split, where the layout has them) of a labelled folder or CSV manifest, by `realfake.prepare`."
@@ -142,7 +145,9 @@ def _select_splits(df, desc, o:EvalOptions) -> EvalData:
     calib = o.calib_split or ('valid' if split == 'test' and 'valid' in splits else None)
     if calib and calib not in splits: raise RealfakeError(f"{desc}: calibration split {calib!r} is empty (splits: {sorted(splits)})")
     cal = df[df.split == calib].reset_index(drop=True) if calib else None
-    return EvalData(df[df.split == split].reset_index(drop=True), cal, f"{desc} split={split}" + (f" calib={calib}" if calib else ''), split)
+    ev = df[df.split == split].reset_index(drop=True)
+    absent = tuple(sorted(set(map(str, df.source.dropna())) - set(map(str, ev.source))))
+    return EvalData(ev, cal, f"{desc} split={split}" + (f" calib={calib}" if calib else ''), split, absent)
 
 def load_eval_data(data, options:EvalOptions|None=None) -> EvalData:
     "The evaluation images (and calibration images) of a metadata file, a labelled folder, a CSV manifest or a DataFrame."
@@ -158,7 +163,7 @@ def load_eval_data(data, options:EvalOptions|None=None) -> EvalData:
     return d
 
 # %% ../nbs/15_evaluate.ipynb #064b6ccf
-_SAME = 'clean'    # a variant that is the clean image (fakes-only perturbations on real images)
+_SAME = 'clean'    # a variant that is the clean image (one-class perturbations on the other class)
 
 def _err_msg(path, e:Exception) -> str:
     reason = getattr(e, 'reason', None) or f"{type(e).__name__}: {e}"
@@ -177,7 +182,7 @@ class _GridItems(torch.utils.data.Dataset):
         except Exception as e: return i, [None] * n, [_err_msg(path, e)] * n
         out, errs = [clean], [None]
         for p in self.perts:
-            if p.fakes_only and not self.fake[i]: out.append(_SAME); errs.append(None); continue
+            if not p.applies(self.fake[i]): out.append(_SAME); errs.append(None); continue
             try: out.append(image_crops(p(full, perturb_rng(self.seed, p.name, path)), self.spec).pixels); errs.append(None)
             except Exception as e: out.append(None); errs.append(f"{p.name}: {_err_msg(path, e)}")
         return i, out, errs
@@ -245,7 +250,9 @@ def score_images(clf:Classifier, paths, fake=None, perturbations=(), seed:int=0,
     return df
 
 # %% ../nbs/15_evaluate.ipynb #b1f181e8
-VERDICT_RULES = dict(chance_auc=0.6, max_auc_drop=0.10, alike=('jpeg_q95', 'jpeg_q75', 'webp_q75'), fakes_only=(FAKES_JPEG,))
+VERDICT_RULES = dict(chance_auc=0.6, max_auc_drop=0.10, max_bacc_drop=0.10, max_class_drop=0.20,
+                     alike_groups=('codec', 'resize', 'tier'), one_class=(FAKES_JPEG, REALS_JPEG))
+ALIKE, FAKES_ONLY, REALS_ONLY = 'both classes alike', 'only the fakes re-encoded', 'only the reals re-encoded'
 
 def perturb_table(ev:pd.DataFrame, scores:pd.DataFrame, threshold:float=0.5) -> pd.DataFrame:
     "Per-source metrics of each perturbation (clean first), with d_<metric> = change against the same source's clean row."
@@ -259,38 +266,97 @@ def perturb_table(ev:pd.DataFrame, scores:pd.DataFrame, threshold:float=0.5) -> 
     for c in ('accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'eer'): tab[f'd_{c}'] = tab[c] - tab.source.map(base[c])
     return tab
 
-def _evidence(overall:pd.DataFrame, names, kind:str) -> list[dict]:
-    c = overall.loc['clean']
-    return [dict(perturbation=n, kind=kind, auc_clean=c.auc, auc=overall.loc[n, 'auc'], auc_drop=c.auc - overall.loc[n, 'auc'],
-                 balanced_accuracy_clean=c.balanced_accuracy, balanced_accuracy=overall.loc[n, 'balanced_accuracy'],
-                 balanced_accuracy_drop=c.balanced_accuracy - overall.loc[n, 'balanced_accuracy'])
-            for n in names if n in overall.index]
+def perturbation_kind(name:str, rules:dict|None=None) -> str|None:
+    "How the verdict reads perturbation `name`: ALIKE (compression or resizing of both classes), FAKES_ONLY, REALS_ONLY, or None (outside the verdict)."
+    r = {**VERDICT_RULES, **(rules or {})}
+    if name in r['one_class']: return REALS_ONLY if name == REALS_JPEG else FAKES_ONLY
+    try: return ALIKE if get_perturbation(name).group in r['alike_groups'] else None
+    except RealfakeError: return None
+
+def _drop(c, row, k) -> float: return float(c[k] - row[k])
+
+def _evidence(c:pd.Series, row:pd.Series, name:str, kind, r:dict) -> dict:
+    "One perturbation against clean: AUC, balanced accuracy (at the table's threshold) and each class's accuracy, and whether it hurts."
+    d = {k: _drop(c, row, k) for k in ('auc', 'balanced_accuracy', 'acc_real', 'acc_fake')}
+    sev = max(d['auc'] / r['max_auc_drop'], d['balanced_accuracy'] / r['max_bacc_drop'],
+              d['acc_real'] / r['max_class_drop'], d['acc_fake'] / r['max_class_drop'])
+    return dict(perturbation=name, kind=kind, auc_clean=float(c.auc), auc=float(row.auc), auc_drop=d['auc'],
+                balanced_accuracy_clean=float(c.balanced_accuracy), balanced_accuracy=float(row.balanced_accuracy),
+                balanced_accuracy_drop=d['balanced_accuracy'], acc_real=float(row.acc_real), acc_real_drop=d['acc_real'],
+                acc_fake=float(row.acc_fake), acc_fake_drop=d['acc_fake'], severity=float(np.nan_to_num(sev, nan=0.0)),
+                hurts=bool(sev >= 1), change=_change_text(c, row))
+
+def _change_text(c, row) -> str:
+    "'AUC 1.000 -> 0.467, balanced accuracy 0.995 -> 0.502 (real 1.000 -> 1.000, fake 0.990 -> 0.010 correct)'."
+    f = lambda k: f"{c[k]:.3f} -> {row[k]:.3f}"
+    return f"AUC {f('auc')}, balanced accuracy {f('balanced_accuracy')} (real {f('acc_real')}, fake {f('acc_fake')} correct)"
+
+def _names(rows) -> str: return ', '.join(e['perturbation'] for e in rows) or 'none'
+
+def _worst(rows) -> dict: return max(rows, key=lambda e: (e['severity'], np.nan_to_num(e['auc_drop'])))
+
+# %% ../nbs/15_evaluate.ipynb #58ca77ef
+def _outside_text(rows) -> str:
+    hurt = [e for e in rows if e['hurts']]
+    if not hurt: return ''
+    return (" Outside the verdict (neither compression nor resizing, so they are shown, not judged): "
+            + '; '.join(f"{e['perturbation']}: {e['change']}" for e in hurt) + '.')
+
+def _verdict_of(alike:list, one:list, r:dict) -> tuple[str, str]:
+    "(verdict, reason) from the evidence rows of both classes re-encoded alike and of one class re-encoded."
+    ha, ho = [e for e in alike if e['hurts']], [e for e in one if e['hurts']]
+    held = lambda rows: f"it holds under {_names([e for e in rows if not e['hurts']])}" if any(not e['hurts'] for e in rows) else ''
+    if not alike:
+        if ho: return 'inconclusive', (f"only one class was re-encoded, and that hurts ({_worst(ho)['perturbation']}: {_worst(ho)['change']}); "
+                                       "without both classes re-encoded alike, a format shortcut cannot be told from fragility (use --audit)")
+        alike_txt = 'no compression or resizing of both classes was measured'
+        return 'inconclusive', f"{alike_txt}; one-class re-encoding ({_names(one)}) does not hurt" if one else alike_txt + " (use --audit)"
+    missing = ('' if one else " The one-class contrast is missing (neither class holds JPEG files to match: "
+               "see the notes), so a format shortcut was not tested and this verdict is weaker for it.")
+    if ha:
+        w = _worst(ha)
+        tail = (f" Re-encoding one class only hurts too ({_names(ho)}); since re-encoding both classes alike already hurts, "
+                "fragility explains it and a format shortcut can be neither shown nor ruled out." if ho else
+                f" Re-encoding one class only does not hurt ({_names(one)}): no sign of a format shortcut." if one else missing)
+        return 'fragile to compression/resizing', (f"{w['perturbation']} applied to both classes alike: {w['change']}; it hurts under "
+                                                   f"{_names(ha)}" + (f", {held(alike)}" if held(alike) else '') + '.' + tail)
+    if ho:
+        w = _worst(ho)
+        return 'format shortcut suspected', (f"{w['perturbation']} ({w['kind']}): {w['change']}, while re-encoding both classes alike "
+                                             f"({_names(alike)}) does not hurt: the model relies on how the classes were encoded, "
+                                             "not only on what they show.")
+    w = _worst(alike + one)
+    return 'robust', (f"none of {_names(alike + one)} hurts; the largest change is under {w['perturbation']}: {w['change']} "
+                      f"(limits: AUC -{r['max_auc_drop']}, balanced accuracy -{r['max_bacc_drop']}, a class's accuracy "
+                      f"-{r['max_class_drop']}).{missing}")
 
 def audit_verdict(table:pd.DataFrame, rules:dict|None=None, notes=()) -> dict:
-    "'shortcut suspected', 'robust' or 'inconclusive', the reason in a sentence, and the evidence rows (see the rules above)."
+    "'format shortcut suspected', 'fragile to compression/resizing', 'robust' or 'inconclusive', the reason, the perturbations it covers and its evidence."
     r = {**VERDICT_RULES, **(rules or {})}
     overall = table[table.source == 'all'].set_index('perturbation')
-    ev = _evidence(overall, r['alike'], 'both classes re-encoded alike') + _evidence(overall, r['fakes_only'], 'only the fakes re-encoded')
-    clean_auc = float(overall.loc['clean', 'auc'])
-    out = dict(clean_auc=clean_auc, evidence=ev, rules=r, notes=list(notes))
-    if not clean_auc >= r['chance_auc']:
-        return dict(out, verdict='inconclusive', reason=f"the clean AUC is {clean_auc:.3f}, near chance (below {r['chance_auc']}): "
+    c = overall.loc['clean']
+    rows = [_evidence(c, overall.loc[n], n, perturbation_kind(n, r), r) for n in overall.index if n != 'clean']
+    ev, outside = [e for e in rows if e['kind']], [e for e in rows if not e['kind']]
+    out = dict(clean_auc=float(c.auc), clean_balanced_accuracy=float(c.balanced_accuracy), covers=[e['perturbation'] for e in ev],
+               evidence=ev, outside=outside, rules=r, notes=list(notes))
+    if not c.auc >= r['chance_auc']:
+        return dict(out, verdict='inconclusive', reason=f"the clean AUC is {c.auc:.3f}, near chance (below {r['chance_auc']}): "
                     "a model that has learned little cannot lose much, so a flat audit proves nothing")
-    if not ev:
-        return dict(out, verdict='inconclusive', reason="no format-changing perturbation was measured (use --audit or --perturb all)")
-    worst = max(ev, key=lambda e: e['auc_drop'] if e['auc_drop'] == e['auc_drop'] else -1)
-    if worst['auc_drop'] >= r['max_auc_drop']:
-        return dict(out, verdict='shortcut suspected', reason=f"AUC falls from {worst['auc_clean']:.3f} to {worst['auc']:.3f} under "
-                    f"{worst['perturbation']} ({worst['kind']}): the model relies on how the files were encoded, not only on what they show")
-    what = ' or '.join(['re-encoding both classes alike'] * any(e['kind'].startswith('both') for e in ev) +
-                       ['re-encoding only the fakes'] * any(e['kind'].startswith('only') for e in ev))
-    return dict(out, verdict='robust', reason=f"clean AUC {clean_auc:.3f}; {what} costs at most {max(worst['auc_drop'], 0):.3f} "
-                f"of it ({worst['perturbation']}; the limit is {r['max_auc_drop']})")
+    verdict, reason = _verdict_of([e for e in ev if e['kind'] == ALIKE], [e for e in ev if e['kind'] != ALIKE], r)
+    return dict(out, verdict=verdict, reason=reason + _outside_text(outside))
+
+def verdict_roles(verdict:dict) -> dict:
+    "{perturbation: its part in `verdict`}: 'judged (both classes alike): hurts', ..., or why it is outside the verdict."
+    roles = {'clean': 'reference'}
+    for e in verdict.get('evidence') or []: roles[e['perturbation']] = f"judged ({e['kind']}): {'hurts' if e['hurts'] else 'holds'}"
+    for e in verdict.get('outside') or []:
+        roles[e['perturbation']] = f"outside the verdict (not compression or resizing){': hurts' if e['hurts'] else ''}"
+    return roles
 
 # %% ../nbs/15_evaluate.ipynb #65ac62e1
-def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[int, str]]:
-    "(quality, subsampling) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
-    paths = ev.path[ev.label == 'real'].to_numpy(dtype=object)
+def jpeg_settings(ev:pd.DataFrame, label:str='real', n:int=1000, seed:int=0) -> list[tuple[int, str]]:
+    "(quality, subsampling) of the JPEG images of class `label` in `ev` (headers only; a seeded sample of at most `n`)."
+    paths = ev.path[ev.label == label].to_numpy(dtype=object)
     if len(paths) > n: paths = paths[np.sort(np.random.default_rng(seed).choice(len(paths), n, replace=False))]
     out = []
     for p in paths:
@@ -299,17 +365,34 @@ def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[in
         if info: out.append((info['quality'], info['subsampling']))
     return out
 
+def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[int, str]]:
+    "(quality, subsampling) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
+    return jpeg_settings(ev, 'real', n, seed)
+
+def _one_class(name:str, ev, seed:int) -> tuple[Perturbation|None, str]:
+    "(`fakes_jpeg` or `reals_jpeg` bound to the other class's JPEG settings, '') or (None, why not)."
+    src = 'real' if name == FAKES_JPEG else 'fake'
+    settings = jpeg_settings(ev, src, seed=seed)
+    if settings: return (fakes_jpeg if name == FAKES_JPEG else reals_jpeg)(settings), ''
+    return None, f"{name} left out: none of the {src} images is a JPEG, so there is no quality to match"
+
 def resolve_perturbations(names, ev:pd.DataFrame, seed:int=0, explicit=()) -> tuple[list[Perturbation], list[str]]:
-    "The `Perturbation`s of `names` for the images `ev` (binding the fakes-only protocol to its reals), and notes on what was left out."
+    """The `Perturbation`s of `names` for the images `ev` (binding the one-class protocols to the other class's JPEG settings),
+    and notes on what was left out. Without JPEG reals, `fakes_jpeg` gives way to `reals_jpeg` (the reals in the fakes' format);
+    a one-class protocol asked for by name that cannot be bound at all is an error."""
     perts, notes = [], []
     for n in names:
-        if n != FAKES_JPEG: perts.append(get_perturbation(n)); continue
-        settings = real_jpeg_settings(ev, seed=seed)
-        if settings: perts.append(fakes_jpeg(settings)); continue
-        msg = f"{FAKES_JPEG} left out: none of the real images is a JPEG, so there is no quality to match"
-        if n in explicit: raise RealfakeError(msg)
-        _log.warning(msg); notes.append(msg)
+        if n not in (FAKES_JPEG, REALS_JPEG): perts.append(get_perturbation(n)); continue
+        p, why = _one_class(n, ev, seed)
+        if p is None and n == FAKES_JPEG and REALS_JPEG not in names:
+            p, _ = _one_class(REALS_JPEG, ev, seed)
+            if p is not None: why += f"; {REALS_JPEG} instead: the reals JPEG-compressed at the fake JPEGs' qualities, the fakes untouched"
+            else: why += "; no one-class contrast: neither class holds JPEG files, so a format shortcut is not tested"
+        if p is None and n in explicit: raise RealfakeError(why.split('; ')[0])
+        if why: _log.warning(why); notes.append(why)
+        if p is not None: perts.append(p)
     return perts, notes
+
 
 # %% ../nbs/15_evaluate.ipynb #43731921
 def _half_split(y, seed=0):
@@ -412,16 +495,26 @@ def _thumb(path, size=128, heat=None):
     tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
     return tile
 
+def _heat_legend(canvas, d, x:int, y:int, heat):
+    "A key to the overlay: which map, and its inferno colours from low to high."
+    import matplotlib
+    what = 'p(fake) of the crops covering each pixel' if heat.spec.crops == 'grid' else 'class activation map of fake'
+    label = f"overlay: {what}; low"
+    bar = (np.asarray(matplotlib.colormaps['inferno'](np.linspace(0, 1, 120)))[None, :, :3].repeat(10, 0) * 255).astype(np.uint8)
+    w = int(d.textlength(label))
+    d.text((x, y), label, fill=(0, 0, 0)); canvas.paste(Image.fromarray(bar), (x + w + 6, y + 1)); d.text((x + w + 132, y), 'high', fill=(0, 0, 0))
+
 def _ascii(s) -> str: return _text(s).encode('ascii', 'backslashreplace').decode('ascii')
 
 def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int=160, heat=None):
     "Save a grid of the images in `df` (in order) captioned with their probability of fake and source; `heat`: a model whose heatmaps to draw over them."
     df = df.head(n)
     nrows = max(1, math.ceil(len(df) / ncols))
-    cap, head, pad = 30, 28, 6
+    cap, head, pad = 30, 28 + 16 * (heat is not None), 6
     canvas = Image.new('RGB', (ncols * (thumb + pad) + pad, head + nrows * (thumb + cap + pad) + pad), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     d.text((pad, 8), f"{_ascii(title)} ({len(df)} shown)", fill=(0, 0, 0))
+    if heat is not None: _heat_legend(canvas, d, pad, 24, heat)
     if not len(df): d.text((pad, head + 10), 'no images', fill=(120, 120, 120))
     for k, r in enumerate(df.itertuples()):
         x, y = pad + (k % ncols) * (thumb + pad), head + (k // ncols) * (thumb + cap + pad)
@@ -452,16 +545,22 @@ def plot_roc(df:pd.DataFrame, dest, max_sources:int=12):
     ax.set_title('ROC'); ax.legend(fontsize=7, loc='lower right')
     _save_fig(fig, dest)
 
+def text_colour(rgba) -> str:
+    "'black' or 'white', whichever reads better on the colour `rgba` (relative luminance, WCAG)."
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return 'black' if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else 'white'
+
 def plot_confusion(cm, dest, title='confusion matrix'):
-    "Confusion matrix with counts and row percentages."
+    "Confusion matrix with counts and row percentages, coloured by the row percentage (0-100%), each label readable on its cell."
     plt = _plt()
     cm = np.asarray(cm)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)          # the colour is the row share, like the percentage printed
     fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.imshow(cm, cmap='Blues')
+    im = ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
     for i in range(2):
         for j in range(2):
-            pct = cm[i, j] / cm[i].sum() * 100 if cm[i].sum() else 0
-            ax.text(j, i, f"{cm[i, j]}\n{pct:.1f}%", ha='center', va='center', color='white' if cm[i, j] > cm.max() / 2 else 'black')
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j] * 100:.1f}%", ha='center', va='center', color=text_colour(im.cmap(im.norm(share[i, j]))))
     ax.set_xticks([0, 1], LABELS); ax.set_yticks([0, 1], LABELS)
     ax.set_xlabel('predicted'); ax.set_ylabel('true'); ax.set_title(title)
     _save_fig(fig, dest)
@@ -496,17 +595,20 @@ def plot_risk_coverage(y, p, threshold:float, dest, bands:dict|None=None):
 
 # %% ../nbs/15_evaluate.ipynb #d7d3dba1
 def plot_heatmap(table:pd.DataFrame, metric:str, dest):
-    "Sources x perturbations heatmap of `metric` (from `perturb_table`)."
+    "Sources x perturbations heatmap of `metric` (from `perturb_table`): the value in each cell, colours on the full 0-1 scale with a labelled bar."
     plt = _plt()
     pv = table.pivot(index='source', columns='perturbation', values=metric)
     pv = pv.reindex(index=list(dict.fromkeys(table.source)), columns=list(dict.fromkeys(table.perturbation)))
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * pv.shape[1], 1.0 + 0.42 * pv.shape[0]))
-    im = ax.imshow(pv.to_numpy(float), cmap='RdYlGn', vmin=0.5, vmax=1.0, aspect='auto')
+    im = ax.imshow(pv.to_numpy(float), cmap='RdYlGn', vmin=0.0, vmax=1.0, aspect='auto')     # 0.5 (chance) is the middle
     for (i, j), v in np.ndenumerate(pv.to_numpy(float)):
-        ax.text(j, i, '' if np.isnan(v) else f"{v:.2f}", ha='center', va='center', fontsize=7)
+        ax.text(j, i, 'n/a' if np.isnan(v) else f"{v:.2f}", ha='center', va='center', fontsize=7,
+                color='gray' if np.isnan(v) else text_colour(im.cmap(im.norm(v))))
     ax.set_xticks(range(pv.shape[1]), [_ascii(c) for c in pv.columns], rotation=45, ha='right', fontsize=8)
-    ax.set_yticks(range(pv.shape[0]), [_ascii(s)[:24] for s in pv.index], fontsize=8)
-    ax.set_title(f"{metric} per source and perturbation"); fig.colorbar(im, ax=ax, fraction=0.03)
+    n = table[table.perturbation == table.perturbation.iloc[0]].set_index('source').n if 'n' in table else {}
+    ax.set_yticks(range(pv.shape[0]), [f"{_ascii(s)[:24]} (n={n.get(s, '?')})" for s in pv.index], fontsize=8)
+    ax.set_title(f"{metric} per source and perturbation")
+    fig.colorbar(im, ax=ax, fraction=0.03).set_label(f"{metric} (0.5 = chance, 1 = perfect)", fontsize=7)
     _save_fig(fig, dest)
 
 def _quality(name:str) -> int|None:
@@ -574,19 +676,37 @@ def _fmt_table(df:pd.DataFrame) -> pd.DataFrame:
         elif out[c].dtype == object: out[c] = out[c].map(_text)
     return out
 
-def _html_table(df) -> str: return _fmt_table(pd.DataFrame(df)).to_html(index=False, na_rep='')
+def _html_table(df, cols=None) -> str:
+    "`df` (only `cols` of it, those it has, when given) as an HTML table in a box that scrolls sideways instead of widening the page."
+    df = pd.DataFrame(df)
+    if cols is not None: df = df[[c for c in cols if c in df.columns]]
+    return f"<div class='tbl'>{_fmt_table(df).to_html(index=False, na_rep='')}</div>"
 
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%;border:1px solid #eee}"
-        ".figs{display:flex;flex-wrap:wrap;gap:12px}.figs div{flex:1 1 45%}.verdict{font-size:1.2em;padding:.6em;border:2px solid #888}")
+_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}td:first-child{text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
+        ".tbl{max-width:100%;overflow-x:auto}.figs{display:flex;flex-wrap:wrap;gap:12px}.figs div{flex:1 1 45%;min-width:0}"
+        ".verdict{font-size:1.2em;padding:.6em;border:2px solid #888}.small{color:#555;font-size:.9em}"
+        "@media print{.tbl{overflow:visible}table{font-size:9px}}")
+PER_SOURCE_COLS = ['source', 'n', 'n_real', 'n_fake', 'judge', 'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer',
+                   'tpr_at_5fpr', 'auc_vs']
+AUDIT_COLS = ['transform', 'in_verdict', 'n', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'acc_real', 'd_acc_real',
+              'acc_fake', 'd_acc_fake']
+EVIDENCE_COLS = ['perturbation', 'kind', 'hurts', 'auc_clean', 'auc', 'balanced_accuracy_clean', 'balanced_accuracy', 'acc_real',
+                 'acc_fake']
 
 def _html_verdict(v:dict|None) -> list[str]:
     if not v: return []
     e = html.escape
-    cols = ['perturbation', 'kind', 'auc_clean', 'auc', 'auc_drop', 'balanced_accuracy_clean', 'balanced_accuracy', 'balanced_accuracy_drop']
-    return [f"<h2>Audit verdict</h2><p class='verdict'><b>{e(v['verdict'])}</b>: {e(v['reason'])}</p>",
-            _html_table(pd.DataFrame(v['evidence'], columns=cols)) if v['evidence'] else ''] + [f"<p>{e(n)}</p>" for n in v['notes']]
+    parts = [f"<h2>Audit verdict</h2><p class='verdict'><b>{e(v['verdict'])}</b>: {e(v['reason'])}</p>",
+             f"<p>The verdict covers: {e(', '.join(v.get('covers') or []) or 'nothing')}. Balanced accuracy and the class accuracies "
+             "are at the model's stored threshold.</p>"]
+    if v['evidence']: parts.append(_html_table(v['evidence'], EVIDENCE_COLS))
+    if v.get('outside'):
+        parts += [f"<p>Outside the verdict (neither compression nor resizing; shown, not judged): "
+                  f"{e(', '.join(x['perturbation'] for x in v['outside']))}.</p>", _html_table(v['outside'], EVIDENCE_COLS)]
+    return parts + [f"<p class='small'>{e(n)}</p>" for n in v['notes']]
 
+# %% ../nbs/15_evaluate.ipynb #2d6890e3
 def _html_calibration(res:dict) -> list[str]:
     cal, u, e = res.get('calibration'), res.get('unsure') or {}, html.escape
     parts = [f"<h2>Abstain band</h2><p>model band: {e(str(u.get('band')))}; unsure share {u.get('unsure_share', 0):.3f}, "
@@ -605,11 +725,15 @@ def _write_html(dest:Path, res:dict, figs:list):
              f"{res['n']} images scored, {res['n_errors']} unreadable; threshold {res['threshold']:.4g}, temperature {res['temperature']:.4g}; "
              f"preprocessing: {e(res['preprocess'])}</p>"]
     parts += _html_verdict(res.get('verdict'))
-    parts += ["<h2>Metrics overall and per source</h2>", _html_table(res['per_source']),
-              "<p>auc_vs = 'all real': a source with only fake images is ranked against all the real images.</p>"]
+    parts += ["<h2>Metrics overall and per source</h2>", _html_table(res['per_source'], PER_SOURCE_COLS),
+              "<p class='small'>auc_vs = 'all real': a source with only fake images is ranked against all the real images. "
+              "judge: 'too few to judge' under 10 images, 'absent' for a source of the data with no image in this split. "
+              "All columns: <a href='per_source.csv'>per_source.csv</a>.</p>"]
     if res.get('audit'):
-        parts += ["<h2>Perturbations</h2><p>Both classes go through the same perturbation (fakes_jpeg: only the fakes); "
-                  "d_ columns: change against clean. Per source: <a href='perturb.csv'>perturb.csv</a>.</p>", _html_table(res['audit'])]
+        parts += ["<h2>Perturbations</h2><p>Both classes go through the same perturbation (fakes_jpeg: only the fakes, reals_jpeg: "
+                  "only the reals); d_ columns: change against clean; in_verdict: the row's part in the verdict. "
+                  "All columns: <a href='audit.csv'>audit.csv</a>, per source: <a href='perturb.csv'>perturb.csv</a>.</p>",
+                  _html_table(res['audit'], AUDIT_COLS)]
     parts += _html_calibration(res)
     parts += ["<h2>Figures</h2><div class='figs'>"] + [f"<div><h3>{e(t)}</h3><img src='{e(f)}' alt='{e(t)}'></div>" for f, t in figs]
     parts += ["</div><p>Predictions: <a href='predictions.csv'>predictions.csv</a>, per source: <a href='per_source.csv'>per_source.csv</a>, "
@@ -657,6 +781,12 @@ def _predictions(ev:pd.DataFrame, scores:pd.DataFrame) -> pd.DataFrame:
                          'prob_fake': c.prob_fake.to_numpy(float), 'logit': c.logit.to_numpy(float), 'pred': c.label.to_numpy(),
                          'n_crops': c.n_crops.to_numpy(), 'error': c.error.to_numpy()})
 
+def _absent_sources(data:EvalData, ok:pd.DataFrame) -> dict:
+    "{source: why} of the sources with no image scored: none in the evaluated split, or none of its images readable."
+    out = {s: f"no image in split {data.split}" for s in data.absent}
+    out.update({s: 'no readable image' for s in sorted(set(map(str, data.ev.source)) - set(map(str, ok.source)))})
+    return out
+
 def _unsure_summary(clf, ok) -> dict:
     y, p = (ok.label == 'fake').to_numpy(int), ok.prob_fake.to_numpy(float)
     return dict(band=clf.unsure, **selective_metrics(y, p, clf.threshold, clf.unsure))
@@ -672,8 +802,10 @@ def _grid_results(data:EvalData, scores, perts, notes, ok_idx, threshold) -> tup
     "(grid table, audit rows, verdict) of the perturbations, on the images readable clean (None without perturbations)."
     if not perts: return None, None, None
     grid = perturb_table(data.ev, scores[scores['index'].isin(ok_idx)], threshold)
+    verdict = audit_verdict(grid, notes=notes)
     audit = grid[grid.source == 'all'].drop(columns=['source', 'auc_vs']).rename(columns={'perturbation': 'transform'})
-    return grid, audit, audit_verdict(grid, notes=notes)
+    audit.insert(1, 'in_verdict', audit['transform'].map(verdict_roles(verdict)).to_numpy())
+    return grid, audit, verdict
 
 # %% ../nbs/15_evaluate.ipynb #a4302a0b
 def _write_tables(out:Path, ev, per_source, scores, grid, audit):
@@ -708,7 +840,7 @@ def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **ch
     ok = ev[ev.prob_fake.notna()].reset_index(drop=True)
     if not len(ok): raise RealfakeError(f"no image of {data.desc} could be read (first error: {ev.error.iloc[0]})")
     _check_classes(ok, f"{data.desc} (readable images)")
-    per_source = per_source_metrics(ok, clf.threshold)
+    per_source = per_source_metrics(ok, clf.threshold, absent=_absent_sources(data, ok))
     cal_res = _calibration(clf, ok, data, o) if o.calibration else None
     grid, audit, verdict = _grid_results(data, scores, perts, notes, np.flatnonzero(ev.prob_fake.notna()), clf.threshold)
     res = dict(model=escape_path(str(clf.path)), data=data.desc, split=data.split, preprocess=clf.spec.describe(), n=int(len(ok)),
@@ -729,7 +861,7 @@ def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **ch
 
 # %% ../nbs/15_evaluate.ipynb #b2f587be
 def _print_summary(res:dict):
-    cols = ['source', 'n', 'n_real', 'n_fake', 'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer', 'auc_vs']
+    cols = ['source', 'n', 'n_real', 'n_fake', 'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer', 'auc_vs', 'judge']
     print(_fmt_table(pd.DataFrame(res['per_source'])[cols]).to_string(index=False))
     if res['calibration']:
         c = res['calibration']
@@ -739,7 +871,7 @@ def _print_summary(res:dict):
         if b and b.get('unsure'): print(f"abstain band {b['unsure'][0]:.4f}-{b['unsure'][1]:.4f}: test coverage {b['test']['coverage']:.3f}, "
                                         f"accuracy of the answered {b['test']['selective_accuracy']:.3f}")
     if res['audit']:
-        print(_fmt_table(pd.DataFrame(res['audit'])[['transform', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy']]).to_string(index=False))
+        print(_fmt_table(pd.DataFrame(res['audit'])[['transform', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'in_verdict']]).to_string(index=False))
         print(f"verdict: {res['verdict']['verdict']}: {res['verdict']['reason']}")
 
 @call_parse

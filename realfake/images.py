@@ -4,15 +4,16 @@
 
 # %% ../nbs/02_images.ipynb #6033423d
 from __future__ import annotations
-import io, os, errno, stat, warnings
+import io, os, re, errno, stat, warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from .core import RealfakeError
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS', 'ImageLoadError',
-           'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'probe_image', 'thumbnail']
+__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS', 'GEN_SIGNATURES',
+           'ImageLoadError', 'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'generator_text',
+           'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -256,12 +257,27 @@ def _jpeg_info(im: Image.Image) -> dict|None:
                 qtables={int(k): list(v) for k, v in im.quantization.items()})
 
 # %% ../nbs/02_images.ipynb #1f938f55
-GEN_TEXT_KEYS = ('parameters', 'prompt', 'workflow', 'software', 'dream', 'sd-metadata', 'invokeai_metadata',
-                 'generation_data')
+GEN_TEXT_KEYS = ('parameters', 'prompt', 'workflow', 'dream', 'sd-metadata', 'invokeai_metadata', 'generation_data')
+GEN_SIGNATURES = re.compile(r'stable[ _-]?diffusion|automatic1111|comfyui|invokeai|novelai|midjourney|dall[-\u00b7 ]?e\b|fooocus|'
+                            r'diffusers|\bsdxl\b|firefly|\bflux\.1|trainedAlgorithmicMedia|\bSteps: ?\d+|\bSampler: |\bCFG scale: ', re.I)
 _PNG_TEXT = (b'tEXt', b'zTXt', b'iTXt')
 
-def _png_chunks(f, limit:int=10_000) -> list[tuple[bytes, bytes]]:
-    "(type, keyword) of each chunk of the PNG file object `f` (keyword only for text chunks), reading chunk headers only."
+def generator_text(keys=(), texts=()) -> bool:
+    """Whether metadata carries a generator's signature: a PNG text chunk *named* by a generator (`GEN_TEXT_KEYS`:
+    AUTOMATIC1111's `parameters`, ComfyUI's `prompt`/`workflow`, ...), or a known generator name or an AUTOMATIC1111
+    parameter line in free text (`GEN_SIGNATURES`: a comment, XMP's CreatorTool, EXIF Software or UserComment). An
+    ordinary comment, XMP packet or Software tag is not."""
+    return any(str(k).lower() in GEN_TEXT_KEYS for k in keys) or any(t and GEN_SIGNATURES.search(t) for t in texts)
+
+def _as_text(v) -> str:
+    "Metadata bytes as text: EXIF's 'UNICODE' prefix means UTF-16 (either order; both tried), anything else Latin-1."
+    if isinstance(v, str) or v is None: return v or ''
+    v = bytes(v)
+    if v.startswith(b'UNICODE\0'): return ' '.join(v[8:].decode(e, 'ignore') for e in ('utf-16-be', 'utf-16-le'))
+    return v.decode('latin-1')
+
+def _png_chunks(f, limit:int=10_000, text_bytes:int=4096) -> list[tuple[bytes, bytes, bytes]]:
+    "(type, keyword, the first `text_bytes` of the value) of each chunk of the PNG file object `f` (text chunks only), reading no pixel data."
     import struct
     out = []
     f.seek(8)
@@ -270,26 +286,36 @@ def _png_chunks(f, limit:int=10_000) -> list[tuple[bytes, bytes]]:
         if len(head) < 8: break
         n, typ = struct.unpack('>I4s', head)
         start = f.tell()
-        out.append((typ, f.read(min(n, 80)).split(b'\0', 1)[0] if typ in _PNG_TEXT else b''))
+        k, _, v = (f.read(min(n, text_bytes)) if typ in _PNG_TEXT else b'').partition(b'\0')
+        out.append((typ, k, v if typ != b'zTXt' else b''))             # zTXt is compressed: its name is what we judge
         if typ == b'IEND': break
         f.seek(start + n + 4)                           # past the body and the CRC
     return out
 
+def _exif_texts(im) -> list[str]:
+    "EXIF Software and UserComment (where AUTOMATIC1111 writes its parameters into JPEG and WebP files), parsed from the header; none when it is malformed."
+    try: ex = im.getexif(); return [_as_text(ex.get(0x0131)), _as_text(ex.get_ifd(0x8769).get(0x9286))]
+    except Exception: return []                       # a broken EXIF block says nothing about a generator, and the file is still an image
+
 def _provenance(im: Image.Image, f) -> dict:
-    "JPEG quality and subsampling, EXIF present?, generator-style text present? of the opened (not decoded) `im`."
+    "JPEG quality and subsampling, EXIF present?, a generator's signature in the metadata (`generator_text`)? of the opened (not decoded) `im`."
     info, fmt = im.info, im.format
-    exif, text = 'exif' in info, 'xmp' in info or 'comment' in info
+    exif, keys, texts, c2pa = 'exif' in info, [], [_as_text(info.get('comment')), _as_text(info.get('xmp'))], False
     if fmt in ('JPEG', 'MPO'):
         for marker, data in getattr(im, 'applist', ()):
             exif |= marker == 'APP1' and data.startswith(b'Exif\0')
-            text |= marker == 'APP11' and (b'jumb' in data[:64] or b'c2pa' in data[:64])   # C2PA lives in JUMBF boxes
+            c2pa |= marker == 'APP11' and (b'jumb' in data[:64] or b'c2pa' in data[:64])   # C2PA lives in JUMBF boxes
     elif fmt == 'PNG':
         chunks = _png_chunks(f)
-        exif |= any(t == b'eXIf' for t, _ in chunks)
-        text |= any(t == b'caBX' or (t in _PNG_TEXT and k.decode('latin-1').lower() in GEN_TEXT_KEYS) for t, k in chunks)
+        exif |= any(t == b'eXIf' for t, _, _ in chunks)
+        c2pa |= any(t == b'caBX' for t, _, _ in chunks)
+        keys += [k.decode('latin-1') for t, k, _ in chunks if t in _PNG_TEXT]
+        texts += [_as_text(v) for t, _, v in chunks if t in _PNG_TEXT]
     elif fmt == 'TIFF': exif |= 34665 in getattr(im, 'tag_v2', {})   # the pointer to the EXIF IFD
+    if exif and fmt != 'PNG': texts += _exif_texts(im)
     j = _jpeg_info(im)
-    return dict(quality=j and j['quality'], subsampling=j and j['subsampling'], exif=bool(exif), gen_text=bool(text))
+    return dict(quality=j and j['quality'], subsampling=j and j['subsampling'], exif=bool(exif),
+                gen_text=bool(c2pa or generator_text(keys, texts)))
 
 def probe_image(path, details:bool=False) -> dict:
     "`dict(width=, height=, format=)` of the image at `path` from its header (`details`: + quality, subsampling, exif, gen_text)."

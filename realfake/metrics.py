@@ -12,9 +12,10 @@ from sklearn.exceptions import UndefinedMetricWarning
 from .core import RealfakeError
 
 # %% auto #0
-__all__ = ['METRICS', 'LOWER_IS_BETTER', 'roc_curve', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr', 'confusion_matrix',
-           'balanced_accuracy', 'binary_metrics', 'per_source_metrics', 'reliability_bins', 'ece', 'fit_temperature',
-           'nll', 'fit_threshold', 'risk_coverage', 'unsure_band', 'fit_unsure', 'selective_metrics']
+__all__ = ['METRICS', 'LOWER_IS_BETTER', 'MIN_JUDGE_N', 'roc_curve', 'roc_auc', 'average_precision', 'eer', 'tpr_at_fpr',
+           'confusion_matrix', 'predict_fake', 'balanced_accuracy', 'binary_metrics', 'per_source_metrics',
+           'reliability_bins', 'ece', 'fit_temperature', 'nll', 'fit_threshold', 'risk_coverage', 'unsure_band',
+           'fit_unsure', 'selective_metrics']
 
 # %% ../nbs/05_metrics.ipynb #25c5b0e3
 def _arrays(y, s) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +70,10 @@ def confusion_matrix(y, pred) -> np.ndarray:
     y, pred = np.asarray(y, dtype=np.int64).ravel(), np.asarray(pred, dtype=np.int64).ravel()
     return np.bincount(2 * y + pred, minlength=4).reshape(2, 2)
 
+def predict_fake(p, threshold:float=0.5) -> np.ndarray:
+    "The one rule turning probabilities of fake into answers: fake (1) when `p >= threshold`, else real (0); NaN is real."
+    return (np.asarray(p, np.float64) >= threshold).astype(np.int64)
+
 def _ratio(a, b) -> float: return float(a / b) if b else float('nan')
 
 def balanced_accuracy(y, pred) -> float:
@@ -79,7 +84,7 @@ def balanced_accuracy(y, pred) -> float:
 def binary_metrics(y, p, threshold:float=0.5) -> dict:
     "Counts, accuracy, balanced accuracy, acc_real, acc_fake, AUC, AP, EER and TPR at 1%/5% FPR of probabilities `p`."
     y, p = _arrays(y, p)
-    pred = (p >= threshold).astype(np.int64)
+    pred = predict_fake(p, threshold)
     (tn, fp), (fn, tp) = confusion_matrix(y, pred)
     return dict(n=int(len(y)), n_real=int(tn + fp), n_fake=int(fn + tp), accuracy=_ratio(tn + tp, len(y)),
                 balanced_accuracy=balanced_accuracy(y, pred), acc_real=_ratio(tn, tn + fp), acc_fake=_ratio(tp, fn + tp),
@@ -100,20 +105,27 @@ def _source_row(g:pd.DataFrame, df:pd.DataFrame, threshold:float, p_col:str) -> 
             m.update({k: pooled[k] for k in _POOLED}, auc_vs='all real' if y[0] == 1 else 'all fake')
     return m
 
-def per_source_metrics(df:pd.DataFrame, threshold:float=0.5, p_col='prob_fake') -> pd.DataFrame:
-    "`binary_metrics` overall (row 'all') and per `source`; a one-class source is ranked against all images of the other class."
+MIN_JUDGE_N = 10      # fewer images than this in a row: its numbers are shown, marked 'too few to judge'
+
+def per_source_metrics(df:pd.DataFrame, threshold:float=0.5, p_col='prob_fake', min_n:int=MIN_JUDGE_N, absent=None) -> pd.DataFrame:
+    """`binary_metrics` overall (row 'all') and per `source`; a one-class source is ranked against all images of the other class.
+    `judge` marks rows of fewer than `min_n` images 'too few to judge'; `absent` ({source: why}) adds empty rows for sources with no image."""
     df = df[df[p_col].notna()]
     y_all, p_all = (df.label == 'fake').to_numpy(int), df[p_col].to_numpy(float)
     rows = [dict(source='all', **binary_metrics(y_all, p_all, threshold), auc_vs='own')]
     rows += [dict(source=str(src), **_source_row(g, df, threshold, p_col)) for src, g in df.groupby('source', sort=True)]
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out['judge'] = np.where(out.n < min_n, f'too few to judge (n < {min_n})', '')
+    extra = [dict(source=str(s), n=0, n_real=0, n_fake=0, judge=f'absent: {why}') for s, why in (absent or {}).items() if str(s) not in set(out.source)]
+    return pd.concat([out, pd.DataFrame(extra, columns=out.columns)], ignore_index=True) if extra else out
 
 # %% ../nbs/05_metrics.ipynb #cc8936ec
 def reliability_bins(y, p, n_bins:int=15) -> pd.DataFrame:
-    "Per confidence bin: count, mean confidence, accuracy (top-label, argmax prediction)."
+    "Per confidence bin: count, mean confidence, accuracy (answers by `predict_fake` at 0.5); items without a probability (NaN) are left out."
     y, p = _arrays(y, p)
+    keep = np.isfinite(p); y, p = y[keep], p[keep]
     conf = np.maximum(p, 1 - p)
-    correct = ((p > 0.5).astype(np.int64) == y)
+    correct = predict_fake(p) == y
     edges = np.linspace(0, 1, n_bins + 1)
     b = np.clip(np.searchsorted(edges, conf, side='left') - 1, 0, n_bins - 1)
     rows = [dict(lo=edges[i], hi=edges[i + 1], n=int((b == i).sum()),
@@ -122,10 +134,10 @@ def reliability_bins(y, p, n_bins:int=15) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def ece(y, p, n_bins:int=15) -> float:
-    "Expected calibration error of probabilities of fake `p` for labels `y`."
-    if len(y) == 0: return float('nan')
+    "Expected calibration error of probabilities of fake `p` for labels `y` (over the items with a probability; NaN if none)."
     r = reliability_bins(y, p, n_bins)
     r = r[r.n > 0]
+    if not len(r): return float('nan')
     return float((r.n * (r.acc - r.conf).abs()).sum() / r.n.sum())
 
 # %% ../nbs/05_metrics.ipynb #bef342f4
@@ -184,7 +196,7 @@ def risk_coverage(y, p, threshold:float=0.5) -> pd.DataFrame:
     y, p = _arrays(y, p)
     conf = _conf(p, threshold)
     order = np.argsort(-conf, kind='mergesort')
-    correct = ((p >= threshold).astype(np.int64) == y)[order]
+    correct = (predict_fake(p, threshold) == y)[order]
     k = np.arange(1, len(y) + 1)
     acc = np.cumsum(correct) / k
     nxt = np.r_[conf[order][1:], -1.0]                # the next (lower) confidence: a cut is possible only where it drops
@@ -225,6 +237,6 @@ def selective_metrics(y, p, threshold:float=0.5, unsure=None) -> dict:
     y, p = _arrays(y, p)
     lo, hi = unsure if unsure is not None else (np.inf, -np.inf)
     answered = ~((p >= lo) & (p <= hi))
-    correct = (p >= threshold).astype(np.int64) == y
+    correct = predict_fake(p, threshold) == y
     return dict(n=int(len(y)), coverage=_ratio(answered.sum(), len(y)), unsure_share=_ratio((~answered).sum(), len(y)),
                 selective_accuracy=_ratio(correct[answered].sum(), answered.sum()), accuracy=_ratio(correct.sum(), len(y)))

@@ -13,9 +13,9 @@ from PIL import Image, ImageFilter
 from .core import RealfakeError, escape_path
 
 # %% auto #0
-__all__ = ['SUBSAMPLING_CODES', 'PERTURBATIONS', 'FAKES_JPEG', 'PERTURBATION_NAMES', 'encode_jpeg', 'encode_webp', 'rescale',
-           'limit_long_side', 'down_up', 'blur', 'add_noise', 'center_crop_fraction', 'Perturbation', 'fakes_jpeg',
-           'perturb_rng', 'get_perturbation', 'perturbation_names']
+__all__ = ['SUBSAMPLING_CODES', 'PERTURBATIONS', 'FAKES_JPEG', 'REALS_JPEG', 'PERTURBATION_NAMES', 'encode_jpeg', 'encode_webp',
+           'rescale', 'limit_long_side', 'down_up', 'blur', 'add_noise', 'center_crop_fraction', 'Perturbation',
+           'fakes_jpeg', 'reals_jpeg', 'perturb_rng', 'get_perturbation', 'perturbation_names']
 
 # %% ../nbs/06_perturb.ipynb #2253c39c
 SUBSAMPLING_CODES = {'4:4:4': 0, '4:2:2': 1, '4:2:0': 2}
@@ -72,6 +72,10 @@ class Perturbation:
     group: str = 'other'                # codec, resize, blur, crop, noise, tier, protocol
     fakes_only: bool = False            # applied to fake images only (real images are scored as they are)
     jpeg_quality: int|None = None       # the JPEG quality, for the quality curve
+    reals_only: bool = False            # applied to real images only (fake images are scored as they are)
+    def applies(self, fake:bool) -> bool:
+        "Whether this perturbation changes an image of class fake (True) or real (False)."
+        return not (self.fakes_only and not fake or self.reals_only and fake)
     def __call__(self, img:Image.Image, rng:np.random.Generator|None=None):
         return self.fn(img, rng if rng is not None else np.random.default_rng(0))
 
@@ -102,17 +106,27 @@ PERTURBATIONS = {p.name: p for p in [
     Perturbation('noise_5', partial(_noisy, sigma=5), 'Gaussian noise, sigma 5 (of 255)', 'noise'),
     _tier('web', 768, 60), _tier('hard', 512, 40)]}
 
-FAKES_JPEG = 'fakes_jpeg'
-PERTURBATION_NAMES = [*PERTURBATIONS, FAKES_JPEG]
+FAKES_JPEG, REALS_JPEG = 'fakes_jpeg', 'reals_jpeg'
+PERTURBATION_NAMES = [*PERTURBATIONS, FAKES_JPEG, REALS_JPEG]
+
+def _one_class_jpeg(name:str, settings, label:str) -> Perturbation:
+    "`label`s only ('fake' or 'real') JPEG-compressed at a (quality, subsampling) drawn from the other class's `settings`."
+    other = 'real' if label == 'fake' else 'fake'
+    settings = [(int(q), s if s in SUBSAMPLING_CODES else None) for q, s in settings]
+    if not settings: raise RealfakeError(f"{name} needs the JPEG qualities of the {other} images, and none of them is a JPEG")
+    qs = sorted({q for q, _ in settings})
+    what = f'quality {qs[0]}' if len(qs) == 1 else f'qualities {qs[0]}-{qs[-1]}'
+    return Perturbation(name, partial(_jpeg_drawn, settings=tuple(settings)),
+                        f"{label}s only: JPEG at the {other} images' {what}; {other}s untouched", 'protocol',
+                        fakes_only=label == 'fake', reals_only=label == 'real')
 
 def fakes_jpeg(settings) -> Perturbation:
     "The fakes-only protocol: each fake JPEG-compressed at a (quality, subsampling) drawn from the reals' `settings`."
-    settings = [(int(q), s if s in SUBSAMPLING_CODES else None) for q, s in settings]
-    if not settings: raise RealfakeError(f"{FAKES_JPEG} needs the JPEG qualities of the real images, and none of them is a JPEG")
-    qs = sorted({q for q, _ in settings})
-    what = f'quality {qs[0]}' if len(qs) == 1 else f'qualities {qs[0]}-{qs[-1]}'
-    return Perturbation(FAKES_JPEG, partial(_jpeg_drawn, settings=tuple(settings)),
-                        f"fakes only: JPEG at the real images' {what}; reals untouched", 'protocol', fakes_only=True)
+    return _one_class_jpeg(FAKES_JPEG, settings, 'fake')
+
+def reals_jpeg(settings) -> Perturbation:
+    "Its mirror, for data whose fakes are the JPEGs: each real JPEG-compressed at a (quality, subsampling) drawn from the fakes' `settings`."
+    return _one_class_jpeg(REALS_JPEG, settings, 'real')
 
 def _jpeg_drawn(im, rng, settings):
     q, sub = settings[int(rng.integers(len(settings)))]

@@ -659,7 +659,7 @@ def _jpeg_warnings(r, f, threshold, quality_gap):
 def _flag_warnings(r, f, threshold):
     out = []
     for c, what, why in (('exif', 'carry EXIF metadata', 'a camera or editing tool wrote them'),
-                         ('gen_text', 'carry generator text (PNG parameters/prompt/workflow chunks, comments, XMP, C2PA)',
+                         ('gen_text', 'carry generator text (a generator signature: A1111 parameters, ComfyUI prompt/workflow, a generator named in a comment, XMP or Software; C2PA)',
                           'the file says how it was made')):
         if c not in r.columns or r[c].isna().all() or f[c].isna().all(): continue
         a, b = r[c].astype(float).mean(), f[c].astype(float).mean()

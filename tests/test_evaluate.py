@@ -1,7 +1,7 @@
 """Tests of realfake.evaluate: the report folder, the one-decode perturbation grid against `Classifier.predict`,
 calibration and the abstain band, atomic outputs, any file name, layouts, and bad input as one-line errors.
-(The metrics are tested in test_metrics.py, the perturbations in test_perturb.py, the verdict on trained models in
-test_audit.py.)"""
+(The metrics are tested in test_metrics.py, the perturbations in test_perturb.py, the verdict on constructed models in
+test_verdict.py and on trained models in test_audit.py.)"""
 import errno, json, os, shutil
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
@@ -74,7 +74,10 @@ def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     assert len(g) == 8 * 4 and set(g.source) == {'all', 'gen_a', 'gen_b', 'natural'}
     wide = pd.read_csv(out/'perturb_predictions.csv')
     assert list(wide.columns[:4]) == ['path', 'label', 'source', 'clean'] and np.allclose(wide.clean, pr.prob_fake, equal_nan=True)
-    assert m['verdict']['verdict'] in ('shortcut suspected', 'robust', 'inconclusive') and m['verdict']['evidence']
+    assert m['verdict']['verdict'] in ('format shortcut suspected', 'fragile to compression/resizing', 'robust', 'inconclusive')
+    assert m['verdict']['evidence'] and m['verdict']['covers'] == ['jpeg_q95', 'jpeg_q75', 'jpeg_q50', 'webp_q75', 'down_0.5', FAKES_JPEG]
+    assert a.in_verdict.tolist()[:2] == ['reference', 'judged (both classes alike): ' + ('hurts' if m['verdict']['evidence'][0]['hurts'] else 'holds')]
+    assert (a.set_index('transform').loc['blur_1', 'in_verdict']).startswith('outside the verdict')
     assert m['calibration'] is not None and 'random half' in m['calibration']['fitted_on']
     assert m['options']['perturb'] == ['jpeg_q75', 'blur_1'] and m['options']['audit'] is True
 
@@ -142,7 +145,9 @@ class _HighFrequency(torch.nn.Module):
         hf = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean((1, 2, 3))
         return torch.stack([torch.zeros_like(hf), 100 * (hf - 0.12)], 1)
 
-def test_verdict_flags_a_format_detector(model_dir, tmp_path):
+def test_verdict_on_a_format_detector(model_dir, tmp_path):
+    "Reals JPEG (smoothed), fakes PNG: the model keys on fine detail, which JPEG of both classes removes too: fragile, and not cleared of a shortcut."
+
     rng = np.random.default_rng(0)
     for lab in ('natural', 'gen'):
         (tmp_path/'d'/lab).mkdir(parents=True)
@@ -155,8 +160,9 @@ def test_verdict_flags_a_format_detector(model_dir, tmp_path):
     res = evaluate(clf, tmp_path/'d', out=tmp_path/'rep', audit=True, bs=8, num_workers=0, calibration=False)
     a = pd.DataFrame(res['audit']).set_index('transform')
     assert a.loc['clean', 'auc'] == 1.0 and a.loc[FAKES_JPEG, 'acc_real'] == 1.0
-    assert res['verdict']['verdict'] == 'shortcut suspected', res['verdict']
-    assert a.loc[FAKES_JPEG, 'd_auc'] <= -0.4
+    assert res['verdict']['verdict'] == 'fragile to compression/resizing', res['verdict']
+    assert 'format shortcut can be neither shown nor ruled out' in res['verdict']['reason']
+    assert a.loc[FAKES_JPEG, 'd_auc'] <= -0.4 and a.loc[FAKES_JPEG, 'in_verdict'] == 'judged (only the fakes re-encoded): hurts'
 
 # ---------------------------------------------------------------- calibration and the abstain band
 class _BrightnessModel(torch.nn.Module):
@@ -358,4 +364,26 @@ def test_heatmaps_drawn_over_the_confident_grids(model_dir, gen_folder, tmp_path
     heat = evaluate(model_dir, gen_folder, out=tmp_path/'heat', bs=8, num_workers=0, calibration=False, heatmaps=True)
     assert plain['overall'] == heat['overall']
     a, b = (np.asarray(Image.open(tmp_path/d/'most_confident_fake.png'), np.float32) for d in ('plain', 'heat'))
-    assert a.shape == b.shape and np.abs(a - b).mean() > 1
+    assert b.shape == (a.shape[0] + 16, a.shape[1], 3)                 # the heatmap grid has one more line: the key to its colours
+    key = b[28:44]
+    assert (key.max(-1) - key.min(-1)).max() > 100                    # coloured (the inferno bar), not only black text on white
+    assert np.abs(a[28:] - b[44:]).mean() > 1
+
+def test_per_source_marks_small_and_absent_sources(model_dir, tmp_path):
+    "A generator with under 10 images is 'too few to judge'; one with no image in the split, or none readable, is listed as absent."
+    recs, img = [], tmp_path/'img'; img.mkdir()
+    plan = [('test', 'real', 'r', 12), ('test', 'fake', 'g', 11), ('test', 'fake', 'tiny', 1), ('test', 'fake', 'broken', 1),
+            ('valid', 'real', 'r', 4), ('valid', 'fake', 'adm', 4)]
+    for split, label, src, n in plan:
+        for i in range(n):
+            p = img/f'{split}_{src}_{i}.png'
+            if src == 'broken': p.write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+            else: _img(len(recs), label == 'fake').save(p)
+            recs.append(dict(path=str(p), label=label, split=split, source=src))
+    res = evaluate(model_dir, write_metadata(recs, tmp_path/'m.jsonl'), out=tmp_path/'rep', bs=8, num_workers=0, calibration=False)
+    ps = pd.DataFrame(res['per_source']).set_index('source')
+    assert ps.judge.to_dict() == {'all': '', 'g': '', 'r': '', 'tiny': 'too few to judge (n < 10)',
+                                  'adm': 'absent: no image in split test', 'broken': 'absent: no readable image'}
+    assert ps.loc['adm', 'n'] == 0 and np.isnan(ps.loc['adm', 'auc']) and ps.loc['tiny', 'n'] == 1
+    html = (tmp_path/'rep'/'report.html').read_text()
+    assert 'too few to judge (n &lt; 10)' in html and 'absent: no image in split test' in html

@@ -89,7 +89,7 @@ def test_probe_warns_about_quality_subsampling_exif_and_generator_text(tmp_path)
     exif = Image.Exif(); exif[0x010F] = 'Canon'
     for i in range(8):
         save(tmp_path/'real'/f'{i}.jpg', photo(32, 32, i), quality=70 + 3 * i, subsampling=2, exif=exif.tobytes())
-        save(tmp_path/'fake'/f'{i}.jpg', photo(32, 32, 100 + i), quality=95, subsampling=0, comment=b'parameters: a cat')
+        save(tmp_path/'fake'/f'{i}.jpg', photo(32, 32, 100 + i), quality=95, subsampling=0, comment=b'a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7')   # A1111's parameter line
     res = prepare([f'real:folder:{tmp_path}/real', f'fake:folder:{tmp_path}/fake'], probe=True, valid_pct=0, progress=False)
     w = res.warnings
     assert [x.split(' ')[0:3] for x in w if x.startswith('JPEG')] == [['JPEG', 'quality', 'differs'], ['JPEG', 'chroma', 'subsampling']], w

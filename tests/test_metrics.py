@@ -170,3 +170,21 @@ def test_band_holds_the_least_confident():
         assert s['coverage'] == pytest.approx(b['coverage']) and s['coverage'] >= 0.7
         assert s['selective_accuracy'] >= s['accuracy'] - 1e-9        # abstaining on the least sure helps here
         assert unsure_band(thr, b['d']) == pytest.approx(b['unsure'])
+
+# ---------------------------------------------------------------- one rule for answers, items without a probability left out
+ANSWERED = {  # how each entry point reports whether its one image was answered correctly
+    'binary_metrics': lambda y, p: binary_metrics(y, p)['accuracy'],
+    'reliability_bins': lambda y, p: reliability_bins(y, p).query('n > 0').acc.iloc[0],
+    'risk_coverage': lambda y, p: risk_coverage(y, p).accuracy.iloc[-1],
+    'selective_metrics': lambda y, p: selective_metrics(y, p)['accuracy'],
+}
+
+@pytest.mark.parametrize('entry', list(ANSWERED))
+def test_p_one_half_is_fake_everywhere(entry):
+    "p = 0.5 at threshold 0.5 is answered 'fake' by every metric (predict_fake), as the model's labels are."
+    assert ANSWERED[entry]([1], [0.5]) == 1.0 and ANSWERED[entry]([0], [0.5]) == 0.0
+
+def test_ece_leaves_out_items_without_a_probability():
+    y, p = [1, 0, 0, 1], [0.92, 0.83, 0.26, 0.61]
+    assert ece(y + [1, 0], p + [np.nan, np.nan], n_bins=10) == ece(y, p, n_bins=10)    # not diluted by the unreadable images
+    assert reliability_bins(y + [1], p + [np.nan]).n.sum() == 4 and math.isnan(ece([1], [np.nan])) and math.isnan(ece([], []))

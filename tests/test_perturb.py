@@ -6,7 +6,7 @@ from PIL import Image
 from realfake.core import RealfakeError
 from realfake.images import load_image, jpeg_info
 from realfake.preprocess import Preprocess, image_crops
-from realfake.perturb import (PERTURBATIONS, PERTURBATION_NAMES, FAKES_JPEG, Perturbation, fakes_jpeg, perturb_rng,
+from realfake.perturb import (PERTURBATIONS, PERTURBATION_NAMES, FAKES_JPEG, REALS_JPEG, Perturbation, fakes_jpeg, perturb_rng,
                               perturbation_names, encode_jpeg, encode_webp, rescale, down_up, blur, add_noise,
                               center_crop_fraction, limit_long_side)
 
@@ -21,8 +21,8 @@ def _same(a, b):
 def test_registry_has_what_the_issue_asks_for():
     want = {'jpeg_q95', 'jpeg_q75', 'jpeg_q50', 'jpeg_q30', 'webp_q75', 'down_0.5', 'down_0.75', 'up_1.5', 'blur_1', 'blur_2',
             'crop_0.5', 'noise_5', 'web', 'hard'}
-    assert set(PERTURBATIONS) == want and PERTURBATION_NAMES == [*PERTURBATIONS, FAKES_JPEG]
-    assert not any(p.fakes_only for p in PERTURBATIONS.values())     # every registered one applies to both classes
+    assert set(PERTURBATIONS) == want and PERTURBATION_NAMES == [*PERTURBATIONS, FAKES_JPEG, REALS_JPEG]
+    assert not any(p.fakes_only or p.reals_only for p in PERTURBATIONS.values())     # every registered one applies to both classes
     assert all(isinstance(p, Perturbation) and p.doc for p in PERTURBATIONS.values())
 
 @pytest.mark.parametrize('name', list(PERTURBATIONS))
