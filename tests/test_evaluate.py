@@ -11,7 +11,7 @@ from realfake.core import RealfakeError
 from realfake.images import load_image
 from realfake.metadata import write_metadata
 from realfake.metrics import roc_auc
-from realfake.modeldir import ModelConfig
+from realfake.modeldir import ModelConfig, ConfigError
 from realfake.perturb import PERTURBATIONS, FAKES_JPEG, fakes_jpeg, perturb_rng
 from realfake.predict import Classifier, predict_to_csv
 from realfake.evaluate import (EvalOptions, calibrate, evaluate, save_calibration, score_images, load_eval_data,
@@ -230,9 +230,9 @@ def test_refuses_to_save_a_degenerate_calibration(model_dir, tmp_path):
 def test_save_calibration_validates(model_dir, tmp_path):
     mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
     before = (mdir/'config.json').read_text()
-    with pytest.raises(Exception): save_calibration(mdir, threshold=1.5, temperature=1.0)
-    with pytest.raises(Exception): save_calibration(mdir, threshold=0.5, temperature=-1.0)
-    with pytest.raises(Exception): save_calibration(mdir, 0.5, 1.0, unsure=[0.7, 0.2])
+    with pytest.raises(ConfigError, match='threshold'): save_calibration(mdir, threshold=1.5, temperature=1.0)
+    with pytest.raises(ConfigError, match='temperature'): save_calibration(mdir, threshold=0.5, temperature=-1.0)
+    with pytest.raises(ConfigError, match='unsure'): save_calibration(mdir, 0.5, 1.0, unsure=[0.7, 0.2])
     assert (mdir/'config.json').read_text() == before
     save_calibration(mdir, 0.3, 2.0, [0.2, 0.4])
     assert json.loads((mdir/'config.json').read_text())['unsure'] == [0.2, 0.4]

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 from realfake.explain import cam, crop_score_map, heatmap, overlay, write_heatmap, network_parts
+from realfake.core import RealfakeError
 from realfake.predict import Classifier
 from realfake.modeldir import load_model_dir
 from realfake.synth import make_demo, make_real, make_fake, demo_photos
@@ -77,7 +78,7 @@ def test_refuses_what_it_cannot_explain(tiny_model_dir):
     with pytest.raises(TypeError, match='ModelConfig'): cam(net, _photo(40, 40))
     with pytest.raises(TypeError, match='nn.Sequential'): cam(torch.nn.Linear(2, 2), _photo(40, 40), cfg)
     onnx_like = type('C', (), dict(model=None, config=cfg))()
-    with pytest.raises(Exception, match='ONNX'): network_parts(onnx_like)
+    with pytest.raises(RealfakeError, match='ONNX'): network_parts(onnx_like)
     with pytest.raises(ValueError, match='kind'): heatmap(net, _photo(40, 40), 'gradients', cfg)
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 pytest.importorskip('onnx'); pytest.importorskip('onnxruntime')
 from safetensors.torch import save_file
 from realfake.modeldir import build_network as build_model, load_model_dir
+from realfake.core import RealfakeError
 from realfake.predict import Classifier
 from realfake.export import export_onnx, onnx_parity, realfake_export
 
@@ -53,7 +54,7 @@ def test_auto_backend_and_stale_file(exported, tmp_path):
     torch.manual_seed(3)
     save_file({k: v.contiguous() for k, v in build_model('convnext_atto').state_dict().items()}, str(d/'model.safetensors'))  # new weights, old onnx
     assert Classifier.from_dir(d, device='cpu').backend == 'torch'
-    with pytest.raises(Exception, match='realfake_export'):
+    with pytest.raises(RealfakeError, match='realfake_export'):
         Classifier.from_dir(_no_onnx(tmp_path, exported), backend='onnx')
 
 def _no_onnx(tmp_path, src):

@@ -6,6 +6,7 @@ from PIL import Image
 
 from realfake.preprocess import crop_boxes, normalize
 from realfake.predict import Classifier, CSV_COLUMNS, predict_to_csv, realfake_predict, load_classifier
+from realfake.modeldir import ModelNotFound
 
 SIZE = 32
 
@@ -141,7 +142,7 @@ def test_killed_run_partial_line_recovered(clf, counting, tmp_path):
 
 def test_foreign_csv_refused(clf, tmp_path):
     (tmp_path/'x.csv').write_text('a,b\n1,2\n')
-    with pytest.raises(Exception, match='not a realfake_predict CSV'):
+    with pytest.raises(RealfakeError, match='not a realfake_predict CSV'):
         predict_to_csv([tmp_path], clf, out=tmp_path/'x.csv', progress=False)
     assert (tmp_path/'x.csv').read_text() == 'a,b\n1,2\n'
 
@@ -212,7 +213,7 @@ def test_bad_options(clf, model_dir):
     with pytest.raises(ValueError, match='combine'): clf.with_preprocess(combine='median')
     with pytest.raises(ValueError, match='resize'): load_classifier(model_dir, resize='huge')
     with pytest.raises(ValueError, match='threshold'): load_classifier(model_dir, threshold=2)
-    with pytest.raises(Exception, match='not found'): Classifier.from_dir('/nonexistent/model')
+    with pytest.raises(ModelNotFound, match='not found'): Classifier.from_dir('/nonexistent/model')
 
 def _console(name):
     p = Path(sys.executable).parent/name
