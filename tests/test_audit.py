@@ -24,7 +24,7 @@ from PIL import Image
 from realfake.evaluate import evaluate
 from realfake.metadata import write_metadata
 from realfake.perturb import FAKES_JPEG
-from realfake.synth import make_demo, make_real, procedural_photos
+from realfake.synth import make_real, procedural_photos
 from realfake.train import train, PRESETS
 
 RECIPE = PRESETS['demo'].override(arch='test_resnet', size=32, bs=16, epochs=5, lr=3e-3, max_crops=4, aug=False)
@@ -57,11 +57,9 @@ def format_model(tmp_path_factory):
     return res['model_dir'], meta, res['values']
 
 @pytest.fixture(scope='module')
-def content_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp('content')
-    meta = make_demo(d/'data', n=200, size=32, seed=0, same_format='PNG')
-    res = train(str(meta), RECIPE, out=d/'run', **RUN)
-    return res['model_dir'], meta, res['values']
+def content_model(trained_demo):
+    "conftest's session model: both classes PNG, fakes with simulated decoder traces; nothing about the format tells them apart."
+    return trained_demo['model_dir'], trained_demo['metadata'], trained_demo['values']
 
 def _audit(model_dir, meta, out):
     res = evaluate(model_dir, meta, out=out, audit=True, bs=64, num_workers=0)

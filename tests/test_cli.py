@@ -1,6 +1,6 @@
 """The console scripts parse before they import: `--help` and usage errors of every command answer without torch,
 the light parser's help is the command's own, and a valid command line runs the real command."""
-import importlib, json, subprocess, sys
+import importlib, json, logging, subprocess, sys
 import pytest
 from fastcore.script import anno_parser
 from realfake.cli import COMMANDS, PARSERS, light_parser, main
@@ -37,13 +37,20 @@ def test_help_and_usage_errors_import_no_torch():
         assert got[f'{name} --help'][0] == 0 and got[f'{name} --help'][1].startswith(f'usage: {name}'), got[f'{name} --help']
         assert got[f'{name} --no_such_option'][0] == 2, got[f'{name} --no_such_option']
 
-def test_main_runs_the_command(tmp_path, monkeypatch):
+@pytest.fixture
+def log_restored():
+    "A command run in process adds its stderr handler to the 'realfake' logger: take it off again afterwards."
+    log = logging.getLogger('realfake'); handlers, level = list(log.handlers), log.level
+    yield
+    log.handlers[:] = handlers; log.setLevel(level)
+
+def test_main_runs_the_command(tmp_path, monkeypatch, log_restored):
     "A valid command line goes on to the real command (in process: the same call the console script makes)."
     monkeypatch.setattr(sys, 'argv', ['realfake_demo', '--dest', str(tmp_path/'d'), '--n', '4', '--size', '32'])
     main('realfake_demo')
     assert len(list((tmp_path/'d'/'fake').iterdir())) == 4 and (tmp_path/'d'/'metadata.jsonl').exists()
 
-def test_a_user_error_still_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+def test_a_user_error_still_exits_2_with_one_line(tmp_path, monkeypatch, capsys, log_restored):
     "Past the light parser, the command's own error handling: a missing metadata file is one line and exit 2."
     monkeypatch.setattr(sys, 'argv', ['realfake_evaluate', str(tmp_path/'missing.jsonl'), '--model', str(tmp_path)])
     with pytest.raises(SystemExit) as e: main('realfake_evaluate')

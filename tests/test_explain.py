@@ -8,8 +8,7 @@ from realfake.explain import cam, crop_score_map, heatmap, overlay, write_heatma
 from realfake.core import RealfakeError
 from realfake.predict import Classifier
 from realfake.modeldir import load_model_dir
-from realfake.synth import make_demo, make_real, make_fake, demo_photos
-from realfake.train import train, PRESETS
+from realfake.synth import make_real, make_fake, demo_photos
 from helpers import make_model_dir
 
 QUADRANTS = {'top-left': (slice(0, 64), slice(0, 64)), 'top-right': (slice(0, 64), slice(64, 128)),
@@ -98,16 +97,9 @@ def test_write_heatmap_is_atomic(tiny_model_dir, tmp_path):
 # --- the sanity check: a map must point at the evidence ------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def synth_model(tmp_path_factory):
-    "A convnext_atto trained for a few seconds on simulated fakes (the decoder trace covers the whole image), both classes PNG."
-    d = tmp_path_factory.mktemp('quadrant')
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    try:
-        meta = make_demo(d/'demo', n=160, size=32, same_format='PNG', test_pct=0)
-        res = train(meta, PRESETS['demo'].override(size=32, epochs=6, bs=16, max_crops=4), out=d/'run', quiet=True,
-                    workers=0, threads=1)
-    finally: torch.set_num_threads(n)
-    return load_model_dir(res['model_dir'])
+def synth_model(trained_demo):
+    "conftest's session model: a convnext_atto trained on simulated fakes (the decoder trace covers the whole image), both classes PNG."
+    return load_model_dir(trained_demo['model_dir'])
 
 
 def _composite(quadrant, seed):
