@@ -17,8 +17,7 @@ def cli_cmd(name: str) -> list[str]:
     "The command line of console script `name`: the installed script beside this Python, else `python -c`."
     exe = Path(sys.executable).parent / name
     if exe.exists(): return [str(exe)]
-    return [sys.executable, '-c', f'import sys; from fastcore.script import _run_cli; from realfake.{CLI_MODULES[name]} import {name} as f; '
-            f'sys.argv[0] = {name!r}; _run_cli(f.__wrapped__, False) if hasattr(f, "__wrapped__") else f()']
+    return [sys.executable, '-c', f'import sys; from realfake.cli import main; sys.argv[0] = {name!r}; sys.exit(main({name!r}))']   # as the console script
 
 def cli_env(**extra) -> dict:
     "The environment for a command under test: one thread, no progress bars, no plotting window."
