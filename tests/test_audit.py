@@ -65,6 +65,7 @@ def _audit(model_dir, meta, out):
     res = evaluate(model_dir, meta, out=out, audit=True, bs=64, num_workers=0)
     return res, pd.DataFrame(res['audit']).set_index('transform')
 
+@pytest.mark.slow
 def test_format_only_model_is_flagged(format_model, tmp_path):
     model_dir, meta, values = format_model
     assert values['roc_auc'] >= 0.9, values                 # it did learn: the format is all there is to learn
@@ -78,6 +79,7 @@ def test_format_only_model_is_flagged(format_model, tmp_path):
     assert v['evidence'] and {e['perturbation'] for e in v['evidence']} == {'jpeg_q95', 'jpeg_q75', 'webp_q75', FAKES_JPEG}
     assert 'shortcut suspected' in (tmp_path/'rep'/'report.html').read_text()
 
+@pytest.mark.slow
 def test_content_model_is_not_flagged(content_model, tmp_path):
     model_dir, meta, values = content_model
     assert values['roc_auc'] >= 0.9, values
@@ -88,6 +90,7 @@ def test_content_model_is_not_flagged(content_model, tmp_path):
     assert a.loc['clean', 'auc'] >= 0.9 and (a.loc[['jpeg_q95', 'jpeg_q75', 'webp_q75'], 'd_auc'] > -0.1).all()
     assert any(FAKES_JPEG in n for n in v['notes'])          # both classes PNG: no real JPEG quality to match
 
+@pytest.mark.slow
 def test_an_untrained_model_is_inconclusive(tiny_model_dir, content_model, tmp_path):
     "A model at chance cannot lose anything under any perturbation: a flat audit of it proves nothing."
     _, meta, _ = content_model

@@ -43,6 +43,7 @@ def gen_folder(tmp_path_factory):
     return root
 
 # ---------------------------------------------------------------- the report folder
+@pytest.mark.slow
 def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     out = tmp_path/'report'
     res = evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, perturb='jpeg_q75,blur_1', audit=True)
@@ -78,6 +79,7 @@ def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     assert m['calibration'] is not None and 'random half' in m['calibration']['fitted_on']
     assert m['options']['perturb'] == ['jpeg_q75', 'blur_1'] and m['options']['audit'] is True
 
+@pytest.mark.slow
 def test_options_are_one_record(model_dir, gen_folder, tmp_path):
     "Keywords and an EvalOptions mean the same; a bad option fails before scoring."
     o = EvalOptions(bs=8, num_workers=0, calibration=False)
@@ -192,6 +194,7 @@ def test_metadata_input_and_save_threshold(model_dir, tmp_path):
     ModelConfig.from_json((mdir/'config.json').read_text())
     assert (mdir/'model.safetensors').read_bytes() == (model_dir/'model.safetensors').read_bytes()
 
+@pytest.mark.slow
 def test_abstain_band_saved_and_shown_everywhere(model_dir, tmp_path):
     "--unsure_coverage fits a band with the calibration; saved, it makes predict answer 'unsure', and the report shows it."
     mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
@@ -319,6 +322,7 @@ def _folder_png(tmp_path):
         for i in range(2): _img(i, lab == 'gen').save(root/lab/f'{i}.png')
     return root
 
+@pytest.mark.slow
 def test_cli_help_and_one_line_errors(run_cli, model_dir, gen_folder, tmp_path):
     r = run_cli('realfake_evaluate', '--help', timeout=120)
     assert r.returncode == 0
@@ -329,6 +333,7 @@ def test_cli_help_and_one_line_errors(run_cli, model_dir, gen_folder, tmp_path):
     assert r.returncode == 2 and 'Traceback' not in r.stderr and lines[-1].startswith('realfake_evaluate: error: '), r.stderr[-2000:]
     assert "unknown perturbation 'jpeg_q800'" in lines[-1] and not (tmp_path/'rep').exists()
 
+@pytest.mark.slow
 def test_cli_perturb_runs(run_cli, model_dir, gen_folder, tmp_path):
     r = run_cli('realfake_evaluate', gen_folder, '--model', model_dir, '--out', tmp_path/'rep', '--perturb', 'web,hard,jpeg_q65',
                 '--bs', 8, '--num_workers', 0, timeout=180)

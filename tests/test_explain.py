@@ -111,6 +111,7 @@ def _composite(quadrant, seed):
 
 
 @pytest.mark.parametrize('kind', ['cam', 'crops'])
+@pytest.mark.slow
 def test_quadrant(synth_model, kind, one_torch_thread):
     """Whichever quadrant holds the fake, the map puts most of its mass there (chance: 25%).
 

@@ -18,6 +18,7 @@ def exported(tiny_model_dir, tmp_path_factory):
     export_onnx(d)
     return d
 
+@pytest.mark.slow
 def test_parity_random_inputs(exported):
     import onnxruntime as ort
     model, cfg = load_model_dir(exported)
@@ -36,6 +37,7 @@ def test_parity_detects_a_different_model(exported, tmp_path):
     other = build_model('convnext_atto').eval()
     assert onnx_parity(other, exported/'model.onnx', 32, n=2) > 1e-3
 
+@pytest.mark.slow
 def test_classifier_onnx_backend_same_api(exported):
     imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)) for i in range(5)]
     ct, co = Classifier.from_dir(exported, backend='torch'), Classifier.from_dir(exported, backend='onnx')

@@ -91,6 +91,7 @@ def test_refuses_other_settings_in_the_same_folder(pipe, tmp_path):
     assert s['made'] == 3 and s['merged']
 
 
+@pytest.mark.slow
 def test_guided_run_reports_guide_and_judge(pipe, tmp_path, tmp_path_factory, one_torch_thread):
     from diffusion_helpers import brightness_model
     guide, judge = brightness_model(tmp_path_factory), make_model_dir(tmp_path/'judge', seed=3, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -114,6 +115,7 @@ def test_guided_run_reports_guide_and_judge(pipe, tmp_path, tmp_path_factory, on
         assert (out/it.rel('images')).exists() and (out/it.rel('guided')).exists()
 
 
+@pytest.mark.slow
 def test_cli_resumes_after_sigkill(pipe_dir, pipe, tmp_path):
     "Kill the command while it writes; a rerun finishes the set, each image once, identical to an uninterrupted run."
     (tmp_path/'prompts.txt').write_text('\n'.join(PROMPTS[:2]) + '\n')
@@ -147,6 +149,7 @@ def test_cannot_guide_this_scheduler(pipe_dir, tiny_model_dir, tmp_path):
     assert not (tmp_path/'gen').exists()
 
 
+@pytest.mark.slow
 def test_without_the_extra(tmp_path):
     "`import realfake.generate` works without diffusers and transformers; the command says how to install them."
     (tmp_path/'prompts.txt').write_text('a cat\n')

@@ -54,6 +54,7 @@ def test_torch_preprocessing_matches_classifier(tmp_path, spec, sizes, one_torch
     assert len(x) == sum(counts) and counts == [counts[0]] * 3
 
 
+@pytest.mark.slow
 def test_guidance_raises_the_guides_p_real(pipe, tmp_path_factory, one_torch_thread):
     """Same prompts and seeds, with and without guidance: the guide's p(real) rises for every seed, and, since the guide
     learnt "bright = real", the images themselves get brighter (a change in pixels, not only in the guide's opinion)."""

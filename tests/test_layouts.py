@@ -276,6 +276,7 @@ def test_unreadable_folders_are_counted_in_the_report(tmp_path, monkeypatch):
     assert any('could not be read' in w for w in res.warnings)
 
 
+@pytest.mark.slow
 def test_latin1_file_name_through_prepare_read_and_load(tmp_path):
     name = os.fsdecode(b'caf\xe9.jpg')
     save(tmp_path/'real'/name, photo(20, 10)); save(tmp_path/'real'/'ok.jpg'); save(tmp_path/'fake'/'a.png'); save(tmp_path/'fake'/'b.png')

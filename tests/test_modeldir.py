@@ -140,6 +140,7 @@ for i in range(1000):
     save_model_dir(m, ModelConfig('convnext_atto', threshold=min(i, 100) / 100), dest)
 '''
 
+@pytest.mark.slow
 def test_sigkill_during_model_dir_write_never_leaves_half_dir(tmp_path):
     "Kill -9 a process while it rewrites a model directory: what is there always loads and is consistent."
     script = tmp_path/'w.py'; script.write_text(_KILL_WRITER)
@@ -199,6 +200,7 @@ def test_network_matches_fastai_vision_learner():
     x = torch.randn(3, 3, 48, 48)
     with torch.no_grad(): assert torch.allclose(ref.eval()(x), ours.eval()(x), atol=1e-6)
 
+@pytest.mark.slow
 def test_inference_imports_no_training_code():
     "Reading a model and scoring never imports fastai, the data pipeline or the learner."
     code = ("import sys, realfake.predict, realfake.export, realfake.modeldir; "

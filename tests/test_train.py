@@ -34,6 +34,7 @@ def _history(out):
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 # ---------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_tiny_model_learns_easy_demo(trained_demo):
     "The README's demo, scaled down (conftest's session model: both classes PNG, so no format shortcut): it is learnt."
     res = trained_demo
@@ -70,6 +71,7 @@ class _CrashAfter(Callback):
     def after_epoch(self):
         if self.epoch == self.n: raise _Interrupt('simulated crash')
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_demo, tmp_path, monkeypatch):
     """Interrupted after epoch 1 of 2 + `resume` ends with the same weights as an uninterrupted run.
     Tolerance 1e-5: on CPU with fixed seeds, num_workers=0 and per-epoch reseeding the runs execute the same
@@ -107,6 +109,7 @@ meta, out = sys.argv[1:]
 train(meta, PRESETS['demo'].override(epochs=3, size=32, bs=8, lr=2e-3), out=out, workers=0, cpu=True, quiet=True)
 '''
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(tiny_demo, tmp_path):
     "SIGKILL during epoch 2 (and possibly mid-checkpoint): the last complete checkpoint loads and --resume finishes."
     out = tmp_path/'run'
@@ -180,6 +183,7 @@ with open(f'{rec}/rank{rank}.json', 'w') as f:
     json.dump(dict(seen=seen, writes=writes, values=res['values'], n_train=n_train, world=int(os.environ['WORLD_SIZE'])), f)
 '''
 
+@pytest.mark.slow
 def test_two_cpu_processes(tmp_path):
     "torchrun, 2 processes, gloo: each rank its own shard, identical weights after training, only rank 0 writes."
     out, rec = tmp_path/'run', tmp_path/'rec'; rec.mkdir()

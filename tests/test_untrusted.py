@@ -112,6 +112,7 @@ def test_pth_weights_with_the_flag_use_weights_only(tmp_path, marker, kind, monk
     with pytest.raises(learner.WeightsError): learner.build_network('convnext_atto', weights=f, allow_pth=True)
     assert calls and all(c is True for c in calls), f'torch.load called with weights_only={calls}'
 
+@pytest.mark.slow
 def test_train_cli_refuses_pickle_weights(tmp_path, marker):
     "realfake_train --weights evil.pth: refused without --allow_pth, refused by weights_only with it; no code runs."
     from PIL import Image
