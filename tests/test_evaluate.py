@@ -6,7 +6,7 @@ import errno, json, os, shutil
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
-from helpers import make_model_dir
+from helpers import make_model_dir, run_cli_here
 from realfake.core import RealfakeError
 from realfake.images import load_image
 from realfake.metadata import write_metadata
@@ -322,21 +322,19 @@ def _folder_png(tmp_path):
         for i in range(2): _img(i, lab == 'gen').save(root/lab/f'{i}.png')
     return root
 
-@pytest.mark.slow
-def test_cli_help_and_one_line_errors(run_cli, model_dir, gen_folder, tmp_path):
-    r = run_cli('realfake_evaluate', '--help', timeout=120)
+def test_cli_help_and_one_line_errors(model_dir, gen_folder, tmp_path):
+    r = run_cli_here('realfake_evaluate', '--help')
     assert r.returncode == 0
     for opt in ('--perturb', '--audit', '--layout', '--unsure_accuracy', '--unsure_coverage', '--save_threshold', '--no_calibration'):
         assert opt in r.stdout, opt
-    r = run_cli('realfake_evaluate', gen_folder, '--perturb', 'jpeg_q800', '--model', model_dir, '--out', tmp_path/'rep', timeout=120)
+    r = run_cli_here('realfake_evaluate', gen_folder, '--perturb', 'jpeg_q800', '--model', model_dir, '--out', tmp_path/'rep')
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and 'Traceback' not in r.stderr and lines[-1].startswith('realfake_evaluate: error: '), r.stderr[-2000:]
     assert "unknown perturbation 'jpeg_q800'" in lines[-1] and not (tmp_path/'rep').exists()
 
-@pytest.mark.slow
-def test_cli_perturb_runs(run_cli, model_dir, gen_folder, tmp_path):
-    r = run_cli('realfake_evaluate', gen_folder, '--model', model_dir, '--out', tmp_path/'rep', '--perturb', 'web,hard,jpeg_q65',
-                '--bs', 8, '--num_workers', 0, timeout=180)
+def test_cli_perturb_runs(model_dir, gen_folder, tmp_path):
+    r = run_cli_here('realfake_evaluate', gen_folder, '--model', model_dir, '--out', tmp_path/'rep', '--perturb', 'web,hard,jpeg_q65',
+                     '--bs', 8, '--num_workers', 0)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'verdict: inconclusive' in r.stdout and 'report:' in r.stdout
     assert pd.read_csv(tmp_path/'rep'/'audit.csv')['transform'].tolist() == ['clean', 'jpeg_q65', 'web', 'hard']   # GenImage's q65, any quality
