@@ -20,6 +20,22 @@ def tiny_model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp('tiny_model')/'model', resize=36, mean=(0.5,) * 3, std=(0.25,) * 3)
 
 @pytest.fixture(scope='session')
+def trained_demo(tmp_path_factory):
+    """A convnext_atto trained once per session on the simulated demo, both classes PNG (so only the simulated decoder
+    trace tells them apart), 32-pixel native crops: `train`'s result dict (`model_dir`, `values`, `learn`, ...) plus
+    `metadata`. Tests that need a model that learned something share it instead of training their own."""
+    import torch
+    from realfake.synth import make_demo
+    from realfake.train import train, PRESETS
+    d = tmp_path_factory.mktemp('trained_demo')
+    meta = make_demo(d/'demo', n=200, size=32, seed=0, same_format='PNG')
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try: res = train(str(meta), PRESETS['demo'].override(size=32, bs=16, epochs=5, lr=3e-3, max_crops=4), out=d/'run',
+                     workers=0, cpu=True, quiet=True, threads=1)
+    finally: torch.set_num_threads(n)
+    return {**res, 'metadata': meta}
+
+@pytest.fixture(scope='session')
 def run_cli():
     "Run a console script in a subprocess: `run_cli('realfake_predict', *args, timeout=90, cwd=None, env=None)`."
     return _run_cli

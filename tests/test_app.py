@@ -401,6 +401,7 @@ def test_bad_arguments_are_user_errors(tiny_model_dir, data, tmp_path, monkeypat
         assert '\n' not in str(e.value).strip(), (kw, e.value)
     assert notdb.read_text() == 'hello\n' * 100
 
+@pytest.mark.slow
 def test_cli_non_sqlite_db_is_one_line_exit_2(run_cli, tiny_model_dir, data, tmp_path):
     notdb = tmp_path/'metadata_copy.jsonl'; notdb.write_text(Path(data).read_text())
     r = run_cli('realfake_app', '--model', tiny_model_dir, '--metadata', data, '--db', notdb, '--port', '0', timeout=120)

@@ -8,6 +8,7 @@ Run as a script to print the figures for any checkout (e.g. before and after a c
 from __future__ import annotations
 import argparse, io, json, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
 from pathlib import Path
+import pytest
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -109,6 +110,7 @@ def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None, fmt='PN
                     server_log=srv.output()[-3000:])
     finally: srv.close()
 
+@pytest.mark.slow
 def test_memory_stays_bounded_under_concurrent_worst_case_uploads(tiny_model_dir):
     "3 requests at once, each of 8 one-colour PNGs of 10 megapixels (~30 kB each): peak RSS <= model + Limits.memory_bound()."
     from realfake.app import Limits

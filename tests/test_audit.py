@@ -29,7 +29,7 @@ from PIL import Image
 from realfake.evaluate import evaluate
 from realfake.metadata import write_metadata
 from realfake.perturb import FAKES_JPEG
-from realfake.synth import make_demo, make_real, procedural_photos
+from realfake.synth import make_real, procedural_photos
 from realfake.train import train, PRESETS
 
 RECIPE = PRESETS['demo'].override(arch='test_resnet', size=32, bs=16, epochs=5, lr=3e-3, max_crops=4, aug=False)
@@ -62,16 +62,15 @@ def format_model(tmp_path_factory):
     return res['model_dir'], meta, res['values']
 
 @pytest.fixture(scope='module')
-def content_model(tmp_path_factory):
-    d = tmp_path_factory.mktemp('content')
-    meta = make_demo(d/'data', n=200, size=32, seed=0, same_format='PNG')
-    res = train(str(meta), RECIPE, out=d/'run', **RUN)
-    return res['model_dir'], meta, res['values']
+def content_model(trained_demo):
+    "conftest's session model: both classes PNG, fakes with simulated decoder traces; nothing about the format tells them apart."
+    return trained_demo['model_dir'], trained_demo['metadata'], trained_demo['values']
 
 def _audit(model_dir, meta, out):
     res = evaluate(model_dir, meta, out=out, audit=True, bs=64, num_workers=0)
     return res, pd.DataFrame(res['audit']).set_index('transform')
 
+@pytest.mark.slow
 def test_format_only_model_is_not_called_robust(format_model, tmp_path):
     model_dir, meta, values = format_model
     assert values['roc_auc'] >= 0.9, values                 # it did learn: the format is all there is to learn
@@ -87,6 +86,7 @@ def test_format_only_model_is_not_called_robust(format_model, tmp_path):
     assert {'jpeg_q75', 'webp_q75', FAKES_JPEG} <= {e['perturbation'] for e in v['evidence'] if e['hurts']}
     assert 'fragile to compression/resizing' in (tmp_path/'rep'/'report.html').read_text()
 
+@pytest.mark.slow
 def test_content_model_survives_reencoding(content_model, tmp_path):
     model_dir, meta, values = content_model
     assert values['roc_auc'] >= 0.9, values
@@ -101,6 +101,7 @@ def test_content_model_survives_reencoding(content_model, tmp_path):
     assert not hurt or v['reason'].startswith('down_0.5')
     assert any('no one-class contrast' in n for n in v['notes'])   # both classes PNG: no JPEG quality to match either way
 
+@pytest.mark.slow
 def test_an_untrained_model_is_inconclusive(tiny_model_dir, content_model, tmp_path):
     "A model at chance cannot lose anything under any perturbation: a flat audit of it proves nothing."
     _, meta, _ = content_model

@@ -6,12 +6,12 @@ import errno, json, os, shutil
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
-from helpers import make_model_dir
+from helpers import make_model_dir, run_cli_here
 from realfake.core import RealfakeError
 from realfake.images import load_image
 from realfake.metadata import write_metadata
 from realfake.metrics import roc_auc
-from realfake.modeldir import ModelConfig
+from realfake.modeldir import ModelConfig, ConfigError
 from realfake.perturb import PERTURBATIONS, FAKES_JPEG, fakes_jpeg, perturb_rng
 from realfake.predict import Classifier, predict_to_csv
 from realfake.evaluate import (EvalOptions, calibrate, evaluate, save_calibration, score_images, load_eval_data,
@@ -43,6 +43,7 @@ def gen_folder(tmp_path_factory):
     return root
 
 # ---------------------------------------------------------------- the report folder
+@pytest.mark.slow
 def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     out = tmp_path/'report'
     res = evaluate(model_dir, gen_folder, out=out, bs=8, num_workers=0, perturb='jpeg_q75,blur_1', audit=True)
@@ -81,6 +82,7 @@ def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     assert m['calibration'] is not None and 'random half' in m['calibration']['fitted_on']
     assert m['options']['perturb'] == ['jpeg_q75', 'blur_1'] and m['options']['audit'] is True
 
+@pytest.mark.slow
 def test_options_are_one_record(model_dir, gen_folder, tmp_path):
     "Keywords and an EvalOptions mean the same; a bad option fails before scoring."
     o = EvalOptions(bs=8, num_workers=0, calibration=False)
@@ -198,6 +200,7 @@ def test_metadata_input_and_save_threshold(model_dir, tmp_path):
     ModelConfig.from_json((mdir/'config.json').read_text())
     assert (mdir/'model.safetensors').read_bytes() == (model_dir/'model.safetensors').read_bytes()
 
+@pytest.mark.slow
 def test_abstain_band_saved_and_shown_everywhere(model_dir, tmp_path):
     "--unsure_coverage fits a band with the calibration; saved, it makes predict answer 'unsure', and the report shows it."
     mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
@@ -236,9 +239,9 @@ def test_refuses_to_save_a_degenerate_calibration(model_dir, tmp_path):
 def test_save_calibration_validates(model_dir, tmp_path):
     mdir = tmp_path/'model'; shutil.copytree(model_dir, mdir)
     before = (mdir/'config.json').read_text()
-    with pytest.raises(Exception): save_calibration(mdir, threshold=1.5, temperature=1.0)
-    with pytest.raises(Exception): save_calibration(mdir, threshold=0.5, temperature=-1.0)
-    with pytest.raises(Exception): save_calibration(mdir, 0.5, 1.0, unsure=[0.7, 0.2])
+    with pytest.raises(ConfigError, match='threshold'): save_calibration(mdir, threshold=1.5, temperature=1.0)
+    with pytest.raises(ConfigError, match='temperature'): save_calibration(mdir, threshold=0.5, temperature=-1.0)
+    with pytest.raises(ConfigError, match='unsure'): save_calibration(mdir, 0.5, 1.0, unsure=[0.7, 0.2])
     assert (mdir/'config.json').read_text() == before
     save_calibration(mdir, 0.3, 2.0, [0.2, 0.4])
     assert json.loads((mdir/'config.json').read_text())['unsure'] == [0.2, 0.4]
@@ -325,19 +328,19 @@ def _folder_png(tmp_path):
         for i in range(2): _img(i, lab == 'gen').save(root/lab/f'{i}.png')
     return root
 
-def test_cli_help_and_one_line_errors(run_cli, model_dir, gen_folder, tmp_path):
-    r = run_cli('realfake_evaluate', '--help', timeout=120)
+def test_cli_help_and_one_line_errors(model_dir, gen_folder, tmp_path):
+    r = run_cli_here('realfake_evaluate', '--help')
     assert r.returncode == 0
     for opt in ('--perturb', '--audit', '--layout', '--unsure_accuracy', '--unsure_coverage', '--save_threshold', '--no_calibration'):
         assert opt in r.stdout, opt
-    r = run_cli('realfake_evaluate', gen_folder, '--perturb', 'jpeg_q800', '--model', model_dir, '--out', tmp_path/'rep', timeout=120)
+    r = run_cli_here('realfake_evaluate', gen_folder, '--perturb', 'jpeg_q800', '--model', model_dir, '--out', tmp_path/'rep')
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and 'Traceback' not in r.stderr and lines[-1].startswith('realfake_evaluate: error: '), r.stderr[-2000:]
     assert "unknown perturbation 'jpeg_q800'" in lines[-1] and not (tmp_path/'rep').exists()
 
-def test_cli_perturb_runs(run_cli, model_dir, gen_folder, tmp_path):
-    r = run_cli('realfake_evaluate', gen_folder, '--model', model_dir, '--out', tmp_path/'rep', '--perturb', 'web,hard,jpeg_q65',
-                '--bs', 8, '--num_workers', 0, timeout=180)
+def test_cli_perturb_runs(model_dir, gen_folder, tmp_path):
+    r = run_cli_here('realfake_evaluate', gen_folder, '--model', model_dir, '--out', tmp_path/'rep', '--perturb', 'web,hard,jpeg_q65',
+                     '--bs', 8, '--num_workers', 0)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'verdict: inconclusive' in r.stdout and 'report:' in r.stdout
     assert pd.read_csv(tmp_path/'rep'/'audit.csv')['transform'].tolist() == ['clean', 'jpeg_q65', 'web', 'hard']   # GenImage's q65, any quality

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 from realfake.explain import cam, crop_score_map, heatmap, overlay, write_heatmap, network_parts
+from realfake.core import RealfakeError
 from realfake.predict import Classifier
 from realfake.modeldir import load_model_dir
-from realfake.synth import make_demo, make_real, make_fake, demo_photos
-from realfake.train import train, PRESETS
+from realfake.synth import make_real, make_fake, demo_photos
 from helpers import make_model_dir
 
 QUADRANTS = {'top-left': (slice(0, 64), slice(0, 64)), 'top-right': (slice(0, 64), slice(64, 128)),
@@ -77,7 +77,7 @@ def test_refuses_what_it_cannot_explain(tiny_model_dir):
     with pytest.raises(TypeError, match='ModelConfig'): cam(net, _photo(40, 40))
     with pytest.raises(TypeError, match='nn.Sequential'): cam(torch.nn.Linear(2, 2), _photo(40, 40), cfg)
     onnx_like = type('C', (), dict(model=None, config=cfg))()
-    with pytest.raises(Exception, match='ONNX'): network_parts(onnx_like)
+    with pytest.raises(RealfakeError, match='ONNX'): network_parts(onnx_like)
     with pytest.raises(ValueError, match='kind'): heatmap(net, _photo(40, 40), 'gradients', cfg)
 
 
@@ -97,16 +97,9 @@ def test_write_heatmap_is_atomic(tiny_model_dir, tmp_path):
 # --- the sanity check: a map must point at the evidence ------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def synth_model(tmp_path_factory):
-    "A convnext_atto trained for a few seconds on simulated fakes (the decoder trace covers the whole image), both classes PNG."
-    d = tmp_path_factory.mktemp('quadrant')
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    try:
-        meta = make_demo(d/'demo', n=160, size=32, same_format='PNG', test_pct=0)
-        res = train(meta, PRESETS['demo'].override(size=32, epochs=6, bs=16, max_crops=4), out=d/'run', quiet=True,
-                    workers=0, threads=1)
-    finally: torch.set_num_threads(n)
-    return load_model_dir(res['model_dir'])
+def synth_model(trained_demo):
+    "conftest's session model: a convnext_atto trained on simulated fakes (the decoder trace covers the whole image), both classes PNG."
+    return load_model_dir(trained_demo['model_dir'])
 
 
 def _composite(quadrant, seed):
@@ -118,6 +111,7 @@ def _composite(quadrant, seed):
 
 
 @pytest.mark.parametrize('kind', ['cam', 'crops'])
+@pytest.mark.slow
 def test_quadrant(synth_model, kind, one_torch_thread):
     """Whichever quadrant holds the fake, the map puts most of its mass there (chance: 25%).
 

@@ -7,6 +7,7 @@ from PIL import Image
 pytest.importorskip('onnx'); pytest.importorskip('onnxruntime')
 from safetensors.torch import save_file
 from realfake.modeldir import build_network as build_model, load_model_dir
+from realfake.core import RealfakeError
 from realfake.predict import Classifier
 from realfake.export import export_onnx, onnx_parity, realfake_export
 
@@ -17,6 +18,7 @@ def exported(tiny_model_dir, tmp_path_factory):
     export_onnx(d)
     return d
 
+@pytest.mark.slow
 def test_parity_random_inputs(exported):
     import onnxruntime as ort
     model, cfg = load_model_dir(exported)
@@ -35,6 +37,7 @@ def test_parity_detects_a_different_model(exported, tmp_path):
     other = build_model('convnext_atto').eval()
     assert onnx_parity(other, exported/'model.onnx', 32, n=2) > 1e-3
 
+@pytest.mark.slow
 def test_classifier_onnx_backend_same_api(exported):
     imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)) for i in range(5)]
     ct, co = Classifier.from_dir(exported, backend='torch'), Classifier.from_dir(exported, backend='onnx')
@@ -53,7 +56,7 @@ def test_auto_backend_and_stale_file(exported, tmp_path):
     torch.manual_seed(3)
     save_file({k: v.contiguous() for k, v in build_model('convnext_atto').state_dict().items()}, str(d/'model.safetensors'))  # new weights, old onnx
     assert Classifier.from_dir(d, device='cpu').backend == 'torch'
-    with pytest.raises(Exception, match='realfake_export'):
+    with pytest.raises(RealfakeError, match='realfake_export'):
         Classifier.from_dir(_no_onnx(tmp_path, exported), backend='onnx')
 
 def _no_onnx(tmp_path, src):

@@ -91,6 +91,7 @@ def test_refuses_other_settings_in_the_same_folder(pipe, tmp_path):
     assert s['made'] == 3 and s['merged']
 
 
+@pytest.mark.slow
 def test_guided_run_reports_the_judge_first(pipe, tmp_path, tmp_path_factory, one_torch_thread):
     """A guided run scored by an independently trained judge (another seed, other data) and by the guide, in that
     order. Measured here (4 pairs, 6 steps, PNG files): guide p(real) 0.05 -> 0.44, judge 0.08 -> 0.13, up on every pair."""
@@ -157,6 +158,7 @@ def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
     assert not (out/'images').exists()
 
 
+@pytest.mark.slow
 def test_cli_resumes_after_sigkill(pipe_dir, pipe, tmp_path):
     "Kill the command while it writes; a rerun finishes the set, each image once, identical to an uninterrupted run."
     (tmp_path/'prompts.txt').write_text('\n'.join(PROMPTS[:2]) + '\n')
@@ -190,6 +192,7 @@ def test_cannot_guide_this_scheduler(pipe_dir, tiny_model_dir, tmp_path):
     assert not (tmp_path/'gen').exists()
 
 
+@pytest.mark.slow
 def test_without_the_extra(tmp_path):
     "`import realfake.generate` works without diffusers and transformers; the command says how to install them."
     (tmp_path/'prompts.txt').write_text('a cat\n')

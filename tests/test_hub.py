@@ -205,6 +205,7 @@ def _split_card(text):
 
 
 # ------------------------------------------------------------------------------------------------ the card
+@pytest.mark.slow
 def test_card_from_real_report(model_dir, report, train_metadata):
     "The card of a real evaluation report: the Hub parses its header and model-index; every section holds the report's numbers."
     res = read_report(report)
@@ -275,6 +276,7 @@ def _fill_cache(cache:Path, repo:str, model_dir:Path, ref='main', commit='c' * 4
     (root/'refs').mkdir(parents=True, exist_ok=True); (root/'refs'/ref).write_text(commit)
     return snap
 
+@pytest.mark.slow
 def test_from_pretrained_prefilled_cache_offline(model_dir, tmp_path, monkeypatch):
     "HF_HUB_OFFLINE: a cached snapshot loads (by branch and by tag); the scores are the local folder's."
     monkeypatch.setattr(hf.constants, 'HF_HUB_OFFLINE', True)
@@ -291,6 +293,7 @@ def test_from_pretrained_prefilled_cache_offline(model_dir, tmp_path, monkeypatc
         resolve_model_dir('org/tiny@v2', cache_dir=tmp_path)
     assert Classifier.from_pretrained(model_dir).name == str(model_dir)      # a folder stays a folder
 
+@pytest.mark.slow
 def test_missing_repo_offline_fails_at_once(model_dir, tmp_path, fake_hub, run_cli):
     "Offline, a name that is not cached: exit 2, one line that says how to get it, and not one request to the endpoint."
     (tmp_path/'img.png').parent.mkdir(exist_ok=True); _img(0).save(tmp_path/'img.png')
@@ -302,6 +305,7 @@ def test_missing_repo_offline_fails_at_once(model_dir, tmp_path, fake_hub, run_c
     assert 'HF_HUB_OFFLINE=1' in err and 'hf download org/absent' in err
     assert fake_hub.requests == [] and not (tmp_path/'p.csv').exists()
 
+@pytest.mark.slow
 def test_push_then_load_by_name(model_dir, report, train_metadata, tmp_path, fake_hub, run_cli):
     "realfake_push to a Hub endpoint, then realfake_predict --model org/name online, then offline from the cache it filled."
     r = run_cli('realfake_push', '--model', model_dir, '--repo', 'org/tiny', '--report', report, '--metadata', train_metadata,
@@ -336,6 +340,7 @@ def test_push_then_load_by_name(model_dir, report, train_metadata, tmp_path, fak
     assert r.returncode == 2 and 'no such model repo on the Hub' in r.stderr, r.stderr[-800:]
     assert sum('org/nothing' in p for _, p in fake_hub.requests) <= 2
 
+@pytest.mark.slow
 def test_push_to_branch_with_reviewed_card(model_dir, report, tmp_path, fake_hub):
     "--card uploads the reviewed file as it is; --revision commits to a branch, main is left alone."
     card = write_model_card(model_dir, report, dest=tmp_path/'card.md')
@@ -350,6 +355,7 @@ def test_push_to_branch_with_reviewed_card(model_dir, report, tmp_path, fake_hub
     assert repo['branches']['v2'] == r.stdout.strip() and 'README.md' not in repo['commits'][repo['branches']['main']]
     assert repo['commits'][repo['branches']['v2']]['README.md'].decode().endswith('Reviewed by a human.\n')
 
+@pytest.mark.slow
 def test_push_refuses_broken_model_before_uploading(tmp_path, fake_hub, model_dir, run_cli):
     (tmp_path/'m').mkdir(); (tmp_path/'m'/'config.json').write_bytes((model_dir/'config.json').read_bytes())
     (tmp_path/'m'/'model.safetensors').write_bytes((model_dir/'model.safetensors').read_bytes()[:1000])

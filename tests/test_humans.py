@@ -62,6 +62,7 @@ def _proc_vote(db, who, n, barrier):
         assert store.add_vote(who, f'img{i:03d}.png', LABELS[i % 2], confidence=1 + i % 3)
         store.add_vote(who, f'img{i:03d}.png', 'real')   # a duplicate: must be ignored, not counted
 
+@pytest.mark.slow
 def test_concurrent_votes_processes_lose_nothing(tmp_path):
     "4 processes and 2 threads write to the same SQLite file at once: every vote is there exactly once."
     db, N = tmp_path/'votes.sqlite', 24
@@ -169,6 +170,7 @@ def test_unsure_verdicts_are_not_counted_as_errors(data, tmp_path):
     o = compare_humans_model(store, meta, preds).overall.loc['all']
     assert (o['model_images'], o['model_unsure'], o['model_acc']) == (2, 2, 0.5)   # one right, one wrong, two abstained
 
+@pytest.mark.slow
 def test_compare_with_realfake_evaluate_predictions(data, tiny_model_dir, tmp_path):
     "What `realfake_evaluate --votes` does: reuse its predictions.csv (label = truth, pred = the model's verdict)."
     from realfake.evaluate import evaluate
@@ -183,6 +185,7 @@ def test_compare_with_realfake_evaluate_predictions(data, tiny_model_dir, tmp_pa
     assert (o['images'], o['model_images']) == (10, 10) and o['human_acc'] == 0.5
     assert o['model_acc'] == pytest.approx((preds.pred == preds.label).mean())
 
+@pytest.mark.slow
 def test_realfake_evaluate_votes_option(data, tiny_model_dir, tmp_path):
     "`realfake_evaluate --votes votes.sqlite` writes humans_vs_model.json next to the report."
     from realfake.evaluate import realfake_evaluate

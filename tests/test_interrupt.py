@@ -161,6 +161,7 @@ def _rerun_predict(folder, model_dir, out, n_files, n_done):
     return r
 
 @pytest.mark.parametrize('names', ['plain', 'newline', 'latin1'])
+@pytest.mark.slow
 def test_predict_killed_mid_row(tmp_path, model_dir, names):
     """SIGKILL while a CSV row is half written (for 'newline', right after a newline inside a quoted file name; for
     'latin1', names that are not UTF-8 and hold a carriage return):
@@ -178,6 +179,7 @@ def test_predict_killed_mid_row(tmp_path, model_dir, names):
     final = _check_complete(out, files)
     assert [r[0] for r in final[:5]] == [r[0] for r in rows], 'the rows written before the kill were rewritten'
 
+@pytest.mark.slow
 def test_predict_killed_from_outside(tmp_path, model_dir):
     "SIGKILL from another process at a moment chosen by polling the CSV; then a rerun completes it."
     files = _pngs(tmp_path / 'imgs', 16)
@@ -285,6 +287,7 @@ def _resume_and_check(meta, run, from_epoch, hist_before):
     # half-written checkpoint folders are swept (a stale '.latest.json.*.tmp' file may stay: never read, see BUGS.md core)
     assert not [d.name for d in (run / 'checkpoints').iterdir() if d.name.startswith('.') and d.is_dir()], 'temp checkpoint folders left after the resume'
 
+@pytest.mark.slow
 def test_train_killed_mid_epoch(tmp_path, train_meta):
     "SIGKILL after 2 batches of epoch 1: epoch 0's checkpoint loads and --resume continues at epoch 1."
     run = tmp_path / 'run'
@@ -297,6 +300,7 @@ def test_train_killed_mid_epoch(tmp_path, train_meta):
     _resume_and_check(train_meta, run, 1, rows)
 
 @pytest.mark.parametrize('moment', ['weights', 'pointer'])
+@pytest.mark.slow
 def test_train_killed_during_checkpoint_write(tmp_path, train_meta, moment):
     """SIGKILL while epoch 1's checkpoint is written: half-way through its model.safetensors ('weights'), or after its
     folder is complete but before latest.json is replaced ('pointer'). latest.json still names epoch 0, which loads;

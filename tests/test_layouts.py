@@ -1,13 +1,14 @@
 """Issue 11 ("know the data") and issue 14 items of realfake.prepare: JPEG quality estimation, the benchmark layouts
 (genimage, forensynths, csv), kept splits, sampling independent of the mount point, symlinks into the other label,
 unreadable folders, undecodable file names, and one-line CLI errors."""
-import io, os, struct, subprocess, sys, zlib
+import io, os, struct, zlib
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image, ImageFile, PngImagePlugin
 
 from realfake.images import load_image, probe_image, estimate_jpeg_quality
 from realfake.metadata import read_metadata
+from helpers import run_cli_here
 from realfake.prepare import (PrepareError, list_source, prepare, probe_files, sample_balanced, sample_kept_splits,
                               realfake_prepare, shortcut_warnings)
 
@@ -300,11 +301,8 @@ def test_latin1_file_name_through_prepare_read_and_load(tmp_path):
 
 # ---------------------------------------------------------------- one-line errors, exit status 2
 def run_cli(*args, cwd):
-    "Run realfake_prepare as its console script does (a __main__ module calling it)."
-    script = Path(cwd)/'_prep_cli.py'
-    script.write_text('from realfake.prepare import realfake_prepare\nrealfake_prepare()\n')
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    "Run realfake_prepare as its console script does (`realfake.cli.main`), in process: only its output is checked."
+    return run_cli_here('realfake_prepare', *args, cwd=cwd)
 
 
 @pytest.mark.parametrize('args,msg', [

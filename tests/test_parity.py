@@ -52,6 +52,7 @@ def _check(name, got, want):
     assert diff.max() <= 1e-4, (name, diff.max())
     assert (_labels(np.asarray(got)) == _labels(want)).all(), name
 
+@pytest.mark.slow
 def test_training_validation_equals_classifier(parity):
     clf = Classifier.from_dir(parity['mdir'], backend='torch', device='cpu')
     assert clf.spec == parity['spec']

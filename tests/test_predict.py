@@ -6,6 +6,7 @@ from PIL import Image
 
 from realfake.preprocess import crop_boxes, normalize
 from realfake.predict import Classifier, CSV_COLUMNS, predict_to_csv, realfake_predict, load_classifier
+from realfake.modeldir import ModelNotFound
 
 SIZE = 32
 
@@ -141,7 +142,7 @@ def test_killed_run_partial_line_recovered(clf, counting, tmp_path):
 
 def test_foreign_csv_refused(clf, tmp_path):
     (tmp_path/'x.csv').write_text('a,b\n1,2\n')
-    with pytest.raises(Exception, match='not a realfake_predict CSV'):
+    with pytest.raises(RealfakeError, match='not a realfake_predict CSV'):
         predict_to_csv([tmp_path], clf, out=tmp_path/'x.csv', progress=False)
     assert (tmp_path/'x.csv').read_text() == 'a,b\n1,2\n'
 
@@ -155,6 +156,7 @@ _SLOW_RUN = textwrap.dedent('''
     P.predict_to_csv([sys.argv[1]], P.load_classifier(sys.argv[2], backend='torch'), out=sys.argv[3], bs=1, num_workers=0, progress=False)
 ''')
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun(model_dir, clf, counting, tmp_path):
     "A run killed with SIGKILL leaves a CSV valid up to its last complete row; a rerun completes it, no file twice."
     d = tmp_path/'in'; _write_good(d, 12)
@@ -212,13 +214,14 @@ def test_bad_options(clf, model_dir):
     with pytest.raises(ValueError, match='combine'): clf.with_preprocess(combine='median')
     with pytest.raises(ValueError, match='resize'): load_classifier(model_dir, resize='huge')
     with pytest.raises(ValueError, match='threshold'): load_classifier(model_dir, threshold=2)
-    with pytest.raises(Exception, match='not found'): Classifier.from_dir('/nonexistent/model')
+    with pytest.raises(ModelNotFound, match='not found'): Classifier.from_dir('/nonexistent/model')
 
 def _console(name):
     p = Path(sys.executable).parent/name
     if not p.exists(): pytest.skip(f'{name} console script not installed (pip install -e .)')
     return str(p)
 
+@pytest.mark.slow
 def test_console_script_exit_codes(model_dir, tmp_path):
     "Success exits 0 with a summary line; a user error exits 2 with one clean line (no traceback)."
     _write_good(tmp_path/'in', 2)
@@ -274,6 +277,7 @@ def test_csv_repair_at_every_byte_offset(tmp_path, caplog, monkeypatch):
     for cut in range(0, len(data) + 1, 7):
         assert all(csv_complete_length(data[:cut], tail) == csv_complete_length(data[:cut], len(data)) for tail in (1, 5, 64))
 
+@pytest.mark.slow
 def test_options_stored_refused_rescored(clf, model_dir, tmp_path, run_cli):
     "The options live in predictions.csv.json; other options are refused (exit 2, one line) or rescored; bs/workers do not count."
     d = tmp_path/'in'; _write_good(d, 3)
@@ -329,6 +333,7 @@ def _latin1_folder(root: Path) -> list[Path]:
     bad = Path(os.fsdecode(os.fsencode(d) + b'/cass\xe9.jpg')); bad.write_bytes(b'not an image')
     return out + [bad]
 
+@pytest.mark.slow
 def test_undecodable_names_end_to_end(model_dir, clf, tmp_path, run_cli):
     """Latin-1 file names on a Linux disk: listed, scored (in worker processes), written escaped into the CSV, named in
     the error row and the summary line, and resumed without scoring anything twice."""
@@ -357,6 +362,7 @@ def test_undecodable_names_end_to_end(model_dir, clf, tmp_path, run_cli):
     pr = clf.predict(files)
     assert pr.path.tolist() == [escape_path(f) for f in files] and pr.error.notna().sum() == 1
 
+@pytest.mark.slow
 def test_cli_heatmaps(model_dir, tmp_path, run_cli):
     "--heatmaps DIR: one overlay PNG per readable image (same-named files kept apart), an index, a rerun redoing only what is missing."
     d = tmp_path/'in'; _write_good(d, 1); _write_good(d/'sub', 1)          # two files named img_000.png

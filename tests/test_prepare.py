@@ -1,11 +1,12 @@
 "Tests of realfake.prepare: source layouts, balanced sampling and split invariants, probing, hashing, the CLI."
-import json, os, re, subprocess, sys
+import json, os, re
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 
 import realfake.metadata as rmeta
 from realfake.metadata import read_metadata
+from helpers import run_cli_here
 from realfake.prepare import (PrepareError, Source, parse_source, list_source, find_duplicates, drop_duplicates,
                               sample_balanced, parse_quotas, probe_files, shortcut_warnings, find_identical, prepare,
                               realfake_prepare)
@@ -252,12 +253,7 @@ def one_line(r) -> bool:
     return len(lines) == 1 and lines[0].startswith('realfake_prepare: error: ') and 'Traceback' not in r.stderr
 
 
-def run_cli(*args, cwd):
-    script = Path(cwd)/'_prep_cli.py'
-    script.write_text('from realfake.prepare import realfake_prepare\nrealfake_prepare()\n')
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+def run_cli(*args, cwd): return run_cli_here('realfake_prepare', *args, cwd=cwd)   # in process: only the output is checked
 
 
 @pytest.fixture

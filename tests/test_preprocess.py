@@ -54,6 +54,7 @@ def test_odd_and_hostile_sizes_at_native_pixels(tiny_model_dir, tmp_path):
     assert df.n_crops[0] == 1 and df.n_crops[1] == 9                     # the strip: 9 crops spread along it
     assert 'decompression bomb refused' in df.error[2] and 'huge.jpg' in df.error[2]
 
+@pytest.mark.slow
 def test_huge_image_memory_is_bounded(tmp_path):
     "Peak memory of scoring a 20000x20000 JPEG at native pixels stays small: it is refused before any pixel is decoded."
     (tmp_path/'huge.jpg').write_bytes(_forged_jpeg(20000, 20000))

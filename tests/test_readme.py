@@ -1,10 +1,13 @@
 """The README is tested: its tour (the code blocks marked `<!-- tested -->`) runs as written, in a clean folder, on the
 demo data: make data -> prepare with a test split -> train -> evaluate the test split -> predict -> export -> the web
 app answering a request, and the Python snippet. A README command that fails fails this test (and CI)."""
-import os, re, shlex, signal, socket, subprocess, sys, time
+import configparser, os, re, shlex, signal, socket, subprocess, sys, time
 from pathlib import Path
+import pytest
 
-README = Path(__file__).resolve().parents[1]/'README.md'
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT/'README.md'
+TOUR_EXTRAS = {'realfake_demo': 'demo', 'realfake_export': 'onnx', 'realfake_app': 'app'}   # the extra each tour command needs
 
 def readme_blocks() -> list[tuple[str, str]]:
     "(language, code) of every fenced block right after a `<!-- tested -->` marker, in order."
@@ -57,13 +60,41 @@ def test_readme_has_a_tested_tour():
     kinds = [k for k, _ in readme_blocks()]
     assert 'sh' in kinds and 'python' in kinds, kinds
 
+def install_extras() -> set:
+    "The extras of the README's install line (`pip install -e \".[a,b]\"` in the Install section)."
+    sec = README.read_text(encoding='utf-8').split('## Install and run the demo', 1)[1].split('\n## ', 1)[0]
+    m = re.search(r'pip install -e "\.\[([\w,]+)\]"', sec)
+    assert m, 'no `pip install -e ".[...]"` line in the Install section'
+    return set(m.group(1).split(','))
+
+def test_install_line_gives_what_the_tour_runs():
+    "Every tour command's extra is on the install line and defined in settings.ini (a missing `onnx` broke export)."
+    tour = [c.split()[0] for lang, code in readme_blocks() if lang == 'sh' for c in _commands(code)]
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    missing = {TOUR_EXTRAS[c] for c in tour if c in TOUR_EXTRAS} - install_extras()
+    assert not missing, f"the README's install line lacks the extras {sorted(missing)} that its tour needs"
+    assert all(cfg.has_option('DEFAULT', f'extra_{e}') for e in install_extras()), install_extras()
+    assert set(TOUR_EXTRAS) <= set(tour), 'a tour command left: update TOUR_EXTRAS'
+
+def _ignored(names) -> list:
+    "Those of `names` (paths relative to the checkout, folders ending in /) that the checkout's .gitignore does not cover."
+    r = subprocess.run(['git', 'check-ignore', '--no-index', '--stdin'], cwd=ROOT, input='\n'.join(names), text=True, capture_output=True)
+    if r.returncode not in (0, 1) or not (ROOT/'.git').exists(): pytest.skip(f'not a git checkout: {r.stderr.strip()}')
+    return sorted(set(names) - set(r.stdout.split()))
+
+@pytest.mark.slow
 def test_readme_tour_runs_as_written(tmp_path):
     "Every command of the tested blocks, in order, in an empty folder (the app command is started and queried)."
     for lang, code in readme_blocks():
         if lang == 'python':
-            _run(f'{shlex.quote(sys.executable)} -c {shlex.quote(code)}', tmp_path)
+            out = _run(f'{shlex.quote(sys.executable)} -c {shlex.quote(code)}', tmp_path).stdout
+            lines = out.splitlines()
+            assert 'prob_fake' in lines[0] and 'label' in lines[0] and len(lines) == 3, out   # a header, two images
+            assert max(map(len, lines)) <= 80, f"the snippet's output is wider than an 80-column terminal:\n{out}"
             continue
         for cmd in _commands(code):
             if cmd.startswith('realfake_app'): _app_smoke(cmd, tmp_path)
             else: _run(cmd, tmp_path)
     assert (tmp_path/'report'/'report.html').exists() and (tmp_path/'runs'/'mine'/'model'/'model.onnx').exists()
+    left = _ignored([p.name + '/' * p.is_dir() for p in tmp_path.iterdir()])
+    assert not left, f"the tour, run in the clone, leaves {left} untracked: add them to .gitignore"

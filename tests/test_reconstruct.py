@@ -191,6 +191,7 @@ def test_sample_is_seeded_and_bf16_runs(vaes, tmp_path):
         run('s1', sample=True, seed=4)                  # same folder, another seed: refused, not mixed
 
 # ---------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_sigkill_then_resume(vaes, tmp_path):
     "Kill -9 after the first recorded batch; the rerun skips what was done and every pair appears exactly once."
     kl, _ = vaes
@@ -217,6 +218,7 @@ def test_sigkill_then_resume(vaes, tmp_path):
     assert sorted(r['rel'] for r in recs) == sorted(f'in/{i:02d}.png' for i in range(60))   # each pair recorded once
 
 # ---------------------------------------------------------------- several processes
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(vaes, tmp_path):
     "torchrun, 2 CPU processes: each its shard (disjoint, complete), one merged metadata file written by rank 0."
     kl, _ = vaes
@@ -234,6 +236,7 @@ def test_torchrun_two_cpu_processes(vaes, tmp_path):
     assert 'rank 0 of 2' in r.stdout and 'rank 1 of 2' in r.stdout and r.stdout.count('records') == 1
 
 # ---------------------------------------------------------------- offline, optional extra
+@pytest.mark.slow
 def test_missing_hub_id_offline_fails_fast_with_advice(tmp_path):
     "HF_HUB_OFFLINE=1 and an id that is not cached: exit 2, one line saying how to get the folder."
     env = {**ENV, 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path/'hf')}
@@ -248,6 +251,7 @@ def test_missing_hub_id_offline_fails_fast_with_advice(tmp_path):
     assert 'HF_HUB_OFFLINE is set' in err[0] and 'hf download stabilityai/sd-vae-ft-mse --local-dir sd-vae-ft-mse' in err[0]
     assert 'Retrying' not in r.stderr and not (tmp_path/'out'/'sd-vae-ft-mse').exists()
 
+@pytest.mark.slow
 def test_diffusers_stays_optional(tmp_path):
     "No realfake module imports diffusers when imported; without it, `reconstruct` says how to install it, writing nothing."
     code = """

@@ -126,6 +126,7 @@ def test_undecodable_shard_names_and_errors(clf, tmp_path):
     assert err.startswith('cannot read shard pipe:cat ') and 'd\\xe9j\\xe0.tar' in err, err
     assert job_summary(tmp_path/'out')['unreadable'] == ['d\\xe9j\\xe0']
 
+@pytest.mark.slow
 def test_changed_options_refused_or_rescored(clf, model_dir, tmp_path):
     "Other options: refused (nothing touched; the command exits 2 with one line), or rescored with rescore; then resumable."
     make_shards(tmp_path/'s', 2, 2)
@@ -163,6 +164,7 @@ _SLOW = textwrap.dedent('''
     _run_cli(P.realfake_predict.__wrapped__, False)
 ''')
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_completes(model_dir, tmp_path):
     "SIGKILL while shards are being scored: finished shards stay, nothing partial is visible; the same command completes the job."
     shards = make_shards(tmp_path/'s', 6, 3)
@@ -192,6 +194,7 @@ def test_sigkill_then_rerun_completes(model_dir, tmp_path):
     rows = pd.concat([_read(out, n) for n in shards], ignore_index=True)
     assert sorted(rows.key) == sorted(k for v in shards.values() for k in v) and rows.error.isna().all()
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun(model_dir, tmp_path):
     "torchrun --nproc_per_node 2 on the CPU: each process scores its own shards; together every sample exactly once."
     torchrun = shutil.which('torchrun') or str(Path(sys.executable).parent/'torchrun')
@@ -212,6 +215,7 @@ def test_two_processes_under_torchrun(model_dir, tmp_path):
     want = [(n, k) for n, v in shards.items() for k in v]
     assert sorted(zip(merged.shard, merged.key)) == sorted(want) and len(merged) == len(want)    # each sample exactly once
 
+@pytest.mark.slow
 def test_merge_reports_unfinished_job(clf, tmp_path):
     make_shards(tmp_path/'s', 3, 2)
     predict_shards([tmp_path/'s'/'00000.tar'], clf, out=tmp_path/'out', progress=False, num_workers=0)

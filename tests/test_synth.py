@@ -1,11 +1,11 @@
 "Tests of realfake.synth: the simulated demo data (determinism, labels, formats, splits, traces, CLI)."
-import os, subprocess, sys, time
 from pathlib import Path
 import numpy as np, pytest
 from PIL import Image
 
 import realfake.synth as synth
 from realfake.metadata import read_metadata
+from helpers import run_cli_here
 from realfake.synth import (make_demo, make_real, make_fake, simulate_vae_decode, periodic_peak_ratio, demo_photos,
                             procedural_photos, DemoError)
 
@@ -121,17 +121,9 @@ def test_refuses_overwrite_and_bad_options(tmp_path):
     assert not (tmp_path/'bad'/'metadata.jsonl').exists()
 
 
-def test_fast_enough(tmp_path):
-    t0 = time.perf_counter(); make_demo(tmp_path/'d', n=100, size=64); dt = time.perf_counter() - t0
-    assert dt < 15, f'2 x 100 demo images took {dt:.1f} s'
 
 
-def run_cli(*args, cwd):
-    script = Path(cwd)/'_demo_cli.py'
-    script.write_text('from realfake.synth import realfake_demo\nrealfake_demo()\n')
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+def run_cli(*args, cwd): return run_cli_here('realfake_demo', *args, cwd=cwd)   # in process: only the output is checked
 
 
 def test_cli(tmp_path):

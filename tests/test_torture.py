@@ -241,6 +241,7 @@ def cells_predict_cli(corpus, model_dir, tmp, folder=False):
     if extra: cells['(extra rows)'] = f'FAIL: rows for files not in the corpus (a symlinked folder scanned twice?): {extra[:3]}'
     return cells, r, rows
 
+@pytest.mark.slow
 def test_predict_cli_files(corpus, model_dir, clf, tmp_path):
     cells, r, rows = cells_predict_cli(corpus, model_dir, tmp_path)
     assert_cells(cells, 'realfake_predict FILES')
@@ -253,6 +254,7 @@ def test_predict_cli_files(corpus, model_dir, clf, tmp_path):
     cli = {row['path']: float(row['prob_fake']) for row in rows if row['prob_fake']}
     for p, q in zip(api['path'], api['prob_fake']): assert abs(cli[p] - q) < 1e-4, (p, cli[p], q)
 
+@pytest.mark.slow
 def test_predict_cli_folder(corpus, model_dir, tmp_path):
     "The corpus folder (with a symlink back to itself inside) is scanned once, every file accounted for."
     cells, r, rows = cells_predict_cli(corpus, model_dir, tmp_path, folder=True)
@@ -382,6 +384,7 @@ def cells_evaluate(corpus, model_dir, tmp):
     metrics = json.loads((out / 'metrics.json').read_text()) if (out / 'metrics.json').exists() else None
     return cells, r, metrics
 
+@pytest.mark.slow
 def test_evaluate_cli(corpus, model_dir, tmp_path):
     cells, r, metrics = cells_evaluate(corpus, model_dir, tmp_path)
     assert_cells(cells, 'realfake_evaluate')
@@ -392,6 +395,7 @@ def test_evaluate_cli(corpus, model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- CLI user errors: a clear line, no traceback
+@pytest.mark.slow
 def test_cli_user_errors_are_clean(corpus, model_dir, tmp_path):
     import shutil
     bad_model = tmp_path / 'half copied model'; shutil.copytree(model_dir, bad_model)

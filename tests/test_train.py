@@ -34,19 +34,16 @@ def _history(out):
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 # ---------------------------------------------------------------- learning
-def test_tiny_model_learns_easy_demo(tmp_path):
-    "The README's demo, scaled down: >= 90% validation accuracy in well under two minutes of CPU."
-    meta = make_demo(tmp_path/'demo', n=200, size=32, seed=0)
-    t = time.time()
-    # the demo's recipe: native pixels, augmentation without warps (they would blur its pixel-level traces away)
-    res = train(str(meta), TINY.override(epochs=5, bs=32, lr=3e-3), out=tmp_path/'run', **RUN)
-    secs = time.time() - t
+@pytest.mark.slow
+def test_tiny_model_learns_easy_demo(trained_demo):
+    "The README's demo, scaled down (conftest's session model: both classes PNG, so no format shortcut): it is learnt."
+    res = trained_demo
+    print(f"demo: {res['seconds']:.1f}s, {res['values']}")
     v = res['values']
-    print(f"demo: {secs:.1f}s, {v}")
     assert v['accuracy'] >= 0.90, v
     assert v['real_accuracy'] >= 0.8 and v['fake_accuracy'] >= 0.8, v
     assert v['roc_auc'] >= 0.95, v
-    head, rows = _history(tmp_path/'run')
+    head, rows = _history(Path(res['log']).parent)
     assert head == ['epoch', 'train_loss', 'valid_loss', 'accuracy', 'roc_auc', 'real_accuracy', 'fake_accuracy',
                     'balanced_accuracy', 'ap', 'eer', 'tpr_at_1fpr', 'tpr_at_5fpr', 'time']
     assert [r[0] for r in rows] == ['0', '1', '2', '3', '4']
@@ -60,9 +57,9 @@ def test_tiny_model_learns_easy_demo(tmp_path):
     assert torch.allclose(got, want, atol=1e-5)
     assert cfg.arch == 'convnext_atto' and cfg.preprocess == TINY.spec and cfg.vocab == ['real', 'fake']
     assert list(cfg.preprocess.mean) == pytest.approx([0.485, 0.456, 0.406])
-    ck = read_pointer(tmp_path/'run'/'checkpoints', 'latest')
+    ck = read_pointer(Path(res['checkpoints']), 'latest')
     assert ck.name == 'epoch-004' and (ck/'optimizer.safetensors').is_file()
-    assert read_pointer(tmp_path/'run'/'checkpoints', 'best') is not None
+    assert read_pointer(Path(res['checkpoints']), 'best') is not None
 
 # ---------------------------------------------------------------- resume
 class _Interrupt(Exception): pass
@@ -74,6 +71,7 @@ class _CrashAfter(Callback):
     def after_epoch(self):
         if self.epoch == self.n: raise _Interrupt('simulated crash')
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_demo, tmp_path, monkeypatch):
     """Interrupted after epoch 1 of 2 + `resume` ends with the same weights as an uninterrupted run.
     Tolerance 1e-5: on CPU with fixed seeds, num_workers=0 and per-epoch reseeding the runs execute the same
@@ -111,6 +109,7 @@ meta, out = sys.argv[1:]
 train(meta, PRESETS['demo'].override(epochs=3, size=32, bs=8, lr=2e-3), out=out, workers=0, cpu=True, quiet=True)
 '''
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(tiny_demo, tmp_path):
     "SIGKILL during epoch 2 (and possibly mid-checkpoint): the last complete checkpoint loads and --resume finishes."
     out = tmp_path/'run'
@@ -184,6 +183,7 @@ with open(f'{rec}/rank{rank}.json', 'w') as f:
     json.dump(dict(seen=seen, writes=writes, values=res['values'], n_train=n_train, world=int(os.environ['WORLD_SIZE'])), f)
 '''
 
+@pytest.mark.slow
 def test_two_cpu_processes(tmp_path):
     "torchrun, 2 processes, gloo: each rank its own shard, identical weights after training, only rank 0 writes."
     out, rec = tmp_path/'run', tmp_path/'rec'; rec.mkdir()

@@ -4,7 +4,7 @@ without the explicit flag, and then only with torch.load(weights_only=True); ima
 The malicious pickles here create a marker file when unpickled: the tests assert it never appears (and a control
 proves each pickle really would run its code)."""
 from __future__ import annotations
-import ast, json, os, pickle, subprocess, sys, textwrap
+import ast, os, pickle, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np
 import pytest
@@ -79,44 +79,20 @@ def test_model_dir_with_only_a_pickle_is_refused(tmp_path, good_dir, marker, kin
     (d / 'config.json').write_bytes((good_dir / 'config.json').read_bytes())
     f = evil_files(tmp_path / 'evil', marker)[kind]
     os.replace(f, d / f.name)
-    with pytest.raises(Exception) as ei: learner.load_model_dir(d)
+    with pytest.raises(FileNotFoundError) as ei: learner.load_model_dir(d)
     assert 'safetensors' in str(ei.value), ei.value
     from realfake.predict import Classifier
-    with pytest.raises(Exception) as ei: Classifier.from_dir(d, device='cpu', backend='torch')
+    with pytest.raises(FileNotFoundError) as ei: Classifier.from_dir(d, device='cpu', backend='torch')
     assert 'safetensors' in str(ei.value) or 'model directory' in str(ei.value), ei.value
 
-def test_corrupt_safetensors_is_a_clear_error(tmp_path, good_dir):
+def test_corrupt_safetensors_is_a_clear_error(tmp_path, good_dir, marker):
+    "Empty, a huge header length, and a pickle named model.safetensors: one clear error naming the file, nothing run."
     d = tmp_path / 'model'; d.mkdir()
     (d / 'config.json').write_bytes((good_dir / 'config.json').read_bytes())
-    for data in (b'', (2**62).to_bytes(8, 'little') + b'{}'):
+    for data in (b'', (2**62).to_bytes(8, 'little') + b'{}', pickle.dumps({'state_dict': Evil(marker)})):
         (d / 'model.safetensors').write_bytes(data)
-        with pytest.raises(Exception) as ei: learner.load_model_dir(d)
-        assert not isinstance(ei.value, (MemoryError, SystemError)), ei.value
+        with pytest.raises(learner.RealfakeError) as ei: learner.load_model_dir(d)
         assert 'model.safetensors' in str(ei.value), f'the error does not name the bad file: {type(ei.value).__name__}: {ei.value}'
-
-BAD_CONFIGS = [
-    ({'colour': 'blue'}, 'unknown'), ({'size': '224'}, 'size'), ({'size': 224.0}, 'size'), ({'size': True}, 'size'),
-    ({'threshold': 2}, 'threshold'), ({'temperature': 0}, 'temperature'), ({'mean': [0.5, 0.5]}, 'mean'),
-    ({'vocab': ['fake', 'real']}, 'vocab'), ({'arch': '../../etc/passwd'}, 'arch'), ({'arch': 'os.system'}, None),
-    ({'n_out': 3}, 'vocab'), ({'std': [0, 1, 1]}, 'std'),
-]
-
-@pytest.mark.parametrize('change,word', BAD_CONFIGS, ids=[json.dumps(c) for c, _ in BAD_CONFIGS])
-def test_config_is_validated(tmp_path, good_dir, change, word):
-    import shutil
-    d = tmp_path / 'model'; shutil.copytree(good_dir, d)
-    cfg = json.loads((d / 'config.json').read_text()); cfg.update(change)
-    (d / 'config.json').write_text(json.dumps(cfg))
-    with pytest.raises(Exception) as ei: learner.load_model_dir(d)
-    assert word is None or word in str(ei.value), ei.value
-
-@pytest.mark.parametrize('text', ['{"arch": "convnext_atto", "threshold": NaN}', '[1, 2]', '{"arch": "convnext_atto"',
-                                  '{"arch": "convnext_atto", "pad": "' + 'x' * 2_000_000 + '"}', ''])
-def test_config_json_malformed(tmp_path, good_dir, text):
-    import shutil
-    d = tmp_path / 'model'; shutil.copytree(good_dir, d)
-    (d / 'config.json').write_text(text)
-    with pytest.raises(learner.ConfigError): learner.load_model_dir(d)
 
 # ---------------------------------------------------------------- .pth weights: flag + weights_only
 @pytest.mark.parametrize('kind', ['pth', 'pkl', 'bin'])
@@ -136,17 +112,7 @@ def test_pth_weights_with_the_flag_use_weights_only(tmp_path, marker, kind, monk
     with pytest.raises(learner.WeightsError): learner.build_network('convnext_atto', weights=f, allow_pth=True)
     assert calls and all(c is True for c in calls), f'torch.load called with weights_only={calls}'
 
-def test_pth_weights_with_the_flag_load_plain_tensors(tmp_path):
-    "The flag is not a dead end: a plain tensor .pth loads (and is exactly what build_model uses)."
-    torch.manual_seed(1)
-    src = learner.build_network('convnext_atto')
-    body = {k[8:]: v for k, v in src.state_dict().items() if k.startswith('0.model.')}   # the timm body, timm's names
-    torch.save({'state_dict': body}, tmp_path / 'w.pth')
-    m = learner.build_network('convnext_atto', weights=tmp_path / 'w.pth', allow_pth=True)
-    got = {k[8:]: v for k, v in m.state_dict().items() if k.startswith('0.model.')}
-    assert body and set(got) == set(body)
-    assert all(torch.equal(got[k], body[k]) for k in body), 'weights from the .pth were not used'
-
+@pytest.mark.slow
 def test_train_cli_refuses_pickle_weights(tmp_path, marker):
     "realfake_train --weights evil.pth: refused without --allow_pth, refused by weights_only with it; no code runs."
     from PIL import Image
