@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse
-from .core import RealfakeError, atomic_path, command, escape_path, file_sha256, get_logger
+from .core import RealfakeError, atomic_path, command, escape_path, get_logger
 from .modeldir import load_model_dir, model_file_sha256
 from .predict import import_onnxruntime
 

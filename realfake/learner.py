@@ -15,7 +15,7 @@ from torch import nn
 from safetensors.torch import save_file
 from .preprocess import Preprocess, combine_logits
 from .modeldir import (MODEL_FILE, CONFIG_FILE, ModelConfig, timm_weights_kwargs, hub_errors, write_model_dir,
-                               state_tensors, load_tensors, read_small_file)
+                               state_tensors, load_tensors)
 from fastai.torch_core import rank_distrib
 from fastai.learner import Learner
 from fastai.callback.core import Callback

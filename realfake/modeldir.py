@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_modeldir.ipynb #83e4d7a9
 from __future__ import annotations
-import os, re, json, math, stat, tempfile, contextlib, dataclasses, importlib
+import os, re, json, math, tempfile, contextlib, dataclasses, importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from torch import nn
 import timm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
-from .core import (LABELS, RealfakeError, atomic_write, write_dir_atomic, get_logger, escape_path,
+from .core import (LABELS, RealfakeError, atomic_write, write_dir_atomic, get_logger,
                            check_regular_file, open_checked, read_small_file)
 from .preprocess import Preprocess, ConfigError
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_predict.ipynb #4f03c143
 from __future__ import annotations
-import os, re, csv, io, json, math, copy, time, dataclasses
+import os, re, csv, io, math, copy, time, dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from fastcore.basics import patch
 from fastcore.script import call_parse, Param
-from .core import (LABELS, RealfakeError, command, escape_path, file_sha256, find_images,
+from .core import (LABELS, RealfakeError, command, escape_path, find_images,
                            get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path, read_state_json)
 from .images import ImageLoadError
 from .explain import KINDS, write_heatmaps
