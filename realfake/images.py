@@ -12,7 +12,8 @@ from .core import RealfakeError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS',
-           'ImageLoadError', 'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'probe_image', 'thumbnail']
+           'ImageLoadError', 'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'encode_jpeg_like',
+           'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -282,7 +283,7 @@ def estimate_jpeg_quality(qtables) -> tuple[int, bool]:
     return q, bool(err[q] == 0)
 
 def jpeg_info(src) -> dict|None:
-    "Quality estimate, `standard` tables?, subsampling and the tables of a JPEG (a path or an opened image); None for others."
+    "Quality estimate (`approximate` when the tables are not IJG's), subsampling and the tables of a JPEG (a path or an opened image); None for others."
     if isinstance(src, Image.Image): return _jpeg_info(src)
     with _open_file(src) as f: return _jpeg_info(_open(f, src))
 
@@ -290,8 +291,16 @@ def _jpeg_info(im: Image.Image) -> dict|None:
     if im.format not in ('JPEG', 'MPO') or not getattr(im, 'quantization', None): return None
     q, exact = estimate_jpeg_quality(im.quantization)
     from PIL.JpegImagePlugin import get_sampling
-    return dict(quality=q, standard=exact, subsampling=SUBSAMPLING.get(get_sampling(im), 'gray' if im.mode == 'L' else 'other'),
+    return dict(quality=q, standard=exact, approximate=not exact, subsampling=SUBSAMPLING.get(get_sampling(im), 'gray' if im.mode == 'L' else 'other'),
                 qtables={int(k): list(v) for k, v in im.quantization.items()})
+
+def encode_jpeg_like(img: Image.Image, info: dict) -> bytes:
+    "`img` as JPEG bytes with the quantization tables and chroma subsampling of `info` (a `jpeg_info` result): no quality is estimated."
+    tabs = [list(info['qtables'][k]) for k in sorted(info['qtables'])][:2]
+    if len(tabs) == 1: tabs = tabs * 2                 # a greyscale source: its one table for the chroma too
+    sub = {v: k for k, v in SUBSAMPLING.items()}.get(info.get('subsampling'), -1)
+    b = io.BytesIO(); to_rgb(img).save(b, 'JPEG', qtables=tabs, subsampling=sub)
+    return b.getvalue()
 
 # %% ../nbs/02_images.ipynb #1f938f55
 GEN_TEXT_KEYS = ('parameters', 'prompt', 'workflow', 'software', 'dream', 'sd-metadata', 'invokeai_metadata',
