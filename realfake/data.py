@@ -19,7 +19,7 @@ from fastai.torch_core import default_device, TensorCategory
 from fastai.vision.augment import aug_transforms, RandomErasing
 try: from fasttransform import Transform  # fastai >= 2.8
 except ImportError: from fastcore.transform import Transform  # fastai 2.7
-from .images import ImageLoadError, MAX_PIXELS, load_image, jpeg_info, encode_jpeg_like
+from .images import ImageLoadError, MAX_PIXELS, load_image, jpeg_info
 from .preprocess import Preprocess, train_crop, image_crops
 from .perturb import encode_jpeg, blur, down_up
 
@@ -149,7 +149,7 @@ class ImageItems(Transform):
         src = path
         if ops or q is not None:
             src = load_image(path, max_pixels=self.max_pixels)
-            if q is not None: src = load_image(encode_jpeg_like(src, q) if isinstance(q, dict) else encode_jpeg(src, q))
+            if q is not None: src = load_image(encode_jpeg(src, q['quality'], q['subsampling'], q['qtables']) if isinstance(q, dict) else encode_jpeg(src, q))
             src = degrade(src, ops)
         return PILImage(train_crop(src, self.spec, random, self.max_pixels))
 

@@ -288,15 +288,15 @@ def audit_verdict(table:pd.DataFrame, rules:dict|None=None, notes=()) -> dict:
                 f"of it ({worst['perturbation']}; the limit is {r['max_auc_drop']})")
 
 # %% ../nbs/15_evaluate.ipynb #65ac62e1
-def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[int, str]]:
-    "(quality, subsampling) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
+def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[int, str, dict]]:
+    "(estimated quality, subsampling, quantization tables) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
     paths = ev.path[ev.label == 'real'].to_numpy(dtype=object)
     if len(paths) > n: paths = paths[np.sort(np.random.default_rng(seed).choice(len(paths), n, replace=False))]
     out = []
     for p in paths:
         try: info = jpeg_info(p)
         except Exception: continue
-        if info: out.append((info['quality'], info['subsampling']))
+        if info: out.append((info['quality'], info['subsampling'], info['qtables']))
     return out
 
 def resolve_perturbations(names, ev:pd.DataFrame, seed:int=0, explicit=()) -> tuple[list[Perturbation], list[str]]:

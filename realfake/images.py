@@ -12,8 +12,7 @@ from .core import RealfakeError
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS',
-           'ImageLoadError', 'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'encode_jpeg_like',
-           'probe_image', 'thumbnail']
+           'ImageLoadError', 'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info', 'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -294,13 +293,6 @@ def _jpeg_info(im: Image.Image) -> dict|None:
     return dict(quality=q, standard=exact, approximate=not exact, subsampling=SUBSAMPLING.get(get_sampling(im), 'gray' if im.mode == 'L' else 'other'),
                 qtables={int(k): list(v) for k, v in im.quantization.items()})
 
-def encode_jpeg_like(img: Image.Image, info: dict) -> bytes:
-    "`img` as JPEG bytes with the quantization tables and chroma subsampling of `info` (a `jpeg_info` result): no quality is estimated."
-    tabs = [list(info['qtables'][k]) for k in sorted(info['qtables'])][:2]
-    if len(tabs) == 1: tabs = tabs * 2                 # a greyscale source: its one table for the chroma too
-    sub = {v: k for k, v in SUBSAMPLING.items()}.get(info.get('subsampling'), -1)
-    b = io.BytesIO(); to_rgb(img).save(b, 'JPEG', qtables=tabs, subsampling=sub)
-    return b.getvalue()
 
 # %% ../nbs/02_images.ipynb #1f938f55
 GEN_TEXT_KEYS = ('parameters', 'prompt', 'workflow', 'software', 'dream', 'sd-metadata', 'invokeai_metadata',
