@@ -315,7 +315,7 @@ def _png_chunks(f, limit:int=10_000) -> list[tuple[bytes, bytes]]:
     return out
 
 def _provenance(im: Image.Image, f) -> dict:
-    "JPEG quality and subsampling, EXIF present?, generator-style text present? of the opened (not decoded) `im`."
+    "JPEG quality (approximate unless `tables` is IJG), subsampling, EXIF present?, generator-style text present? of the opened (not decoded) `im`."
     info, fmt = im.info, im.format
     exif, text = 'exif' in info, 'xmp' in info or 'comment' in info
     if fmt in ('JPEG', 'MPO'):
@@ -328,7 +328,8 @@ def _provenance(im: Image.Image, f) -> dict:
         text |= any(t == b'caBX' or (t in _PNG_TEXT and k.decode('latin-1').lower() in GEN_TEXT_KEYS) for t, k in chunks)
     elif fmt == 'TIFF': exif |= 34665 in getattr(im, 'tag_v2', {})   # the pointer to the EXIF IFD
     j = _jpeg_info(im)
-    return dict(quality=j and j['quality'], subsampling=j and j['subsampling'], exif=bool(exif), gen_text=bool(text))
+    tables = j and ('non-standard' if j['approximate'] else 'IJG')   # non-standard: the quality is approximate
+    return dict(quality=j and j['quality'], tables=tables, subsampling=j and j['subsampling'], exif=bool(exif), gen_text=bool(text))
 
 def probe_image(path, details:bool=False) -> dict:
     "`dict(width=, height=, format=)` of the image at `path` from its header (`details`: + quality, subsampling, exif, gen_text)."
