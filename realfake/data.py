@@ -249,6 +249,7 @@ def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, s
            ):
     "fastai DataLoaders (train = split 'train', valid = split 'valid') over the metadata DataFrame `df`."
     spec = spec or Preprocess()
+    if spec.decode != 'full': raise RealfakeError(f"decode={spec.decode!r} is for scoring only: training decodes every format alike ('full')")
     _check_df(df)
     rob = _robust(robust)
     split = df['split'].astype(str).to_numpy()

@@ -173,7 +173,7 @@ class _GridItems(torch.utils.data.Dataset):
         path, n = self.paths[i], 1 + len(self.perts)
         try:
             full = load_image(path) if self.spec.native or self.perts else None
-            clean = image_crops(full if full is not None else path, self.spec).pixels
+            clean = image_crops(full if full is not None and self.spec.decode == 'full' else path, self.spec).pixels  # draft: from the file
         except Exception as e: return i, [None] * n, [_err_msg(path, e)] * n
         out, errs = [clean], [None]
         for p in self.perts:

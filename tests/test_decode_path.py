@@ -136,3 +136,25 @@ def test_bomb_error_quotes_realfakes_limit(w, h, limit, tmp_path):
     with pytest.raises(ImageLoadError) as ei: load_image(p, max_pixels=limit)
     msg = str(ei.value)
     assert f'{w*h:,} pixels' in msg and f'limit {(limit or ri.MAX_PIXELS):,}' in msg and '200,000,000' not in msg and '200000000' not in msg, msg
+
+
+# ---------------------------------------------------------------- the draft opt-in, for scoring only
+def test_draft_opt_in_is_recorded_and_only_changes_jpegs(tiny_model_dir, tmp_path):
+    "`decode='draft'` reaches the decoder through the spec, is recorded in the sidecar, moves JPEG scores only; training refuses it."
+    import json, pandas as pd
+    from realfake.predict import PredictOptions, predict_to_csv, sidecar_path
+    from realfake.data import get_dls
+    from realfake.core import RealfakeError
+    paths = _files(tmp_path, n=4)                           # 1000x700: drafted at 1/8 for the model's 36-pixel side
+    full, draft = tmp_path/'full.csv', tmp_path/'draft.csv'
+    for out, dec in ((full, None), (draft, 'draft')):
+        predict_to_csv(paths, PredictOptions(model=str(tiny_model_dir), device='cpu', backend='torch', num_workers=0, decode=dec), out=out, progress=False)
+    a, b = pd.read_csv(full).set_index('path'), pd.read_csv(draft).set_index('path')
+    same = {p: a.loc[p, 'logit'] == b.loc[p, 'logit'] for p in a.index}
+    assert all(same[p] for p in same if p.endswith('.png')) and not any(same[p] for p in same if p.endswith('.jpg')), same
+    assert json.loads(sidecar_path(draft).read_text())['scored_with']['preprocess']['decode'] == 'draft'
+    assert 'decode' not in json.loads(sidecar_path(full).read_text())['scored_with']['preprocess']   # old sidecars stay valid
+    spec = Preprocess(size=32, resize=36, decode='draft')
+    assert 'draft' in spec.describe() and Preprocess.from_dict(spec.to_dict()) == spec
+    df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * 2, split=['train', 'valid'] * 2))
+    with pytest.raises(RealfakeError, match='scoring only'): get_dls(df, spec, bs=2, num_workers=0, device='cpu')
