@@ -24,7 +24,8 @@ from .preprocess import Preprocess, train_crop, image_crops
 from .perturb import encode_jpeg, blur, down_up
 
 # %% auto #0
-__all__ = ['RobustAug', 'degrade', 'real_jpeg_qualities', 'ImageItems', 'collate_crops', 'get_dls', 'skipped_images']
+__all__ = ['RobustAug', 'degrade', 'real_jpeg_qualities', 'real_jpeg_tables', 'ImageItems', 'collate_crops', 'get_dls',
+           'skipped_images']
 
 # %% ../nbs/11_data.ipynb #e66e61c2
 _log = get_logger('data')
@@ -95,6 +96,16 @@ def real_jpeg_qualities(df:pd.DataFrame, n:int=1000, seed:int=0) -> np.ndarray:
         except ImageLoadError: pass
     return np.asarray(qs, int)
 
+def real_jpeg_tables(df:pd.DataFrame, n:int=1000, seed:int=0) -> list[dict]:
+    "Quantization tables and subsampling (`jpeg_info`'s `qtables`, `subsampling`) of up to `n` real training JPEGs, from their headers."
+    real = df[(df['label'] == 'real') & (df['split'] == 'train')]
+    out = []
+    for p in (real['path'].sample(min(n, len(real)), random_state=seed) if len(real) else []):
+        try: info = jpeg_info(p)
+        except ImageLoadError: continue
+        if info is not None: out.append(dict(qtables=info['qtables'], subsampling=info['subsampling'], quality=info['quality']))
+    return out
+
 def _is_jpeg(path) -> bool:
     "Does the file at `path` start with the JPEG signature?"
     try:
@@ -117,24 +128,28 @@ class _Strings:
 class ImageItems(Transform):
     "fastai get_x: item index -> a training crop (PILImage) or the evaluation crops (TensorImage k x 3 x s x s)."
     def __init__(self, paths, labels, groups, n_train:int, spec:Preprocess, robust:RobustAug|None=None,
-                 align_qualities=None, max_pixels:int|None=MAX_PIXELS, max_tries:int=100):
+                 align_qualities=None, max_pixels:int|None=MAX_PIXELS, max_tries:int=100, align_tables=None):
         super().__init__()
         self.paths = paths if isinstance(paths, _Strings) else _Strings(paths)
         self.labels = np.asarray(labels, np.int8)   # index into LABELS
         self.groups = np.asarray(groups, np.int16)  # split*len(LABELS) + label: substitutes come from the same group
         self.n_train, self.spec, self.robust, self.max_pixels, self.max_tries = n_train, spec, robust, max_pixels, max_tries
         self.align = None if align_qualities is None else np.asarray(align_qualities, int)
+        self.align_tables = list(align_tables) if align_tables else None  # `real_jpeg_tables`: copied, not estimated
         self.members = {int(g): np.flatnonzero(self.groups == g) for g in np.unique(self.groups)}
         self.bad = torch.zeros(len(self.paths), dtype=torch.uint8).share_memory_()
 
     def _train(self, path):
         "One random training crop of `path`, after format alignment and robustness degradations when they apply."
         ops = self.robust.draw() if self.robust is not None else {}
-        q = int(self.align[random.randrange(len(self.align))]) if self.align is not None and not _is_jpeg(path) else None
+        q = None
+        if (self.align is not None or self.align_tables) and not _is_jpeg(path):
+            q = (self.align_tables[random.randrange(len(self.align_tables))] if self.align_tables
+                 else int(self.align[random.randrange(len(self.align))]))
         src = path
         if ops or q is not None:
             src = load_image(path, max_pixels=self.max_pixels)
-            if q is not None: src = load_image(encode_jpeg(src, q))
+            if q is not None: src = load_image(encode_jpeg(src, q['quality'], q['subsampling'], q['qtables']) if isinstance(q, dict) else encode_jpeg(src, q))
             src = degrade(src, ops)
         return PILImage(train_crop(src, self.spec, random, self.max_pixels))
 
@@ -210,13 +225,15 @@ class _Flip(Transform):
     split_idx, order = 0, 1
     def encodes(self, x:PILImage): return PILImage(x.transpose(Image.Transpose.FLIP_LEFT_RIGHT)) if random.random() < 0.5 else x
 
-def _align_qualities(df, align:bool):
+def _align_tables(df, align:bool):
     if not align: return None
-    qs = real_jpeg_qualities(df)
-    if not len(qs): raise RealfakeError("--align needs real JPEG images in the training split to draw qualities from; none found")
-    _log.info(f"format alignment: non-JPEG training images get JPEG qualities drawn from {len(qs)} real JPEGs "
-              f"(median {int(np.median(qs))}, range {qs.min()}-{qs.max()})")
-    return qs
+    tabs = real_jpeg_tables(df)
+    if not tabs: raise RealfakeError("--align needs real JPEG images in the training split to copy quantization tables from; none found")
+    qs = np.asarray([t['quality'] for t in tabs])
+    kinds = len({(str(t['qtables']), t['subsampling']) for t in tabs})
+    _log.info(f"format alignment: non-JPEG training images get the quantization tables and subsampling of one of {len(tabs)} "
+              f"real JPEGs ({kinds} distinct; nominal qualities median {int(np.median(qs))}, range {qs.min()}-{qs.max()})")
+    return tabs
 
 # %% ../nbs/11_data.ipynb #19e2e312
 def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, split columns
@@ -225,13 +242,14 @@ def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, s
             num_workers:int|None=None, # DataLoader workers; None: fastai's default (number of CPUs, at most 16)
             aug:bool=True, # augmentation (see above); False: plain random crops
             robust:RobustAug|bool|float|dict|None=None, # robustness augmentation of training images (off by default)
-            align:bool=False, # JPEG-compress non-JPEG training images at the real images' qualities
+            align:bool=False, # JPEG-compress non-JPEG training images with real JPEGs' tables and subsampling
             seed:int|None=None, # seeds the shuffling order (identical on every DDP rank)
             device=None, # where batches go; None: fastai's default device
             max_pixels:int|None=MAX_PIXELS, # image pixel limit handed to load_image
            ):
     "fastai DataLoaders (train = split 'train', valid = split 'valid') over the metadata DataFrame `df`."
     spec = spec or Preprocess()
+    if spec.decode != 'full': raise RealfakeError(f"decode={spec.decode!r} is for scoring only: training decodes every format alike ('full')")
     _check_df(df)
     rob = _robust(robust)
     split = df['split'].astype(str).to_numpy()
@@ -243,7 +261,7 @@ def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, s
     lab = pd.Categorical(df['label'].astype(str).to_numpy()[rows], categories=LABELS).codes.astype(np.int8)
     spl = pd.Categorical(split[rows], categories=SPLITS).codes.astype(np.int16)
     items = ImageItems(df['path'].astype(str).to_numpy()[rows], lab, spl * len(LABELS) + lab, n_train=len(train), spec=spec,
-                       robust=rob if rob is not None and rob.active else None, align_qualities=_align_qualities(df, align),
+                       robust=rob if rob is not None and rob.active else None, align_tables=_align_tables(df, align),
                        max_pixels=max_pixels)
     dblock = DataBlock(blocks=(TransformBlock(batch_tfms=IntToFloatTensor), CategoryBlock(vocab=LABELS, sort=False)),
                        get_x=items, get_y=_LabelOf(lab), splitter=partial(_split_first, len(train), len(rows)),

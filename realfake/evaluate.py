@@ -178,7 +178,7 @@ class _GridItems(torch.utils.data.Dataset):
         path, n = self.paths[i], 1 + len(self.perts)
         try:
             full = load_image(path) if self.spec.native or self.perts else None
-            clean = image_crops(full if self.spec.native else path, self.spec).pixels
+            clean = image_crops(full if full is not None and self.spec.decode == 'full' else path, self.spec).pixels  # draft: from the file
         except Exception as e: return i, [None] * n, [_err_msg(path, e)] * n
         out, errs = [clean], [None]
         for p in self.perts:
@@ -354,19 +354,19 @@ def verdict_roles(verdict:dict) -> dict:
     return roles
 
 # %% ../nbs/15_evaluate.ipynb #65ac62e1
-def jpeg_settings(ev:pd.DataFrame, label:str='real', n:int=1000, seed:int=0) -> list[tuple[int, str]]:
-    "(quality, subsampling) of the JPEG images of class `label` in `ev` (headers only; a seeded sample of at most `n`)."
+def jpeg_settings(ev:pd.DataFrame, label:str='real', n:int=1000, seed:int=0) -> list[tuple[int, str, dict]]:
+    "(estimated quality, subsampling, quantization tables) of the JPEG images of class `label` in `ev` (headers only; a seeded sample of at most `n`)."
     paths = ev.path[ev.label == label].to_numpy(dtype=object)
     if len(paths) > n: paths = paths[np.sort(np.random.default_rng(seed).choice(len(paths), n, replace=False))]
     out = []
     for p in paths:
         try: info = jpeg_info(p)
         except Exception: continue
-        if info: out.append((info['quality'], info['subsampling']))
+        if info: out.append((info['quality'], info['subsampling'], info['qtables']))
     return out
 
-def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[int, str]]:
-    "(quality, subsampling) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
+def real_jpeg_settings(ev:pd.DataFrame, n:int=1000, seed:int=0) -> list[tuple[int, str, dict]]:
+    "(estimated quality, subsampling, quantization tables) of the real JPEG images of `ev` (headers only; a seeded sample of at most `n`)."
     return jpeg_settings(ev, 'real', n, seed)
 
 def _one_class(name:str, ev, seed:int) -> tuple[Perturbation|None, str]:

@@ -20,11 +20,17 @@ __all__ = ['SUBSAMPLING_CODES', 'PERTURBATIONS', 'FAKES_JPEG', 'REALS_JPEG', 'PE
 # %% ../nbs/06_perturb.ipynb #2253c39c
 SUBSAMPLING_CODES = {'4:4:4': 0, '4:2:2': 1, '4:2:0': 2}
 
-def encode_jpeg(img:Image.Image, quality:int, subsampling:str|None=None) -> bytes:
-    "`img` as JPEG bytes at IJG `quality` (1-100) and chroma `subsampling` ('4:4:4', '4:2:2', '4:2:0'; None: libjpeg's default)."
-    if not 1 <= int(quality) <= 100: raise ValueError(f'JPEG quality must be 1-100, got {quality}')
-    kw = {} if subsampling is None else {'subsampling': SUBSAMPLING_CODES[subsampling]}
-    b = io.BytesIO(); img.save(b, 'JPEG', quality=int(quality), **kw)
+def encode_jpeg(img:Image.Image, quality:int|None, subsampling:str|None=None, qtables=None) -> bytes:
+    """`img` as JPEG bytes at IJG `quality` (1-100) and chroma `subsampling` ('4:4:4', '4:2:2', '4:2:0'; None or another
+    value: libjpeg's default); with `qtables` ({index: 64 values}, as `realfake.images.jpeg_info` reads them) those
+    exact quantization tables instead of a quality."""
+    kw = {} if subsampling not in SUBSAMPLING_CODES else {'subsampling': SUBSAMPLING_CODES[subsampling]}
+    if qtables is not None:
+        tabs = [list(qtables[k]) for k in sorted(qtables)][:2]
+        kw['qtables'] = tabs * 2 if len(tabs) == 1 else tabs   # a greyscale source: its one table for the chroma too
+    elif quality is None or not 1 <= int(quality) <= 100: raise ValueError(f'JPEG quality must be 1-100, got {quality}')
+    else: kw['quality'] = int(quality)
+    b = io.BytesIO(); img.save(b, 'JPEG', **kw)
     return b.getvalue()
 
 def encode_webp(img:Image.Image, quality:int) -> bytes:
@@ -110,27 +116,29 @@ FAKES_JPEG, REALS_JPEG = 'fakes_jpeg', 'reals_jpeg'
 PERTURBATION_NAMES = [*PERTURBATIONS, FAKES_JPEG, REALS_JPEG]
 
 def _one_class_jpeg(name:str, settings, label:str) -> Perturbation:
-    "`label`s only ('fake' or 'real') JPEG-compressed at a (quality, subsampling) drawn from the other class's `settings`."
+    "`label`s only ('fake' or 'real') JPEG-compressed with a (quality, subsampling[, qtables]) drawn from the other class's `settings`."
     other = 'real' if label == 'fake' else 'fake'
-    settings = [(int(q), s if s in SUBSAMPLING_CODES else None) for q, s in settings]
+    settings = [(int(q), s if s in SUBSAMPLING_CODES else None, *([{int(k): tuple(v) for k, v in t[0].items()}] if t and t[0] else []))
+                for q, s, *t in settings]
     if not settings: raise RealfakeError(f"{name} needs the JPEG qualities of the {other} images, and none of them is a JPEG")
-    qs = sorted({q for q, _ in settings})
+    qs = sorted({q for q, *_ in settings})
     what = f'quality {qs[0]}' if len(qs) == 1 else f'qualities {qs[0]}-{qs[-1]}'
+    if any(len(x) == 3 for x in settings): what = f"quantization tables and subsampling (nominal {what})"
     return Perturbation(name, partial(_jpeg_drawn, settings=tuple(settings)),
-                        f"{label}s only: JPEG at the {other} images' {what}; {other}s untouched", 'protocol',
+                        f"{label}s only: JPEG with the {other} images' {what}; {other}s untouched", 'protocol',
                         fakes_only=label == 'fake', reals_only=label == 'real')
 
 def fakes_jpeg(settings) -> Perturbation:
-    "The fakes-only protocol: each fake JPEG-compressed at a (quality, subsampling) drawn from the reals' `settings`."
+    "The fakes-only protocol: each fake JPEG-compressed with a (quality, subsampling[, qtables]) drawn from the reals' `settings`."
     return _one_class_jpeg(FAKES_JPEG, settings, 'fake')
 
 def reals_jpeg(settings) -> Perturbation:
-    "Its mirror, for data whose fakes are the JPEGs: each real JPEG-compressed at a (quality, subsampling) drawn from the fakes' `settings`."
+    "Its mirror, for data whose fakes are the JPEGs: each real JPEG-compressed with settings drawn from the fakes' `settings`."
     return _one_class_jpeg(REALS_JPEG, settings, 'real')
 
 def _jpeg_drawn(im, rng, settings):
-    q, sub = settings[int(rng.integers(len(settings)))]
-    return encode_jpeg(im, q, sub)
+    q, sub, *tabs = settings[int(rng.integers(len(settings)))]
+    return encode_jpeg(im, q, sub, tabs[0] if tabs else None)
 
 def perturb_rng(seed:int, name:str, key) -> np.random.Generator:
     "The random generator of perturbation `name` on the image `key` (its path or index) in a run seeded `seed`."

@@ -309,13 +309,15 @@ class PredictOptions:
     combine: str|None = None          # None: the model's; 'mean' or 'max'
     bs: int = 32                      # images per batch
     num_workers: int|None = None      # decoding processes (None: `_default_workers`)
+    decode: str|None = None           # None: the model's ('full'); 'draft': JPEGs DCT-scaled, scoring only (recorded)
 
     def replace(self, **changes) -> PredictOptions: return dataclasses.replace(self, **changes)
 
     def classifier(self, local_rank:int=0) -> Classifier:
         "The model loaded as these options say (process `local_rank` of a machine on its own GPU)."
         return load_classifier(self.model, _rank_device(self.device, local_rank), self.backend, self.bs, self.precision,
-                               self.threshold, resize=self.resize, crops=self.crops, max_crops=self.max_crops, combine=self.combine)
+                               self.threshold, resize=self.resize, crops=self.crops, max_crops=self.max_crops, combine=self.combine,
+                               decode=self.decode)
 
 # %% ../nbs/13_predict.ipynb #7519e532
 _SHA = {}
@@ -559,6 +561,7 @@ def realfake_predict(
     crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
     max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
     combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
+    decode:str=None, # 'draft': decode JPEGs at 1/2-1/8 scale (resize models; ~2x faster on large JPEGs) -- a filter only JPEGs get (about 1 grey level from the same pixels as PNG), so scoring only; recorded in the sidecar. Default 'full': every format alike
     backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available; under torchrun, GPU LOCAL_RANK)
     threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
@@ -573,7 +576,7 @@ def realfake_predict(
     "Score images, folders or WebDataset tar shards with a model (folder or Hub name): a CSV for files, one Parquet/CSV per shard."
     _check_bs(bs)
     backend = _heatmap_backend(heatmaps, heatmap_kind, backend)
-    opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers)
+    opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers, decode)
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
     if kinds == {True} and heatmaps: raise RealfakeError("--heatmaps draws image files, not tar shards: score the shards without it")

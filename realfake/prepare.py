@@ -539,7 +539,7 @@ def sample_kept_splits(df:pd.DataFrame, n:int|None=None, valid_pct:float=0.1, se
     return _with_splits(df[take], code[take], warns)
 
 # %% ../nbs/07_prepare.ipynb #4f5a290b
-PROBE_COLUMNS = ['width', 'height', 'format', 'quality', 'subsampling', 'exif', 'gen_text']
+PROBE_COLUMNS = ['width', 'height', 'format', 'quality', 'tables', 'subsampling', 'exif', 'gen_text']  # tables: IJG or non-standard (quality approximate)
 
 def _reason(e:Exception) -> str:
     return str(getattr(e, 'reason', None) or e) or type(e).__name__
@@ -592,6 +592,12 @@ def _q_text(q:pd.Series) -> tuple[str, str]:
 def _share(g:pd.DataFrame, c:str) -> str:
     return f"{g[c].astype(float).mean():.0%}" if c in g.columns and g[c].notna().any() else '-'
 
+def _approx_text(jpeg:pd.DataFrame) -> str:
+    "' (N% non-standard tables: approximate)' when some JPEGs' tables are not IJG's, so their estimated quality is approximate."
+    if 'tables' not in jpeg.columns or not len(jpeg): return ''
+    share = float(jpeg['tables'].eq('non-standard').fillna(False).mean())
+    return f" ({share:.0%} non-standard tables: approximate)" if share > 0 else ''
+
 def format_table(df:pd.DataFrame) -> pd.DataFrame:
     "Per label and source: count, formats, JPEG quality (median [quartiles], bins <=50/51-75/76-90/91-100), subsampling, sizes, EXIF and generator-text shares."
     d = df.assign(size=df['width'].astype(str) + 'x' + df['height'].astype(str))
@@ -600,7 +606,7 @@ def format_table(df:pd.DataFrame) -> pd.DataFrame:
         top, q = g['size'].value_counts(), _jpeg_quality(g)
         jpeg = g[g['format'].eq('JPEG').fillna(False).to_numpy(bool)]
         rows.append(dict(label=lab, source=src, n=len(g), formats=_fmt_shares(g['format']),
-                         quality=_q_text(q)[0], **{'q ' + '/'.join(Q_LABELS): _q_text(q)[1]},
+                         quality=_q_text(q)[0] + _approx_text(jpeg), **{'q ' + '/'.join(Q_LABELS): _q_text(q)[1]},
                          subsampling=_fmt_shares(jpeg['subsampling'], 2) if len(jpeg) and 'subsampling' in g else '-',
                          common_size=f"{top.index[0]} ({top.iloc[0] / len(g):.0%})",
                          median_wxh=f"{int(g['width'].median())}x{int(g['height'].median())}",

@@ -14,15 +14,16 @@ from .core import RealfakeError
 from .images import load_image, MAX_PIXELS
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CROP_LAYOUTS', 'COMBINE', 'MAX_SIZE', 'MAX_RESIZE', 'MAX_CROPS', 'ConfigError',
-           'Preprocess', 'parse_resize', 'crop_boxes', 'pad_reflect', 'Crops', 'decode', 'image_crops', 'normalize',
-           'image_input', 'combine_logits', 'random_box', 'train_crop']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CROP_LAYOUTS', 'COMBINE', 'DECODES', 'MAX_SIZE', 'MAX_RESIZE', 'MAX_CROPS',
+           'ConfigError', 'Preprocess', 'parse_resize', 'crop_boxes', 'pad_reflect', 'Crops', 'decode', 'image_crops',
+           'normalize', 'image_input', 'combine_logits', 'random_box', 'train_crop']
 
 # %% ../nbs/03_preprocess.ipynb #c5145f16
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_LAYOUTS = ('center', 'grid')
 COMBINE = ('mean', 'max')
+DECODES = ('full', 'draft')
 MAX_SIZE = 1024        # largest crop side a config may ask for
 MAX_RESIZE = 4096      # largest shorter side a config may ask for
 MAX_CROPS = 64         # most crops per image a config may ask for
@@ -44,6 +45,7 @@ class Preprocess:
     combine: str = 'mean'           # how crop logits combine: 'mean' or 'max' (the most generated-looking crop)
     mean: tuple = IMAGENET_MEAN     # per-channel mean of 0-1 pixel values
     std: tuple = IMAGENET_STD       # per-channel standard deviation
+    decode: str = 'full'            # 'full' (every format alike) or 'draft': scoring only, JPEGs DCT-scaled (a JPEG-only filter)
 
     def __post_init__(self):
         object.__setattr__(self, 'mean', tuple(self.mean) if isinstance(self.mean, (list, tuple)) else self.mean)
@@ -56,6 +58,7 @@ class Preprocess:
         if self.crops not in CROP_LAYOUTS: bad('crops', f'must be one of {", ".join(CROP_LAYOUTS)}')
         if not _is_int(self.max_crops) or not 1 <= self.max_crops <= MAX_CROPS: bad('max_crops', f'must be an integer from 1 to {MAX_CROPS}')
         if self.combine not in COMBINE: bad('combine', f'must be one of {", ".join(COMBINE)}')
+        if self.decode not in DECODES: bad('decode', f'must be one of {", ".join(DECODES)}')
         for k in ('mean', 'std'):
             v = getattr(self, k)
             if not isinstance(v, tuple) or len(v) != 3 or not all(_is_num(x) for x in v): bad(k, 'must be 3 finite numbers')
@@ -67,7 +70,7 @@ class Preprocess:
     def to_dict(self) -> dict:
         "The JSON form stored in `config.json`."
         return dict(size=self.size, resize=self.resize, crops=self.crops, max_crops=self.max_crops,
-                    combine=self.combine, mean=list(self.mean), std=list(self.std))
+                    combine=self.combine, mean=list(self.mean), std=list(self.std), **({'decode': self.decode} if self.decode != 'full' else {}))
 
     @classmethod
     def from_dict(cls, d) -> Preprocess:
@@ -87,6 +90,7 @@ class Preprocess:
     def describe(self) -> str:
         "One line for people."
         how = 'native pixels' if self.native else f'shorter side resized to {self.resize}'
+        if self.decode == 'draft' and not self.native: how += ' (JPEGs draft-decoded)'
         if self.crops == 'center': return f'{how}, centre crop {self.size}'
         return f'{how}, up to {self.max_crops} crops of {self.size} spread over the image, {self.combine} of their logits'
 
@@ -129,7 +133,8 @@ class Crops(NamedTuple):
 
 def decode(src, spec:Preprocess, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
     "`src` decoded as the spec's policy wants it: resized (shorter side `spec.resize`) or at native resolution."
-    return load_image(src, max_pixels=max_pixels) if spec.native else load_image(src, short_side=spec.resize, max_pixels=max_pixels)
+    if spec.native: return load_image(src, max_pixels=max_pixels)
+    return load_image(src, short_side=spec.resize, max_pixels=max_pixels, draft=spec.decode == 'draft')
 
 def image_crops(src, spec:Preprocess, max_pixels:int|None=MAX_PIXELS) -> Crops:
     "Decode `src` once and cut the spec's evaluation crops (padded by reflection when the image is smaller)."

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 import numpy as np, pandas as pd, torch
-from PIL import Image
+from PIL import Image, ImageOps
 from fastcore.script import call_parse, Param
 from .core import (RealfakeError, IMAGE_EXTS, atomic_path, atomic_write_json, escape_path, unescape_path,
                            csv_cell, error_line, get_logger, progress_bar, command, find_images,
@@ -278,6 +278,7 @@ def reconstruct_tiled(fn, a:np.ndarray, tile:int=1024, overlap:int=64, bs:int=4,
 # %% ../nbs/09_reconstruct.ipynb #faf186e3
 _SUBSAMPLING = {'4:4:4': 0, '4:2:2': 1, '4:2:0': 2}
 _GREY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+_ALPHA_MODES = ('RGBA', 'RGBa', 'LA', 'La', 'PA')
 WEBP_QUALITY = 90
 
 def webp_lossless(path) -> bool:
@@ -295,19 +296,49 @@ def webp_lossless(path) -> bool:
     return False
 
 def source_info(path) -> dict:
-    "What saving a reconstruction like the image at `path` needs: displayed width and height, format, greyscale, JPEG tables."
+    "What saving a reconstruction like the image at `path` needs: displayed size, format, greyscale, JPEG tables, what the file carries."
     info = probe_image(path)                              # header only; raises ImageLoadError with the reason
     fmt = info['format']
     if fmt == 'JPEG':
         j = jpeg_info(path)
         info.update(jpeg=j, grey=bool(j) and j['subsampling'] == 'gray')
-    else:
-        with Image.open(path) as im: info['grey'] = im.mode in _GREY_MODES   # the header's pixel mode, nothing decoded
-        if fmt == 'WEBP': info['lossless'] = webp_lossless(path)
+    with Image.open(path) as im:                          # the header: nothing decoded (an animated file: its frame count)
+        if fmt != 'JPEG': info['grey'] = im.mode in _GREY_MODES
+        info.update(path=str(path), alpha=im.mode in _ALPHA_MODES or 'transparency' in im.info, icc=im.info.get('icc_profile'),
+                    exif=im.info.get('exif'), progressive=bool(im.info.get('progressive') or im.info.get('progression')),
+                    frames=int(getattr(im, 'n_frames', 1)) if getattr(im, 'is_animated', False) else 1)
+    if fmt == 'WEBP': info['lossless'] = webp_lossless(path)
     return info
 
+def _upright_exif(b:bytes) -> bytes:
+    "EXIF `b` without its orientation tag (the reconstruction's pixels are stored upright)."
+    ex = Image.Exif(); ex.load(b); ex.pop(0x0112, None)
+    return ex.tobytes()
+
+def _source_alpha(path, size) -> Image.Image|None:
+    "The alpha channel of the image at `path`, EXIF-rotated like `load_image`; None when its size is not `size`."
+    with Image.open(path) as s: a = ImageOps.exif_transpose(s).convert('RGBA').getchannel('A')
+    return a if a.size == size else None
+
+def _carry(im:Image.Image, fmt:str, info:dict) -> tuple[Image.Image, dict, list[str]]:
+    "(image, save options, differences): the source's ICC, EXIF, progressive mode and alpha where `fmt` can hold them."
+    kw, diffs = {}, []
+    if info.get('icc'):
+        if fmt in ('JPEG', 'PNG', 'WEBP', 'TIFF'): kw['icc_profile'] = info['icc']
+        else: diffs.append('ICC profile not copied')
+    if info.get('exif'):
+        if fmt in ('JPEG', 'PNG', 'WEBP'): kw['exif'] = _upright_exif(info['exif'])
+        else: diffs.append('EXIF not copied')
+    if fmt == 'JPEG' and info.get('progressive'): kw['progressive'] = True
+    if info.get('alpha'):
+        a = _source_alpha(info['path'], im.size) if fmt in ('PNG', 'WEBP', 'TIFF') and info.get('path') else None
+        if a is None: diffs.append('transparency composited on white')
+        else: im = (im.convert('RGB') if fmt == 'WEBP' else im).copy(); im.putalpha(a)
+    if info.get('frames', 1) > 1: diffs.append(f"animation: first of {info['frames']} frames")
+    return im, kw, diffs
+
 def save_like(a:np.ndarray, path, info:dict) -> dict:
-    "Save the uint8 HxWx3 array `a` to `path` atomically, in the format of the source described by `info` (`source_info`)."
+    "Save the uint8 HxWx3 array `a` to `path` atomically, like the source described by `info` (`source_info`); what differs is listed."
     im = Image.fromarray(a)
     if info.get('grey'): im = im.convert('L')
     fmt, kw = info['format'], {}
@@ -316,8 +347,10 @@ def save_like(a:np.ndarray, path, info:dict) -> dict:
         tables = [j['qtables'][k] for k in sorted(j['qtables'])]
         kw = dict(qtables=tables[:1]) if im.mode == 'L' else dict(qtables=tables, subsampling=_SUBSAMPLING.get(j['subsampling'], 2))
     elif fmt == 'WEBP': kw = dict(lossless=True) if info.get('lossless') else dict(quality=WEBP_QUALITY)
-    with atomic_path(path) as tmp: im.save(tmp, format=fmt, **kw)
-    return dict(width=im.width, height=im.height, format=fmt)
+    im, more, diffs = _carry(im, fmt, info)
+    with atomic_path(path) as tmp: im.save(tmp, format=fmt, **kw, **more)
+    return dict(width=im.width, height=im.height, format=fmt, **({'differences': '; '.join(diffs)} if diffs else {}))
+
 
 # %% ../nbs/09_reconstruct.ipynb #18502df9
 def hash_unit(key:str, salt:str) -> float:
@@ -575,7 +608,7 @@ def merge_metadata(items:pd.DataFrame, names:list[str], out_dir, out) -> tuple[i
     "Write the paired metadata `out` from `items` (`list_inputs`) and the progress in `out_dir`; (records written, errors)."
     out_dir, out = Path(out_dir).absolute(), Path(out).absolute()
     done = read_progress(out_dir)
-    recs, errors = [], []
+    recs, errors, diffs = [], [], []
     for it in items.to_dict('records'):
         got = [done.get((n, it['rel'])) for n in names]
         bad = [(n, g['error'] if g else 'not reconstructed') for n, g in zip(names, got) if not g or 'error' in g]
@@ -585,21 +618,24 @@ def merge_metadata(items:pd.DataFrame, names:list[str], out_dir, out) -> tuple[i
         real = {k: v for k, v in it.items() if k in INPUT_COLUMNS[:-1] and not _missing(v)}
         for k in ('width', 'height', 'format'): real.setdefault(k, got[0][k])
         recs.append({**real, 'path': escape_path(it['path'])})
+        diffs += [(it['path'], n, g['differences']) for n, g in zip(names, got) if g.get('differences')]
         for n, g in zip(names, got):
             recs.append(dict(path=escape_path(out_dir/n/it['rel']), label='fake', split=it['split'], source=n, group=it['group'],
                              width=g['width'], height=g['height'], format=g['format'], **({'prompt': real['prompt']} if 'prompt' in real else {})))
     if recs: write_metadata(recs, out, overwrite=True, relative_to=out.parent)
     _write_errors(out_dir/'errors.csv', errors)
+    _write_errors(out_dir/'differences.csv', diffs, 'difference')
+    if diffs: _log.warning(f"{len(diffs)} reconstructions differ from their source beyond the pixels (listed in {out_dir/'differences.csv'})")
     return len(recs), errors
 
 def _missing(v) -> bool: return v is None or (np.ndim(v) == 0 and not isinstance(v, str) and bool(pd.isna(v)))
 
-def _write_errors(path:Path, errors:list):
+def _write_errors(path:Path, errors:list, what:str='error'):
     if not errors:
         path.unlink(missing_ok=True); return
     with atomic_path(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
         w = csv.writer(f, lineterminator='\n')
-        w.writerow(['path', 'autoencoder', 'error'])
+        w.writerow(['path', 'autoencoder', what])
         w.writerows([csv_cell(escape_path(p)), csv_cell(n), csv_cell(e)] for p, n, e in errors)
 
 # %% ../nbs/09_reconstruct.ipynb #b2dcf0d4

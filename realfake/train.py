@@ -110,7 +110,7 @@ class TrainConfig:
     combine: str = 'mean'            # how crop logits combine: 'mean' or 'max'
     aug: bool = True                 # augmentation (the seed's; no warps under 'native')
     robust: float = 0.0              # probability of each robustness degradation (JPEG, blur, downscale)
-    align: bool = False              # JPEG-compress non-JPEG training images at the real images' qualities
+    align: bool = False              # JPEG-compress non-JPEG training images with real JPEGs' tables and subsampling
     seed: int = 42                   # data order, augmentation, head initialisation
     monitor: str = 'valid_loss'      # metric choosing the best checkpoint
     final: str = 'last'              # final model: weights of the 'last' epoch or of the 'best' checkpoint

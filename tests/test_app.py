@@ -82,7 +82,7 @@ def test_detect_good_image_matches_classifier(app, clf):
     assert f"{100*r['prob_fake']:.1f}%" in html and ('generated' if r['label'] == 'fake' else 'real') in html
 
 def test_detect_jpeg_is_scored_as_the_classifier_scores_the_file(app, clf, tmp_path):
-    "The upload is decoded once at the model's size (JPEG draft): the same score as predict on the file."
+    "The upload is decoded once at the model's size (full decode, one resize): the same score as predict on the file."
     b = io.BytesIO()   # 97,200 pixels (just under the fixture's limit), smooth so that the file is small
     Image.fromarray(np.stack([*np.meshgrid(np.arange(360) % 256, np.arange(270) % 256), np.full((270, 360), 99)], -1).astype(np.uint8)).save(b, 'JPEG')
     jpg = b.getvalue()

@@ -216,15 +216,21 @@ def test_substitutes_come_from_same_split_and_label(df, monkeypatch, caplog):
 
 
 def test_align_compresses_only_non_jpeg_training_images(tmp_path, monkeypatch):
-    "align=True: fake PNGs become JPEG content at the real JPEGs' quality; real JPEGs and validation items are untouched."
+    "align=True: fake PNGs become JPEG content with a real JPEG's own tables and subsampling; real JPEGs and validation items are untouched."
     import realfake.data as rd
+    from realfake.images import jpeg_info
     df = make_data(tmp_path, size=(40, 40))
+    real = jpeg_info(df[(df.label == 'real') & (df.split == 'train')].path.iloc[0])
     encoded = []
     orig = rd.encode_jpeg
-    monkeypatch.setattr(rd, 'encode_jpeg', lambda img, q, *a: (encoded.append(q), orig(img, q, *a))[1])
+    monkeypatch.setattr(rd, 'encode_jpeg', lambda img, q, sub=None, tabs=None: (encoded.append(dict(qtables=tabs, subsampling=sub)), orig(img, q, sub, tabs))[1])
     dls = get_dls(df, S(40, 40), bs=16, num_workers=0, device='cpu', aug=False, align=True)
     xb, yb = dls.train.one_batch()
-    assert len(encoded) == int(yb.sum()) == 10 and set(encoded) == {75}      # the 10 PNG fakes, at Pillow's default 75
+    assert len(encoded) == int(yb.sum()) == 10                               # the 10 PNG fakes
+    assert all(e['qtables'] == real['qtables'] and e['subsampling'] == real['subsampling'] for e in encoded)
+    import io
+    out = jpeg_info(Image.open(io.BytesIO(orig(Image.new('RGB', (16, 16)), None, encoded[0]['subsampling'], encoded[0]['qtables']))))            # the copy carries the real's tables exactly
+    assert out['qtables'] == real['qtables'] and out['subsampling'] == real['subsampling']
     plain = get_dls(df, S(40, 40), bs=16, num_workers=0, device='cpu', aug=False)
     for i in range(16):
         a, y = _pixels(plain, i); b, _ = _pixels(dls, i)

@@ -1,4 +1,4 @@
-"Tests for realfake.images: the one image loader (draft-mode JPEG, modes, EXIF, bombs, bad files)."
+"Tests for realfake.images: the one image loader (one decode path for every format, draft opt-in, modes, EXIF, bombs, bad files)."
 import errno, os, pickle, warnings
 import numpy as np
 import pytest
@@ -32,7 +32,7 @@ def mad(a, b): return float(np.abs(arr(a) - arr(b)).mean())
 
 # ---------------------------------------------------------------- draft mode against the reference
 def test_draft_matches_reference(tmp_path, monkeypatch):
-    """Draft-mode JPEG + bilinear resize stays within 2 grey levels (mean) of full decode + the same resize.
+    """The opt-in (`draft=True`): draft-mode JPEG + bilinear resize stays within 2 grey levels (mean) of full decode + the same resize.
     (Measured on real photos at 1500x1000 and 3000x2000 -> 256: 0.2-1.0; here 1.2. Nearest-neighbour resizing
     or a misplaced crop would give 5 or more.) Details 32 px apart at 1200 px: like a sharp photo seen at 8x
     reduction; the DCT-domain 1/8 decode is a box average, the reference a triangle filter."""
@@ -42,7 +42,8 @@ def test_draft_matches_reference(tmp_path, monkeypatch):
     def spy(self, mode, size):
         before = self.size; res = orig(self, mode, size); scales.append(before[0] / self.size[0]); return res
     monkeypatch.setattr(JpegImageFile, 'draft', spy)
-    got = load_image(p, short_side=96)
+    assert load_image(p, short_side=96).size == (144, 96) and not scales  # the default never drafts
+    got = load_image(p, short_side=96, draft=True)
     assert scales and scales[0] >= 4, f'draft mode not used (scales={scales})'  # 1200/144 -> 1/8 would be too small, 1/4 fits
     ref = Image.open(p).convert('RGB').resize((144, 96), BIL)
     assert got.size == (144, 96) and got.mode == 'RGB'
@@ -54,9 +55,10 @@ def test_draft_never_undershoots(tmp_path):
     "The drafted image must still cover the target: the shorter side is exactly `size` for awkward sizes."
     for w, h, size in [(1025, 769, 128), (800, 801, 100), (640, 480, 479), (333, 1000, 41)]:
         p = save(photo(w, h), tmp_path/f'{w}x{h}.jpg', quality=85)
-        im = load_image(p, short_side=size)
-        assert min(im.size) == size, (w, h, size, im.size)
-        assert abs(max(im.size) / min(im.size) - max(w, h) / min(w, h)) < 0.02
+        for draft in (False, True):
+            im = load_image(p, short_side=size, draft=draft)
+            assert min(im.size) == size, (w, h, size, draft, im.size)
+            assert abs(max(im.size) / min(im.size) - max(w, h) / min(w, h)) < 0.02
 
 
 def test_full_resolution_and_png_reference(tmp_path):
@@ -306,8 +308,9 @@ def test_restricted_formats(tmp_path):
 
 def test_real_photos(genimage_dir):
     """Real and generated samples (256 px JPEGs): probe agrees with a full decode; at the pipeline size (256) the
-    loader equals the reference exactly; at 2x reduction, draft mode (a DCT-domain box average) stays within the
-    spread between two standard Pillow filters (bilinear vs box or Lanczos: 2.5-3.7 grey levels on these images)."""
+    loader equals the reference exactly; at 2x reduction the default (full decode + bilinear) equals the reference
+    exactly too, and the draft opt-in (a DCT-domain box average) stays within the spread between two standard Pillow
+    filters (bilinear vs box or Lanczos: 2.5-3.7 grey levels on these images)."""
     files = sorted((genimage_dir/'natural').glob('*.jpg'))[:5] + sorted((genimage_dir/'stable_diffusion_1_4').glob('*'))[:5]
     assert files
     mads = []
@@ -319,6 +322,8 @@ def test_real_photos(genimage_dir):
         assert np.array_equal(np.asarray(full), np.asarray(ref)), f
         im = load_image(f, short_side=min(ref.size) // 2)
         assert im.mode == 'RGB' and min(im.size) == min(ref.size) // 2
+        assert mad(im, ref.resize(im.size, BIL)) == 0, f
+        im = load_image(f, short_side=min(ref.size) // 2, draft=True)
         mads.append(mad(im, ref.resize(im.size, BIL)))
     assert np.mean(mads) < 4.0 and max(mads) < 8.0, mads
 

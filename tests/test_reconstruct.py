@@ -131,11 +131,41 @@ def test_formats_and_jpeg_tables_kept(vaes, tmp_path):
             assert jb['qtables'] == ja['qtables'] and jb['subsampling'] == ja['subsampling'], src.name
     assert Image.open(out/'rotated.jpg').size == (24, 40) and Image.open(out/'rotated.jpg').getexif().get(0x0112) is None
     assert R.webp_lossless(out/'ll.webp') and not R.webp_lossless(out/'lossy.webp')
-    assert Image.open(out/'alpha.png').mode == 'RGB'                  # composited on white like every realfake load
+    with Image.open(out/'alpha.png') as o, Image.open(d/'alpha.png') as a:       # the source's own alpha channel, kept
+        assert o.mode == 'RGBA' and np.array_equal(np.asarray(o.getchannel('A')), np.asarray(a.getchannel('A')))
     df = read_metadata(tmp_path/'out'/'metadata.jsonl')
     fk = df[df.label == 'fake'].set_index(df[df.label == 'fake'].path.map(lambda p: Path(p).name))
     assert fk.loc['rotated.jpg', ['width', 'height']].tolist() == [24, 40]
     assert fk.loc['ll.webp', 'format'] == 'WEBP' and fk.loc['pic.tiff', 'format'] == 'TIFF'
+
+def test_what_the_source_carries_is_kept_or_recorded(vaes, tmp_path):
+    "ICC, EXIF (upright), progressive mode and alpha are kept; an animated GIF reconstructed from its first frame is recorded."
+    import io
+    from PIL import ImageCms
+    kl, _ = vaes
+    d = tmp_path/'in'
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+    exif = Image.Exif(); exif[0x0112] = 6; exif[0x010F] = 'CameraMaker'
+    _img(d/'prog.jpg', 40, 24, quality=80, progressive=True, icc_profile=icc, exif=exif.tobytes())
+    _img(d/'icc.png', 40, 24, icc_profile=icc)
+    rgba = np.zeros((24, 40, 4), np.uint8); rgba[..., :3] = 120; rgba[:, :20, 3] = 255; rgba[:, 20:, 3] = 40
+    Image.fromarray(rgba).save(d/'half.webp', lossless=True)
+    frames = [Image.new('P', (40, 24), i) for i in range(3)]
+    for f in frames: f.putpalette([200, 10, 10, 10, 200, 10, 10, 10, 200] + [0] * 759)
+    frames[0].save(d/'anim.gif', save_all=True, append_images=frames[1:], duration=50, loop=0)
+    res = R.reconstruct([d], ae=str(kl), out_dir=tmp_path/'out', bs=4, workers=1, progress=False)
+    assert res['errors'] == 0 and res['done'] == 4
+    out = tmp_path/'out'/'tiny-kl'/'in'
+    with Image.open(out/'prog.jpg') as o:
+        assert o.info.get('progressive') and o.info.get('icc_profile') == icc
+        assert o.getexif().get(0x010F) == 'CameraMaker' and o.getexif().get(0x0112) is None and o.size == (24, 40)
+    assert Image.open(out/'icc.png').info.get('icc_profile') == icc
+    with Image.open(out/'half.webp') as o, Image.open(d/'half.webp') as a:
+        assert o.mode == 'RGBA' and np.array_equal(np.asarray(o.getchannel('A')), np.asarray(a.getchannel('A')))
+    diffs = pd.read_csv(tmp_path/'out'/'differences.csv')
+    assert len(diffs) == 1 and diffs.path.iloc[0].endswith('anim.gif'), diffs
+    assert diffs.difference.iloc[0] == 'animation: first of 3 frames' and diffs.autoencoder.iloc[0] == 'tiny-kl'
+
 
 def test_odd_sizes_tiles_limits_and_corrupt_files(vaes, tmp_path):
     "1x1, 4000x10, 10x4000, sides not multiples of 8, a tiled image; a too-large and a corrupt file are error rows."
