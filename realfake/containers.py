@@ -13,8 +13,8 @@ from .core import RealfakeError, atomic_path, escape_path, get_logger
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'IMAGE_COLUMNS', 'MAX_OPEN',
            'MAX_CACHED_BYTES', 'ContainerError', 'guarded_open', 'member_problem', 'kind_of', 'split_pointer',
-           'pointer', 'ContainerIndex', 'build_index', 'index_file', 'save_index', 'load_index', 'container_index',
-           'scan', 'close_all', 'read_member', 'member_size', 'open_member']
+           'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file', 'save_index', 'load_index',
+           'container_index', 'scan', 'close_all', 'read_member', 'member_size', 'open_member']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
 CONTAINER_EXTS = ('.tar', '.zip', '.parquet')   # the containers a record may point into
@@ -79,6 +79,12 @@ def pointer(container, member) -> str:
     why = member_problem(m, kind_of(c))
     if why: raise ContainerError(c, why)
     return c + '/' + m
+
+def pointer_problem(path) -> str|None:
+    "Why the record path `path` is not a usable pointer, from the string alone (None for a loose path or a good pointer)."
+    s = os.fspath(path)
+    m = _PTR.search(s)
+    return None if m is None else member_problem(s[m.end()+1:], s[m.start()+1:m.end()].lower())
 
 # %% ../nbs/02b_containers.ipynb #c2e47b8f
 def _keys(names) -> np.ndarray:
