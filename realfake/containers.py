@@ -126,6 +126,8 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
                 if why: refused.append((ti.name, why)); continue
                 names.append(ti.name); offs.append(ti.offset_data); sizes.append(ti.size)
                 tf.members = []                     # do not keep TarInfo objects: memory stays flat on big shards
+            rest = os.pread(f.fileno(), 1024, tf.offset)    # tarfile stops quietly at a cut header: what follows must be the end
+            if rest.strip(b'\0'): raise ContainerError(path, f'truncated or corrupt tar: unreadable header at offset {tf.offset:,}')
     except tarfile.CompressionError as e: raise ContainerError(path, f'compressed tar: random access needs an uncompressed .tar ({e})') from None
     except (tarfile.ReadError, EOFError) as e:
         raise ContainerError(path, f'truncated or corrupt tar ({e}); random access needs an uncompressed .tar') from None

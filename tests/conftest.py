@@ -40,3 +40,7 @@ def _realfake_warnings_stay_on():
     quieted = log.getEffectiveLevel() > logging.WARNING or log.disabled
     log.setLevel(level); log.disabled = disabled
     assert not quieted, "this test left the 'realfake' logger quieter than WARNING"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than 10 s (deselect with -m 'not slow')")
