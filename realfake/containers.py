@@ -8,13 +8,13 @@ import os, re, io, stat, zlib, struct, hashlib, threading
 from collections import OrderedDict
 from dataclasses import dataclass
 import numpy as np
-from .core import RealfakeError, atomic_path, escape_path, get_logger
+from .core import RealfakeError, escape_path, get_logger
 
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'IMAGE_COLUMNS', 'MAX_OPEN',
            'MAX_CACHED_BYTES', 'ContainerError', 'guarded_open', 'member_problem', 'kind_of', 'split_pointer',
            'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file', 'save_index', 'load_index',
-           'container_index', 'scan', 'close_all', 'read_member', 'member_size', 'open_member']
+           'container_index', 'scan', 'close_all', 'read_member', 'member_reader', 'member_size', 'open_member']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
 CONTAINER_EXTS = ('.tar', '.zip', '.parquet')   # the containers a record may point into
@@ -112,25 +112,56 @@ class ContainerIndex:
     def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in ('keys', 'offset', 'length', 'csize', 'method', 'crc'))
 
 # %% ../nbs/02b_containers.ipynb #e951f3fc
+def _octal(field:bytes) -> int:
+    "A tar header number: octal text, or GNU base-256 when the high bit is set."
+    if field[:1] and field[0] & 0x80: return int.from_bytes(field[1:], 'big')
+    s = field.split(b'\0', 1)[0].strip()
+    return int(s, 8) if s else 0
+
+def _pax(data:bytes) -> dict:
+    "The records of a pax extended header (`LEN KEY=VALUE\\n` ...)."
+    out, i = {}, 0
+    while i < len(data):
+        sp = data.find(b' ', i)
+        if sp < 0: break
+        n = int(data[i:sp]); rec = data[sp+1:i+n-1]; i += n
+        k, _, v = rec.partition(b'=')
+        out[k.decode('utf-8', 'replace')] = v
+    return out
+
 def _tar_members(f, path) -> tuple[list, list, list, list]:
-    "(names, data offsets, sizes, refused (name, reason)) of the regular members of the uncompressed tar `f`."
-    import tarfile
-    size = os.fstat(f.fileno()).st_size
+    "(names, data offsets, sizes, refused (name, reason)) of the regular members of the uncompressed tar `f`, header by header."
+    fd, size = f.fileno(), os.fstat(f.fileno()).st_size
     names, offs, sizes, refused = [], [], [], []
-    try:
-        with tarfile.open(fileobj=f, mode='r:') as tf:
-            for ti in tf:
-                if not ti.isreg(): continue
-                if ti.offset_data + ti.size > size: raise ContainerError(path, f'truncated tar: member {ti.name!r} runs past the end of the file')
-                why = member_problem(ti.name, 'tar')
-                if why: refused.append((ti.name, why)); continue
-                names.append(ti.name); offs.append(ti.offset_data); sizes.append(ti.size)
-                tf.members = []                     # do not keep TarInfo objects: memory stays flat on big shards
-            rest = os.pread(f.fileno(), 1024, tf.offset)    # tarfile stops quietly at a cut header: what follows must be the end
-            if rest.strip(b'\0'): raise ContainerError(path, f'truncated or corrupt tar: unreadable header at offset {tf.offset:,}')
-    except tarfile.CompressionError as e: raise ContainerError(path, f'compressed tar: random access needs an uncompressed .tar ({e})') from None
-    except (tarfile.ReadError, EOFError) as e:
-        raise ContainerError(path, f'truncated or corrupt tar ({e}); random access needs an uncompressed .tar') from None
+    off, longname, pax = 0, None, {}
+    while off + 512 <= size:
+        h = os.pread(fd, 512, off)
+        if not h.strip(b'\0'): return names, offs, sizes, refused              # the end-of-archive marker
+        try: ok = _octal(h[148:156]) == sum(h[:148]) + 256 + sum(h[156:])
+        except ValueError: ok = False
+        if not ok:
+            if off == 0 and h[:2] in (b'\x1f\x8b', b'BZ') or h[:6] == b'\xfd7zXZ\0':
+                raise ContainerError(path, 'compressed tar: random access needs an uncompressed .tar')
+            raise ContainerError(path, f'truncated or corrupt tar: bad header at offset {off:,}')
+        n, typ, data = _octal(h[124:136]), h[156:157], off + 512
+        end = data + (n + 511) // 512 * 512
+        if data + n > size: raise ContainerError(path, f'truncated tar: the member at offset {off:,} runs past the end of the file')
+        if typ == b'L': longname = os.pread(fd, n, data).split(b'\0', 1)[0]
+        elif typ in (b'x', b'X'): pax = _pax(os.pread(fd, n, data))
+        elif typ in (b'0', b'\0', b'7'):
+            raw = pax.get('path') or longname
+            if raw is None:
+                raw = h[:100].split(b'\0', 1)[0]
+                if h[257:262] == b'ustar' and h[345:500].strip(b'\0'): raw = h[345:500].split(b'\0', 1)[0] + b'/' + raw
+            if 'size' in pax: n = int(pax['size']); end = data + (n + 511) // 512 * 512
+            name = raw.decode('utf-8', 'surrogateescape')
+            why = member_problem(name, 'tar')
+            if why: refused.append((name, why))
+            else: names.append(name); offs.append(data); sizes.append(n)
+            longname, pax = None, {}
+        elif typ != b'g': longname, pax = None, {}
+        off = end
+    if off < size: raise ContainerError(path, f'truncated tar: a cut header at offset {off:,}')
     return names, offs, sizes, refused
 
 def _zip_members(f, path) -> tuple[list, list, list, list, list, list, list]:
@@ -219,9 +250,18 @@ def _cache_dirs(cache_dir=None) -> list:
 
 def save_index(idx:ContainerIndex, file) -> None:
     "Write `idx` to `file` atomically (plain arrays: loading it never unpickles)."
-    with atomic_path(file) as tmp, open(tmp, 'wb') as f:
-        np.savez(f, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
-                 text=np.array([idx.path, idx.kind, idx.column]))
+    import tempfile
+    d, name = os.path.split(os.path.abspath(file))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=d)
+    try:   # a cache, so no fsync (2,000 shards would pay 2,000 of them): a torn file fails `load_index` and is rebuilt
+        with os.fdopen(fd, 'wb') as f:
+            np.savez(f, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
+                     text=np.array([idx.path, idx.kind, idx.column]))
+        os.replace(tmp, file)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
 
 def load_index(file, path, size:int, mtime_ns:int) -> ContainerIndex|None:
     "The index cached in `file` if it describes `path` at this `size` and `mtime_ns`, else None (stale, foreign or unreadable)."
@@ -368,11 +408,24 @@ def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
     else:
         i = h.index.find(m)
         if i < 0: raise ContainerError(path, f'no member {m!r} in {escape_path(c)}')
-        n = max(int(h.index.length[i]), int(h.index.csize[i]))
-        if n > max_bytes: raise ContainerError(path, f'member too large: {n:,} bytes > limit {max_bytes:,}')
-        data = _pread(h, n, int(h.index.offset[i]), path) if kind == 'tar' else _zip_data(h, i, path)
+        data = _member(h, i, path, max_bytes)
     if len(data) > max_bytes: raise ContainerError(path, f'member too large: {len(data):,} bytes > limit {max_bytes:,}')
     return data
+
+def _member(h:_Handle, i:int, path, max_bytes:int) -> bytes:
+    "The bytes of tar or zip member `i` of the open container `h`."
+    n = max(int(h.index.length[i]), int(h.index.csize[i]))
+    if n > max_bytes: raise ContainerError(path, f'member too large: {n:,} bytes > limit {max_bytes:,}')
+    return _pread(h, n, int(h.index.offset[i]), path) if h.index.kind == 'tar' else _zip_data(h, i, path)
+
+def member_reader(container, max_bytes:int=MAX_MEMBER_BYTES):
+    "A function `name -> bytes` (None when absent) over one tar or zip container opened once: for reading many small members."
+    c = os.fspath(container)
+    h = _handle(c)
+    def read(name:str) -> bytes|None:
+        i = h.index.find(name)
+        return None if i < 0 else _member(h, i, c + '/' + name, max_bytes)
+    return read
 
 def member_size(path) -> int:
     "The size in bytes of what the pointer `path` names (tar/zip from the index, Parquet by reading the row)."

@@ -20,7 +20,7 @@ from .core import (LABELS, SPLITS, IMAGE_EXTS, RealfakeError, command, escape_pa
                            progress_bar, unescape_path)
 from .metadata import COLUMNS, write_metadata, summarize
 from .images import probe_image
-from .containers import ContainerError, guarded_open, member_size, pointer, read_member, scan, split_pointer
+from .containers import ContainerError, guarded_open, member_reader, member_size, pointer, read_member, scan, split_pointer
 
 # %% ../nbs/07_prepare.ipynb #60b5c820
 _log = get_logger('prepare')
@@ -326,13 +326,13 @@ def _key_of(name:str) -> tuple[str, str]:
     stem, dot, ext = base.partition('.')
     return (d + '/' + stem if d else stem), ext.lower()
 
-def _sidecar_text(c:str, names:set, key:str) -> tuple:
-    "(prompt, width, height) from the `.txt` / `.json` members of `key` (img2dataset's layout), None where absent."
+def _sidecar_text(read, names:set, key:str) -> tuple:
+    "(prompt, width, height) from the `.txt` / `.json` members of `key` (img2dataset's layout) read by `read`, None where absent."
     prompt = w = h = None
     try:
-        if key + '.txt' in names: prompt = read_member(pointer(c, key + '.txt'), MAX_SIDECAR_BYTES).decode('utf-8', 'replace').strip() or None
+        if key + '.txt' in names: prompt = read(key + '.txt').decode('utf-8', 'replace').strip() or None
         if key + '.json' in names:
-            meta = json.loads(read_member(pointer(c, key + '.json'), MAX_SIDECAR_BYTES))
+            meta = json.loads(read(key + '.json'))
             if isinstance(meta, dict):
                 if prompt is None and isinstance(meta.get('caption'), str): prompt = meta['caption'].strip() or None
                 w, h = meta.get('width'), meta.get('height')
@@ -345,11 +345,12 @@ def _records_webdataset(c:str, opts:dict) -> tuple[dict, list]:
     "Records of one WebDataset tar shard: images, with the caption (`.txt`, or the `.json` caption) as prompt."
     _, names, refused = scan(c)
     have, out = set(names), {'path': [], 'prompt': [], 'width': [], 'height': []}
-    for n in names:
+    read = member_reader(c, MAX_SIDECAR_BYTES) if any(n.endswith(('.txt', '.json')) for n in names) else None
+    for n in names:                                   # names are checked by `scan`: no `pointer()` call per member
         key, ext = _key_of(n)
         if '.' + ext.rpartition('.')[2] not in IMAGE_EXTS: continue
-        p, w, h = _sidecar_text(c, have, key)
-        for k, v in zip(out, (pointer(c, n), p, w, h)): out[k].append(v)
+        p, w, h = _sidecar_text(read, have, key) if read else (None, None, None)
+        for k, v in zip(out, (c + '/' + n, p, w, h)): out[k].append(v)
     return out, refused
 
 def _prompt_table(c:str, names:list) -> dict:
@@ -978,7 +979,9 @@ SOURCES_HELP = ("image sources, each LABEL:LAYOUT:PATH[:NAME]. LABEL: real, fake
                 "the CSV). LAYOUT: folder (every image below PATH), classes (PATH/<class>/img: class = group), "
                 "img2dataset (caption = prompt), generators (one folder per generator; real ones named natural, real, "
                 "nature), genimage (<generator>/[...]/{train,val}/{ai,nature}), forensynths "
-                "([split/]<generator>/[<class>/]{0_real,1_fake}), csv (PATH is a CSV: path,label[,source][,split][,group]). "
+                "([split/]<generator>/[<class>/]{0_real,1_fake}), csv (PATH is a CSV: path,label[,source][,split][,group]), "
+                "hf (Parquet files or a cached Hub id ID[@CONFIG/SPLIT]; label column = group), webdataset (tar shards: "
+                "folder, glob or {00000..00099} pattern; caption = prompt), zip (zip archives, DiffusionDB's prompt table: prompt = group). "
                 "NAME: the source name (default: the folder's or CSV's name)")
 _SOURCES = Param(SOURCES_HELP, str, nargs='+')   # a name, not a call, in the annotation: linters read call arguments there as types
 

@@ -230,7 +230,7 @@ def test_prepare_train_evaluate_predict_on_containers(sources, tmp_path):
                 '--prompt_groups', '--out', meta, timeout=120)
     assert r.returncode == 0, r.stderr
     df = read_metadata(meta)
-    assert df['path'].str.contains(r'\.(parquet|tar|zip)/').all() and set(df['split']) == {'train', 'valid', 'test'}
+    assert df['path'].str.contains(r'\.(?:parquet|tar|zip)/').all() and set(df['split']) == {'train', 'valid', 'test'}
     from realfake.train import train, PRESETS
     res = train(str(meta), PRESETS['demo'].override(size=32, bs=8, epochs=1), out=tmp_path/'run', workers=2, cpu=True, quiet=True)
     assert (tmp_path/'run'/'history.csv').read_text().count('\n') == 2
