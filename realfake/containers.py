@@ -133,11 +133,13 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
     "(names, data offsets, sizes, refused (name, reason)) of the regular members of the uncompressed tar `f`, header by header."
     fd, size = f.fileno(), os.fstat(f.fileno()).st_size
     names, offs, sizes, refused = [], [], [], []
-    off, longname, pax = 0, None, {}
+    off, longname, pax, buf, at = 0, None, {}, b'', 0
     while off + 512 <= size:
-        h = os.pread(fd, 512, off)
-        if not h.strip(b'\0'): return names, offs, sizes, refused              # the end-of-archive marker
-        try: ok = _octal(h[148:156]) == sum(h[:148]) + 256 + sum(h[156:])
+        if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 32 KiB at a time
+            buf, at = os.pread(fd, 32768 if not sizes or sizes[-1] < 16384 else 512, off), off
+        h = buf[off - at:off - at + 512]
+        if h[0] == 0 and not h.strip(b'\0'): return names, offs, sizes, refused    # the end-of-archive marker
+        try: ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256
         except ValueError: ok = False
         if not ok:
             if off == 0 and h[:2] in (b'\x1f\x8b', b'BZ') or h[:6] == b'\xfd7zXZ\0':
@@ -155,7 +157,7 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
                 if h[257:262] == b'ustar' and h[345:500].strip(b'\0'): raw = h[345:500].split(b'\0', 1)[0] + b'/' + raw
             if 'size' in pax: n = int(pax['size']); end = data + (n + 511) // 512 * 512
             name = raw.decode('utf-8', 'surrogateescape')
-            why = member_problem(name, 'tar')
+            why = member_problem(name, 'tar') if '.' in name[:1] or '/.' in name or '//' in name or name[:1] in ('/', '') or '\\' in name or '\0' in name or name[-1] == '/' else None
             if why: refused.append((name, why))
             else: names.append(name); offs.append(data); sizes.append(n)
             longname, pax = None, {}

@@ -235,14 +235,17 @@ def test_prepare_train_evaluate_predict_on_containers(sources, tmp_path):
     res = train(str(meta), PRESETS['demo'].override(size=32, bs=8, epochs=1), out=tmp_path/'run', workers=2, cpu=True, quiet=True)
     assert (tmp_path/'run'/'history.csv').read_text().count('\n') == 2
     r = run_cli('realfake_evaluate', meta, '--model', res['model_dir'], '--split', 'test', '--out', tmp_path/'rep',
-                '--bs', 8, '--num_workers', 0, timeout=300)
+                '--bs', 8, '--num_workers', 0, '--audit', '--perturb', 'jpeg_q75', timeout=300)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path/'rep'/'metrics.json').read_text())
     assert m['n'] == (df.split == 'test').sum() and m['n_errors'] == 0
+    assert 'jpeg_q75' in json.dumps(m)                                             # the perturbation grid read them too
     some = df['path'][df.split == 'test'].tolist()[:4] + [f"{sources['wds']}/00000.tar/absent.jpg"]
     r = run_cli('realfake_predict', *some, '--model', res['model_dir'], '--out', tmp_path/'p.csv', '--bs', 4,
-                '--num_workers', 0, '--no_progress', timeout=120)
+                '--num_workers', 0, '--no_progress', '--heatmaps', tmp_path/'maps', timeout=180)
     assert r.returncode == 0, r.stderr
     out = pd.read_csv(tmp_path/'p.csv')
     assert out['path'].tolist() == some
     assert out['prob_fake'][:4].notna().all() and "no member 'absent.jpg'" in out['error'].iloc[4]
+    maps = pd.read_csv(tmp_path/'maps'/'heatmaps.csv')
+    assert maps['heatmap'].notna().sum() == 4 and all((tmp_path/'maps'/h).is_file() for h in maps['heatmap'].dropna())
