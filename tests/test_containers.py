@@ -215,11 +215,24 @@ def test_prepare_balances_splits_by_group_probes_and_hashes_container_records(so
     assert len(r.identical) == 2 and r.identical['path'].str.endswith('copy.tar/dup.jpg').any()
 
 def test_hub_id_is_read_offline_from_the_cache(tmp_path, monkeypatch):
-    hh = pytest.importorskip('huggingface_hub')
+    pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
     from realfake.prepare import PrepareError
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path/'hub'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(hh_constants, 'HF_HUB_CACHE', str(tmp_path/'hub'))
     with pytest.raises(PrepareError, match="'poloclub/diffusiondb' is not in the local Hugging Face cache"):
         list_source('fake:hf:poloclub/diffusiondb@2m_first_1k')
+
+def test_hub_id_with_split_from_a_cached_snapshot(tmp_path, monkeypatch, sources):
+    pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
+    import shutil
+    snap = tmp_path/'hub'/'datasets--org--toy'/'snapshots'/('a' * 40)
+    (tmp_path/'hub'/'datasets--org--toy'/'refs').mkdir(parents=True)
+    (tmp_path/'hub'/'datasets--org--toy'/'refs'/'main').write_text('a' * 40)
+    shutil.copytree(sources['hf']/'data', snap/'data')
+    shutil.copy(snap/'data'/'train-00000-of-00002.parquet', snap/'data'/'test-00000-of-00001.parquet')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(hh_constants, 'HF_HUB_CACHE', str(tmp_path/'hub'))
+    df = list_source('real:hf:org/toy@train:toy')
+    assert len(df) == 24 and df['path'].str.contains('/data/train-').all()
+    assert len(list_source('real:hf:org/toy@test')) == 12
 
 # ---------------------------------------------------------------- end to end
 @pytest.mark.slow
