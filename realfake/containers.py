@@ -306,9 +306,12 @@ def scan(path, column:str|None=None, cache_dir=None) -> tuple[ContainerIndex, li
 MAX_OPEN = 64                    # open container handles per process (least recently used ones are closed)
 MAX_CACHED_BYTES = 256 << 20     # decoded Parquet row groups kept per process
 
-@dataclass
+@dataclass(eq=False)
 class _Handle:
     pid: int; sig: tuple; f: object; index: ContainerIndex; lock: threading.Lock; pq: object = None
+    def __del__(self):        # closed when the last reader lets go: an evicted handle stays valid for a thread still using it
+        try: self.f.close()
+        except Exception: pass
 
 _LOCK = threading.Lock()
 _OPEN: OrderedDict = OrderedDict()     # container -> _Handle of *this* process (pid checked on every use)
@@ -317,7 +320,7 @@ _GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> list of 
 def _sig(st) -> tuple: return int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)
 
 def _drop(h:_Handle) -> None:
-    if h.pid == os.getpid(): h.f.close()       # a handle inherited through fork belongs to the parent: never touched
+    "Forget `h`; its file closes when no thread holds it (closing it here could hand its fd number to another file mid-read)."
 
 def _handle(container:str) -> _Handle:
     "This process's open handle and index of `container`, reopened after a fork or when the file changed."

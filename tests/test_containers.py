@@ -163,6 +163,19 @@ def test_forked_workers_open_their_own_handles(boxes):
     assert {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()} == parent   # the parent's file offsets never moved
     for p, want in ptrs: assert read_member(p) == want
 
+def test_threads_read_right_while_handles_are_evicted(tmp_path, monkeypatch):
+    "8 threads over 6 containers with room for 2 open handles: every read returns its own member's bytes."
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.setattr(C, 'MAX_OPEN', 2)
+    want = {}
+    for k in range(6):
+        _tar(tmp_path/f'{k}.tar', {f'{i}.jpg': bytes([k, i]) * (100 + i) for i in range(20)})
+        want.update({f'{tmp_path}/{k}.tar/{i}.jpg': bytes([k, i]) * (100 + i) for i in range(20)})
+    ptrs = list(want) * 5
+    np.random.default_rng(0).shuffle(ptrs)
+    with deadline(60, 'threads'), ThreadPoolExecutor(8) as ex: got = list(ex.map(read_member, ptrs))
+    assert got == [want[p] for p in ptrs]
+
 class _Members:
     def __init__(self, ptrs): self.ptrs = ptrs
     def __len__(self): return len(self.ptrs)
