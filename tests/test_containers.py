@@ -275,3 +275,61 @@ def test_prepare_train_evaluate_predict_on_containers(sources, tmp_path):
     assert out['prob_fake'][:4].notna().all() and "no member 'absent.jpg'" in out['error'].iloc[4]
     maps = pd.read_csv(tmp_path/'maps'/'heatmaps.csv')
     assert maps['heatmap'].notna().sum() == 4 and all((tmp_path/'maps'/h).is_file() for h in maps['heatmap'].dropna())
+
+# ---------------------------------------------------------------- two machines
+def _free_port():
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+EPOCHS_2M = 8     # ~1 s each here: machine 1 is killed during epoch 1 or 2
+
+def _machine(rank:int, port:int, meta, run, *extra):
+    "One 'machine' of two on localhost: torchrun with one CPU process (gloo), as `accelerate launch --num_machines 2` sets it up."
+    import subprocess, sys
+    from helpers import cli_env
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank', str(rank), '--nproc_per_node', '1',
+           '--master_addr', '127.0.0.1', '--master_port', str(port), str(root/'train.py'), '--metadata', str(meta),
+           '--preset', 'demo', '--epochs', str(EPOCHS_2M), '--bs', '8', '--size', '32', '--cpu', '--workers', '0', '--threads', '1',
+           '--quiet', '--seed', '1', '--out', str(run), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+
+def _kill_tree(pid:int):
+    "SIGKILL `pid` and every process below it (torchrun starts its workers in sessions of their own)."
+    import psutil, signal
+    try: procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+    except psutil.NoSuchProcess: return
+    for p in procs:
+        try: p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess: pass
+
+@pytest.mark.slow
+def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_path):
+    import time
+    pytest.importorskip('psutil')
+    from realfake.prepare import prepare
+    meta = write_metadata(prepare([f"real:hf:{sources['hf']}", f"fake:webdataset:{sources['wds']}", f"fake:zip:{sources['zip']}"],
+                                  valid_pct=0.25, seed=0).df, tmp_path/'meta.jsonl')
+    run = tmp_path/'run'
+    port = _free_port()
+    ms = [_machine(r, port, meta, run) for r in (0, 1)]
+    hist = run/'history.csv'
+    with deadline(400, 'first epoch on two machines'):
+        while not (hist.exists() and hist.read_text().count('\n') >= 2):
+            assert all(m.poll() is None for m in ms), [m.communicate()[1][-1500:] for m in ms if m.poll() is not None]
+            time.sleep(0.2)
+    _kill_tree(ms[1].pid)                                     # machine 1 dies during epoch 1 (its agent and its worker)
+    try: ms[0].wait(timeout=20)
+    except Exception: _kill_tree(ms[0].pid)                   # machine 0 would wait for it in gloo
+    for m in ms: m.wait()
+    before = hist.read_text().splitlines()[1:]
+    assert 1 <= len(before) < EPOCHS_2M                       # the run did stop early
+    port = _free_port()
+    ms = [_machine(r, port, meta, run, '--resume') for r in (0, 1)]
+    with deadline(500, 'resume on two machines'):
+        outs = [m.communicate() for m in ms]
+    assert [m.returncode for m in ms] == [0, 0], [o[1][-1500:] for o in outs]
+    rows = hist.read_text().splitlines()[1:]
+    assert [r.split(',')[0] for r in rows] == [str(e) for e in range(EPOCHS_2M)]     # the same history length
+    assert rows[:len(before)] == before and 'at epoch' in outs[0][1]                # resumed, not restarted
+    assert (run/'model'/'model.safetensors').is_file()
