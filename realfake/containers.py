@@ -214,6 +214,9 @@ _ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc')
 def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, list, list]:
     "(index, member names in container order, refused (name, reason)) of the container at `path`, read once."
     path, kind = os.fspath(path), kind_of(path)
+    if kind == 'parquet':
+        try: import pyarrow.parquet
+        except ImportError: raise ContainerError(path, "reading Parquet needs pyarrow: pip install 'realfake[shards]'") from None
     own = f is None
     f = guarded_open(path) if own else f
     try:
