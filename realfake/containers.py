@@ -94,7 +94,7 @@ def _keys(names) -> np.ndarray:
 
 @dataclass
 class ContainerIndex:
-    "Where each member of one container lives: sorted name keys and, per member, `offset`, `size`, `csize`, `method`, `crc`."
+    "Where each member of one container lives: sorted name keys and, per member, `offset`, `length`, `csize`, `method`, `crc`."
     path: str; kind: str; size: int; mtime_ns: int
     keys: np.ndarray; offset: np.ndarray; length: np.ndarray; csize: np.ndarray; method: np.ndarray; crc: np.ndarray
     column: str = ''    # Parquet: the image column; `offset` holds each row group's first row (and the row count last)
