@@ -19,7 +19,7 @@ from fastai.torch_core import default_device, TensorCategory
 from fastai.vision.augment import aug_transforms, RandomErasing
 try: from fasttransform import Transform  # fastai >= 2.8
 except ImportError: from fastcore.transform import Transform  # fastai 2.7
-from .images import ImageLoadError, MAX_PIXELS, load_image, jpeg_info
+from .images import ImageLoadError, MAX_PIXELS, load_image, jpeg_info, open_source
 from .preprocess import Preprocess, train_crop, image_crops
 from .perturb import encode_jpeg, blur, down_up
 
@@ -109,8 +109,8 @@ def real_jpeg_tables(df:pd.DataFrame, n:int=1000, seed:int=0) -> list[dict]:
 def _is_jpeg(path) -> bool:
     "Does the file at `path` start with the JPEG signature?"
     try:
-        with open(path, 'rb') as f: return f.read(3) == b'\xff\xd8\xff'
-    except OSError: return False
+        with open_source(path) as f: return f.read(3) == b'\xff\xd8\xff'
+    except (OSError, ImageLoadError): return False
 
 # %% ../nbs/11_data.ipynb #802d90fb
 class _Strings:

@@ -8,12 +8,13 @@ import io, os, re, errno, stat, warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
-from .core import RealfakeError
+from .core import RealfakeError, escape_path
+from .containers import ContainerError, open_member, split_pointer
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS',
-           'GEN_SIGNATURES', 'ImageLoadError', 'to_rgb', 'load_image', 'estimate_jpeg_quality', 'jpeg_info',
-           'generator_text', 'probe_image', 'thumbnail']
+           'GEN_SIGNATURES', 'ImageLoadError', 'open_source', 'to_rgb', 'load_image', 'estimate_jpeg_quality',
+           'jpeg_info', 'generator_text', 'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -62,6 +63,7 @@ def _open_file(path):
     try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))   # O_NONBLOCK: a FIFO must not hang us
     except ValueError: raise ImageLoadError(path, 'invalid path (contains a NUL character)') from None
     except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.ENOENT) and split_pointer(path) is not None: return _open_member(path)
         reason = _os_reason(e)
         if e.errno == errno.ENOENT and os.path.islink(path): reason = 'file not found (broken symlink)'
         raise ImageLoadError(path, reason) from None
@@ -130,6 +132,21 @@ def _check_jpeg_data(fp, im, name):
     finally: fp.seek(pos)
     raise ImageLoadError(name, f'truncated file ({size:,} bytes cannot hold the {w}x{h} pixels the header declares: '
                                f'at least {need:,} bytes of image data are needed)')
+
+def _open_member(path):
+    "A file object over the container member that the pointer `path` names (see `realfake.containers`)."
+    try: return open_member(path)
+    except ContainerError as e:
+        raise ImageLoadError(path, e.reason if e.path == os.fspath(path) else f'{e.reason} ({escape_path(e.path)})') from None
+
+def _size(f) -> int:
+    "Bytes in the file object `f` (an open file, or a container member in memory)."
+    return f.getbuffer().nbytes if isinstance(f, io.BytesIO) else os.fstat(f.fileno()).st_size
+
+def open_source(path):
+    "A binary file object for `path`: a loose file or a member inside a tar, zip or Parquet container; errors -> `ImageLoadError`."
+    return _open_file(path)
+
 
 # %% ../nbs/02_images.ipynb #c84fae28
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -239,7 +256,7 @@ def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
     kw = dict(crop=crop, draft=bool(draft), max_pixels=max_pixels)
     if isinstance(src, (str, os.PathLike)):
         with _open_file(src) as f:
-            if os.fstat(f.fileno()).st_size == 0: raise ImageLoadError(src, 'empty file')
+            if _size(f) == 0: raise ImageLoadError(src, 'empty file')
             return _decode(_open(f, src, max_pixels), src, short_side, **kw)
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _decode(_open(io.BytesIO(src), '<bytes>', max_pixels), '<bytes>', short_side, **kw)
@@ -360,7 +377,7 @@ def _provenance(im: Image.Image, f) -> dict:
 def probe_image(path, details:bool=False) -> dict:
     "`dict(width=, height=, format=)` of the image at `path` from its header (`details`: + quality, subsampling, exif, gen_text)."
     with _open_file(path) as f:
-        if os.fstat(f.fileno()).st_size == 0: raise ImageLoadError(path, 'empty file')
+        if _size(f) == 0: raise ImageLoadError(path, 'empty file')
         im = _open(f, path)
         w, h = im.size
         if _orientation(im, loaded=False) in (5, 6, 7, 8): w, h = h, w

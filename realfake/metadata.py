@@ -7,6 +7,7 @@ from __future__ import annotations
 import os, re, json
 from pathlib import Path
 import numpy as np, pandas as pd
+from .containers import pointer_problem
 from .core import LABELS, SPLITS, RealfakeError, atomic_write, escape_path, get_logger, unescape_path
 
 try: import orjson
@@ -35,6 +36,15 @@ class MetadataError(RealfakeError, ValueError):
         s = f"{self.file}:{self.line}: {self.field}: {self.reason}"
         return s + (f" (and {self.more} more errors; read with errors='collect' to see them all)" if self.more else '')
     def __reduce__(self): return (MetadataError, (self.file, self.line, self.field, self.reason, self.more))
+
+# %% ../nbs/01_metadata.ipynb #cab1b99b
+_POINTER = r'\.(?:tar|zip|parquet)/'
+
+def _check_pointers(paths:pd.Series, ok:np.ndarray, add) -> None:
+    "Report the paths that point inside a container (`realfake.containers`) with an unusable member name or row."
+    looks = ok & _text(paths.where(ok, '')).str.contains(_POINTER, case=False, regex=True).to_numpy(bool)
+    bad = {i: why for i in np.flatnonzero(looks) if (why := pointer_problem(paths.iloc[i]))}
+    if bad: add(np.isin(np.arange(len(paths)), list(bad)), 'path', lambda i: f"points inside a container but {bad[i]}")
 
 # %% ../nbs/01_metadata.ipynb #fc0422f8
 def _text(s:pd.Series) -> pd.Series:
@@ -95,6 +105,7 @@ def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error', base=None
         ok = s.notna().to_numpy() & ~bad
         add(ok & (_text(s.where(ok, 'x')).str.len() == 0).to_numpy(), c, 'must not be empty')
         if c == 'path': add(ok & _text(s.where(ok, '')).str.contains('\x00', regex=False).to_numpy(bool), c, 'must not contain a NUL character')
+        if c == 'path': _check_pointers(s, ok, add)
     for c, allowed in (('label', LABELS), ('split', SPLITS)):
         if c in df.columns:
             s = df[c]

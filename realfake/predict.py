@@ -16,6 +16,7 @@ from fastcore.script import call_parse, Param
 from .core import (LABELS, RealfakeError, command, escape_path, find_images,
                            get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path, read_state_json)
 from .images import ImageLoadError
+from .containers import split_pointer
 from .explain import KINDS, write_heatmaps
 from .preprocess import Preprocess, image_crops, normalize, combine_logits, parse_resize
 from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, open_model_file,
@@ -425,7 +426,7 @@ def _expand_inputs(paths) -> tuple[list[str], list[tuple[str, str]]]:
     for p in paths:
         p = Path(p)
         if p.is_dir(): found = find_images(p, progress=False)
-        elif p.exists() or p.is_symlink(): found = [p]
+        elif p.exists() or p.is_symlink() or split_pointer(p) is not None: found = [p]   # a record inside a container too
         else:
             missing.append((os.path.abspath(p), f"cannot read image {escape_path(p)}: no such file or folder")); continue
         for f in found:

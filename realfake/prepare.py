@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'AUTO_LAYOUTS', 'REAL_NAMES', 'MAX_ROUTES', 'NO_DEVICE', 'SPLIT_FOLDERS', 'LABEL_FOLDERS', 'CSV_LABELS',
-           'PROBE_COLUMNS', 'Q_BINS', 'Q_LABELS', 'SOURCES_HELP', 'PrepareError', 'Source', 'parse_source',
-           'walk_images', 'list_source', 'find_duplicates', 'drop_duplicates', 'parse_quotas', 'sample_balanced',
-           'sample_kept_splits', 'probe_files', 'format_table', 'shortcut_warnings', 'find_identical', 'Prepared',
-           'prepare', 'realfake_prepare']
+           'CONTAINER_LAYOUTS', 'MAX_SIDECAR_BYTES', 'PROMPT_COLUMNS', 'PROBE_COLUMNS', 'Q_BINS', 'Q_LABELS',
+           'SOURCES_HELP', 'PrepareError', 'Source', 'parse_source', 'walk_images', 'list_source', 'find_duplicates',
+           'drop_duplicates', 'parse_quotas', 'sample_balanced', 'sample_kept_splits', 'probe_files', 'format_table',
+           'shortcut_warnings', 'find_identical', 'Prepared', 'prepare', 'realfake_prepare']
 
 # %% ../nbs/07_prepare.ipynb #171031ff
 import os, re, csv, stat, json, hashlib, functools
@@ -20,12 +20,13 @@ from .core import (LABELS, SPLITS, IMAGE_EXTS, RealfakeError, command, escape_pa
                            progress_bar, unescape_path)
 from .metadata import COLUMNS, write_metadata, summarize
 from .images import probe_image
+from .containers import ContainerError, guarded_open, member_reader, member_size, pointer, read_member, scan, split_pointer
 
 # %% ../nbs/07_prepare.ipynb #60b5c820
 _log = get_logger('prepare')
 
 # %% ../nbs/07_prepare.ipynb #fd9c9919
-LAYOUTS = ('folder', 'classes', 'img2dataset', 'generators', 'genimage', 'forensynths', 'csv')
+LAYOUTS = ('folder', 'classes', 'img2dataset', 'generators', 'genimage', 'forensynths', 'csv', 'hf', 'webdataset', 'zip')
 AUTO_LAYOUTS = ('generators', 'genimage', 'forensynths', 'csv')    # layouts whose folders or columns give the label
 REAL_NAMES = ('natural', 'real', 'nature')
 
@@ -286,11 +287,154 @@ def _resolve_each(paths:pd.Series, linked:np.ndarray) -> pd.Series:
     out[idx] = [os.path.realpath(p) for p in paths.to_numpy(dtype=object)[idx]]
     return pd.Series(out, index=paths.index, dtype=object)
 
+# %% ../nbs/07_prepare.ipynb #e5c17cb9
+CONTAINER_LAYOUTS = {'hf': ('.parquet',), 'webdataset': ('.tar',), 'zip': ('.zip',)}
+MAX_SIDECAR_BYTES = 1 << 20    # captions and JSON read from inside a container
+
+def _container_files(src:Source, path:str, exts) -> list[str]:
+    "The containers a source names: a file, a folder (recursively), a glob or brace pattern, or an HF Hub id in the local cache."
+    p = os.path.expanduser(path)
+    if os.path.isdir(p): return sorted(str(f) for f in Path(p).rglob('*') if f.suffix.lower() in exts and f.is_file())
+    if os.path.exists(p) or os.path.islink(p): return [os.path.abspath(p)]
+    if any(c in p for c in '*?[{'):
+        import glob
+        try: from braceexpand import braceexpand     # installed with webdataset
+        except ImportError: braceexpand = lambda s: [s]
+        return sorted({os.path.abspath(f) for q in braceexpand(p) for f in glob.glob(q)})
+    if exts == ('.parquet',) and re.fullmatch(r'[\w.-]+(/[\w.-]+)?(@[\w./-]+)?', path): return _hub_files(src, path)
+    raise PrepareError(f"source {src}: no such file or folder: {escape_path(p)}")
+
+def _hub_files(src:Source, spec:str) -> list[str]:
+    "Parquet files of the Hub dataset `ID[@CONFIG/SPLIT]` from the local Hugging Face cache (never downloads)."
+    repo, _, sub = spec.partition('@')
+    try:
+        from huggingface_hub import snapshot_download
+        root = snapshot_download(repo, repo_type='dataset', local_files_only=True)
+    except ImportError: raise PrepareError(f"source {src}: reading a Hub id needs huggingface_hub: pip install 'realfake[hub]'") from None
+    except Exception as e: raise PrepareError(f"source {src}: dataset {repo!r} is not in the local Hugging Face cache "
+                                              f"(download it first, e.g. huggingface-cli download --repo-type dataset {repo}): {e}") from None
+    files = sorted(str(f) for f in Path(root).rglob('*.parquet'))
+    parts = [s for s in sub.split('/') if s]
+    files = [f for f in files if all(re.search(rf'(^|[/_.-]){re.escape(s)}([/_.-]|$)', os.path.relpath(f, root)) for s in parts)]
+    if not files: raise PrepareError(f"source {src}: no Parquet files{' for ' + sub if sub else ''} in the cached {repo!r} ({escape_path(root)})")
+    return files
+
+# %% ../nbs/07_prepare.ipynb #fb55d54a
+def _key_of(name:str) -> tuple[str, str]:
+    "WebDataset's (key, extension) of a member name: the key runs to the first dot of the last path part."
+    d, _, base = name.rpartition('/')
+    stem, dot, ext = base.partition('.')
+    return (d + '/' + stem if d else stem), ext.lower()
+
+def _sidecar_text(read, names:set, key:str) -> tuple:
+    "(prompt, width, height) from the `.txt` / `.json` members of `key` (img2dataset's layout) read by `read`, None where absent."
+    prompt = w = h = None
+    try:
+        if key + '.txt' in names: prompt = read(key + '.txt').decode('utf-8', 'replace').strip() or None
+        if key + '.json' in names:
+            meta = json.loads(read(key + '.json'))
+            if isinstance(meta, dict):
+                if prompt is None and isinstance(meta.get('caption'), str): prompt = meta['caption'].strip() or None
+                w, h = meta.get('width'), meta.get('height')
+                if not (type(w) is int and type(h) is int and 0 < w < 2**31 and 0 < h < 2**31): w = h = None
+    except (ContainerError, ValueError): pass
+    return prompt, w, h
+
+# %% ../nbs/07_prepare.ipynb #a06f3dd6
+def _records_webdataset(c:str, opts:dict) -> tuple[dict, list]:
+    "Records of one WebDataset tar shard: images, with the caption (`.txt`, or the `.json` caption) as prompt."
+    _, names, refused = scan(c)
+    have, out = set(names), {'path': [], 'prompt': [], 'width': [], 'height': []}
+    read = member_reader(c, MAX_SIDECAR_BYTES) if any(n.endswith(('.txt', '.json')) for n in names) else None
+    for n in names:                                   # names are checked by `scan`: no `pointer()` call per member
+        key, ext = _key_of(n)
+        if '.' + ext.rpartition('.')[2] not in IMAGE_EXTS: continue
+        p, w, h = _sidecar_text(read, have, key) if read else (None, None, None)
+        for k, v in zip(out, (c + '/' + n, p, w, h)): out[k].append(v)
+    return out, refused
+
+def _prompt_table(c:str, names:list) -> dict:
+    "DiffusionDB's prompts of a zip part: its `PART.json` (inside or beside), else a `metadata.parquet` beside it."
+    stem, folder = Path(c).stem, os.path.dirname(c)
+    table = None
+    if stem + '.json' in names: table = json.loads(read_member(pointer(c, stem + '.json'), 64 << 20))
+    elif os.path.isfile(os.path.join(folder, stem + '.json')):
+        with guarded_open(os.path.join(folder, stem + '.json'), 64 << 20, 'prompt table') as f: table = json.load(f)
+    if isinstance(table, dict):
+        return {k: (v.get('p') or v.get('prompt') or v.get('caption')) if isinstance(v, dict) else v for k, v in table.items()}
+    meta = os.path.join(folder, 'metadata.parquet')
+    if os.path.isfile(meta):
+        import pyarrow.parquet as pq
+        with guarded_open(meta, None, 'prompt table') as f: t = pq.read_table(f, columns=['image_name', 'prompt'])
+        return dict(zip(t.column('image_name').to_pylist(), t.column('prompt').to_pylist()))
+    return {}
+
+def _records_zip(c:str, opts:dict) -> tuple[dict, list]:
+    "Records of one zip archive: its images, each prompt (from the part's table) as prompt and group."
+    _, names, refused = scan(c)
+    try: prompts = _prompt_table(c, names)
+    except (ValueError, OSError, KeyError, ContainerError) as e:
+        refused = refused + [(Path(c).stem + '.json', f'prompt table unreadable ({e}); images kept without prompts')]; prompts = {}
+    imgs = [n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
+    ps = [prompts.get(n) or prompts.get(n.rpartition('/')[2]) for n in imgs]
+    ps = [p.strip() or None if isinstance(p, str) else None for p in ps]
+    return {'path': [pointer(c, n) for n in imgs], 'prompt': ps, 'group': [None] * len(imgs)}, refused
+
+# %% ../nbs/07_prepare.ipynb #add34334
+PROMPT_COLUMNS = ('prompt', 'caption', 'text')
+
+def _records_hf(c:str, opts:dict) -> tuple[dict, list]:
+    "Records of one Parquet file of an HF dataset: each row a pointer; prompt and group from their columns."
+    import pyarrow.parquet as pq
+    idx, _, _ = scan(c, opts.get('image'))
+    with guarded_open(c) as f: names = pq.ParquetFile(f).schema_arrow.names
+    pcol = opts.get('prompt') or next((n for n in PROMPT_COLUMNS if n in names), None)
+    gcol = opts.get('group') or ('label' if 'label' in names else None)
+    for what, col in (('prompt', pcol), ('group', gcol)):
+        if col is not None and col not in names: raise ContainerError(c, f"no {what} column {col!r} (columns: {', '.join(names)})")
+    cols = [x for x in dict.fromkeys((pcol, gcol)) if x]
+    with guarded_open(c) as f: t = pq.read_table(f, columns=cols) if cols else None
+    n = idx.n
+    val = lambda col: t.column(col).to_pylist() if col else [None] * n
+    ps = [p.strip() or None if isinstance(p, str) else None for p in val(pcol)]
+    gs = [None if g is None else f'{gcol}-{g}' for g in val(gcol)]
+    return {'path': [pointer(c, i) for i in range(n)], 'prompt': ps, 'group': gs}, []
+
+_CONTAINER_RECORDS = {'hf': _records_hf, 'webdataset': _records_webdataset, 'zip': _records_zip}
+
+def _list_containers(src:Source) -> tuple[pd.DataFrame, list]:
+    "Records and problems of an `hf`, `webdataset` or `zip` source: one record per image, its path a container pointer."
+    path, _, query = src.path.partition('?')
+    from urllib.parse import parse_qsl
+    opts = dict(parse_qsl(query))
+    files = _container_files(src, path, CONTAINER_LAYOUTS[src.layout])
+    if not files: raise PrepareError(f"source {src}: no {'/'.join(CONTAINER_LAYOUTS[src.layout])} files at {escape_path(path)}")
+    cols, problems = {'path': [], 'prompt': [], 'group': [], 'width': [], 'height': []}, []
+    for c in files:
+        try: recs, refused = _CONTAINER_RECORDS[src.layout](c, opts)
+        except ContainerError as e: problems.append((e.path, e.reason)); continue
+        problems += [(c + '/' + n, why) for n, why in refused]
+        n = len(recs['path'])
+        for k in cols: cols[k] += recs.get(k) or [None] * n
+    if not cols['path']:
+        why = f" ({len(problems):,} problems, e.g. {escape_path(problems[0][0])}: {problems[0][1]})" if problems else ''
+        raise PrepareError(f"source {src}: no images in its {len(files):,} container(s){why}")
+    root = os.path.dirname(files[0]) if len(files) == 1 else os.path.commonpath(files)
+    name = src.name or os.path.basename(path.rstrip('/')) or path
+    df = pd.DataFrame({'path': pd.Series(cols['path'], dtype=object), 'label': src.label, 'source': name,
+                       'group': pd.Series(cols['group'], dtype=object), 'split': None, 'prompt': pd.Series(cols['prompt'], dtype=object),
+                       'width': pd.array(cols['width'], dtype='Int64'), 'height': pd.array(cols['height'], dtype='Int64')})
+    df['rel'] = df['path'].str.slice(len(os.path.join(root, '')))
+    df['real'], df['dev'], df['ino'] = df['path'], NO_DEVICE, np.arange(len(df), dtype=np.uint64)
+    if src.layout == 'zip': df = _prompt_groups(df)
+    return df, problems
+
 # %% ../nbs/07_prepare.ipynb #5f8f6571
 def _list(src, real_names=REAL_NAMES, progress:bool|None=None) -> tuple[pd.DataFrame, list]:
     "Records of one source and the (path, reason) of what could not be listed."
     src = parse_source(src)
     if src.layout == 'csv': df, problems = _list_csv(src)
+    elif src.layout in CONTAINER_LAYOUTS: df, problems = _list_containers(src)
     else:
         root = os.path.abspath(os.path.expanduser(src.path))
         if not os.path.isdir(root): raise PrepareError(f"source {src}: folder not found: {escape_path(root)}")
@@ -687,14 +831,17 @@ def find_identical(df:pd.DataFrame, workers:int=8, progress:bool|None=None) -> p
     cols = ['digest', 'path', 'split', 'label', 'source', 'cross_split', 'cross_label']
     def size(p):
         try: return os.stat(p).st_size
+        except NotADirectoryError:
+            try: return member_size(p)                 # a record inside a container
+            except ContainerError: return -1
         except OSError: return -1
     d = df[[c for c in ('path', 'split', 'label', 'source') if c in df.columns]].copy()
     d['size'] = _pmap(size, d['path'], workers, progress, 'sizes')
     d = d[(d['size'] >= 0) & d['size'].duplicated(keep=False)]
     if not len(d): return pd.DataFrame(columns=cols)
     def dig(p):
-        try: return file_sha256(p)
-        except OSError: return None
+        try: return file_sha256(p) if split_pointer(p) is None else hashlib.sha256(read_member(p)).hexdigest()
+        except (OSError, ContainerError): return None
     d['digest'] = _pmap(dig, d['path'], workers, progress, 'hashing')
     d = d[d['digest'].notna() & d['digest'].duplicated(keep=False)]
     if not len(d): return pd.DataFrame(columns=cols)
@@ -838,7 +985,9 @@ SOURCES_HELP = ("image sources, each LABEL:LAYOUT:PATH[:NAME]. LABEL: real, fake
                 "the CSV). LAYOUT: folder (every image below PATH), classes (PATH/<class>/img: class = group), "
                 "img2dataset (caption = prompt), generators (one folder per generator; real ones named natural, real, "
                 "nature), genimage (<generator>/[...]/{train,val}/{ai,nature}), forensynths "
-                "([split/]<generator>/[<class>/]{0_real,1_fake}), csv (PATH is a CSV: path,label[,source][,split][,group]). "
+                "([split/]<generator>/[<class>/]{0_real,1_fake}), csv (PATH is a CSV: path,label[,source][,split][,group]), "
+                "hf (Parquet files or a cached Hub id ID[@CONFIG/SPLIT]; label column = group), webdataset (tar shards: "
+                "folder, glob or {00000..00099} pattern; caption = prompt), zip (zip archives, DiffusionDB's prompt table: prompt = group). "
                 "NAME: the source name (default: the folder's or CSV's name)")
 _SOURCES = Param(SOURCES_HELP, str, nargs='+')   # a name, not a call, in the annotation: linters read call arguments there as types
 

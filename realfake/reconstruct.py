@@ -26,7 +26,7 @@ from .core import (RealfakeError, IMAGE_EXTS, atomic_path, atomic_write_json, es
                            csv_cell, error_line, get_logger, progress_bar, command, find_images,
                            read_state_json, check_shape)
 from .metadata import read_metadata, write_metadata
-from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info
+from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info, open_source
 
 # %% ../nbs/09_reconstruct.ipynb #2d18392b
 _log = get_logger('reconstruct')
@@ -283,7 +283,7 @@ WEBP_QUALITY = 90
 
 def webp_lossless(path) -> bool:
     "Is the WebP file at `path` lossless (its first image chunk `VP8L`)? Reads the RIFF chunk headers only."
-    with open(path, 'rb') as f:
+    with open_source(path) as f:
         head = f.read(12)
         if head[:4] != b'RIFF' or head[8:12] != b'WEBP': return False
         while len(hdr := f.read(8)) == 8:

@@ -1,0 +1,335 @@
+"""Records inside containers (tar, zip, Parquet): the pointer is read by the one loader, the index is cached and
+invalidated, each process has its own handles, bad containers give clear errors, and prepare -> train -> evaluate ->
+predict runs on an HF Parquet dataset, img2dataset tar shards and a DiffusionDB zip part."""
+import io, json, os, tarfile, zipfile, multiprocessing as mp
+from pathlib import Path
+
+import numpy as np, pandas as pd, pytest
+from PIL import Image
+
+import realfake.containers as C
+from realfake.containers import ContainerError, read_member, container_index, index_file, scan, pointer
+from realfake.images import ImageLoadError, load_image, probe_image
+from realfake.metadata import read_metadata, write_metadata, MetadataError
+from realfake.prepare import prepare, list_source, find_identical
+from container_data import demo_images, write_hf, write_wds, write_zip
+from helpers import deadline, run_cli
+
+def _jpg(i, size=(24, 16)):
+    b = io.BytesIO(); Image.new('RGB', size, (i * 10 % 256, 50, 90)).save(b, 'JPEG'); return b.getvalue()
+
+def _tar(path, members:dict):
+    with tarfile.open(path, 'w') as tf:
+        for n, d in members.items():
+            ti = tarfile.TarInfo(n); ti.size = len(d); tf.addfile(ti, io.BytesIO(d))
+    return path
+
+@pytest.fixture
+def boxes(tmp_path):
+    "One container of each kind holding the same five JPEGs: {kind: (container, [member names])}."
+    imgs = [_jpg(i) for i in range(5)]
+    _tar(tmp_path/'s.tar', {f'k/{i}.jpg': b for i, b in enumerate(imgs)})
+    with zipfile.ZipFile(tmp_path/'s.zip', 'w', zipfile.ZIP_DEFLATED) as z:
+        for i, b in enumerate(imgs): z.writestr(f'k/{i}.jpg', b)
+    import pyarrow as pa, pyarrow.parquet as pq
+    pq.write_table(pa.table({'image': [{'bytes': b, 'path': f'{i}.jpg'} for i, b in enumerate(imgs)], 'label': [0] * 5}),
+                   tmp_path/'s.parquet', row_group_size=2)
+    return imgs, {'tar': (tmp_path/'s.tar', [f'k/{i}.jpg' for i in range(5)]), 'zip': (tmp_path/'s.zip', [f'k/{i}.jpg' for i in range(5)]),
+                  'parquet': (tmp_path/'s.parquet', [str(i) for i in range(5)])}
+
+@pytest.fixture(autouse=True)
+def _fresh_handles():
+    C.close_all(); yield; C.close_all()
+
+# ---------------------------------------------------------------- reading
+@pytest.mark.parametrize('kind', ['tar', 'zip', 'parquet'])
+def test_every_member_reads_back_through_the_one_loader(boxes, kind):
+    imgs, b = boxes
+    c, names = b[kind]
+    for i, n in enumerate(names):
+        p = pointer(c, n)
+        assert read_member(p) == imgs[i]
+        assert probe_image(p) == dict(width=24, height=16, format='JPEG')
+        assert np.array_equal(np.asarray(load_image(p)), np.asarray(load_image(imgs[i])))
+
+def test_index_is_cached_beside_and_rebuilt_when_the_container_changes(tmp_path):
+    c = _tar(tmp_path/'a.tar', {'0.jpg': _jpg(0)})
+    idx = container_index(c)
+    assert Path(index_file(c)).is_file() and idx.n == 1
+    _tar(c, {'0.jpg': _jpg(0), '1.jpg': _jpg(1)})
+    os.utime(c, ns=(1, 1))                        # size and mtime both changed
+    assert container_index(c).n == 2
+
+def test_read_only_folder_caches_the_index_elsewhere(tmp_path, monkeypatch):
+    d = tmp_path/'ro'; d.mkdir(); c = _tar(d/'a.tar', {'0.jpg': _jpg(0)})
+    monkeypatch.setenv('REALFAKE_INDEX_DIR', str(tmp_path/'cache'))
+    assert container_index(c).n == 1
+    assert list((tmp_path/'cache').glob('a.tar.*.rfidx.npz')) and not Path(index_file(c)).exists()
+
+def test_index_memory_is_small_per_member(tmp_path):
+    c = _tar(tmp_path/'many.tar', {f'{i:06d}.jpg': b'x' for i in range(2000)})
+    idx = container_index(c)
+    assert idx.n == 2000 and idx.nbytes / idx.n <= 40           # 8-byte name keys + offsets, sizes, CRC, method
+
+# ---------------------------------------------------------------- bad input: each a clear error, no hang
+def _truncated(tmp_path):
+    c = _tar(tmp_path/'t.tar', {'0.jpg': _jpg(0), '1.jpg': _jpg(1, (400, 300))})
+    c.write_bytes(c.read_bytes()[:2000]); return c, '1.jpg', 'truncated'
+def _missing(tmp_path): return tmp_path/'gone.tar', '0.jpg', 'container not found'
+def _absent(tmp_path): return _tar(tmp_path/'a.tar', {'0.jpg': _jpg(0)}), '7.jpg', "no member '7.jpg'"
+def _beyond(tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    pq.write_table(pa.table({'image': [_jpg(0)]}), tmp_path/'p.parquet'); return tmp_path/'p.parquet', '3', 'row 3 is beyond the end (1 rows)'
+def _no_image_column(tmp_path):
+    import pyarrow as pa, pyarrow.parquet as pq
+    pq.write_table(pa.table({'text': ['a'], 'label': [1]}), tmp_path/'p.parquet'); return tmp_path/'p.parquet', '0', 'no image column'
+def _zip_slip(tmp_path):
+    with zipfile.ZipFile(tmp_path/'z.zip', 'w') as z: z.writestr('../evil.jpg', _jpg(0))
+    return tmp_path/'z.zip', '../evil.jpg', 'unsafe member name'
+def _fifo(tmp_path):
+    os.mkfifo(tmp_path/'f.tar'); return tmp_path/'f.tar', '0.jpg', 'not a regular file (a FIFO)'
+def _corrupt_zip(tmp_path):
+    (tmp_path/'c.zip').write_bytes(b'PK\x03\x04' + b'\0' * 40); return tmp_path/'c.zip', 'a.jpg', 'corrupt zip'
+
+BAD = {'missing container': _missing, 'truncated tar': _truncated, 'absent member': _absent, 'row beyond the end': _beyond,
+       'no image column': _no_image_column, 'zip slip': _zip_slip, 'fifo': _fifo, 'corrupt zip': _corrupt_zip}
+
+@pytest.mark.parametrize('case', list(BAD))
+def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
+    c, member, why = BAD[case](tmp_path)
+    p = str(c) + '/' + member              # not through pointer(): the zip-slip name must reach the readers as written
+    with deadline(20, case):
+        for read in (load_image, probe_image):
+            with pytest.raises(ImageLoadError) as e: read(p)
+            assert why in str(e.value) and str(tmp_path) in str(e.value)
+        with pytest.raises(ContainerError, match=why.replace('(', r'\(').replace(')', r'\)')): read_member(p)
+
+def test_swapped_container_after_indexing(tmp_path):
+    c = _tar(tmp_path/'a.tar', {'0.jpg': _jpg(0)})
+    assert read_member(f'{c}/0.jpg') == _jpg(0)                 # indexed and open
+    _tar(tmp_path/'b.tar', {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})
+    os.replace(tmp_path/'b.tar', c)                             # a different container under the same name
+    with pytest.raises(ContainerError, match="no member '0.jpg'"): read_member(f'{c}/0.jpg')
+    assert read_member(f'{c}/other.jpg') == _jpg(5)
+
+@pytest.mark.parametrize('case', ['truncated tar', 'no image column', 'fifo', 'corrupt zip', 'missing container'])
+def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
+    c, _, why = BAD[case](tmp_path)
+    kind = {'.tar': 'webdataset', '.zip': 'zip', '.parquet': 'hf'}[c.suffix]
+    good = tmp_path/'good'; good.mkdir()
+    if kind == 'webdataset': _tar(good/'ok.tar', {'0.jpg': _jpg(0)})
+    elif kind == 'zip':
+        with zipfile.ZipFile(good/'ok.zip', 'w') as z: z.writestr('0.jpg', _jpg(0))
+    else:
+        import pyarrow as pa, pyarrow.parquet as pq
+        pq.write_table(pa.table({'image': [_jpg(0)]}), good/'ok.parquet')
+    src = f"fake:{kind}:{tmp_path}/{{{c.name},good/ok{c.suffix}}}"
+    with deadline(30, case):
+        from realfake.prepare import _list
+        df, problems = _list(src)
+    assert df['path'].tolist() == [f'{good}/ok{c.suffix}/0']  if kind == 'hf' else [f'{good}/ok{c.suffix}/0.jpg']
+    if case != 'missing container':                  # a pattern that matches nothing names nothing
+        assert [(Path(p).name, why in r) for p, r in problems] == [(c.name, True)]
+
+def test_zip_slip_member_is_refused_and_reported_by_prepare(tmp_path):
+    with zipfile.ZipFile(tmp_path/'z.zip', 'w') as z: z.writestr('../evil.jpg', _jpg(0)); z.writestr('ok.jpg', _jpg(1))
+    from realfake.prepare import _list
+    df, problems = _list(f'fake:zip:{tmp_path}/z.zip')
+    assert df['path'].tolist() == [f'{tmp_path}/z.zip/ok.jpg']
+    assert len(problems) == 1 and 'unsafe member name' in problems[0][1]
+
+def test_metadata_validates_pointers(tmp_path):
+    f = tmp_path/'m.jsonl'
+    rows = [dict(path='s.tar/0.jpg', label='real', split='train', source='x'),
+            dict(path='p.parquet/first', label='fake', split='train', source='x')]
+    f.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+    with pytest.raises(MetadataError, match=r"m.jsonl:2: path: points inside a container but 'first' is not a row number"): read_metadata(f)
+
+# ---------------------------------------------------------------- processes
+def _child_read(args):
+    p, want = args
+    ok = read_member(p) == want
+    h = C._OPEN[C.split_pointer(p)[0]]
+    return os.getpid(), h.pid, ok
+
+def test_forked_workers_open_their_own_handles(boxes):
+    imgs, b = boxes
+    ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)]
+    for p, want in ptrs: assert read_member(p) == want                     # the parent holds open handles first
+    parent = {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()}
+    with mp.get_context('fork').Pool(2) as pool: got = pool.map(_child_read, ptrs * 3, chunksize=2)
+    assert all(ok for *_, ok in got)
+    assert all(pid == hpid for pid, hpid, _ in got) and os.getpid() not in {pid for pid, *_ in got}
+    assert {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()} == parent   # the parent's file offsets never moved
+    for p, want in ptrs: assert read_member(p) == want
+
+def test_threads_read_right_while_handles_are_evicted(tmp_path, monkeypatch):
+    "8 threads over 6 containers with room for 2 open handles: every read returns its own member's bytes."
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.setattr(C, 'MAX_OPEN', 2)
+    want = {}
+    for k in range(6):
+        _tar(tmp_path/f'{k}.tar', {f'{i}.jpg': bytes([k, i]) * (100 + i) for i in range(20)})
+        want.update({f'{tmp_path}/{k}.tar/{i}.jpg': bytes([k, i]) * (100 + i) for i in range(20)})
+    ptrs = list(want) * 5
+    np.random.default_rng(0).shuffle(ptrs)
+    with deadline(60, 'threads'), ThreadPoolExecutor(8) as ex: got = list(ex.map(read_member, ptrs))
+    assert got == [want[p] for p in ptrs]
+
+class _Members:
+    def __init__(self, ptrs): self.ptrs = ptrs
+    def __len__(self): return len(self.ptrs)
+    def __getitem__(self, i):
+        p, _ = self.ptrs[i]
+        return i, int(np.frombuffer(read_member(p), np.uint8).sum()), os.getpid(), C._OPEN[C.split_pointer(p)[0]].pid
+
+def test_dataloader_with_two_workers_reads_every_member_right(boxes):
+    import torch
+    imgs, b = boxes
+    ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)] * 4
+    for p, _ in ptrs[:3]: read_member(p)
+    dl = torch.utils.data.DataLoader(_Members(ptrs), batch_size=3, shuffle=True, num_workers=2,
+                                     multiprocessing_context='fork', generator=torch.Generator().manual_seed(0))
+    seen, pids = {}, set()
+    with deadline(60, 'two workers'):
+        for i, s, pid, hpid in dl:
+            assert (pid == hpid).all()                      # each worker reads through a handle it opened itself
+            seen.update(zip(i.tolist(), s.tolist())); pids |= set(pid.tolist())
+    assert seen == {i: int(np.frombuffer(w, np.uint8).sum()) for i, (_, w) in enumerate(ptrs)}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+# ---------------------------------------------------------------- prepare on the three sources
+@pytest.fixture(scope='module')
+def sources(tmp_path_factory):
+    d = tmp_path_factory.mktemp('sources')
+    im = demo_images(d, n=24)
+    return dict(hf=write_hf(d/'imagenet', im['real']), wds=write_wds(d/'laion', im['fake'][:12], per_shard=5),
+                zip=write_zip(d/'diffusiondb', im['fake'][12:]), images=im)
+
+def test_list_sources_in_their_real_schemas(sources):
+    hf = list_source(f"real:hf:{sources['hf']}:imagenet")
+    assert len(hf) == 24 and hf['path'].str.contains(r'/data/train-0000[01]-of-00002\.parquet/\d+$').all()
+    assert set(hf['group']) == {'label-0', 'label-1', 'label-2'} and (hf['source'] == 'imagenet').all()
+    wds = list_source(f"fake:webdataset:{sources['wds']}/{{00000..00002}}.tar:laion")
+    assert len(wds) == 12 and wds['prompt'].tolist()[:3] == ['a photo number 0', 'a photo number 0', 'a photo number 1']
+    assert wds['width'].tolist() == [32] * 12
+    z = list_source(f"fake:zip:{sources['zip']}:diffusiondb")
+    assert len(z) == 12 and z['group'].nunique() == 4 and z['prompt'].iloc[0] == 'a painting of thing 0'
+
+def test_prepare_balances_splits_by_group_probes_and_hashes_container_records(sources, tmp_path):
+    # a byte-identical copy of a real image inside a tar: content_hash must find it across containers
+    _tar(tmp_path/'copy.tar', {'dup.jpg': sources['images']['real'][0]})
+    r = prepare([f"real:hf:{sources['hf']}", f"real:webdataset:{tmp_path}/copy.tar", f"fake:webdataset:{sources['wds']}",
+                 f"fake:zip:{sources['zip']}"], valid_pct=0.3, seed=0, prompt_groups=True, probe=True, content_hash=True)
+    df = r.df
+    assert (df.label == 'real').sum() == (df.label == 'fake').sum() == 24
+    assert df.groupby('group')['split'].nunique().max() == 1                      # group-disjoint splits
+    assert df['format'].notna().all() and df['width'].notna().all()               # --probe read every member
+    assert len(r.identical) == 2 and r.identical['path'].str.endswith('copy.tar/dup.jpg').any()
+
+def test_hub_id_is_read_offline_from_the_cache(tmp_path, monkeypatch):
+    pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
+    from realfake.prepare import PrepareError
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(hh_constants, 'HF_HUB_CACHE', str(tmp_path/'hub'))
+    with pytest.raises(PrepareError, match="'poloclub/diffusiondb' is not in the local Hugging Face cache"):
+        list_source('fake:hf:poloclub/diffusiondb@2m_first_1k')
+
+def test_hub_id_with_split_from_a_cached_snapshot(tmp_path, monkeypatch, sources):
+    pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
+    import shutil
+    snap = tmp_path/'hub'/'datasets--org--toy'/'snapshots'/('a' * 40)
+    (tmp_path/'hub'/'datasets--org--toy'/'refs').mkdir(parents=True)
+    (tmp_path/'hub'/'datasets--org--toy'/'refs'/'main').write_text('a' * 40)
+    shutil.copytree(sources['hf']/'data', snap/'data')
+    shutil.copy(snap/'data'/'train-00000-of-00002.parquet', snap/'data'/'test-00000-of-00001.parquet')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(hh_constants, 'HF_HUB_CACHE', str(tmp_path/'hub'))
+    df = list_source('real:hf:org/toy@train:toy')
+    assert len(df) == 24 and df['path'].str.contains('/data/train-').all()
+    assert len(list_source('real:hf:org/toy@test')) == 12
+
+# ---------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_prepare_train_evaluate_predict_on_containers(sources, tmp_path):
+    meta = tmp_path/'meta.jsonl'
+    r = run_cli('realfake_prepare', f"real:hf:{sources['hf']}:imagenet", f"fake:webdataset:{sources['wds']}:laion",
+                f"fake:zip:{sources['zip']}:diffusiondb", '--valid_pct', 0.25, '--test_pct', 0.25, '--probe', '--content_hash',
+                '--prompt_groups', '--out', meta, timeout=120)
+    assert r.returncode == 0, r.stderr
+    df = read_metadata(meta)
+    assert df['path'].str.contains(r'\.(?:parquet|tar|zip)/').all() and set(df['split']) == {'train', 'valid', 'test'}
+    from realfake.train import train, PRESETS
+    res = train(str(meta), PRESETS['demo'].override(size=32, bs=8, epochs=1), out=tmp_path/'run', workers=2, cpu=True, quiet=True)
+    assert (tmp_path/'run'/'history.csv').read_text().count('\n') == 2
+    r = run_cli('realfake_evaluate', meta, '--model', res['model_dir'], '--split', 'test', '--out', tmp_path/'rep',
+                '--bs', 8, '--num_workers', 0, '--audit', '--perturb', 'jpeg_q75', timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path/'rep'/'metrics.json').read_text())
+    assert m['n'] == (df.split == 'test').sum() and m['n_errors'] == 0
+    assert 'jpeg_q75' in json.dumps(m)                                             # the perturbation grid read them too
+    some = df['path'][df.split == 'test'].tolist()[:4] + [f"{sources['wds']}/00000.tar/absent.jpg"]
+    r = run_cli('realfake_predict', *some, '--model', res['model_dir'], '--out', tmp_path/'p.csv', '--bs', 4,
+                '--num_workers', 0, '--no_progress', '--heatmaps', tmp_path/'maps', timeout=180)
+    assert r.returncode == 0, r.stderr
+    out = pd.read_csv(tmp_path/'p.csv')
+    assert out['path'].tolist() == some
+    assert out['prob_fake'][:4].notna().all() and "no member 'absent.jpg'" in out['error'].iloc[4]
+    maps = pd.read_csv(tmp_path/'maps'/'heatmaps.csv')
+    assert maps['heatmap'].notna().sum() == 4 and all((tmp_path/'maps'/h).is_file() for h in maps['heatmap'].dropna())
+
+# ---------------------------------------------------------------- two machines
+def _free_port():
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+EPOCHS_2M = 8     # ~1 s each here: machine 1 is killed during epoch 1 or 2
+
+def _machine(rank:int, port:int, meta, run, *extra):
+    "One 'machine' of two on localhost: torchrun with one CPU process (gloo), as `accelerate launch --num_machines 2` sets it up."
+    import subprocess, sys
+    from helpers import cli_env
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank', str(rank), '--nproc_per_node', '1',
+           '--master_addr', '127.0.0.1', '--master_port', str(port), str(root/'train.py'), '--metadata', str(meta),
+           '--preset', 'demo', '--epochs', str(EPOCHS_2M), '--bs', '8', '--size', '32', '--cpu', '--workers', '0', '--threads', '1',
+           '--quiet', '--seed', '1', '--out', str(run), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+
+def _kill_tree(pid:int):
+    "SIGKILL `pid` and every process below it (torchrun starts its workers in sessions of their own)."
+    import psutil, signal
+    try: procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+    except psutil.NoSuchProcess: return
+    for p in procs:
+        try: p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess: pass
+
+@pytest.mark.slow
+def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_path):
+    import time
+    pytest.importorskip('psutil')
+    from realfake.prepare import prepare
+    meta = write_metadata(prepare([f"real:hf:{sources['hf']}", f"fake:webdataset:{sources['wds']}", f"fake:zip:{sources['zip']}"],
+                                  valid_pct=0.25, seed=0).df, tmp_path/'meta.jsonl')
+    run = tmp_path/'run'
+    port = _free_port()
+    ms = [_machine(r, port, meta, run) for r in (0, 1)]
+    hist = run/'history.csv'
+    with deadline(400, 'first epoch on two machines'):
+        while not (hist.exists() and hist.read_text().count('\n') >= 2):
+            assert all(m.poll() is None for m in ms), [m.communicate()[1][-1500:] for m in ms if m.poll() is not None]
+            time.sleep(0.2)
+    _kill_tree(ms[1].pid)                                     # machine 1 dies during epoch 1 (its agent and its worker)
+    try: ms[0].wait(timeout=20)
+    except Exception: _kill_tree(ms[0].pid)                   # machine 0 would wait for it in gloo
+    for m in ms: m.wait()
+    before = hist.read_text().splitlines()[1:]
+    assert 1 <= len(before) < EPOCHS_2M                       # the run did stop early
+    port = _free_port()
+    ms = [_machine(r, port, meta, run, '--resume') for r in (0, 1)]
+    with deadline(500, 'resume on two machines'):
+        outs = [m.communicate() for m in ms]
+    assert [m.returncode for m in ms] == [0, 0], [o[1][-1500:] for o in outs]
+    rows = hist.read_text().splitlines()[1:]
+    assert [r.split(',')[0] for r in rows] == [str(e) for e in range(EPOCHS_2M)]     # the same history length
+    assert rows[:len(before)] == before and 'at epoch' in outs[0][1]                # resumed, not restarted
+    assert (run/'model'/'model.safetensors').is_file()
