@@ -265,3 +265,31 @@ def test_bad_input(case):
     elif what == 'cut': assert word in p.checked['text'] and 'cut' in p.checked['text'], p
     elif what == 'watermark': assert p.checked['watermark'].startswith('skipped: pixels unreadable'), p
     assert not [e for e in p.items if e.kind not in ('error',)] or case.startswith(('zTXt', 'iTXt', '20 MB'))
+
+# ---- where it shows: Classifier.predict and realfake_predict ----
+def test_predict_provenance_column(tiny_model_dir, tmp_path):
+    import pandas as pd
+    from realfake.core import RealfakeError
+    from realfake.predict import Classifier, realfake_predict
+    clf = Classifier.from_dir(tiny_model_dir, backend='torch', device='cpu')
+    d = tmp_path/'imgs'; d.mkdir()
+    (d/'a1111.png').write_bytes(png_text({'parameters': A1111}))
+    (d/'plain.png').write_bytes(encode(photo(32, 32)))
+    marked = embed(photo(), 'SDV2'); (d/'marked.png').write_bytes(encode(marked))
+    items = [d/'a1111.png', d/'plain.png', marked, (d/'a1111.png').read_bytes()]
+    plain, dp = clf.predict(items), clf.predict(items, provenance=True)
+    assert 'provenance' not in plain.columns
+    want = ['text/asserted: A1111 parameters (model sd_xl_base_1.0)', '', 'watermark/verified: invisible watermark SDV2 (100% of 32 bits)',
+            'text/asserted: A1111 parameters (model sd_xl_base_1.0)']
+    assert list(dp.provenance) == want
+    assert np.allclose(dp.prob_fake, plain.prob_fake)                 # the score never changes
+    realfake_predict([d], model=clf, out=tmp_path/'p.csv', provenance=True, no_progress=True)
+    res = pd.read_csv(tmp_path/'p.csv', keep_default_na=False).set_index('path')
+    assert list(res.columns)[-1] == 'provenance'
+    assert res.provenance.to_dict() == {str(d/'a1111.png'): want[0], str(d/'plain.png'): '', str(d/'marked.png'): want[2]}
+    realfake_predict([d], model=clf, out=tmp_path/'p.csv', provenance=True, no_progress=True)   # resumes
+    assert len(pd.read_csv(tmp_path/'p.csv')) == 3
+    realfake_predict([d], model=clf, out=tmp_path/'q.csv', no_progress=True)
+    with pytest.raises(RealfakeError): realfake_predict([d], model=clf, out=tmp_path/'q.csv', provenance=True, no_progress=True)
+    with pytest.raises(RealfakeError, match='--provenance'):
+        realfake_predict([str(tmp_path/'x.tar')], model=clf, provenance=True, no_progress=True)
