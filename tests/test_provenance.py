@@ -303,3 +303,17 @@ def test_large_png_decodes_only_the_rows_read():
     p = read_provenance(data)
     assert [e.detail['message'] for e in found(p, 'watermark')] == ['SDXL']
     assert [str(e) for e in p.items] == [str(e) for e in read_provenance(data, rgb=big).items]
+
+def test_app_detect_shows_provenance(tiny_model_dir, tmp_path):
+    "The Detect page's result row: the evidence under the score, or the plain sentence when there is none."
+    pytest.importorskip('fasthtml')
+    from fasthtml.common import to_xml
+    from realfake.app import score_image, result_row
+    from realfake.predict import Classifier
+    clf = Classifier.from_dir(tiny_model_dir, backend='torch', device='cpu')
+    (tmp_path/'a.png').write_bytes(png_text({'parameters': A1111})); (tmp_path/'b.png').write_bytes(encode(photo(32, 32)))
+    a, b = score_image(clf, tmp_path/'a.png', 'a.png'), score_image(clf, tmp_path/'b.png', 'b.png')
+    assert [e['says'] for e in a['provenance']['items']] == ['A1111 parameters (model sd_xl_base_1.0)']
+    assert a['prob_fake'] == pytest.approx(float(clf.predict([tmp_path/'a.png']).prob_fake[0]), abs=1e-6)   # the score is the model's
+    assert 'text (asserted): A1111 parameters (model sd_xl_base_1.0)' in to_xml(result_row(a))
+    assert b['provenance']['items'] == [] and 'no provenance found; absence proves nothing' in to_xml(result_row(b))
