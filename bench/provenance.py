@@ -3,8 +3,8 @@
 notebook (`--survival`: which evidence survives JPEG 95/75/50, JPEG 95 at 4:4:4 and a 0.5 resize).
 
 Inputs: synthetic photo-like images written to a temp dir: 500 JPEGs 640x480 at quality 90 (PIL's 4:2:0 chroma, so
-the watermark decode is skipped: header reads only) and 500 PNGs 384x384 (the watermark decode runs), half of each
-with A1111 `parameters` text. Also timed: the PNGs with their pixels already at hand (`rgb=`, what `realfake_predict`
+the watermark decode is skipped: header reads only), 400 PNGs 512x512 and 100 PNGs 1024x1024 (the watermark decode
+runs; only the top rows it reads are decoded), half of each with A1111 `parameters` text. Also timed: the PNGs with their pixels already at hand (`rgb=`, what `realfake_predict`
 passes), i.e. the watermark check alone.
 
     python bench/provenance.py              # ~1 min on 2 cores
@@ -20,40 +20,43 @@ from PIL import Image, PngImagePlugin
 
 A1111 = 'a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd15'
 
-def write_set(d, n_jpeg:int, n_png:int) -> dict:
-    bases = {k: C.synth_image(w, h, seed=i) for i, (k, w, h) in enumerate([('j0', 640, 480), ('j1', 640, 480), ('p0', 384, 384), ('p1', 384, 384)])}
-    out = {'jpeg 640x480 q90': [], 'png 384x384': []}
-    for i in range(n_jpeg + n_png):
-        jpeg = i < n_jpeg
-        im = Image.fromarray(bases[('j' if jpeg else 'p') + str(i % 2)])
-        p = os.path.join(d, f'{i:04d}.' + ('jpg' if jpeg else 'png'))
-        if jpeg: im.save(p, quality=90, comment=(A1111 if i % 2 else '').encode())
-        else:
-            info = PngImagePlugin.PngInfo()
-            if i % 2: info.add_text('parameters', A1111)
-            im.save(p, pnginfo=info, compress_level=6)
-        out['jpeg 640x480 q90' if jpeg else 'png 384x384'].append(p)
+SETS = [('jpeg 640x480 q90', 640, 480, 'jpg', 500), ('png 512x512', 512, 512, 'png', 400), ('png 1024x1024', 1024, 1024, 'png', 100)]
+
+def write_set(d, quick:bool) -> dict:
+    "Each set's files: two base images saved again and again, every other one with A1111 `parameters` text."
+    out = {}
+    for k, (name, w, h, ext, n) in enumerate(SETS):
+        bases = [Image.fromarray(C.synth_image(w, h, seed=2 * k + i)) for i in (0, 1)]
+        out[name] = []
+        for i in range(4 if quick else n):
+            p = os.path.join(d, f'{k}_{i:04d}.{ext}')
+            if ext == 'jpg': bases[i % 2].save(p, quality=90, comment=(A1111 if i % 2 else '').encode())
+            else:
+                info = PngImagePlugin.PngInfo()
+                if i % 2: info.add_text('parameters', A1111)
+                bases[i % 2].save(p, pnginfo=info)
+            out[name].append(p)
     return out
 
 def cost(args):
     from realfake.provenance import read_provenance
     from realfake.images import load_image
-    n = 20 if args.quick else 500
     with tempfile.TemporaryDirectory() as d:
-        sets = write_set(d, n, n)
+        sets = write_set(d, args.quick)
         rows = []
         for name, paths in sets.items():
             px = [np.asarray(load_image(p)) for p in paths] if name.startswith('png') else None
             fns = {'decode': lambda: [load_image(p) for p in paths], 'provenance': lambda: [read_provenance(p) for p in paths]}
             if px is not None: fns['provenance, pixels given'] = lambda: [read_provenance(p, rgb=a) for p, a in zip(paths, px)]
-            ts = C.interleaved(fns, reps=1 if args.quick else args.reps)
-            dec = C.med(ts['decode']) / len(paths)
+            cpu = {}
+            ts = C.interleaved(fns, reps=1 if args.quick else args.reps, cpu=cpu)
+            dec, dec_cpu = C.med(ts['decode']) / len(paths), C.med(cpu['decode']) / len(paths)
             for k, v in ts.items():
-                per = C.med(v) / len(paths)
-                rows.append([name, k, len(paths), f'{per * 1e3:.2f} {C.spread(v)}', f'{per / dec:.2f}x'])
+                per, per_cpu = C.med(v) / len(paths), C.med(cpu[k]) / len(paths)
+                rows.append([name, k, len(paths), f'{per * 1e3:.2f} {C.spread(v)}', f'{per / dec:.2f}x', f'{per_cpu / dec_cpu:.2f}x'])
             found = sum(bool(read_provenance(p).items) for p in paths)
-            rows.append([name, 'files with evidence found', found, '', ''])
-    print(C.table(rows, ['set', 'what', 'files', 'ms per file', 'vs decode once']))
+            rows.append([name, 'files with evidence found', found, '', '', ''])
+    print(C.table(rows, ['set', 'what', 'files', 'ms per file (wall)', 'vs decode once (wall)', '(CPU time)']))
 
 def survival(args):
     sys.path.insert(0, str(C.ROOT / 'tests'))

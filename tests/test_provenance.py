@@ -317,3 +317,16 @@ def test_app_detect_shows_provenance(tiny_model_dir, tmp_path):
     assert a['prob_fake'] == pytest.approx(float(clf.predict([tmp_path/'a.png']).prob_fake[0]), abs=1e-6)   # the score is the model's
     assert 'text (asserted): A1111 parameters (model sd_xl_base_1.0)' in to_xml(result_row(a))
     assert b['provenance']['items'] == [] and 'no provenance found; absence proves nothing' in to_xml(result_row(b))
+
+def test_evidence_per_class_warns_of_shortcuts(tmp_path):
+    "Fakes with A1111 text and watermarks, reals with camera EXIF: each difference is warned about with its numbers; alike classes are not."
+    from realfake.provenance import evidence_counts, evidence_warnings
+    fakes = [read_provenance(png_text({'parameters': A1111}))] * 3 + [read_provenance(encode(embed(photo(), 'SDV2')))] + [read_provenance(encode(photo(32, 32)))]
+    reals = [read_provenance(jpeg_exif(Make='Canon', Model='EOS R5'))] * 2 + [read_provenance(encode(photo(32, 32)))] * 3
+    provs, labels = fakes + reals, ['fake'] * 5 + ['real'] * 5
+    assert evidence_counts(provs, labels) == {'files': {'real': 5, 'fake': 5}, 'text claiming generated': {'real': 0, 'fake': 3},
+                                              'watermark claiming generated': {'real': 0, 'fake': 1}, 'text claiming capture': {'real': 2, 'fake': 0}}
+    w = evidence_warnings(provs, labels)
+    assert sorted(x.split(':')[0] for x in w) == ['text claiming capture', 'text claiming generated', 'watermark claiming generated']
+    assert any('3 of 5 fake images (60.0%) carry it, 0 of 5 real (0.0%)' in x for x in w)
+    assert evidence_warnings(fakes + fakes, labels * 2) == []
