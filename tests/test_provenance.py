@@ -330,3 +330,21 @@ def test_evidence_per_class_warns_of_shortcuts(tmp_path):
     assert sorted(x.split(':')[0] for x in w) == ['text claiming capture', 'text claiming generated', 'watermark claiming generated']
     assert any('3 of 5 fake images (60.0%) carry it, 0 of 5 real (0.0%)' in x for x in w)
     assert evidence_warnings(fakes + fakes, labels * 2) == []
+
+@pytest.mark.parametrize('fmt', ['PNG', 'JPEG'])
+def test_damaged_files_never_raise(chain, fmt):
+    "Random bytes of a signed file with text chunks changed, cut or repeated: always an answer, never an exception."
+    pem, key, _ = chain
+    base = png_text({'parameters': A1111}) if fmt == 'PNG' else jpeg_exif(UserComment=A1111)
+    data = sign(base, Image.MIME[fmt], pem, key)
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for i in range(60):
+        b = bytearray(data)
+        for at in rng.integers(0, len(b), int(rng.integers(1, 20))): b[at] = int(rng.integers(0, 256))
+        if i % 3 == 1: b = b[:int(rng.integers(0, len(b)))]
+        if i % 3 == 2: at = int(rng.integers(0, len(b))); b = b[:at] + b[at - 500:]
+        p = read_provenance(bytes(b))
+        assert isinstance(p, Provenance)
+        kinds |= {e.kind + '/' + e.status for e in p.items}
+    assert 'error/error' in kinds and kinds & {'c2pa/tampered', 'c2pa/invalid', 'c2pa/untrusted'}   # damage was seen, and reported
