@@ -1,5 +1,5 @@
 "Provenance evidence: watermarks embedded by invisible-watermark, C2PA manifests signed with a test CA through c2pa-python, generator text; what survives re-encoding; bad input."
-import datetime as dt, io, json, struct, sys, time, tracemalloc, zlib
+import datetime as dt, io, json, os, struct, sys, time, tracemalloc, zlib
 import numpy as np, pytest
 from PIL import Image, PngImagePlugin
 from realfake.provenance import read_provenance, decode_watermark, WATERMARKS, WM_MIN_AGREEMENT, EXTRA, Provenance
@@ -249,7 +249,18 @@ BAD = {
     'random bytes': (lambda: np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), 'watermark', ''),
     'empty': (lambda: b'', 'watermark', ''),
     'not a file': (lambda: '/no/such/file.png', 'error', 'unreadable'),
+    'a folder': (lambda: '/', 'error', 'unreadable'),
 }
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='no FIFOs here')
+def test_fifo_does_not_hang(tmp_path):
+    os.mkfifo(tmp_path/'pipe.png')
+    (e,) = read_provenance(tmp_path/'pipe.png').items
+    assert (e.kind, e.says) == ('error', 'unreadable (ValueError: not a regular file)')
+
+def test_says_is_one_line():
+    p = read_provenance(png_text({'Software': 'NovelAI\n=cmd|\r\n x'}))
+    assert [e.says for e in p.items] == ['Software: NovelAI =cmd| x']
 
 @pytest.mark.parametrize('case', list(BAD))
 def test_bad_input(case):
