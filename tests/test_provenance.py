@@ -359,3 +359,12 @@ def test_damaged_files_never_raise(chain, fmt):
         assert isinstance(p, Provenance)
         kinds |= {e.kind + '/' + e.status for e in p.items}
     assert 'error/error' in kinds and kinds & {'c2pa/tampered', 'c2pa/invalid', 'c2pa/untrusted'}   # damage was seen, and reported
+
+def test_import_pulls_no_torch_and_no_extra():
+    "realfake.provenance is floor 1: importing it loads neither torch nor the optional libraries (c2pa is imported on first use)."
+    import subprocess
+    code = "import sys, realfake.provenance; print(sorted(m for m in ('torch', 'cv2', 'c2pa', 'imwatermark', 'pywt') if m in sys.modules))"
+    import realfake
+    root = os.path.dirname(os.path.dirname(realfake.__file__))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, env={**os.environ, 'PYTHONPATH': root})
+    assert out.stdout.strip() == '[]'
