@@ -276,6 +276,12 @@ def _heat_uri(clf, im, side:int) -> str:
     "The heatmap of `im` drawn over it: crop scores for a grid spec, else Grad-CAM of the last stage (realfake.explain)."
     return _thumb_uri(overlay(im, heatmap(clf, im, 'crops' if clf.spec.crops == 'grid' else 'cam')), side)
 
+def _provenance(path, max_pixels:int|None) -> dict:
+    "What the file says about its origin (`realfake.provenance`): the evidence items and one plain sentence; the score never uses it."
+    from realfake.provenance import read_provenance, WM_MAX_PIXELS
+    p = read_provenance(path, max_pixels=min(max_pixels or WM_MAX_PIXELS, WM_MAX_PIXELS))
+    return dict(items=[{k: v for k, v in e.as_dict().items() if k != 'detail'} for e in p.items], sentence=p.sentence())
+
 def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=160, lock=None, heat:bool=False) -> dict:
     "Decode the image at `path` once as `clf` wants it, score it, add crop scores, a thumbnail (and a heatmap); errors -> `error`."
     out = dict(name=name, prob_fake=None, label=None, error=None, details={})
@@ -293,6 +299,7 @@ def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=16
         err = row.get('error')
         return {**out, 'error': f"{name}: {err if isinstance(err, str) and err else 'the model gave no score'}"}
     out['thumb'] = _thumb_uri(im, thumb_side)
+    out['provenance'] = _provenance(path, max_pixels)
     if heat:
         try:
             with lock or nullcontext(): out['heat'] = _heat_uri(clf, im, thumb_side)
@@ -515,6 +522,12 @@ def _result_picture(r):
     if not r.get('heat'): return pic
     return Div(pic, Img(src=r['heat'], cls='heat', alt=f"heatmap of {r['name']}"), cls='heatwrap')
 
+def _provenance_note(r:dict):
+    "The provenance evidence under the score: one line per item, or the plain sentence that none was found."
+    prov = r.get('provenance') or {}
+    lines = [f"{e['kind']} ({e['status']}): {e['says']}" for e in prov.get('items', [])] or [prov.get('sentence', '')]
+    return Div(*[Div(Small(l)) for l in lines if l], cls='provenance')
+
 def result_row(r:dict):
     "One table row of the Detect results: name, picture, verdict, probability, details (or the error)."
     if r['error']: return Tr(Td(r['name']), Td(), Td(_label_tag(None)), Td(_msg(r['error']), colspan=2), cls='bad')
@@ -522,7 +535,7 @@ def result_row(r:dict):
            for k, v in r['details'].items() if k not in ('crops', 'top_crop')]
     if r['details'].get('crops'): det.append(Div(Small('crop scores: ' + ', '.join(_pct(c['prob_fake']) for c in r['details']['crops']))))
     return Tr(Td(r['name']), Td(_result_picture(r)), Td(_label_tag(r['label'])),
-              Td(Span(_pct(r['prob_fake']), cls='prob'), Div(Span(style=f"width:{100*r['prob_fake']:.0f}%"), cls='bar')),
+              Td(Span(_pct(r['prob_fake']), cls='prob'), Div(Span(style=f"width:{100*r['prob_fake']:.0f}%"), cls='bar'), _provenance_note(r)),
               Td(*det) if det else Td(Small('–')), cls='ok')
 
 def detect_page(st:AppState, results=None, message:str|None=None, crops:bool=False, status:int=200) -> HTMLResponse:

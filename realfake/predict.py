@@ -230,8 +230,15 @@ def _as_items(items) -> list:
 
 def _src_name(src): return escape_path(src) if isinstance(src, (str, os.PathLike)) else None
 
+def _provenance_of(src) -> str:
+    "One line of the provenance evidence of an item (`realfake.provenance`): a file or bytes in full; pixels handed in carry only a watermark."
+    from realfake.provenance import read_provenance
+    if isinstance(src, (str, os.PathLike, bytes)): return read_provenance(src).summary()
+    return read_provenance(b'', rgb=np.asarray(src.convert('RGB') if isinstance(src, Image.Image) else src)).summary()
+
 @patch
-def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False):
+def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
+                 provenance:bool=False):
     "Yield one DataFrame per batch of `items` (see `predict` for the columns)."
     items = _as_items(items)
     dl = torch.utils.data.DataLoader(_Items(items, self.spec, transform), batch_size=bs or self.bs, shuffle=False,
@@ -241,14 +248,17 @@ def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, tr
         for idx, x, counts, boxes, errs in dl:
             margins, tops = _combine(self, x, counts, boxes)
             prob = self.margin_to_prob(margins)
-            yield pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=self.label_of(prob),
-                                    logit=margins, n_crops=counts, top_crop=tops, error=errs))
+            df = pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=self.label_of(prob),
+                                   logit=margins, n_crops=counts, top_crop=tops, error=errs))
+            if provenance: df['provenance'] = [_provenance_of(items[i]) for i in idx]
+            yield df
             bar.update(len(idx))
 
 @patch
-def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False) -> pd.DataFrame:
-    "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error."
-    dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress))
+def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
+            provenance:bool=False) -> pd.DataFrame:
+    "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error (`provenance`: + the evidence found, beside the score)."
+    dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress, provenance=provenance))
     return pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame(columns=PREDICT_COLUMNS)
 
 @patch
@@ -434,8 +444,8 @@ def _expand_inputs(paths) -> tuple[list[str], list[tuple[str, str]]]:
             if a not in seen: seen.add(a); files.append(a)
     return files, missing
 
-def _row(r) -> list:
-    return [r.path, _fmt(r.prob_fake), _fmt(r.label), _fmt(r.logit), int(r.n_crops), _fmt(r.top_crop), _fmt(r.error)]
+def _row(r, provenance:bool=False) -> list:
+    return [r.path, _fmt(r.prob_fake), _fmt(r.label), _fmt(r.logit), int(r.n_crops), _fmt(r.top_crop), _fmt(r.error)] + ([r.provenance] if provenance else [])
 
 def _run_settings(model, bs, num_workers) -> tuple[Classifier, int, int|None]:
     "The classifier, batch size and workers of a run (explicit `bs` / `num_workers` win over the options')."
@@ -444,13 +454,14 @@ def _run_settings(model, bs, num_workers) -> tuple[Classifier, int, int|None]:
 
 # %% ../nbs/13_predict.ipynb #f0d5f7f4
 def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_workers:int|None=None,
-                   progress:bool|None=None, rescore:bool=False) -> dict:
-    "Score files and folders into the CSV `out` with `model` (`PredictOptions`, a name or a `Classifier`), resuming."
+                   progress:bool|None=None, rescore:bool=False, provenance:bool=False) -> dict:
+    "Score files and folders into the CSV `out` with `model` (`PredictOptions`, a name or a `Classifier`), resuming (`provenance`: + that column)."
     clf, bs, num_workers = _run_settings(model, bs, num_workers)
     if dist_env().world > 1: raise RealfakeError("several processes (WORLD_SIZE > 1) score tar shards only: score files and folders with one")
     out = Path(out)
     files, missing = _expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
-    done = _open_resume(out, scoring_record(clf), rescore)
+    cols = CSV_COLUMNS + ['provenance'] if provenance else CSV_COLUMNS
+    done = _open_resume(out, scoring_record(clf) | ({'provenance': True} if provenance else {}), rescore, cols)
     todo = [f for f in files if escape_path(f) not in done]
     missing = [m for m in missing if escape_path(m[0]) not in done]
     if num_workers is None: num_workers = _default_workers(clf)
@@ -459,10 +470,10 @@ def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_wo
     stats = dict(found=len(files), skipped=len(files) - len(todo), scored=0, errors=0, fake=0, out=str(out))
     with open(out, 'a', newline='', encoding='utf-8') as fh:
         for p, err in missing:
-            fh.write(csv_line([escape_path(p), '', '', '', 0, '', err])); stats['errors'] += 1
+            fh.write(csv_line([escape_path(p), '', '', '', 0, '', err] + [''] * provenance)); stats['errors'] += 1
         fh.flush()
-        for df in clf.iter_predict(todo, bs=bs, num_workers=num_workers, progress=progress):
-            for r in df.itertuples(): fh.write(csv_line(_row(r)))
+        for df in clf.iter_predict(todo, bs=bs, num_workers=num_workers, progress=progress, provenance=provenance):
+            for r in df.itertuples(): fh.write(csv_line(_row(r, provenance)))
             fh.flush(); os.fsync(fh.fileno())
             stats['scored'] += int(df.error.isna().sum()); stats['errors'] += int(df.error.notna().sum())
             stats['fake'] += int((df.label == 'fake').sum())
@@ -570,6 +581,7 @@ def realfake_predict(
     formats:str=None, # tar shards (default parquet): output per shard, 'parquet', 'csv' or 'parquet,csv'
     heatmaps:str=None, # image files: also write a heatmap overlay PNG per image into this folder (torch backend; index in heatmaps.csv)
     heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
+    provenance:bool=False, # image files: add a 'provenance' column: the C2PA, invisible watermark and generator text found in each (never changes the score)
     rescore:bool=False, # when --out was scored with other options, score it again instead of refusing
     no_progress:bool=False, # hide the progress bar (it is shown only on a terminal anyway)
     verbose:bool=False, # debug logging and full tracebacks
@@ -581,13 +593,15 @@ def realfake_predict(
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
     if kinds == {True} and heatmaps: raise RealfakeError("--heatmaps draws image files, not tar shards: score the shards without it")
+    if kinds == {True} and provenance: raise RealfakeError("--provenance reads image files, not tar shards (yet): score the shards without it")
     if kinds == {True}:
         s = predict_shards(paths, opts, out=out or 'predictions', formats=formats or 'parquet', rescore=rescore, progress=progress)
         print(shards_line(s))
     else:
         if formats is not None: raise RealfakeError("--formats is for tar shards: image files are scored into one CSV (--out)")
         clf = opts.classifier() if heatmaps else opts          # loaded once for the scores and the maps
-        s = predict_to_csv(paths, clf, out=out or 'predictions.csv', bs=bs, num_workers=num_workers, rescore=rescore, progress=progress)
+        s = predict_to_csv(paths, clf, out=out or 'predictions.csv', bs=bs, num_workers=num_workers, rescore=rescore, progress=progress,
+                           provenance=provenance)
         print(f"{s['scored']} scored ({s['fake']} fake), {s['errors']} errors, {s['skipped']} already done -> {escape_path(s['out'])}")
         if heatmaps: s['heatmaps'] = csv_heatmaps(s['out'], clf, heatmaps, heatmap_kind, progress)
     return s
