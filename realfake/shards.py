@@ -353,7 +353,7 @@ def shard_state(out_dir, name:str, formats, scored_with:dict) -> str:
     if info.get('shard_error'): return 'retry'
     return 'stale' if record_diff(info.get('scored_with'), scored_with) else 'done'
 
-# %% ../nbs/13b_shards.ipynb #9b85dda0
+# %% ../nbs/13b_shards.ipynb #8f3f9555
 def shards_todo(shards:list[Shard], out_dir, formats, scored_with:dict) -> tuple[list[Shard], list[Shard]]:
     "(shards to score, local shards that do not exist) of `shards`, skipping those done: linear in the number of shards."
     missing = [s for s in shards if not is_url(s.url) and not os.path.exists(s.url)]
