@@ -341,3 +341,37 @@ def test_every_shard_csv_is_spreadsheet_safe(clf, tmp_path, which):
     assert not [c for c in cells if c[:1] in ('=', '+', '-', '@', '\t', '\r') and not num.fullmatch(c)]
     rows = list(_csv.DictReader(path.open(encoding='utf-8', newline='')))
     assert [num.fullmatch(r['logit']) is not None for r in rows] == [not r['error'] for r in rows]   # numbers stay numbers
+
+def _cells(path:Path) -> list[str]:
+    import csv as _csv
+    return [c for r in _csv.reader(path.open(encoding='utf-8', newline='')) for c in r]
+
+def _predict_csv(clf, tmp_path):
+    from realfake.predict import predict_to_csv
+    d = tmp_path/'imgs'; d.mkdir(); (d/f'{FORMULA}.jpg').write_bytes(_jpeg(1)); (d/'@x.jpg').write_bytes(b'junk')
+    predict_to_csv([d, tmp_path/'=missing.jpg'], clf, out=tmp_path/'p.csv', progress=False, num_workers=0)
+    return tmp_path/'p.csv'
+
+def _heatmap_index(clf, tmp_path):
+    from realfake.explain import write_heatmaps, HEATMAP_INDEX
+    d = tmp_path/'imgs'; d.mkdir(); (d/f'{FORMULA}.jpg').write_bytes(_jpeg(1)); (d/'@x.jpg').write_bytes(b'junk')
+    write_heatmaps(sorted(d.iterdir()), clf, tmp_path/'maps')
+    return tmp_path/'maps'/HEATMAP_INDEX
+
+def _evaluate_table(clf, tmp_path):
+    from realfake.evaluate import write_csv
+    write_csv(pd.DataFrame(dict(path=[FORMULA, '@x'], source=['+y', 'ok'], prob_fake=[-0.5, 0.25])), tmp_path/'e.csv')
+    return tmp_path/'e.csv'
+
+CSV_WRITERS = {'shard csv': lambda c, t: _shard_csvs(c, t)['shard csv'],
+               'merged from csv': lambda c, t: _shard_csvs(c, t)['merged from csv'],
+               'merged from parquet': lambda c, t: _shard_csvs(c, t)['merged from parquet'],
+               'predict_to_csv': _predict_csv, 'heatmaps.csv': _heatmap_index, 'evaluate tables': _evaluate_table}
+
+@pytest.mark.parametrize('writer', list(CSV_WRITERS))
+def test_no_csv_the_project_writes_starts_a_cell_with_a_formula(clf, tmp_path, writer):
+    "Every CSV writer, fed names like `=cmd|calc`: no text cell starts with = + - @ (numbers stay numbers)."
+    cells = _cells(CSV_WRITERS[writer](clf, tmp_path))
+    num = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
+    assert not [c for c in cells if c[:1] in ('=', '+', '-', '@', '\t', '\r') and not num.fullmatch(c)]
+    assert any(FORMULA in c for c in cells)                    # the name is there, made harmless
