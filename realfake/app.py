@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_app.ipynb #4da29179
 from __future__ import annotations
-import base64, ctypes, ctypes.util, io, math, os, re, secrets, socket, tempfile, threading, time, uuid
+import base64, copy, ctypes, ctypes.util, io, math, os, re, secrets, socket, tempfile, threading, time, uuid
 from collections import OrderedDict, deque
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, fields
@@ -20,14 +20,14 @@ from .images import ImageLoadError, load_image, probe_image, thumbnail
 from .metadata import read_metadata
 from .humans import CONFIDENCE, LabelPool, VoteStore, compare_humans_model
 from .predict import load_classifier
-from .explain import heatmap, overlay
+from .explain import heatmap, overlay, map_size
 
 # %% auto #0
 __all__ = ['STATIC', 'BYTES_PER_PIXEL', 'FIXED_BYTES', 'SECURITY_HEADERS', 'VOLUNTEER_COOKIE', 'ADMIN_COOKIE', 'Limits',
            'UploadError', 'Upload', 'receive_uploads', 'check_uploads', 'decode_cost', 'release_memory', 'PixelBudget',
-           'score_image', 'describe_scoring', 'label_image', 'cross_site', 'AppState', 'page', 'detect_form',
-           'result_row', 'detect_page', 'label_page', 'display_key', 'results_page', 'label_pool', 'make_app',
-           'realfake_app']
+           'heat_classifier', 'score_image', 'describe_scoring', 'label_image', 'cross_site', 'AppState', 'page',
+           'detect_form', 'result_row', 'detect_page', 'label_page', 'display_key', 'results_page', 'is_https',
+           'set_cookie', 'label_pool', 'make_app', 'realfake_app']
 
 # %% ../nbs/19_app.ipynb #3e4fa007
 try:
@@ -272,9 +272,22 @@ def _row_result(clf, row, im) -> dict:
     else: details.pop('n_crops', None); details.pop('top_crop', None)
     return dict(prob_fake=p, label=row['label'] if isinstance(row.get('label'), str) else None, details=details)
 
+_TORCH_NETS, _TORCH_LOCK = {}, threading.Lock()
+
+def heat_classifier(clf):
+    "`clf`, or for one scoring on ONNX a copy holding its torch network too (loaded once, at the first heatmap): heatmaps need it."
+    if getattr(clf, 'model', None) is not None or getattr(clf, 'path', None) is None: return clf
+    with _TORCH_LOCK:
+        key = str(clf.path)
+        if key not in _TORCH_NETS: _TORCH_NETS[key] = load_classifier(clf.path, 'cpu', backend='torch').model
+    twin = copy.copy(clf); twin.model = _TORCH_NETS[key]
+    return twin
+
 def _heat_uri(clf, im, side:int) -> str:
-    "The heatmap of `im` drawn over it: crop scores for a grid spec, else Grad-CAM of the last stage (realfake.explain)."
-    return _thumb_uri(overlay(im, heatmap(clf, im, 'crops' if clf.spec.crops == 'grid' else 'cam')), side)
+    "The heatmap of `im` drawn over it, built at the thumbnail's size: crop scores for a grid spec, else Grad-CAM (realfake.explain)."
+    clf = heat_classifier(clf)
+    m = heatmap(clf, im, 'crops' if clf.spec.crops == 'grid' else 'cam', size=map_size(*im.size, side))
+    return _thumb_uri(overlay(im, m, max_side=side), side)
 
 def _provenance(path, max_pixels:int|None) -> dict:
     "What the file says about its origin (`realfake.provenance`): the evidence items and one plain sentence; the score never uses it."
@@ -426,6 +439,11 @@ class AppState:
         self.preds, self.images, self._newcomers = {}, OrderedDict(), {}
         self._lock = threading.Lock()
         self._crops_model = None
+        self.admin_sessions = deque(maxlen=64)     # ids of the admin's sessions (the cookie holds one, not the token)
+
+    def new_admin_session(self) -> str:
+        "A new admin session id (the oldest of 64 is forgotten)."
+        sid = secrets.token_urlsafe(32); self.admin_sessions.append(sid); return sid
 
     @property
     def label_on(self) -> bool: return self.pool is not None
@@ -708,7 +726,7 @@ async def _label_get(req:Request):
     else: return page(st, 'Label', '/label', _msg('The images to label cannot be read right now; the server log says why.'), status=503)
     msg = 'That answer could not be recorded; please answer this image again.' if req.query_params.get('msg') == 'invalid' else None
     resp = label_page(st, key, await run_in_threadpool(st.store.n_votes, vol), msg)
-    if new: resp.set_cookie(VOLUNTEER_COOKIE, vol, max_age=400*24*3600, httponly=True, samesite='lax')
+    if new: set_cookie(req, resp, VOLUNTEER_COOKIE, vol, max_age=400*24*3600, samesite='lax')
     return resp
 
 # %% ../nbs/19_app.ipynb #80413348
@@ -767,7 +785,8 @@ async def _comparison(st:AppState):
     return cmp, votes
 
 def _is_admin(req, st) -> bool:
-    return bool(st.admin_token) and secrets.compare_digest(req.cookies.get(ADMIN_COOKIE, ''), st.admin_token)
+    sid = req.cookies.get(ADMIN_COOKIE, '')
+    return bool(st.admin_token) and any(secrets.compare_digest(sid, s) for s in st.admin_sessions)
 
 def _results_json(st, cmp, mine, admin):
     d = cmp.to_dict()
@@ -802,11 +821,19 @@ async def _admin_post(req:Request):
     if not st.admin_token or not secrets.compare_digest(token, st.admin_token):
         return page(st, 'Admin', '', _msg('Wrong admin token.'), status=403)
     resp = RedirectResponse('/results', status_code=303)
-    resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite='strict')
+    set_cookie(req, resp, ADMIN_COOKIE, st.new_admin_session(), samesite='strict')    # a session id, never the token itself
     return resp
 
 # %% ../nbs/19_app.ipynb #ec54f8bf
 VOLUNTEER_COOKIE, ADMIN_COOKIE = 'realfake_volunteer', 'realfake_admin'
+
+def is_https(req) -> bool:
+    "Whether the browser reached us over HTTPS: directly, or through a proxy that says so in `X-Forwarded-Proto`."
+    return req.url.scheme == 'https' or req.headers.get('x-forwarded-proto', '').split(',')[0].strip().lower() == 'https'
+
+def set_cookie(req, resp, name:str, value:str, **kw):
+    "Set a cookie the page's scripts cannot read (`HttpOnly`), `Secure` when the request came over HTTPS."
+    resp.set_cookie(name, value, httponly=True, secure=is_https(req), **kw)
 
 async def _no_icon(req:Request): return Response(status_code=204)
 
@@ -873,6 +900,7 @@ def realfake_app(
     admin_token:str=None, # a secret: whoever enters it at /admin sees the truth of every image on the Results page
     new_per_hour:int=60, # new volunteer ids per client address and hour (0: no cap; raise it behind a proxy)
     device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
+    backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
     verbose:bool=False, # debug logging and full tracebacks
 ):
     "Serve the realfake web app: Detect (score uploaded images), Label (volunteers vote) and Results (humans vs model)."
@@ -881,7 +909,7 @@ def realfake_app(
                     max_request_bytes=int(max_request_mb * 1e6),
                     max_request_pixels=int(max_request_mpix * 1e6), decode_pixels=int(decode_mpix * 1e6) if decode_mpix else None)
     sock = _listen(host, port)
-    app = make_app(load_classifier(model, device), metadata, db, split=split, crops=crops, limits=limits,
+    app = make_app(load_classifier(model, device, backend=backend), metadata, db, split=split, crops=crops, limits=limits,
                    display_size=display_size, admin_token=admin_token, new_per_hour=new_per_hour)
     st = app.state.realfake
     _log.info(f"model {model}; " + (f"labelling {_plural(len(st.pool), 'image')} ({split}), votes in {db}" if st.label_on

@@ -458,9 +458,10 @@ def _text(v) -> str:
     except UnicodeEncodeError: return escape_path(v)
 
 def write_csv(df:pd.DataFrame, dest, text_cols=('source',)):
-    "`df` as CSV at `dest`, atomically; `text_cols` made printable and spreadsheet-safe."
+    "`df` as CSV at `dest`, atomically; `text_cols` and every other text column made printable and spreadsheet-safe (`csv_cell`)."
     df = df.copy()
-    for c in text_cols:
+    text = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
+    for c in dict.fromkeys([*text_cols, *text]):
         if c in df: df[c] = pd.Series([csv_cell(_text(v)) for v in df[c]], index=df.index, dtype=object)
     with _output(dest) as tmp: df.to_csv(tmp, index=False)
 

@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 from PIL import Image
 from .core import RealfakeError, atomic_path, atomic_write, escape_path, error_line, csv_cell, progress_bar, get_logger
-from .images import load_image, probe_image, MAX_ASPECT
+from .images import load_image, probe_image, thumbnail, MAX_ASPECT
 from .preprocess import Preprocess, image_crops, decode, pad_reflect, normalize
 
 _log = get_logger('explain')
 
 # %% auto #0
 __all__ = ['KINDS', 'LAYOUTS', 'MAX_MAP_CROPS', 'HEATMAP_INDEX', 'network_parts', 'cover_boxes', 'model_crops', 'source_size',
-           'to_source', 'paste_maps', 'crop_cams', 'cam', 'crop_probs', 'crop_score_map', 'heatmap', 'overlay',
-           'write_heatmap', 'heatmap_file', 'write_heatmaps']
+           'map_size', 'to_source', 'paste_maps', 'crop_cams', 'cam', 'crop_probs', 'crop_score_map', 'heatmap',
+           'overlay', 'write_heatmap', 'heatmap_file', 'write_heatmaps']
 
 # %% ../nbs/17_explain.ipynb #69a51447
 KINDS = ('cam', 'crops')
@@ -86,20 +86,41 @@ def _resize_map(m:np.ndarray, w:int, h:int) -> np.ndarray:
     v, c = F.interpolate(t, size=(h, w), mode='bilinear', align_corners=False)[0]
     return np.where(c > 0.5, (v / c.clamp_min(1e-6)).numpy(), np.nan).astype(np.float32)
 
-def to_source(m:np.ndarray, src_size:tuple, spec:Preprocess) -> np.ndarray:
-    "A map over the decoded image, placed on the source's pixels (`H x W` of `src_size` = (w, h); NaN outside)."
-    w, h = src_size
+def map_size(w:int, h:int, max_side:int|None=None) -> tuple[int, int]:
+    "(width, height) of a map or overlay of a `w` x `h` source that fits in `max_side` (never enlarged; None: `w` x `h`)."
+    k = max_side / max(w, h) if max_side and max(w, h) > max_side else 1.0
+    return max(1, round(w * k)), max(1, round(h * k))
+
+def _shown_in(src_size:tuple, spec:Preprocess, size:tuple) -> tuple:
+    "The box `_shown_box` of a `src_size` source, in a map of `size` = (w, h) over the whole source."
+    (w, h), (W, H) = src_size, size
     l, t, r, b = _shown_box(w, h, spec)
-    out = np.full((h, w), np.nan, np.float32)
+    return round(l * W / w), round(t * H / h), max(round(l * W / w) + 1, round(r * W / w)), max(round(t * H / h) + 1, round(b * H / h))
+
+def to_source(m:np.ndarray, src_size:tuple, spec:Preprocess, size:tuple|None=None) -> np.ndarray:
+    "A map over the decoded image, placed on the source's pixels: `H x W` of `size` (default `src_size`) = (w, h), NaN outside."
+    W, H = size or src_size
+    l, t, r, b = _shown_in(src_size, spec, (W, H))
+    out = np.full((H, W), np.nan, np.float32)
     out[t:b, l:r] = _resize_map(m, r - l, b - t)
     return out
 
 # %% ../nbs/17_explain.ipynb #93bdb874
-def paste_maps(maps:np.ndarray, boxes:list, size:tuple, how:str='mean') -> np.ndarray:
-    "`k x s x s` crop maps pasted at `boxes` into a `size` = (w, h) map: mean or max where they overlap, NaN where none lies."
-    if how not in ('mean', 'max'): raise ValueError(f"how must be 'mean' or 'max', not {how!r}")
+def _scaled(maps:np.ndarray, boxes:list, size:tuple, scale:float) -> tuple:
+    "`maps`, `boxes` and `size` shrunk by `scale` (<= 1): the maps resized once, the boxes moved and resized alike."
     w, h = size
-    acc = np.zeros((h, w), np.float64) if how == 'mean' else np.full((h, w), -np.inf)
+    if scale >= 1: return maps, boxes, size
+    s = max(1, round(maps.shape[-1] * scale)) if len(maps) else 1
+    if len(maps) and maps.strides[-1] == maps.strides[-2] == 0: maps = np.broadcast_to(maps[:, :1, :1], (len(maps), s, s))   # constant maps
+    elif len(maps): maps = F.interpolate(torch.from_numpy(np.ascontiguousarray(maps, np.float32))[:, None], size=(s, s), mode='area')[:, 0].numpy()
+    boxes = [(round(l * scale), round(t * scale), round(l * scale) + s, round(t * scale) + s) for l, t, r, b in boxes]
+    return maps, boxes, (max(1, round(w * scale)), max(1, round(h * scale)))
+
+def paste_maps(maps:np.ndarray, boxes:list, size:tuple, how:str='mean', scale:float=1.0) -> np.ndarray:
+    "`k x s x s` crop maps pasted at `boxes` into a `size` = (w, h) map (shrunk by `scale`): mean or max where they overlap, NaN where none lies."
+    if how not in ('mean', 'max'): raise ValueError(f"how must be 'mean' or 'max', not {how!r}")
+    maps, boxes, (w, h) = _scaled(maps, boxes, size, scale)
+    acc = np.zeros((h, w), np.float32) if how == 'mean' else np.full((h, w), -np.inf, np.float32)
     n = np.zeros((h, w), np.int32)
     for m, (l, t, r, b) in zip(maps, boxes):
         L, T, R, B = max(l, 0), max(t, 0), min(r, w), min(b, h)
@@ -130,16 +151,23 @@ def crop_cams(body:nn.Module, head:nn.Module, x:torch.Tensor, target:str='fake',
         out.append(F.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0].cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, *x.shape[-2:]), np.float32)
 
-def cam(model, src, config=None, target:str='fake', layout:str='spec', stride:int|None=None) -> np.ndarray:
-    "Grad-CAM of the last ConvNeXt stage for `src`: `H x W` (the source's size) in [0, 1], NaN where no crop looks."
+def _place(maps, boxes, dsize, src, spec, size, how) -> tuple:
+    "Crop maps pasted over the decoded image (at no more pixels than `size` needs), and where that lies on the source."
+    ssize = source_size(src) if not spec.native else dsize
+    size = size or ssize
+    l, t, r, b = _shown_in(ssize, spec, size)
+    return paste_maps(maps, boxes, dsize, how, scale=min(1.0, (r - l) / dsize[0], (b - t) / dsize[1])), ssize, size
+
+def cam(model, src, config=None, target:str='fake', layout:str='spec', stride:int|None=None, size:tuple|None=None) -> np.ndarray:
+    "Grad-CAM of the last ConvNeXt stage for `src`: `H x W` (the source's, or `size` = (w, h)) in [0, 1], NaN where no crop looks."
     body, head, config, _ = network_parts(model, config)
     spec = config.preprocess
     pixels, boxes, dsize = model_crops(src, spec, layout, stride)
     cams = crop_cams(body, head, torch.from_numpy(normalize(pixels, spec)), target)
-    m = paste_maps(cams, boxes, dsize, 'mean')
+    m, ssize, size = _place(cams, boxes, dsize, src, spec, size, 'mean')
     top = np.nanmax(m) if np.isfinite(m).any() else 0.0
     m = m / top if top > 0 else np.where(np.isfinite(m), 0, np.nan).astype(np.float32)
-    return to_source(m, source_size(src) if not spec.native else dsize, spec)
+    return to_source(m, ssize, spec, size)
 
 # %% ../nbs/17_explain.ipynb #9ac0ec95
 def crop_probs(body:nn.Module, head:nn.Module, x:torch.Tensor, temperature:float=1.0, bs:int=32) -> np.ndarray:
@@ -151,39 +179,46 @@ def crop_probs(body:nn.Module, head:nn.Module, x:torch.Tensor, temperature:float
             out.append(torch.sigmoid((z[:, 1] - z[:, 0]) / temperature).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
-def crop_score_map(model, src, config=None, how:str='mean', layout:str='cover', stride:int|None=None) -> np.ndarray:
-    "Each pixel's mean (or max) `prob_fake` over the crops covering it: `H x W` (the source's size), NaN where none lies."
+def crop_score_map(model, src, config=None, how:str='mean', layout:str='cover', stride:int|None=None, size:tuple|None=None) -> np.ndarray:
+    "Each pixel's mean (or max) `prob_fake` over the crops covering it: `H x W` (the source's, or `size` = (w, h)), NaN where none lies."
     body, head, config, temperature = network_parts(model, config)
     spec = config.preprocess
     pixels, boxes, dsize = model_crops(src, spec, layout, stride)
     p = crop_probs(body, head, torch.from_numpy(normalize(pixels, spec)), temperature)
     s = spec.size
-    m = paste_maps(np.broadcast_to(p[:, None, None], (len(p), s, s)), boxes, dsize, how)
-    return to_source(m, source_size(src) if not spec.native else dsize, spec)
+    m, ssize, size = _place(np.broadcast_to(p[:, None, None], (len(p), s, s)), boxes, dsize, src, spec, size, how)
+    return to_source(m, ssize, spec, size)
 
 # %% ../nbs/17_explain.ipynb #7cff4541
 def heatmap(model, src, kind:str='cam', config=None, **kw) -> np.ndarray:
-    "The `kind` map of `src` ('cam': `cam`, 'crops': `crop_score_map`), `H x W` float32 at the source's size."
+    "The `kind` map of `src` ('cam': `cam`, 'crops': `crop_score_map`), `H x W` float32 at the source's size (or `size=(w, h)`)."
     if kind == 'cam': return cam(model, src, config, **kw)
     if kind == 'crops': return crop_score_map(model, src, config, **kw)
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
 
 # %% ../nbs/17_explain.ipynb #391c88ca
+def _picture(image, max_side:int|None) -> Image.Image:
+    "`image` as RGB, at most `max_side` pixels: a path decoded small (`thumbnail`), a PIL image resized without a full-size copy."
+    if not max_side: return load_image(image)
+    if not isinstance(image, Image.Image): return thumbnail(image, max_side)
+    im = load_image(image)
+    w, h = map_size(*im.size, max_side)
+    return im if (w, h) == im.size else im.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+
 def overlay(image, heat:np.ndarray, alpha:float=0.5, cmap:str='inferno', max_side:int|None=None) -> Image.Image:
-    "`image` (anything `load_image` reads) with `heat` (`H x W` in [0, 1], NaN = not seen) drawn over it, at most `max_side` px."
+    "`image` (anything `load_image` reads) with `heat` (`H x W` in [0, 1], NaN = not seen; the source's size or `map_size`'s) drawn over it, at most `max_side` px."
     import matplotlib
-    img = load_image(image)
     heat = np.asarray(heat, np.float32)
-    if heat.shape != (img.height, img.width):
-        raise ValueError(f"the map is {heat.shape[1]}x{heat.shape[0]} but the image is {img.width}x{img.height}")
-    if max_side and max(img.size) > max_side:             # a display size: shrink the picture and its map alike
-        k = max_side / max(img.size)
-        w, h = max(1, round(img.width * k)), max(1, round(img.height * k))
-        img, heat = img.resize((w, h), Image.Resampling.LANCZOS), _resize_map(heat, w, h)
+    ssize = source_size(image)
+    small = map_size(*ssize, max_side)
+    if heat.shape not in ((ssize[1], ssize[0]), (small[1], small[0])):
+        raise ValueError(f"the map is {heat.shape[1]}x{heat.shape[0]} but the image is {ssize[0]}x{ssize[1]}")
+    img = _picture(image, max_side)                      # a display size: the picture and its map alike, never the full size in floats
+    if heat.shape != (img.height, img.width): heat = _resize_map(heat, img.width, img.height)
     a = np.asarray(img, np.float32) / 255
     ok = np.isfinite(heat)
-    colour = matplotlib.colormaps[cmap](np.clip(np.nan_to_num(heat), 0, 1))[..., :3]
-    grey = a.mean(-1, keepdims=True) * np.array([0.5, 0.5, 0.5]) + 0.25
+    colour = matplotlib.colormaps[cmap](np.clip(np.nan_to_num(heat), 0, 1), bytes=True)[..., :3].astype(np.float32) / 255
+    grey = a.mean(-1, keepdims=True) * np.float32(0.5) + np.float32(0.25)
     out = np.where(ok[..., None], (1 - alpha) * a + alpha * colour, grey)
     return Image.fromarray(np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8))
 
@@ -212,7 +247,9 @@ def write_heatmaps(files, model, dest, kind:str='cam', max_side:int|None=1024, p
             name, err = heatmap_file(f), ''
             if (dest/name).exists(): stats['skipped'] += 1
             else:
-                try: write_heatmap(dest/name, f, heatmap(model, f, kind, **kw), max_side=max_side); stats['written'] += 1
+                try:
+                    size = map_size(*source_size(f), max_side)         # the map at the overlay's size, not the source's
+                    write_heatmap(dest/name, f, heatmap(model, f, kind, size=size, **kw), max_side=max_side); stats['written'] += 1
                 except (RealfakeError, OSError, ValueError) as e:
                     err, name = error_line(e), ''; stats['errors'] += 1
                     _log.warning(f"no heatmap for {escape_path(f)}: {err}")

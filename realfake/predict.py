@@ -23,7 +23,8 @@ from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_d
                                read_model_file, model_file_sha256)
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
-                             is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS)
+                             is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS,
+                             shards_todo)
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'MAX_BS', 'PREDICT_COLUMNS', 'CSV_COLUMNS', 'SIDECAR_SHAPE', 'prepare_input', 'import_onnxruntime',
@@ -493,10 +494,8 @@ def _score_shard_batch(clf:Classifier, b, pending:dict):
             rows[c].append(v)
 
 def _shards_todo(shards:list[Shard], out, formats, record) -> tuple[list[Shard], list[Shard]]:
-    "(shards to score, local shards that do not exist) of `shards`, skipping those done."
-    missing = [s for s in shards if not is_url(s.url) and not os.path.exists(s.url)]
-    if missing: _log.warning(f"{len(missing)} shards not found: {', '.join(escape_path(s.url) for s in missing[:3])}{' ...' if len(missing) > 3 else ''}")
-    return [s for s in shards if s not in missing and shard_state(out, s.name, formats, record) != 'done'], missing
+    "(shards to score, local shards that do not exist) of `shards`, skipping those done (`realfake.shards.shards_todo`)."
+    return shards_todo(shards, out, formats, record)
 
 # %% ../nbs/13_predict.ipynb #611b4471
 def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:bool=False, progress:bool|None=None,

@@ -935,6 +935,15 @@ def _probe_sample(df:pd.DataFrame, sampler, workers:int, progress) -> tuple[pd.D
     ok = info[info['error'].isna().to_numpy()].assign(_k=lambda d: _safe_text(d['path'])).drop_duplicates('_k').set_index('_k')
     return sel, ok[PROBE_COLUMNS].reindex(_safe_text(sel['path']).to_numpy()).reset_index(drop=True), dropped
 
+def _conflicts(dups:pd.DataFrame) -> str|None:
+    "The sentence that says which files were dropped for being listed as both real and fake (None: none were)."
+    conf = dups[dups['labels'].str.contains(',')] if len(dups) else dups
+    if not len(conf): return None
+    r = conf.iloc[0]
+    return (f"{len(conf):,} files were listed as both real and fake, e.g. {escape_path(r.path)} ({r.sources}, file "
+            f"{escape_path(r.file)}); every copy was dropped. A folder of one label reaches into the other "
+            "(a symlink, a hard link, or overlapping sources): check the sources.")
+
 def _notes_and_warnings(listed:pd.DataFrame, dups:pd.DataFrame, unreadable:pd.DataFrame, keep_splits:bool) -> tuple[list, list]:
     "What the report should say about splits the folders define, label conflicts, duplicates and unreadable folders."
     notes, warns = [], []
@@ -945,11 +954,7 @@ def _notes_and_warnings(listed:pd.DataFrame, dups:pd.DataFrame, unreadable:pd.Da
     if keep_splits: notes.append(f"kept the splits the folders define ({counts})" if len(given) else
                                  "keep_splits: no source defines splits, so all were drawn (valid_pct, test_pct)")
     conf = dups[dups['labels'].str.contains(',')] if len(dups) else dups
-    if len(conf):
-        r = conf.iloc[0]
-        warns.append(f"{len(conf):,} files were listed as both real and fake, e.g. {escape_path(r.path)} ({r.sources}, file "
-                     f"{escape_path(r.file)}); every copy was dropped. A folder of one label reaches into the other "
-                     "(a symlink, a hard link, or overlapping sources): check the sources.")
+    if len(conf): warns.append(_conflicts(dups))
     if len(dups) > len(conf): warns.append(f"{len(dups) - len(conf):,} files were listed more than once (see above); kept once")
     if len(unreadable): warns.append(f"{len(unreadable):,} folder(s) or file(s) could not be read (see above): their images are not in the sample")
     return notes, warns
@@ -966,8 +971,12 @@ def prepare(sources, n:int|None=None, valid_pct:float=0.1, test_pct:float=0.0, s
     if prompt_groups: df = _prompt_groups(df)
     sampler = functools.partial(sample_kept_splits if keep_splits else sample_balanced, n=n, valid_pct=valid_pct,
                                 seed=seed, quotas=quotas, test_pct=test_pct)
-    if probe: sel, probed, dropped = _probe_sample(df, sampler, workers, progress)
-    else: sel, probed, dropped = sampler(df), None, pd.DataFrame({'path': [], 'error': []})
+    try:
+        if probe: sel, probed, dropped = _probe_sample(df, sampler, workers, progress)
+        else: sel, probed, dropped = sampler(df), None, pd.DataFrame({'path': [], 'error': []})
+    except PrepareError as e:                      # a failure says which files the label conflicts took away
+        if (why := _conflicts(dups)) is None: raise
+        raise PrepareError(f"{e}. {why}") from None
     out = sel.drop(columns=[c for c in PROBE_COLUMNS if c in sel.columns]) if probe else sel
     if probe: out = out.assign(**{c: probed[c].array for c in ('width', 'height', 'format', 'quality')})
     res = Prepared(out[[c for c in COLUMNS if c in out.columns]], len(listed), dups, dropped, unreadable=unreadable, probed=probed)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13b_shards.ipynb #c259b674
 from __future__ import annotations
-import os, re, json, shutil, queue, threading
+import os, re, csv, io, json, tarfile, queue, threading
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import NamedTuple
@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
-                           get_logger, read_state_json, check_shape, StateFileError)
+                           get_logger, read_state_json, check_shape, StateFileError, csv_cell)
 
 # %% auto #0
-__all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset',
-           'import_pyarrow', 'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env',
-           'rank_shards', 'shard_samples', 'printable', 'read_ahead', 'ShardSamples', 'ShardBatch',
-           'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'write_shard_outputs',
-           'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'open_job', 'job_summary',
-           'summary_line', 'merge_outputs', 'realfake_merge']
+__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'FORMATS', 'RECORD_SHAPE', 'JOB_SHAPE',
+           'import_webdataset', 'import_pyarrow', 'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards',
+           'DistEnv', 'dist_env', 'rank_shards', 'Member', 'shard_samples', 'printable', 'read_ahead', 'ShardSamples',
+           'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'one_row_per_key',
+           'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'shards_todo',
+           'open_job', 'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs', 'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -74,10 +74,19 @@ def is_shard_input(p) -> bool:
     return not is_url(s) and Path(s).is_dir() and bool(_folder_shards(s))
 
 # %% ../nbs/13b_shards.ipynb #ea22bfcf
-def _braceexpand(s:str) -> list[str]:
+MAX_SHARDS = 2_000_000     # most shards one job may name (2e6 shards of 10k images: 2e10 images)
+
+def _too_many(what:str, limit:int) -> RealfakeError:
+    return RealfakeError(f"{what} names more than {limit:,} shards: split the job into several --out folders")
+
+def _braceexpand(s:str, limit:int=MAX_SHARDS) -> list[str]:
+    "The names of brace pattern `s`, or a `RealfakeError` past `limit` names (counted lazily, never all expanded)."
     try: from braceexpand import braceexpand
     except ImportError as e: raise ImportError("brace patterns need braceexpand: pip install 'realfake[shards]'") from e
-    return list(braceexpand(s))
+    from itertools import islice
+    out = list(islice(braceexpand(s), limit + 1))
+    if len(out) > limit: raise _too_many(f"the pattern {escape_path(s)}", limit)
+    return out
 
 def _check_names(shards:list[Shard]):
     "A `RealfakeError` when two shards would write the same outputs."
@@ -90,17 +99,18 @@ def _check_names(shards:list[Shard]):
                                 "the same outputs: score them into different --out folders")
         seen[s.name] = s.url
 
-def expand_shards(inputs) -> list[Shard]:
-    "Shards from paths, URLs, brace patterns and folders of shards: in the order given, each once, with distinct names."
+def expand_shards(inputs, limit:int=MAX_SHARDS) -> list[Shard]:
+    "Shards from paths, URLs, brace patterns and folders of shards: in the order given, each once, with distinct names (at most `limit`)."
     out, seen = [], set()
     for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs):
         s = os.fspath(p)
         if not is_url(s) and Path(s).is_dir(): urls = _folder_shards(s)
-        elif '{' in s: urls = _braceexpand(s)
+        elif '{' in s: urls = _braceexpand(s, limit)
         else: urls = [s]
         for u in urls:
             u = u if is_url(u) else os.path.abspath(u)
             if u not in seen: seen.add(u); out.append(Shard(u, shard_name(u)))
+        if len(out) > limit: raise _too_many('the input', limit)
     _check_names(out)
     return out
 
@@ -126,16 +136,40 @@ def rank_shards(shards:list, rank:int, world:int) -> list:
     return list(shards)[rank::world]
 
 # %% ../nbs/13b_shards.ipynb #0b1c5dde
-def shard_samples(url:str, errors:list, image_exts=IMAGE_EXTS):
-    "Yield `(key, member extension, image bytes)` for each sample of shard `url`; an error that stops it goes to `errors`."
+MAX_MEMBER_BYTES = 64 << 20   # largest image member read from a shard (its header's size is checked before reading)
+
+class Member(NamedTuple):
+    "One image member of a shard: its sample key, its extension, its bytes, or (bytes None) why it is not read."
+    key: str
+    ext: str
+    data: bytes|None
+    error: str|None = None
+
+def _members(stream, wanted, max_bytes:int):
+    "`Member`s of the tar `stream`: each key once (a repeat is an error), no member over `max_bytes` read."
+    T, first = import_webdataset().tariterators, {}
+    with tarfile.open(fileobj=stream, mode='r|*') as tf:
+        for ti in tf:
+            if not ti.isreg() or re.match(r"__[^/]*__($|/)", ti.name): continue
+            key, ext = T.base_plus_ext(ti.name)
+            if key is None or not wanted(ext): continue
+            name = escape_path(ti.name)
+            if key in first: yield Member(key, ext, None, f"{name}: key {escape_path(key)} already read from {first[key]}: not scored")
+            elif ti.size > max_bytes: yield Member(key, ext, None, f"{name}: {ti.size:,} bytes, over the {max_bytes:,}-byte limit of a member: not read")
+            else: yield Member(key, ext, tf.extractfile(ti).read())
+            first.setdefault(key, name); tf.members = []
+
+def shard_samples(url:str, errors:list, image_exts=IMAGE_EXTS, max_bytes:int=MAX_MEMBER_BYTES):
+    "Yield a `Member` for each image member of shard `url`; an error that stops the shard goes to `errors`."
     T = import_webdataset().tariterators
-    def stop(e): errors.append(e); return False
     exts = {e.lower().lstrip('.') for e in image_exts}
-    wanted = lambda fname: fname.rsplit('.', 1)[-1].lower() in exts
-    files = T.tar_file_expander(T.url_opener([dict(url=url)], handler=stop), handler=stop, select_files=wanted)
-    for s in T.group_by_keys(files, handler=stop):
-        ext = next(k for k in s if not k.startswith('__'))
-        yield s['__key__'], ext, s[ext]
+    wanted = lambda ext: ext.rsplit('.', 1)[-1].lower() in exts
+    for src in T.url_opener([dict(url=url)], handler=lambda e: errors.append(e) and False):
+        try: yield from _members(src['stream'], wanted, max_bytes)
+        except (OSError, tarfile.TarError, EOFError, ValueError) as e: errors.append(e)
+        finally:
+            try: src['stream'].close()
+            except Exception: pass
 
 def printable(text:str) -> str:
     "`text` with undecodable bytes (held as surrogates, as in a non-UTF-8 file name) written `\\xNN`: valid UTF-8."
@@ -183,10 +217,10 @@ class ShardSamples(torch.utils.data.IterableDataset):
     def _shard(self, sh:Shard, ahead:bool):
         errors, n = [], 0
         samples = shard_samples(sh.url, errors, self.image_exts)
-        for key, ext, data in (read_ahead(samples) if ahead else samples):
+        for key, ext, data, err in (read_ahead(samples) if ahead else samples):
             n += 1
             key = escape_path(key)
-            yield ('sample', sh.name, key, *self.decode(data, f"{sh.name}:{key}.{ext}"))
+            yield ('sample', sh.name, key, *(self.decode(data, f"{sh.name}:{key}.{ext}") if err is None else (None, [], err)))
         err = f"cannot read shard {escape_path(sh.url)} after {n} samples: {_error_text(errors[0])}" if errors else None
         yield ('end', sh.name, n, err)
 
@@ -225,10 +259,13 @@ def _arrow_table(rows:dict, info:dict):
                     metadata={'realfake': json.dumps(info)})
 
 _QUOTE = re.compile(r'[",\r\n]')
+_NUMBER = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)', re.I)
+
+def _safe(s:str) -> str: return s if _NUMBER.fullmatch(s) else csv_cell(s)
 
 def csv_line(fields) -> str:
-    "One CSV record ending in a newline: a field is quoted when it holds a comma, a quote, CR or LF."
-    return ','.join(f'"{s.replace(chr(34), chr(34) * 2)}"' if _QUOTE.search(s) else s for s in map(str, fields)) + '\n'
+    "One CSV record ending in a newline: text made spreadsheet-safe (`csv_cell`; numbers kept), quoted when it holds a comma, a quote, CR or LF."
+    return ','.join(f'"{s.replace(chr(34), chr(34) * 2)}"' if _QUOTE.search(s) else s for s in map(_safe, map(str, fields))) + '\n'
 
 def _cell(v):
     if v is None or (isinstance(v, float) and v != v): return ''
@@ -251,10 +288,26 @@ def clean_partial_outputs(out_dir, name:str):
     for p in Path(out_dir).glob(f'.{glob_escape(name)}.*.tmp'):
         if p.name.split('.')[2] in (*FORMATS, 'json'): p.unlink(missing_ok=True)
 
+def one_row_per_key(rows:dict) -> dict:
+    "`rows` ({column: values}) with each key once: a key on several rows becomes one error row (the first error given)."
+    keys = rows['key']
+    if len(set(keys)) == len(keys): return {c: list(rows[c]) for c in SHARD_COLUMNS}
+    at, errs = {}, {}
+    for i, k in enumerate(keys):
+        at.setdefault(k, i)
+        if rows['error'][i] is not None: errs.setdefault(k, rows['error'][i])
+    dup = {k for k, n in zip(*np.unique(np.array(keys, dtype=object), return_counts=True)) if n > 1}
+    out = {c: [] for c in SHARD_COLUMNS}
+    for k, i in at.items():
+        bad = dict(prob_fake=None, label=None, logit=None, n_crops=0, top_crop=None,
+                   error=errs.get(k, f"key {k} is read more than once in the shard: not scored")) if k in dup else {}
+        for c in SHARD_COLUMNS: out[c].append(bad.get(c, rows[c][i]))
+    return out
+
 def write_shard_outputs(out_dir, shard:Shard, rows:dict, scored_with:dict, formats=('parquet',), shard_error:str|None=None) -> dict:
-    "Write a finished shard's `rows` ({column: values}) in each format, then its record `<name>.json` (returned)."
+    "Write a finished shard's `rows` ({column: values}, one row per key) in each format, then its record `<name>.json` (returned)."
+    rows = one_row_per_key(rows)
     out_dir, n = Path(out_dir), len(rows['key'])
-    rows = {c: list(rows[c]) for c in SHARD_COLUMNS}
     if shard_error is not None:
         for c, v in dict(key='', shard=shard.name, prob_fake=None, label=None, logit=None, n_crops=0, top_crop=None, error=shard_error).items():
             rows[c].append(v)
@@ -302,6 +355,14 @@ def shard_state(out_dir, name:str, formats, scored_with:dict) -> str:
     if info is None or any(not (Path(out_dir)/f'{name}.{f}').exists() for f in formats): return 'todo'
     if info.get('shard_error'): return 'retry'
     return 'stale' if record_diff(info.get('scored_with'), scored_with) else 'done'
+
+# %% ../nbs/13b_shards.ipynb #8f3f9555
+def shards_todo(shards:list[Shard], out_dir, formats, scored_with:dict) -> tuple[list[Shard], list[Shard]]:
+    "(shards to score, local shards that do not exist) of `shards`, skipping those done: linear in the number of shards."
+    missing = [s for s in shards if not is_url(s.url) and not os.path.exists(s.url)]
+    if missing: _log.warning(f"{len(missing)} shards not found: {', '.join(escape_path(s.url) for s in missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    gone = {s.url for s in missing}
+    return [s for s in shards if s.url not in gone and shard_state(out_dir, s.name, formats, scored_with) != 'done'], missing
 
 # %% ../nbs/13b_shards.ipynb #9157fcea
 def _read_job(job:Path, missing=None) -> dict|None:
@@ -352,35 +413,66 @@ def summary_line(s:dict) -> str:
     return line
 
 # %% ../nbs/13b_shards.ipynb #3fef1fa8
-def _read_table(out_dir:Path, name:str, formats):
-    "A finished shard's rows as a pyarrow table, from its Parquet file, else its CSV."
-    pa = import_pyarrow()
-    if 'parquet' in formats: return pa.parquet.read_table(out_dir/f'{name}.parquet')
-    import pyarrow.csv as pc
-    types = _arrow_table({c: [] for c in SHARD_COLUMNS}, {}).schema
-    return pc.read_csv(out_dir/f'{name}.csv', convert_options=pc.ConvertOptions(
-        column_types={f.name: f.type for f in types}, strings_can_be_null=True, quoted_strings_can_be_null=False))
+def _damaged(path:Path, where:str, why:str) -> RealfakeError:
+    return RealfakeError(f"{escape_path(path)}: {where}{why}: not the output realfake_predict wrote (delete "
+                         f"{escape_path(path.with_suffix('.json'))} and rerun realfake_predict to score the shard again)")
+
+def _number(v:str, kind, path, i, c):
+    if v == '' and kind is float: return None
+    try: return kind(v)
+    except ValueError: raise _damaged(path, f"record {i}: ", f"{c} is {v[:40]!r}, not a number") from None
+
+def read_shard_csv(path) -> dict:
+    "The rows of a shard's CSV ({column: values}), checked: its header, 8 fields a record, numbers, a complete last line."
+    path, out = Path(path), {c: [] for c in SHARD_COLUMNS}
+    try: text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e: raise _damaged(path, '', f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.endswith('\n'): raise _damaged(path, '', "truncated (its last line is incomplete)")
+    try:
+        for i, r in enumerate(csv.reader(io.StringIO(text, newline='')), 1):
+            if i == 1:
+                if r != SHARD_COLUMNS: raise _damaged(path, 'record 1: ', f"header {','.join(r)[:80]!r}, not {','.join(SHARD_COLUMNS)!r}")
+                continue
+            if len(r) != len(SHARD_COLUMNS): raise _damaged(path, f"record {i}: ", f"{len(r)} fields, not {len(SHARD_COLUMNS)}")
+            for c, v in zip(SHARD_COLUMNS, r):
+                kind = dict(prob_fake=float, logit=float, n_crops=int).get(c)
+                out[c].append(_number(v, kind, path, i, c) if kind else v if c in ('key', 'shard') or v else None)
+    except csv.Error as e: raise _damaged(path, '', str(e)) from None
+    return out
+
+def _shard_rows(out_dir:Path, name:str, formats) -> dict:
+    "A finished shard's rows ({column: values}), from its Parquet file, else its CSV; a `RealfakeError` if they are damaged."
+    if 'parquet' not in formats: return read_shard_csv(out_dir/f'{name}.csv')
+    pa, path = import_pyarrow(), out_dir/f'{name}.parquet'
+    try:
+        t = pa.parquet.read_table(path)
+        if t.column_names != SHARD_COLUMNS: raise _damaged(path, '', f"columns {t.column_names[:10]}, not {SHARD_COLUMNS}")
+        return t.cast(_arrow_table({c: [] for c in SHARD_COLUMNS}, {}).schema.remove_metadata()).to_pydict()
+    except (pa.ArrowException, OSError) as e: raise _damaged(path, '', f"unreadable ({e})") from None
+
+def _inside(dest:Path, folder:Path) -> bool: return dest.resolve().is_relative_to(folder.resolve())
 
 def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
-    "Concatenate the finished shards of `out_dir` into `dest` (.parquet or .csv), atomically; returns the job summary."
+    "Concatenate the finished shards of `out_dir` into `dest` (.parquet or .csv, outside `out_dir`), checked, atomically; returns the job summary."
     out_dir, dest = Path(out_dir), Path(dest)
+    kind = dest.suffix.lower().lstrip('.')
+    if kind not in FORMATS: raise ValueError(f"{escape_path(dest)}: --to must end in .parquet or .csv")
+    if _inside(dest, out_dir):
+        raise RealfakeError(f"--to {escape_path(dest)} is inside the job's folder {escape_path(out_dir)}: write the merged file elsewhere")
     s = job_summary(out_dir)
     if (s['todo'] or s['stale']) and not partial:
         raise RealfakeError(f"{summary_line(s)}: finish the job first, or pass --partial to merge what is done")
-    names = s['done'] + s['unreadable']
-    if dest.suffix.lower() == '.csv' and 'csv' in s['formats']:
-        with atomic_path(dest) as tmp, open(tmp, 'wb') as f:
-            f.write((','.join(SHARD_COLUMNS) + '\n').encode())
-            for n in names:
-                with open(out_dir/f'{n}.csv', 'rb') as src: src.readline(); shutil.copyfileobj(src, f)
-    elif dest.suffix.lower() in ('.parquet', '.csv'):
-        pa = import_pyarrow(); import pyarrow.csv as pc
-        schema = _arrow_table({c: [] for c in SHARD_COLUMNS}, {}).schema
-        with atomic_path(dest) as tmp:
-            w = pa.parquet.ParquetWriter(tmp, schema) if dest.suffix.lower() == '.parquet' else pc.CSVWriter(tmp, schema)
-            with w:
-                for n in names: w.write_table(_read_table(out_dir, n, s['formats']).replace_schema_metadata(None).cast(schema))
-    else: raise ValueError(f"{escape_path(dest)}: --to must end in .parquet or .csv")
+    with atomic_path(dest) as tmp:
+        if kind == 'csv':
+            with open(tmp, 'w', encoding='utf-8', newline='') as f:
+                f.write(csv_line(SHARD_COLUMNS))
+                for n in s['done'] + s['unreadable']:
+                    rows = _shard_rows(out_dir, n, s['formats'])
+                    f.writelines(csv_line(map(_cell, r)) for r in zip(*(rows[c] for c in SHARD_COLUMNS)))
+        else:
+            pa = import_pyarrow()
+            with pa.parquet.ParquetWriter(tmp, _arrow_table({c: [] for c in SHARD_COLUMNS}, {}).schema.remove_metadata()) as w:
+                for n in s['done'] + s['unreadable']: w.write_table(_arrow_table(_shard_rows(out_dir, n, s['formats']), {}).replace_schema_metadata(None))
     return s
 
 # %% ../nbs/13b_shards.ipynb #916c2453

@@ -426,3 +426,40 @@ def test_detect_heatmap_overlay(app, clf):
     assert 'class="heatwrap"' not in cli.post('/detect', files=[('images', ('h.png', png, 'image/png'))]).text
     code, j = _json(cli, '/detect', files=[('images', ('h.png', png, 'image/png'))], data={'heatmap': '1', 'crops': '1'})
     assert code == 200 and j['results'][0]['error'] is None and 'heat' not in j['results'][0]
+
+def test_heatmaps_work_when_onnx_scores(tiny_model_dir, tmp_path):
+    "After realfake_export the app scores on ONNX; ticking the heatmap box still draws a map (the torch network, loaded lazily)."
+    pytest.importorskip('onnxruntime')
+    import shutil
+    from realfake.export import export_onnx
+    from realfake.predict import load_classifier
+    md = tmp_path/'model'; shutil.copytree(tiny_model_dir, md); export_onnx(md)
+    onnx = load_classifier(md, 'cpu')                     # 'auto' picks ONNX, as after the README tour
+    assert onnx.backend == 'onnx' and onnx.model is None
+    cli = TestClient(make_app(onnx, None, tmp_path/'v.sqlite'))
+    html = cli.post('/detect', files=[('images', ('h.png', _img(6, 96, 64), 'image/png'))], data={'heatmap': '1'}).text
+    assert html.count('class="heatwrap"') == 1 and 'need the torch network' not in html
+    assert onnx.model is None                             # the scoring classifier is untouched
+
+def test_app_backend_option_reaches_the_loader(tiny_model_dir, run_cli):
+    "realfake_app --backend onnx on a model without model.onnx fails at once (exit 2, one line), as realfake_predict does."
+    r = run_cli('realfake_app', '--model', tiny_model_dir, '--backend', 'onnx', '--port', '0', timeout=120)
+    assert r.returncode == 2 and 'onnx' in r.stderr.lower() and len(r.stderr.strip().splitlines()) == 1, r.stderr[-500:]
+    assert "'torch', 'onnx' or 'auto'" in run_cli('realfake_app', '--help', timeout=120).stdout
+
+@pytest.mark.parametrize('https', ['direct', 'proxy', 'no'])
+def test_cookies_secure_over_https_and_admin_cookie_is_a_session_id(app, https):
+    base = 'https://testserver' if https == 'direct' else 'http://testserver'
+    cli = TestClient(app, base_url=base)
+    hdr = {'x-forwarded-proto': 'https'} if https == 'proxy' else {}
+    r = cli.get('/label', headers=hdr)
+    r2 = cli.post('/admin', data={'token': 's3cret'}, headers=hdr, follow_redirects=False)
+    for resp, name in ((r, VOLUNTEER_COOKIE), (r2, ADMIN_COOKIE)):
+        c = [v for v in resp.headers.get_list('set-cookie') if v.startswith(name + '=')][0]
+        assert ('; secure' in c.lower()) == (https != 'no') and 'httponly' in c.lower()
+    sid = r2.headers['set-cookie'].split(';')[0].split('=', 1)[1]
+    assert 's3cret' not in r2.headers['set-cookie'] and len(sid) >= 32
+    j = cli.get('/results', headers={**hdr, 'accept': 'application/json', 'cookie': f'{ADMIN_COOKIE}=s3cret'}).json()
+    assert 'disagree' not in j                            # the token itself is no longer a cookie that works
+    j = cli.get('/results', headers={**hdr, 'accept': 'application/json', 'cookie': f'{ADMIN_COOKIE}={sid}'}).json()
+    assert 'disagree' in j

@@ -7,6 +7,7 @@ Run as a script to print the figures for any checkout (e.g. before and after a c
 """
 from __future__ import annotations
 import argparse, io, json, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
+import pytest
 from pathlib import Path
 import pytest
 
@@ -83,7 +84,7 @@ class Server:
         try: self.proc.wait(20)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
 
-def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None, fmt='PNG', mode='RGB', crops=False) -> dict:
+def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None, fmt='PNG', mode='RGB', crops=False, heatmap=False) -> dict:
     "Peak growth of the server's RSS while `n_requests` requests of `n_files` one-colour PNGs of `mpix` MP run at once."
     w = int((mpix * 1e6 * 1.6) ** 0.5); h = int(mpix * 1e6 // w)
     srv = Server(model, args, env)
@@ -93,7 +94,7 @@ def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None, fmt='PN
         assert code == 200, f'warm-up request failed: {code}'
         base = _status(srv.proc.pid)
         bombs = [(f'b{i}.{fmt.lower()}', bomb_png(w, h, i, fmt, mode)) for i in range(n_files)]
-        body, ctype = multipart(bombs, [('crops', '1')] if crops else ())
+        body, ctype = multipart(bombs, [('crops', '1')] * crops + [('heatmap', '1')] * heatmap)
         answers, t0 = [None] * n_requests, time.monotonic()
         def one(i): answers[i] = post(srv.url + '/detect', body, ctype)
         ths = [threading.Thread(target=one, args=(i,)) for i in range(n_requests)]
@@ -111,14 +112,18 @@ def measure(model, n_requests=3, n_files=16, mpix=40, args=(), env=None, fmt='PN
     finally: srv.close()
 
 @pytest.mark.slow
-def test_memory_stays_bounded_under_concurrent_worst_case_uploads(tiny_model_dir):
-    "3 requests at once, each of 8 one-colour PNGs of 10 megapixels (~30 kB each): peak RSS <= model + Limits.memory_bound()."
+@pytest.mark.parametrize('boxes', [(), ('crops', 'heatmap')], ids=['scores', 'crops+heatmaps'])
+def test_memory_stays_bounded_under_concurrent_worst_case_uploads(tiny_model_dir, boxes):
+    """3 requests at once, each of 8 one-colour PNGs of 10 megapixels (~30 kB each), as they come and with the boxes
+    'full-resolution crops' and 'show heatmap' ticked (maps at full resolution took a 40 MP upload from 0.4 to 5.7 GB):
+    peak RSS <= model + Limits.memory_bound()."""
     from realfake.app import Limits
     mpix = 10
     limits = Limits(max_pixels=mpix * 1_000_000)
-    r = measure(tiny_model_dir, n_requests=3, n_files=8, mpix=mpix, args=['--max_mpix', mpix])
+    r = measure(tiny_model_dir, n_requests=3, n_files=8, mpix=mpix, args=['--max_mpix', mpix], crops='crops' in boxes, heatmap='heatmap' in boxes)
     assert r['codes'] == [200] * 3, r['server_log']
     assert all(x['error'] is None and 0 <= x['prob_fake'] <= 1 for a in r['answers'] for x in a[1]['results'])
+    assert all('heatmap' not in x['details'] for a in r['answers'] for x in a[1]['results'])     # no "heatmap failed" either
     bound = limits.memory_bound() / MB
     assert r['peak_growth_mb'] <= bound, f"peak growth {r['peak_growth_mb']:.0f} MB > bound {bound:.0f} MB"
     # the server still answers, and scores, a normal request afterwards
@@ -128,11 +133,11 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--requests', type=int, default=3); ap.add_argument('--files', type=int, default=16)
     ap.add_argument('--mpix', type=float, default=40); ap.add_argument('--app_args', default='')
-    ap.add_argument('--fmt', default='PNG'); ap.add_argument('--mode', default='RGB'); ap.add_argument('--crops', action='store_true')
+    ap.add_argument('--fmt', default='PNG'); ap.add_argument('--mode', default='RGB'); ap.add_argument('--crops', action='store_true'); ap.add_argument('--heatmap', action='store_true')
     o = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         model = make_model_dir(Path(d)/'model', resize=36, mean=(0.5,) * 3, std=(0.25,) * 3)
-        r = measure(model, o.requests, o.files, o.mpix, o.app_args.split(), fmt=o.fmt, mode=o.mode, crops=o.crops)
+        r = measure(model, o.requests, o.files, o.mpix, o.app_args.split(), fmt=o.fmt, mode=o.mode, crops=o.crops, heatmap=o.heatmap)
     scored = [sum(x.get('error') is None for x in a[1]['results']) if isinstance(a[1], dict) else a[1][:200] for a in r['answers']]
     print(json.dumps({k: v for k, v in r.items() if k not in ('answers', 'after', 'server_log')}, indent=1))
     print('scored per request:', scored)

@@ -124,3 +124,33 @@ def test_quadrant(synth_model, kind, one_torch_thread):
             assert np.isfinite(m).all()
             mass = {k: float(np.sum(m[a, b])) / float(np.sum(m)) for k, (a, b) in QUADRANTS.items()}
             assert max(mass, key=mass.get) == q and mass[q] > 0.4, f"{kind}, fake {q} (seed {seed}): mass {mass}"
+
+
+@pytest.mark.parametrize('kind', ['cam', 'crops'])
+@pytest.mark.parametrize('entry', ['write_heatmaps', 'overlay'])
+def test_maps_for_an_overlay_are_built_at_its_size(native_clf, tmp_path, one_torch_thread, kind, entry):
+    """A 6-megapixel file at native pixels, drawn at most 256 px: no array of the map's (or the overlay's) is anywhere
+    near the source's size. numpy reports its allocations to tracemalloc: beyond what decoding the crops for a score
+    takes anyway, the peak grows by less than a quarter of one full-size float32 map (6 MB); built at full size
+    (float64 sums, a full-size overlay) it grew by several full-size maps."""
+    import tracemalloc
+    from realfake.explain import write_heatmaps, map_size
+    from realfake.preprocess import image_crops
+    f = tmp_path/'big.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)).resize((3000, 2000)).save(f)
+    tracemalloc.start()
+    try: image_crops(f, native_clf.spec); scoring = tracemalloc.get_traced_memory()[1]     # what a score decodes anyway
+    finally: tracemalloc.stop()
+    tracemalloc.start()
+    try:
+        if entry == 'write_heatmaps':
+            st = write_heatmaps([f], native_clf, tmp_path/'maps', kind, max_side=256)
+            assert st['written'] == 1
+        else:
+            m = heatmap(native_clf, f, kind, size=map_size(3000, 2000, 256))
+            assert m.shape == (171, 256) and np.isfinite(m).any()
+            assert overlay(f, m, max_side=256).size == (256, 171)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally: tracemalloc.stop()
+    assert peak < scoring + 3000 * 2000, f"{peak / 2**20:.0f} MB traced, {scoring / 2**20:.0f} MB to decode for a score"
+    if entry == 'write_heatmaps': assert Image.open(next((tmp_path/'maps').glob('*.png'))).size == (256, 171)

@@ -366,3 +366,18 @@ def test_latin1_names_in_every_layout(tmp_path):
     assert len(res.identical) == 2 and res.identical.cross_label.all()
     m = read_metadata(tmp_path/'m.jsonl')
     assert len(m) == len(res.df) == 6 and m.path.map(os.path.exists).all()
+
+
+@pytest.mark.parametrize('entry', ['prepare', 'realfake_prepare'])
+def test_symlink_into_the_other_label_is_named_when_prepare_fails(tmp_path, entry):
+    "fake/loop_real -> ../real: every real file is also listed as fake, so none is left; the failure says why, naming a file."
+    g = tree(tmp_path/'d', [f'real/r{i}.jpg' for i in range(4)] + [f'fake/f{i}.png' for i in range(4)])
+    os.symlink('../real', g/'fake'/'loop_real')
+    srcs = [f'real:folder:{g}/real', f'fake:folder:{g}/fake']
+    if entry == 'prepare':
+        with pytest.raises(PrepareError, match=r"cannot balance.*4 files were listed as both real and fake, e\.g\. .*r0\.jpg.*symlink"):
+            prepare(srcs, progress=False)
+    else:
+        sys.path.insert(0, str(Path(__file__).parent)); from helpers import run_cli
+        r = run_cli('realfake_prepare', *srcs, '--out', tmp_path/'m.jsonl')
+        assert r.returncode == 2 and 'cannot balance' in r.stderr and 'both real and fake' in r.stderr and 'r0.jpg' in r.stderr, r.stderr

@@ -10,7 +10,7 @@ from PIL import Image
 from helpers import cli_env, make_model_dir, run_cli
 from realfake.core import RealfakeError
 from realfake.predict import Classifier, PredictOptions, predict_shards
-from realfake.shards import SHARD_COLUMNS, JOB_FILE, expand_shards, job_summary
+from realfake.shards import SHARD_COLUMNS, JOB_FILE, expand_shards, job_summary, merge_outputs
 
 pytest.importorskip('webdataset'); pytest.importorskip('pyarrow')
 
@@ -227,3 +227,155 @@ def test_merge_reports_unfinished_job(clf, tmp_path):
     assert r.returncode == 0, r.stderr
     m = pd.read_csv(tmp_path/'m.csv', dtype={'key': str})
     assert len(m) == 4 and set(m.shard.astype(str).str.zfill(5)) == {'00000', '00001'}
+
+
+# ---- hostile shards: oversized members, repeated keys, huge patterns, damaged outputs, formula-like names ----
+
+def _sparse_header(name:str, realsize:int) -> bytes:
+    "The 512-byte header of an old-GNU sparse member holding no data but declaring `realsize` bytes."
+    ti = tarfile.TarInfo(name); ti.size = 0; ti.type = tarfile.GNUTYPE_SPARSE
+    buf = bytearray(ti.tobuf(tarfile.GNU_FORMAT))
+    buf[483:495] = tarfile.itn(realsize, 12, tarfile.GNU_FORMAT)
+    buf[148:156] = b' ' * 8
+    buf[148:155] = b'%06o\0' % tarfile.calc_chksums(bytes(buf))[0]
+    return bytes(buf)
+
+def write_members(path:Path, members) -> Path:
+    "A tar of (name, bytes) pairs (names may repeat); bytes None: a sparse member declaring 10 GB."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, 'w', format=tarfile.GNU_FORMAT) as t:
+        for name, b in members:
+            if b is None: t.fileobj.write(_sparse_header(name, 10**10)); t.offset += 512; continue
+            ti = tarfile.TarInfo(name); ti.size = len(b); ti.mtime = 0; t.addfile(ti, io.BytesIO(b))
+    return path
+
+def test_member_declaring_10_gb_is_an_error_row_not_read(clf, tmp_path):
+    "A 10 kB shard with a sparse member declaring 10 GB: the size is checked before reading; the member gets an error row."
+    p = write_members(tmp_path/'s'/'00000.tar', [('a.jpg', _jpeg(1)), ('big.jpg', None), ('b.jpg', _jpeg(2))])
+    assert p.stat().st_size < 20_000
+    with tarfile.open(p) as t: assert [m.size for m in t.getmembers()][1] == 10**10      # what the header declares
+    s = predict_shards(tmp_path/'s', clf, out=tmp_path/'out', formats='parquet,csv', progress=False, num_workers=0)
+    assert s['unreadable'] == []
+    df = _read(tmp_path/'out', '00000').set_index('key')
+    assert df.index.tolist() == ['a', 'big', 'b'] and df.drop('big').error.isna().all()
+    assert 'big.jpg: 10,000,000,000 bytes, over the' in df.loc['big', 'error'] and np.isnan(df.loc['big', 'prob_fake'])
+
+DUPLICATES = {   # members of a shard -> (keys of the rows, the key that must be an error row)
+    'adjacent repeat': ([('a.jpg', 1), ('b.jpg', 2), ('b.jpg', 3), ('c.jpg', 4), ('d.jpg', 5)], 'b'),
+    'apart': ([('a.jpg', 1), ('b.jpg', 2), ('c.jpg', 3), ('a.jpg', 4), ('d.jpg', 5)], 'a'),
+    'two extensions': ([('a.jpg', 1), ('c.jpg', 2), ('c.png', 3), ('b.jpg', 4), ('d.jpg', 5)], 'c'),
+}
+
+@pytest.mark.parametrize('case', list(DUPLICATES))
+def test_repeated_key_gives_one_error_row_and_the_shard_goes_on(clf, tmp_path, case):
+    members, dup = DUPLICATES[case]
+    write_members(tmp_path/'s'/'00000.tar', [(n, _jpeg(i)) for n, i in members])
+    out = tmp_path/'out'
+    s = predict_shards(tmp_path/'s', clf, out=out, progress=False, num_workers=0)
+    df = _read(out, '00000')
+    assert sorted(df.key) == sorted({n.split('.')[0] for n, _ in members}) and df.key.is_unique      # each sample once
+    assert s['unreadable'] == [] and 'already read from' in df.set_index('key').loc[dup, 'error']
+    assert df[df.key != dup].error.isna().all()
+    assert job_summary(out)['done'] == ['00000']                                                    # not retried on a rerun
+    assert predict_shards(tmp_path/'s', clf, out=out, progress=False, num_workers=0)['scored'] == 0
+
+def test_brace_pattern_is_counted_before_expanding_and_todo_is_linear(clf, tmp_path):
+    with pytest.raises(RealfakeError, match='more than 2,000,000 shards'):
+        expand_shards(str(tmp_path/'{000000..999999}{000000..999999}.tar'))
+    make_shards(tmp_path/'good', 2, 1)
+    shards = expand_shards(str(tmp_path/'good'/'{00000..99999}.tar'))          # 100,000 names, 2 of them there
+    from realfake.shards import shards_todo
+    todo, missing = shards_todo(shards, tmp_path/'out', ('parquet',), {})     # quadratic, this took hours
+    assert [s.name for s in todo] == ['00000', '00001'] and len(missing) == 99_998
+
+def _job(clf, tmp_path, formats='parquet,csv', members=None):
+    write_members(tmp_path/'s'/'00000.tar', members or [('a.jpg', _jpeg(1)), ('b.jpg', _jpeg(2))])
+    write_members(tmp_path/'s'/'00001.tar', [('c.jpg', _jpeg(3))])
+    predict_shards(tmp_path/'s', clf, out=tmp_path/'out', formats=formats, progress=False, num_workers=0)
+    return tmp_path/'out'
+
+DAMAGED = {
+    'truncated': lambda t: t[:-7],
+    'another header': lambda t: t + ','.join(SHARD_COLUMNS) + '\n',
+    'three columns': lambda t: t + 'x,00000,0.5\n',
+    'another header first': lambda t: 'path,prob_fake\n' + t.split('\n', 1)[1],
+}
+
+@pytest.mark.parametrize('damage', list(DAMAGED))
+@pytest.mark.parametrize('dest', ['m.csv', 'm.parquet'])
+def test_merge_refuses_a_damaged_shard_csv(clf, tmp_path, damage, dest):
+    out = _job(clf, tmp_path, formats='csv')
+    p = out/'00001.csv'; p.write_text(DAMAGED[damage](p.read_text()))
+    with pytest.raises(RealfakeError, match=r'00001\.csv: .*not the output realfake_predict wrote'): merge_outputs(out, tmp_path/dest)
+    assert not (tmp_path/dest).exists()
+
+def test_merge_cli_exits_2_on_a_damaged_shard(clf, tmp_path):
+    out = _job(clf, tmp_path, formats='csv')
+    p = out/'00000.csv'; p.write_text(p.read_text() + 'x,00000,0.5\n')
+    r = run_cli('realfake_merge', out, '--to', tmp_path/'m.csv')
+    assert r.returncode == 2 and 'record 4: 3 fields, not 8' in r.stderr and '00000.csv' in r.stderr, r.stderr
+
+@pytest.mark.parametrize('formats', ['csv', 'parquet'])
+def test_merge_refuses_to_write_inside_the_job_folder(clf, tmp_path, formats):
+    out = _job(clf, tmp_path, formats=formats)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_cli('realfake_merge', out, '--to', out/f'00000.{formats}')
+    assert r.returncode == 2 and 'inside the job' in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = run_cli('realfake_merge', out, '--to', tmp_path/'m.csv')
+    assert r.returncode == 0 and len(pd.read_csv(tmp_path/'m.csv')) == 3
+
+FORMULA = '=cmd|calc'
+
+def _shard_csvs(clf, tmp_path):
+    "Every CSV written from a shard with member `=cmd|calc.jpg` (and `-2.jpg`, `@x.jpg`): the shard's, and merged ones."
+    members = [(f'{FORMULA}.jpg', _jpeg(1)), ('@x.jpg', b'not an image'), ('+y.jpg', _jpeg(2))]
+    out = _job(clf, tmp_path/'c', 'csv', members); _job(clf, tmp_path/'p', 'parquet', members)
+    for src, dest in ((tmp_path/'c'/'out', tmp_path/'from_csv.csv'), (tmp_path/'p'/'out', tmp_path/'from_parquet.csv')):
+        merge_outputs(src, dest)
+    return {'shard csv': out/'00000.csv', 'merged from csv': tmp_path/'from_csv.csv', 'merged from parquet': tmp_path/'from_parquet.csv'}
+
+@pytest.mark.parametrize('which', ['shard csv', 'merged from csv', 'merged from parquet'])
+def test_every_shard_csv_is_spreadsheet_safe(clf, tmp_path, which):
+    import csv as _csv
+    path = _shard_csvs(clf, tmp_path)[which]
+    cells = [c for r in _csv.reader(path.open(encoding='utf-8', newline='')) for c in r]
+    assert "'" + FORMULA in cells and "'@x" in cells and "'+y" in cells
+    num = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
+    assert not [c for c in cells if c[:1] in ('=', '+', '-', '@', '\t', '\r') and not num.fullmatch(c)]
+    rows = list(_csv.DictReader(path.open(encoding='utf-8', newline='')))
+    assert [num.fullmatch(r['logit']) is not None for r in rows] == [not r['error'] for r in rows]   # numbers stay numbers
+
+def _cells(path:Path) -> list[str]:
+    import csv as _csv
+    return [c for r in _csv.reader(path.open(encoding='utf-8', newline='')) for c in r]
+
+def _predict_csv(clf, tmp_path):
+    from realfake.predict import predict_to_csv
+    d = tmp_path/'imgs'; d.mkdir(); (d/f'{FORMULA}.jpg').write_bytes(_jpeg(1)); (d/'@x.jpg').write_bytes(b'junk')
+    predict_to_csv([d, tmp_path/'=missing.jpg'], clf, out=tmp_path/'p.csv', progress=False, num_workers=0)
+    return tmp_path/'p.csv'
+
+def _heatmap_index(clf, tmp_path):
+    from realfake.explain import write_heatmaps, HEATMAP_INDEX
+    d = tmp_path/'imgs'; d.mkdir(); (d/f'{FORMULA}.jpg').write_bytes(_jpeg(1)); (d/'@x.jpg').write_bytes(b'junk')
+    write_heatmaps(sorted(d.iterdir()), clf, tmp_path/'maps')
+    return tmp_path/'maps'/HEATMAP_INDEX
+
+def _evaluate_table(clf, tmp_path):
+    from realfake.evaluate import write_csv
+    write_csv(pd.DataFrame(dict(path=[FORMULA, '@x'], source=['+y', 'ok'], prob_fake=[-0.5, 0.25])), tmp_path/'e.csv')
+    return tmp_path/'e.csv'
+
+CSV_WRITERS = {'shard csv': lambda c, t: _shard_csvs(c, t)['shard csv'],
+               'merged from csv': lambda c, t: _shard_csvs(c, t)['merged from csv'],
+               'merged from parquet': lambda c, t: _shard_csvs(c, t)['merged from parquet'],
+               'predict_to_csv': _predict_csv, 'heatmaps.csv': _heatmap_index, 'evaluate tables': _evaluate_table}
+
+@pytest.mark.parametrize('writer', list(CSV_WRITERS))
+def test_no_csv_the_project_writes_starts_a_cell_with_a_formula(clf, tmp_path, writer):
+    "Every CSV writer, fed names like `=cmd|calc`: no text cell starts with = + - @ (numbers stay numbers)."
+    cells = _cells(CSV_WRITERS[writer](clf, tmp_path))
+    num = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
+    assert not [c for c in cells if c[:1] in ('=', '+', '-', '@', '\t', '\r') and not num.fullmatch(c)]
+    assert any(FORMULA in c for c in cells)                    # the name is there, made harmless
