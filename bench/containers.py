@@ -21,7 +21,7 @@ import _common as C
 
 def make_sets(d:Path, n:int, w:int=500, h:int=375) -> dict:
     "The same `n` JPEGs as loose files, tar shards (4), one stored zip and a Parquet file: {layout: [record paths]}."
-    import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+    import pyarrow as pa, pyarrow.parquet as pq
     from PIL import Image
     blobs = []
     for i in range(n):

@@ -215,7 +215,7 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     "(index, member names in container order, refused (name, reason)) of the container at `path`, read once."
     path, kind = os.fspath(path), kind_of(path)
     if kind == 'parquet':
-        try: import pyarrow.parquet
+        try: import pyarrow.parquet  # noqa: F401 (only checks the extra is there)
         except ImportError: raise ContainerError(path, "reading Parquet needs pyarrow: pip install 'realfake[shards]'") from None
     own = f is None
     f = guarded_open(path) if own else f

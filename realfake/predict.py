@@ -22,8 +22,8 @@ from .preprocess import Preprocess, image_crops, normalize, combine_logits, pars
 from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, open_model_file,
                                read_model_file, model_file_sha256)
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
-                             parse_formats, open_job, shard_state, write_shard_outputs, record_diff, differs_message,
-                             is_url, import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS,
+                             parse_formats, open_job, write_shard_outputs, record_diff, differs_message,
+                             import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS,
                              shards_todo)
 
 # %% auto #0

@@ -7,7 +7,6 @@ Run as a script to print the figures for any checkout (e.g. before and after a c
 """
 from __future__ import annotations
 import argparse, io, json, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
-import pytest
 from pathlib import Path
 import pytest
 

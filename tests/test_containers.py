@@ -8,10 +8,10 @@ import numpy as np, pandas as pd, pytest
 from PIL import Image
 
 import realfake.containers as C
-from realfake.containers import ContainerError, read_member, container_index, index_file, scan, pointer
+from realfake.containers import ContainerError, read_member, container_index, index_file, pointer
 from realfake.images import ImageLoadError, load_image, probe_image
 from realfake.metadata import read_metadata, write_metadata, MetadataError
-from realfake.prepare import prepare, list_source, find_identical
+from realfake.prepare import prepare, list_source
 from container_data import demo_images, write_hf, write_wds, write_zip
 from helpers import deadline, run_cli
 

@@ -2,7 +2,6 @@
 and `--align` / `fakes_jpeg` copy a real image's actual quantization tables and subsampling."""
 import io
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 

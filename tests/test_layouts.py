@@ -378,6 +378,6 @@ def test_symlink_into_the_other_label_is_named_when_prepare_fails(tmp_path, entr
         with pytest.raises(PrepareError, match=r"cannot balance.*4 files were listed as both real and fake, e\.g\. .*r0\.jpg.*symlink"):
             prepare(srcs, progress=False)
     else:
-        sys.path.insert(0, str(Path(__file__).parent)); from helpers import run_cli
+        from helpers import run_cli
         r = run_cli('realfake_prepare', *srcs, '--out', tmp_path/'m.jsonl')
         assert r.returncode == 2 and 'cannot balance' in r.stderr and 'both real and fake' in r.stderr and 'r0.jpg' in r.stderr, r.stderr

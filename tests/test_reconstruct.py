@@ -140,7 +140,6 @@ def test_formats_and_jpeg_tables_kept(vaes, tmp_path):
 
 def test_what_the_source_carries_is_kept_or_recorded(vaes, tmp_path):
     "ICC, EXIF (upright), progressive mode and alpha are kept; an animated GIF reconstructed from its first frame is recorded."
-    import io
     from PIL import ImageCms
     kl, _ = vaes
     d = tmp_path/'in'
