@@ -10,11 +10,11 @@ from typing import Iterable
 from fastcore.script import is_cli
 
 # %% auto #0
-__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write',
-           'atomic_write_bytes', 'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path',
-           'unescape_path', 'csv_cell', 'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError',
-           'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar',
-           'error_line', 'run_command', 'command', 'find_images']
+__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'VOCABULARY', 'SEED', 'RealfakeError',
+           'atomic_path', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'write_dir_atomic', 'to_jsonable',
+           'file_sha256', 'escape_path', 'unescape_path', 'csv_cell', 'check_regular_file', 'open_checked',
+           'read_small_file', 'StateFileError', 'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter',
+           'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command', 'opt', 'hidden', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -268,15 +268,53 @@ def run_command(prog:str, f, verbose:bool=False):
         if verbose: raise
         print(f"{prog}: error: {error_line(e)}", file=sys.stderr); sys.exit(2)
 
-def command(f):
-    "Decorator for `realfake_*` commands (put it under `@call_parse`): logging, one-line user errors, exit status 2."
+def _rename(prog:str, renamed:dict, kwargs:dict) -> dict:
+    "Move the values of old option spellings in `kwargs` to their new names, with a one-line notice each."
+    for old, new in (renamed or {}).items():
+        v = kwargs.get(old)
+        if v is None or v is False: continue
+        print(f"{prog}: --{old} is now --{new} (the old spelling goes away in the next version)", file=sys.stderr)
+        kwargs[new], kwargs[old] = v, None
+    return kwargs
+
+def command(f=None, renamed:dict|None=None):
+    "Decorator for `realfake_*` commands (put it under `@call_parse`): logging, one-line user errors, exit status 2, old spellings."
+    if f is None: return functools.partial(command, renamed=renamed)
     @functools.wraps(f)
     def _cmd(*args, **kwargs):
+        kwargs = _rename(f.__name__, renamed, kwargs)
         if not is_cli(_Running(_cmd)): return f(*args, **kwargs)   # called from Python (or from another command)
         verbose = bool(kwargs.get('verbose', False))
         setup_logging(verbose)
         run_command(f.__name__, lambda: f(*args, **kwargs), verbose)
+    _cmd.renamed = dict(renamed or {})
     return _cmd
+
+# %% ../nbs/00_core.ipynb #77ff3573
+VOCABULARY = {
+    'out': "what the command makes",
+    'model': "a model folder (config.json + model.safetensors) or a Hub name org/name[@revision]",
+    'workers': "parallel workers reading and decoding images",
+    'precision': "'auto' (bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU)",
+    'seed': "random seed: the same seed and inputs give the same output",
+    'no_progress': "hide progress bars (they are shown only on a terminal anyway)",
+    'heatmaps': "also draw where the model finds its evidence",
+    'n': "how many",
+    'verbose': "debug logging and full tracebacks",
+}
+SEED = 0
+
+def opt(name:str, detail:str='', **kw):
+    "The fastcore `Param` of vocabulary option `name`: its one meaning, then this command's `detail`."
+    from fastcore.script import Param
+    if name not in VOCABULARY: raise KeyError(f"{name!r} is not in realfake's vocabulary")
+    return Param(VOCABULARY[name] + (f": {detail}" if detail else ''), **kw)
+
+def hidden(switch:bool=False):
+    "The `Param` of an old spelling kept for this version: accepted, hidden from `--help` (see `command(renamed=)`)."
+    from fastcore.script import Param
+    import argparse
+    return Param(argparse.SUPPRESS, action='store_true') if switch else Param(argparse.SUPPRESS, str)
 
 # %% ../nbs/00_core.ipynb #97ed5036
 _log = get_logger('core')
