@@ -10,15 +10,17 @@ from typing import Iterable
 from fastcore.script import is_cli
 
 # %% auto #0
-__all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'VOCABULARY', 'SEED', 'RealfakeError',
-           'atomic_path', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'write_dir_atomic', 'to_jsonable',
-           'file_sha256', 'escape_path', 'unescape_path', 'csv_cell', 'check_regular_file', 'open_checked',
-           'read_small_file', 'StateFileError', 'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter',
-           'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command', 'opt', 'hidden', 'find_images']
+__all__ = ['LABELS', 'SPLITS', 'REAL_NAMES', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'VOCABULARY', 'SEED',
+           'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
+           'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path', 'csv_cell',
+           'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError', 'check_shape', 'read_state_json',
+           'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command',
+           'opt', 'hidden', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
 SPLITS = ['train', 'valid', 'test']
+REAL_NAMES = ('natural', 'real', 'nature', '0_real')   # folder names that hold real images, in every command
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff', '.avif'}
 
 class RealfakeError(Exception):
