@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command   # first: it quiets a fastai import warning
+from .core import RealfakeError, escape_path, get_logger, setup_logging, run_command, VOCABULARY, SEED   # first: it quiets a fastai import warning
 from fastcore.basics import noop
 from fastcore.docments import docments
 from .metadata import read_metadata, check_splits, summarize
@@ -111,7 +111,7 @@ class TrainConfig:
     aug: bool = True                 # augmentation (the seed's; no warps under 'native')
     robust: float = 0.0              # probability of each robustness degradation (JPEG, blur, downscale)
     align: bool = False              # JPEG-compress non-JPEG training images with real JPEGs' tables and subsampling
-    seed: int = 42                   # data order, augmentation, head initialisation
+    seed: int = SEED                 # random seed: the same seed and inputs give the same output (data order, augmentation, head)
     monitor: str = 'valid_loss'      # metric choosing the best checkpoint
     final: str = 'last'              # final model: weights of the 'last' epoch or of the 'best' checkpoint
     threshold: float = 0.5           # decision threshold stored with the model
@@ -242,26 +242,28 @@ def _on_off(v):
 
 _CLI_TYPES = {'int': int, 'float': float, 'str': str, 'bool': _on_off, 'int | str': parse_resize, 'int|str': parse_resize}
 _RUN_OPTIONS = [  # (flag, type or 'flag', help) of the options that are about one run, not the recipe
-    ('--metadata', str, 'metadata.jsonl to train on (train/valid splits); omit it to train the demo model on simulated data'),
-    ('--preset', str, f"recipe to start from: {', '.join(PRESETS)} (default: seed with --metadata, demo without)"),
-    ('--out', str, 'run folder: history.csv, checkpoints/, model/ (default runs/realfake; demo: runs/demo)'),
+    ('--preset', str, f"recipe to start from: {', '.join(PRESETS)} (default: seed with METADATA, demo without)"),
+    ('--out', str, f"{VOCABULARY['out']}: the run folder, with history.csv, checkpoints/ and model/ (default runs/realfake; demo: runs/demo)"),
     ('--resume', 'flag', 'continue the run in --out from its latest checkpoint (same --epochs and --lr)'),
     ('--allow_pth', 'flag', 'allow a .pth weights file (read with torch.load(weights_only=True) only)'),
     ('--cpu', 'flag', 'train on CPU even if a GPU is present (with torchrun for several CPU processes)'),
-    ('--workers', int, 'DataLoader worker processes (default: none on 2 cores or fewer, else up to 8)'),
+    ('--workers', int, f"{VOCABULARY['workers']}: DataLoader worker processes (default: none on 2 cores or fewer, else up to 8)"),
     ('--threads', int, 'CPU threads per process (default: the cores not already busy)'),
     ('--demo_dir', str, 'where the demo data goes (default: OUT/demo_data)'),
     ('--demo_n', int, 'demo images per class (default 200)'),
-    ('--quiet', 'flag', 'no progress bars or data summary (the final report is still printed)'),
-    ('--verbose', 'flag', 'debug logging and full tracebacks')]
+    ('--no_progress', 'flag', f"{VOCABULARY['no_progress']}; also no data summary (the final report is still printed)"),
+    ('--verbose', 'flag', VOCABULARY['verbose'])]
 
 def train_parser() -> argparse.ArgumentParser:
-    "The `realfake_train` parser: this run's options, then one option per `TrainConfig` field."
+    "The `realfake_train` parser: the metadata, this run's options, then one option per `TrainConfig` field."
     p = argparse.ArgumentParser(prog='realfake_train', description="Train a real/fake ConvNeXt classifier (fastai + timm) on "
                                 "a metadata file, or the demo model without one.")
+    p.add_argument('metadata', nargs='?', help='metadata.jsonl to train on (train/valid splits); omit it to train the demo model on simulated data')
     for flag, typ, doc in _RUN_OPTIONS:
         if typ == 'flag': p.add_argument(flag, action='store_true', help=doc)
         else: p.add_argument(flag, type=typ, help=doc)
+    p.add_argument('--quiet', action='store_true', help=argparse.SUPPRESS)                 # old spellings, hidden: see _parse
+    p.add_argument('--metadata', dest='metadata_option', help=argparse.SUPPRESS)
     g = p.add_argument_group('recipe (each overrides the preset; bool options take on/off)')
     for name, d in docments(TrainConfig, full=True).items():
         if name == 'return': continue
@@ -271,14 +273,23 @@ def train_parser() -> argparse.ArgumentParser:
 
 def _show(v): return ('on' if v else 'off') if isinstance(v, bool) else v
 
+def _parse(argv) -> dict:
+    "The options of a `realfake_train` command line, old spellings moved to their new names (with a notice each)."
+    a = vars(train_parser().parse_args(argv))
+    old_metadata, old_quiet = a.pop('metadata_option'), a.pop('quiet')
+    notice = lambda old, new: print(f"realfake_train: {old} is now {new} (the old spelling goes away in the next version)", file=sys.stderr)
+    if old_metadata is not None: notice('--metadata', 'METADATA (positional)'); a['metadata'] = a['metadata'] or old_metadata
+    if old_quiet: notice('--quiet', '--no_progress'); a['no_progress'] = True
+    return a
+
 def realfake_train(argv:list|None=None):
     "Train a real/fake ConvNeXt classifier (fastai + timm) on a metadata file, or the demo model without one."
-    a = vars(train_parser().parse_args(argv))
+    a = _parse(argv)
     setup_logging(a['verbose'])
     def _run():
         name = a['preset'] or ('demo' if a['metadata'] is None else 'seed')
         if name not in PRESETS: raise RealfakeError(f"--preset must be one of {', '.join(PRESETS)}, not {name!r}")
         config = PRESETS[name].override(**{f.name: a[f.name] for f in dataclasses.fields(TrainConfig)})
         train(a['metadata'], config, out=a['out'], resume=a['resume'], cpu=a['cpu'], allow_pth=a['allow_pth'],
-              workers=a['workers'], threads=a['threads'], demo_dir=a['demo_dir'], demo_n=a['demo_n'], quiet=a['quiet'])
+              workers=a['workers'], threads=a['threads'], demo_dir=a['demo_dir'], demo_n=a['demo_n'], quiet=a['no_progress'])
     run_command('realfake_train', _run, a['verbose'])
