@@ -8,9 +8,9 @@ import re, json, math
 from pathlib import Path
 import yaml
 from fastcore.script import call_parse
-from .core import LABELS, RealfakeError, atomic_write, command, escape_path, get_logger
+from .core import LABELS, RealfakeError, atomic_write, command, escape_path, get_logger, opt
 from .metadata import read_metadata, summary_table
-from .modeldir import (MODEL_FILE, CONFIG_FILE, read_config, check_weights, weights_header, import_hub, is_repo_id,
+from .modeldir import (MODEL_FILE, CONFIG_FILE, read_config, resolve_model_dir, check_weights, weights_header, import_hub, is_repo_id,
                                read_model_file)
 from .predict import onnx_is_current
 
@@ -246,7 +246,7 @@ def push_model(model_dir, repo_id:str, card=None, report=None, metadata=None, re
 @call_parse
 @command
 def realfake_push(
-    model:str='model', # model directory (config.json + model.safetensors)
+    model:opt('model', 'the model to upload')='model',
     repo:str=None, # Hub repo to upload to, 'org/name' (created when missing)
     report:str=None, # realfake_evaluate report folder: its metrics go into the generated card
     metadata:str=None, # training metadata (JSONL): its sources, counts and formats go into the generated card
@@ -256,11 +256,11 @@ def realfake_push(
     license:str=None, # licence id for the card's header, e.g. apache-2.0 or cc-by-nc-4.0
     message:str=None, # commit message
     dry_run:bool=False, # print the files and the card, upload nothing
-    verbose:bool=False, # debug logging and full tracebacks
+    verbose:opt('verbose', type=bool)=False,
 ):
     "Upload a model directory to the Hugging Face Hub with a model card (README.md) made from its evaluation and training data."
     if not repo: raise RealfakeError("--repo org/name is required")
-    r = push_model(model, repo, card=card, report=report, metadata=metadata, revision=revision, private=private,
+    r = push_model(resolve_model_dir(model), repo, card=card, report=report, metadata=metadata, revision=revision, private=private,
                    license=license, message=message, dry_run=dry_run)
     if dry_run: print(r['card']); print(f"dry run: would upload {', '.join(r['files'])} ({r['bytes']:,} bytes) to {repo}@{r['revision']}")
     else: print(f"uploaded {', '.join(r['files'])} to {repo}@{r['revision']}: {r['url']}")
