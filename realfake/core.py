@@ -12,9 +12,9 @@ from fastcore.script import is_cli
 # %% auto #0
 __all__ = ['LABELS', 'SPLITS', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'RealfakeError', 'atomic_path', 'atomic_write',
            'atomic_write_bytes', 'atomic_write_json', 'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path',
-           'unescape_path', 'csv_cell', 'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError',
-           'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar',
-           'error_line', 'run_command', 'command', 'find_images']
+           'unescape_path', 'csv_cell', 'printable', 'atomic_output', 'check_regular_file', 'open_checked',
+           'read_small_file', 'StateFileError', 'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter',
+           'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -148,6 +148,22 @@ def unescape_path(s:str) -> str:
 def csv_cell(s):
     "A text value safe for spreadsheets: one starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'` (no formula injection)."
     return "'" + s if isinstance(s, str) and s[:1] in ('=', '+', '-', '@', '\t', '\r') else s
+
+# %% ../nbs/00_core.ipynb #06791153
+def printable(v, ascii:bool=False) -> str:
+    "`v` as text to show: None and NaN as '', undecodable bytes (surrogates) as `\\xNN`; `ascii`: any non-ASCII character escaped too."
+    s = '' if v is None or (isinstance(v, float) and v != v) else str(v)
+    try: s = s.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError: s = s.encode('utf-8', 'backslashreplace').decode('utf-8')    # a surrogate no file name makes
+    return s.encode('ascii', 'backslashreplace').decode('ascii') if ascii else s
+
+@contextlib.contextmanager
+def atomic_output(dest):
+    "`atomic_path(dest)`, with a write error (a full disk) raised as a `RealfakeError` naming `dest`."
+    try:
+        with atomic_path(dest) as tmp: yield tmp
+    except OSError as e:
+        raise RealfakeError(f"cannot write {escape_path(dest)}: {e.strerror or e}") from e
 
 # %% ../nbs/00_core.ipynb #c31adaa4
 def _check_stat(st, path, max_bytes:int, what:str) -> int:

@@ -14,8 +14,9 @@ from realfake.metrics import roc_auc
 from realfake.modeldir import ModelConfig
 from realfake.perturb import PERTURBATIONS, FAKES_JPEG, fakes_jpeg, perturb_rng
 from realfake.predict import Classifier, predict_to_csv
-from realfake.evaluate import (EvalOptions, calibrate, evaluate, save_calibration, score_images, load_eval_data,
-                               FIGURES, GRID_FIGURES)
+from realfake.evaluate import EvalOptions, evaluate, score_images, load_eval_data
+from realfake.calibrate import calibrate, save_calibration
+from realfake.figures import FIGURES, GRID_FIGURES
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
