@@ -473,7 +473,7 @@ def _write_tables(out:Path, ev, per_source, scores, grid, audit):
 
 
 # %% ../nbs/15_evaluate.ipynb #eb0762c6
-def _card(clf:Classifier, res:dict, src, o:EvalOptions, out:Path) -> bool:
+def _write_card(clf:Classifier, res:dict, src, o:EvalOptions, out:Path) -> bool:
     "Write `model_card.md` (`realfake.report.model_card` of `res`) for review before `realfake_push`; a failure is a warning, never the end of the run."
     meta = src if isinstance(src, (str, os.PathLike)) and Path(src).is_file() and o.layout != 'csv' and Path(src).suffix.lower() != '.csv' else None
     try: write_text(out/'model_card.md', model_card(res, model_facts(clf.path), data_summary(meta) if meta is not None else None))
@@ -514,7 +514,7 @@ def _evaluate(model, data, out, o:EvalOptions, votes=None) -> tuple[dict, HumanM
     if cmp is not None:
         res['humans_vs_model'] = cmp.to_dict(); write_json(out/'humans_vs_model.json', res['humans_vs_model'])
         res['files'].append('humans_vs_model.json')
-    if clf.path is not None and _card(clf, res, src, o, out): res['files'].insert(2, 'model_card.md')
+    if clf.path is not None and _write_card(clf, res, src, o, out): res['files'].insert(2, 'model_card.md')
     write_json(out/'metrics.json', res)                                   # once, with everything above
     write_html(out/'report.html', res, figs)
     return res, cmp

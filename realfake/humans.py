@@ -381,13 +381,14 @@ def _per_image(known:pd.DataFrame, truth:dict) -> pd.DataFrame:
         n_correct = int((g['answer'] == label).sum())
         maj = 0.5 if 2 * n_fake == n else float((('fake' if 2 * n_fake > n else 'real')) == label)
         conf = pd.to_numeric(g['confidence'], errors='coerce').mean()
-        rows.append(dict(image=img, path=escape_path(path), raw_path=path, label=label, source=source, n_votes=n, n_fake=n_fake,
+        rows.append(dict(image=img, path=escape_path(path), label=label, source=source, n_votes=n, n_fake=n_fake,
                          n_correct=n_correct, human_p_fake=n_fake / n, human_acc=n_correct / n,
                          majority_correct=maj, mean_confidence=conf))
     return pd.DataFrame(rows)
 
-def _add_model(per:pd.DataFrame, preds, root, thr:float, escaped:bool|None=None) -> pd.DataFrame:
-    probs, labels = _preds_probs(preds, per['raw_path'].tolist(), root, escaped)
+def _add_model(per:pd.DataFrame, paths:list, preds, root, thr:float, escaped:bool|None=None) -> pd.DataFrame:
+    "`per` with the model's columns; `paths`: its images' paths as in memory (the `path` column is for showing)."
+    probs, labels = _preds_probs(preds, paths, root, escaped)
     per['prob_fake'] = probs
     per['model_label'] = [l if l is not None else (None if np.isnan(p) else LABELS[int(p >= thr)]) for p, l in zip(probs, labels)]
     per['model_correct'] = [float(l == t) if l in LABELS else np.nan for l, t in zip(per['model_label'], per['label'])]
@@ -419,7 +420,8 @@ def compare_humans_model(votes, metadata, preds=None, top:int=10, threshold:floa
     if not len(known):
         empty = pd.DataFrame(columns=_PER_IMAGE)
         return HumanModelComparison(empty, pd.DataFrame(), pd.DataFrame(), empty, thr, 0, n_unknown, n_dropped)
-    per = _add_model(_per_image(known, truth), preds, root, thr, paths_escaped)
+    per = _per_image(known, truth)
+    per = _add_model(per, [truth[i][0] for i in per['image']], preds, root, thr, paths_escaped)
     overall = pd.DataFrame([_summary(per)], index=['all'])
     by_source = pd.DataFrame({s: _summary(g) for s, g in per.groupby('source', sort=True)}).T
     by_source = by_source.astype({c: int for c in ('images', 'votes', 'model_images', 'model_unsure')})
