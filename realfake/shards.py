@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
-                           get_logger, read_state_json, check_shape, StateFileError)
+                           get_logger, read_state_json, check_shape, StateFileError, printable)
 
 # %% auto #0
 __all__ = ['SHARD_EXTS', 'JOB_FILE', 'SHARD_COLUMNS', 'FORMATS', 'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset',
            'import_pyarrow', 'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards', 'DistEnv', 'dist_env',
-           'rank_shards', 'shard_samples', 'printable', 'read_ahead', 'ShardSamples', 'ShardBatch',
-           'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'write_shard_outputs',
-           'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'open_job', 'job_summary',
-           'summary_line', 'merge_outputs', 'realfake_merge']
+           'rank_shards', 'shard_samples', 'read_ahead', 'ShardSamples', 'ShardBatch', 'collate_shard_batch',
+           'parse_formats', 'csv_line', 'clean_partial_outputs', 'write_shard_outputs', 'record_diff',
+           'differs_message', 'read_shard_info', 'shard_state', 'open_job', 'job_summary', 'summary_line',
+           'merge_outputs', 'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -136,10 +136,6 @@ def shard_samples(url:str, errors:list, image_exts=IMAGE_EXTS):
     for s in T.group_by_keys(files, handler=stop):
         ext = next(k for k in s if not k.startswith('__'))
         yield s['__key__'], ext, s[ext]
-
-def printable(text:str) -> str:
-    "`text` with undecodable bytes (held as surrogates, as in a non-UTF-8 file name) written `\\xNN`: valid UTF-8."
-    return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 def _error_text(e:Exception) -> str:
     "An exception as one printable line, without what webdataset appends (' @ <stream>', the stream and url as args)."
