@@ -38,6 +38,8 @@ REAL_NAMES = ('natural', 'real', 'nature', '0_real')
 EVAL_LAYOUTS = ('generators', 'genimage', 'forensynths', 'csv')
 AUDIT_PERTURBATIONS = ('jpeg_q95', 'jpeg_q75', 'jpeg_q50', 'webp_q75', 'down_0.5', FAKES_JPEG)
 
+
+# %% ../nbs/15_evaluate.ipynb #cc0b89d2
 @dataclass(frozen=True)
 class EvalOptions:
     "How `evaluate` reads the data, calibrates, perturbs and reports (everything but the model and the data)."
@@ -123,6 +125,8 @@ def _read_records(data, o:EvalOptions) -> tuple[pd.DataFrame, str]:
     if errs: _log.warning(f"{len(errs)} invalid metadata records skipped, first: {errs[0]}")
     return df, f"metadata {escape_path(p)}"
 
+
+# %% ../nbs/15_evaluate.ipynb #63684170
 def _check_classes(df:pd.DataFrame, what:str):
     n = df.label.value_counts()
     if not len(df): raise RealfakeError(f"{what}: no images to evaluate")
