@@ -10,12 +10,12 @@ from typing import Iterable
 from fastcore.script import is_cli
 
 # %% auto #0
-__all__ = ['LABELS', 'SPLITS', 'REAL_NAMES', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'VOCABULARY', 'SEED',
+__all__ = ['LABELS', 'SPLITS', 'REAL_NAMES', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'VOCABULARY', 'SEED', 'opt',
            'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
-           'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path', 'csv_cell',
-           'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError', 'check_shape', 'read_state_json',
-           'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command',
-           'opt', 'hidden', 'find_images']
+           'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path', 'csv_cell', 'printable',
+           'atomic_output', 'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError', 'check_shape',
+           'read_state_json', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar', 'error_line',
+           'run_command', 'command', 'hidden', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -150,6 +150,22 @@ def unescape_path(s:str) -> str:
 def csv_cell(s):
     "A text value safe for spreadsheets: one starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'` (no formula injection)."
     return "'" + s if isinstance(s, str) and s[:1] in ('=', '+', '-', '@', '\t', '\r') else s
+
+# %% ../nbs/00_core.ipynb #06791153
+def printable(v, ascii:bool=False) -> str:
+    "`v` as text to show: None and NaN as '', undecodable bytes (surrogates) as `\\xNN`; `ascii`: any non-ASCII character escaped too."
+    s = '' if v is None or (isinstance(v, float) and v != v) else str(v)
+    try: s = s.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError: s = s.encode('utf-8', 'backslashreplace').decode('utf-8')    # a surrogate no file name makes
+    return s.encode('ascii', 'backslashreplace').decode('ascii') if ascii else s
+
+@contextlib.contextmanager
+def atomic_output(dest):
+    "`atomic_path(dest)`, with a write error (a full disk) raised as a `RealfakeError` naming `dest`."
+    try:
+        with atomic_path(dest) as tmp: yield tmp
+    except OSError as e:
+        raise RealfakeError(f"cannot write {escape_path(dest)}: {e.strerror or e}") from e
 
 # %% ../nbs/00_core.ipynb #c31adaa4
 def _check_stat(st, path, max_bytes:int, what:str) -> int:
@@ -306,11 +322,17 @@ VOCABULARY = {
 }
 SEED = 0
 
-def opt(name:str, detail:str='', **kw):
-    "The fastcore `Param` of vocabulary option `name`: its one meaning, then this command's `detail`."
-    from fastcore.script import Param
-    if name not in VOCABULARY: raise KeyError(f"{name!r} is not in realfake's vocabulary")
-    return Param(VOCABULARY[name] + (f": {detail}" if detail else ''), **kw)
+class _Options:
+    "`opt.NAME(detail, **kw)` (or `opt('NAME', detail, **kw)`): the fastcore `Param` of vocabulary option NAME, its one meaning then `detail`."
+    def __call__(self, name:str, detail:str='', **kw):
+        from fastcore.script import Param
+        if name not in VOCABULARY: raise KeyError(f"{name!r} is not in realfake's vocabulary")
+        return Param(VOCABULARY[name] + (f": {detail}" if detail else ''), **kw)
+    def __getattr__(self, name:str):
+        if name.startswith('_') or name not in VOCABULARY: raise AttributeError(name)
+        return functools.partial(self, name)
+
+opt = _Options()
 
 def hidden(switch:bool=False):
     "The `Param` of an old spelling kept for this version: accepted, hidden from `--help` (see `command(renamed=)`)."

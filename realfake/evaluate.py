@@ -4,35 +4,31 @@
 
 # %% ../nbs/15_evaluate.ipynb #ab16512f
 from __future__ import annotations
-import os, json, math, html, contextlib, dataclasses
+import os, math, contextlib, dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
 import torch
-from PIL import Image, ImageDraw
 from fastcore.script import call_parse
-from .core import LABELS, RealfakeError, command, get_logger, atomic_path, to_jsonable, escape_path, csv_cell, progress_bar, error_line
-from .images import load_image, thumbnail, jpeg_info
+from .core import LABELS, RealfakeError, command, get_logger, escape_path, progress_bar, error_line
+from .images import load_image, jpeg_info
 from .metadata import read_metadata
 from .prepare import Source, list_source
 from .preprocess import image_crops, normalize, combine_logits
-from .metrics import (roc_curve, roc_auc, confusion_matrix, per_source_metrics, reliability_bins, ece,
-                              fit_temperature, nll, fit_threshold, binary_metrics, risk_coverage, fit_unsure, selective_metrics)
+from .metrics import per_source_metrics, ece, selective_metrics
 from .perturb import FAKES_JPEG, REALS_JPEG, Perturbation, fakes_jpeg, reals_jpeg, get_perturbation, perturbation_names, perturb_rng
-from .modeldir import update_config
-from .humans import compare_humans_model
+from .humans import HumanModelComparison, compare_humans_model
 from .predict import Classifier, load_classifier
-from .explain import heatmap, overlay
-from .hub import write_model_card
+from .calibrate import calibrate, save_calibration, half_split
+from .figures import write_figures
+from .report import write_csv, write_text, write_json, write_html, fmt_table, model_card
+from .hub import model_facts, data_summary
 
 # %% auto #0
-__all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY', 'FIGURES',
-           'GRID_FIGURES', 'PER_SOURCE_COLS', 'AUDIT_COLS', 'EVIDENCE_COLS', 'EvalOptions', 'EvalData',
-           'folder_records', 'load_eval_data', 'score_images', 'perturb_table', 'perturbation_kind', 'audit_verdict',
-           'verdict_roles', 'jpeg_settings', 'real_jpeg_settings', 'resolve_perturbations', 'calibrate',
-           'save_calibration', 'write_csv', 'write_text', 'write_json', 'plot_grid', 'plot_roc', 'text_colour',
-           'plot_confusion', 'plot_reliability', 'plot_risk_coverage', 'plot_heatmap', 'plot_quality_curve', 'evaluate',
-           'realfake_evaluate']
+__all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY',
+           'EvalOptions', 'EvalData', 'folder_records', 'load_eval_data', 'score_images', 'perturb_table',
+           'perturbation_kind', 'audit_verdict', 'verdict_roles', 'jpeg_settings', 'real_jpeg_settings',
+           'resolve_perturbations', 'evaluate', 'realfake_evaluate']
 
 # %% ../nbs/15_evaluate.ipynb #84df28dc
 _log = get_logger('evaluate')
@@ -42,6 +38,8 @@ REAL_NAMES = ('natural', 'real', 'nature', '0_real')
 EVAL_LAYOUTS = ('generators', 'genimage', 'forensynths', 'csv')
 AUDIT_PERTURBATIONS = ('jpeg_q95', 'jpeg_q75', 'jpeg_q50', 'webp_q75', 'down_0.5', FAKES_JPEG)
 
+
+# %% ../nbs/15_evaluate.ipynb #cc0b89d2
 @dataclass(frozen=True)
 class EvalOptions:
     "How `evaluate` reads the data, calibrates, perturbs and reports (everything but the model and the data)."
@@ -127,6 +125,8 @@ def _read_records(data, o:EvalOptions) -> tuple[pd.DataFrame, str]:
     if errs: _log.warning(f"{len(errs)} invalid metadata records skipped, first: {errs[0]}")
     return df, f"metadata {escape_path(p)}"
 
+
+# %% ../nbs/15_evaluate.ipynb #63684170
 def _check_classes(df:pd.DataFrame, what:str):
     n = df.label.value_counts()
     if not len(df): raise RealfakeError(f"{what}: no images to evaluate")
@@ -394,353 +394,6 @@ def resolve_perturbations(names, ev:pd.DataFrame, seed:int=0, explicit=()) -> tu
     return perts, notes
 
 
-# %% ../nbs/15_evaluate.ipynb #43731921
-def _half_split(y, seed=0):
-    "Stratified random halves (boolean mask of the calibration half)."
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(y), bool)
-    for c in (0, 1):
-        idx = np.flatnonzero(y == c); rng.shuffle(idx)
-        mask[idx[:len(idx) // 2]] = True
-    return mask
-
-def _sig(m, t): return 1 / (1 + np.exp(-np.asarray(m, np.float64) / t))
-
-def _fit_band(cal_p, cal_y, test_p, test_y, thr, unsure_accuracy, unsure_coverage) -> dict:
-    try: band = fit_unsure(cal_y, cal_p, thr, target_accuracy=unsure_accuracy, target_coverage=unsure_coverage)
-    except RealfakeError as e:
-        _log.warning(f"abstain band: {e}")
-        return dict(unsure=None, error=str(e), target_accuracy=unsure_accuracy, target_coverage=unsure_coverage)
-    return dict(band, test=selective_metrics(test_y, test_p, thr, band['unsure']))
-
-def calibrate(cal_logit, cal_y, test_logit, test_y, threshold_method='accuracy', target_fpr=0.05,
-              temperature0=1.0, threshold0=0.5, unsure_accuracy=None, unsure_coverage=None) -> dict:
-    "Fit temperature, threshold (and the abstain band) on (cal_logit, cal_y); measure ECE/NLL/accuracy before and after on the test part."
-    T = fit_temperature(cal_logit, cal_y)
-    thr = fit_threshold(cal_y, _sig(cal_logit, T), threshold_method, target_fpr)
-    before, after = _sig(test_logit, temperature0), _sig(test_logit, T)
-    mb, ma = binary_metrics(test_y, before, threshold0), binary_metrics(test_y, after, thr)
-    warn = []
-    if not 0.011 < T < 99:
-        warn.append(f"temperature {T:.3g} is at its bound: the logits are (almost) uninformative or perfectly separated on the calibration set")
-    cal_pred = _sig(cal_logit, T) >= thr
-    if cal_pred.all() or not cal_pred.any():
-        warn.append(f"the threshold {thr:.3g} calls every calibration image {'fake' if cal_pred.all() else 'real'}")
-    for w in warn: _log.warning(f"calibration: {w}")
-    band = None
-    if unsure_accuracy is not None or unsure_coverage is not None:
-        band = _fit_band(_sig(cal_logit, T), cal_y, after, test_y, thr, unsure_accuracy, unsure_coverage)
-    return dict(temperature=T, threshold=thr, method=threshold_method, warnings=warn, unsure=band,
-                target_fpr=target_fpr if threshold_method == 'fpr' else None, n_calib=int(len(cal_y)), n_test=int(len(test_y)),
-                ece_before=ece(test_y, before), ece_after=ece(test_y, after),
-                nll_before=nll(test_logit, test_y, temperature0), nll_after=nll(test_logit, test_y, T),
-                accuracy_before=mb['accuracy'], accuracy_after=ma['accuracy'],
-                fpr_before=mb['fp'] / mb['n_real'] if mb['n_real'] else None, fpr_after=ma['fp'] / ma['n_real'] if ma['n_real'] else None)
-
-def save_calibration(model_dir, threshold:float, temperature:float, unsure=None) -> Path:
-    "Write `threshold`, `temperature` and the abstain band `unsure` ([lo, hi] or None) into the model's config.json (validated, atomic)."
-    update_config(model_dir, threshold=float(threshold), temperature=float(temperature), unsure=unsure)
-    return Path(model_dir)/'config.json'
-
-# %% ../nbs/15_evaluate.ipynb #923119fb
-@contextlib.contextmanager
-def _output(dest):
-    "`atomic_path(dest)`, with write errors (a full disk) reported as a `RealfakeError` naming `dest`."
-    try:
-        with atomic_path(dest) as tmp: yield tmp
-    except OSError as e:
-        raise RealfakeError(f"cannot write {escape_path(dest)}: {e.strerror or e}") from e
-
-def _text(v) -> str:
-    "A value as printable text (undecodable bytes escaped)."
-    v = '' if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-    try: v.encode('utf-8'); return v
-    except UnicodeEncodeError: return escape_path(v)
-
-def write_csv(df:pd.DataFrame, dest, text_cols=('source',)):
-    "`df` as CSV at `dest`, atomically; `text_cols` and every other text column made printable and spreadsheet-safe (`csv_cell`)."
-    df = df.copy()
-    text = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
-    for c in dict.fromkeys([*text_cols, *text]):
-        if c in df: df[c] = pd.Series([csv_cell(_text(v)) for v in df[c]], index=df.index, dtype=object)
-    with _output(dest) as tmp: df.to_csv(tmp, index=False)
-
-def write_text(dest, text:str):
-    "`text` as the UTF-8 file `dest`, atomically."
-    with _output(dest) as tmp: Path(tmp).write_text(text, encoding='utf-8')
-
-def write_json(dest, obj):
-    "`obj` as indented JSON at `dest` (numpy values, paths and NaN made plain), atomically."
-    write_text(dest, json.dumps(to_jsonable(obj), indent=2) + '\n')
-
-# %% ../nbs/15_evaluate.ipynb #82dc76b5
-def _plt():
-    import matplotlib
-    if 'matplotlib.pyplot' not in __import__('sys').modules: matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    return plt
-
-def _save_fig(fig, dest):
-    plt = _plt()
-    try:
-        fig.tight_layout()
-        with _output(dest) as tmp: fig.savefig(tmp, dpi=90, format='png')
-    finally: plt.close(fig)
-
-def _thumb(path, size=128, heat=None):
-    "A `size` square tile showing the image (grey when it cannot be read), with `heat`'s heatmap over it when given."
-    tile = Image.new('RGB', (size, size), (128, 128, 128))
-    try: im = thumbnail(overlay(path, heatmap(heat, path, 'crops' if heat.spec.crops == 'grid' else 'cam'), max_side=size)
-                        if heat is not None else path, size)
-    except Exception: return tile
-    tile.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-    return tile
-
-def _heat_legend(canvas, d, x:int, y:int, heat):
-    "A key to the overlay: which map, and its inferno colours from low to high."
-    import matplotlib
-    what = 'p(fake) of the crops covering each pixel' if heat.spec.crops == 'grid' else 'class activation map of fake'
-    label = f"overlay: {what}; low"
-    bar = (np.asarray(matplotlib.colormaps['inferno'](np.linspace(0, 1, 120)))[None, :, :3].repeat(10, 0) * 255).astype(np.uint8)
-    w = int(d.textlength(label))
-    d.text((x, y), label, fill=(0, 0, 0)); canvas.paste(Image.fromarray(bar), (x + w + 6, y + 1)); d.text((x + w + 132, y), 'high', fill=(0, 0, 0))
-
-def _ascii(s) -> str: return _text(s).encode('ascii', 'backslashreplace').decode('ascii')
-
-def plot_grid(df:pd.DataFrame, title:str, dest, n:int=16, ncols:int=4, thumb:int=160, heat=None):
-    "Save a grid of the images in `df` (in order) captioned with their probability of fake and source; `heat`: a model whose heatmaps to draw over them."
-    df = df.head(n)
-    nrows = max(1, math.ceil(len(df) / ncols))
-    cap, head, pad = 30, 28 + 16 * (heat is not None), 6
-    canvas = Image.new('RGB', (ncols * (thumb + pad) + pad, head + nrows * (thumb + cap + pad) + pad), (255, 255, 255))
-    d = ImageDraw.Draw(canvas)
-    d.text((pad, 8), f"{_ascii(title)} ({len(df)} shown)", fill=(0, 0, 0))
-    if heat is not None: _heat_legend(canvas, d, pad, 24, heat)
-    if not len(df): d.text((pad, head + 10), 'no images', fill=(120, 120, 120))
-    for k, r in enumerate(df.itertuples()):
-        x, y = pad + (k % ncols) * (thumb + pad), head + (k // ncols) * (thumb + cap + pad)
-        canvas.paste(_thumb(r.path, thumb, heat), (x, y))
-        d.text((x, y + thumb + 2), f"p(fake)={r.prob_fake:.3f}", fill=(0, 0, 0))
-        d.text((x, y + thumb + 15), _ascii(getattr(r, 'source', ''))[:26], fill=(90, 90, 90))
-    with _output(dest) as tmp: canvas.save(tmp, 'PNG')
-
-# %% ../nbs/15_evaluate.ipynb #a6830340
-def plot_roc(df:pd.DataFrame, dest, max_sources:int=12):
-    "ROC curve overall, and per fake source against all real images."
-    plt = _plt()
-    ok = df[df.prob_fake.notna()]
-    y, p = (ok.label == 'fake').to_numpy(int), ok.prob_fake.to_numpy(float)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    fpr, tpr, _ = roc_curve(y, p)
-    ax.plot(fpr, tpr, 'k-', lw=2, label=f"all (AUC={roc_auc(y, p):.3f})")
-    reals = ok[ok.label == 'real']
-    fake_srcs = sorted(ok[ok.label == 'fake'].source.unique())
-    if len(reals) and 1 < len(fake_srcs) <= max_sources:
-        for s in fake_srcs:
-            g = pd.concat([ok[(ok.source == s) & (ok.label == 'fake')], reals])
-            yy, pp = (g.label == 'fake').to_numpy(int), g.prob_fake.to_numpy(float)
-            f2, t2, _ = roc_curve(yy, pp)
-            ax.plot(f2, t2, lw=1, alpha=0.8, label=f"{_text(s)[:20]} ({roc_auc(yy, pp):.3f})")
-    ax.plot([0, 1], [0, 1], ':', c='gray')
-    ax.set_xlabel('false positive rate (real called fake)'); ax.set_ylabel('true positive rate (fake caught)')
-    ax.set_title('ROC'); ax.legend(fontsize=7, loc='lower right')
-    _save_fig(fig, dest)
-
-def text_colour(rgba) -> str:
-    "'black' or 'white', whichever reads better on the colour `rgba` (relative luminance, WCAG)."
-    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
-    lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
-    return 'black' if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else 'white'
-
-def plot_confusion(cm, dest, title='confusion matrix'):
-    "Confusion matrix with counts and row percentages, coloured by the row percentage (0-100%), each label readable on its cell."
-    plt = _plt()
-    cm = np.asarray(cm)
-    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)          # the colour is the row share, like the percentage printed
-    fig, ax = plt.subplots(figsize=(4, 3.6))
-    im = ax.imshow(share, cmap='Blues', vmin=0, vmax=1)
-    for i in range(2):
-        for j in range(2):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j] * 100:.1f}%", ha='center', va='center', color=text_colour(im.cmap(im.norm(share[i, j]))))
-    ax.set_xticks([0, 1], LABELS); ax.set_yticks([0, 1], LABELS)
-    ax.set_xlabel('predicted'); ax.set_ylabel('true'); ax.set_title(title)
-    _save_fig(fig, dest)
-
-def plot_reliability(curves:dict, dest, n_bins:int=15):
-    "Reliability diagram (all evaluated images): accuracy vs confidence per bin, one line per `curves` entry {name: (y, p)}."
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0.5, 1], [0.5, 1], ':', c='gray', label='perfect calibration')
-    for name, (y, p) in curves.items():
-        r = reliability_bins(y, p, n_bins); r = r[r.n > 0]
-        ax.plot(r.conf, r.acc, 'o-', label=f"{name} (ECE={ece(y, p, n_bins):.3f})")
-    ax.set_xlabel('confidence'); ax.set_ylabel('accuracy'); ax.set_xlim(0.45, 1.02); ax.set_ylim(0, 1.02)
-    ax.set_title('reliability diagram (all evaluated images)'); ax.legend(fontsize=8)
-    _save_fig(fig, dest)
-
-# %% ../nbs/15_evaluate.ipynb #b4084ee9
-def plot_risk_coverage(y, p, threshold:float, dest, bands:dict|None=None):
-    "Risk (error rate of the answered images) against coverage, answering the most confident first; `bands` {name: [lo, hi]} marked."
-    plt = _plt()
-    rc = risk_coverage(y, p, threshold)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(rc.coverage, rc.risk, 'k-', lw=1.5, label='answer the most confident first')
-    for name, band in (bands or {}).items():
-        if band is None: continue
-        s = selective_metrics(y, p, threshold, band)
-        ax.plot([s['coverage']], [1 - s['selective_accuracy']], 'o', ms=8, label=f"{name}: [{band[0]:.3f}, {band[1]:.3f}], coverage {s['coverage']:.2f}")
-    ax.set_xlabel('coverage (share of images answered)'); ax.set_ylabel('risk (error rate of the answered)')
-    ax.set_xlim(0, 1.02); ax.set_ylim(0, max(0.05, float(rc.risk.max()) * 1.1) if len(rc) else 1)
-    ax.set_title('risk-coverage'); ax.legend(fontsize=7)
-    _save_fig(fig, dest)
-
-# %% ../nbs/15_evaluate.ipynb #d7d3dba1
-def plot_heatmap(table:pd.DataFrame, metric:str, dest):
-    "Sources x perturbations heatmap of `metric` (from `perturb_table`): the value in each cell, colours on the full 0-1 scale with a labelled bar."
-    plt = _plt()
-    pv = table.pivot(index='source', columns='perturbation', values=metric)
-    pv = pv.reindex(index=list(dict.fromkeys(table.source)), columns=list(dict.fromkeys(table.perturbation)))
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * pv.shape[1], 1.0 + 0.42 * pv.shape[0]))
-    im = ax.imshow(pv.to_numpy(float), cmap='RdYlGn', vmin=0.0, vmax=1.0, aspect='auto')     # 0.5 (chance) is the middle
-    for (i, j), v in np.ndenumerate(pv.to_numpy(float)):
-        ax.text(j, i, 'n/a' if np.isnan(v) else f"{v:.2f}", ha='center', va='center', fontsize=7,
-                color='gray' if np.isnan(v) else text_colour(im.cmap(im.norm(v))))
-    ax.set_xticks(range(pv.shape[1]), [_ascii(c) for c in pv.columns], rotation=45, ha='right', fontsize=8)
-    n = table[table.perturbation == table.perturbation.iloc[0]].set_index('source').n if 'n' in table else {}
-    ax.set_yticks(range(pv.shape[0]), [f"{_ascii(s)[:24]} (n={n.get(s, '?')})" for s in pv.index], fontsize=8)
-    ax.set_title(f"{metric} per source and perturbation")
-    fig.colorbar(im, ax=ax, fraction=0.03).set_label(f"{metric} (0.5 = chance, 1 = perfect)", fontsize=7)
-    _save_fig(fig, dest)
-
-def _quality(name:str) -> int|None:
-    if name == 'clean': return 100
-    try: return get_perturbation(name).jpeg_quality
-    except RealfakeError: return None                 # fakes_jpeg and the like: no single quality
-
-def plot_quality_curve(table:pd.DataFrame, dest, max_sources:int=12):
-    "AUC and balanced accuracy against JPEG quality (clean = the files as they are), overall and per fake source."
-    plt = _plt()
-    t = table.assign(q=table.perturbation.map(_quality)).dropna(subset=['q']).sort_values('q', ascending=False)
-    qs = sorted(t.q.unique(), reverse=True)                     # clean first, then falling quality, evenly spaced
-    t = t.assign(x=t.q.map({q: i for i, q in enumerate(qs)}))
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    o = t[t.source == 'all']
-    ax.plot(o.x, o.auc, 'k-o', lw=2, label='AUC, all'); ax.plot(o.x, o.balanced_accuracy, 'b--s', lw=1.5, label='balanced accuracy, all')
-    srcs = [s for s in dict.fromkeys(t.source) if s != 'all' and (t[t.source == s].auc_vs == 'all real').all()]
-    for s in srcs[:max_sources]:
-        g = t[t.source == s]; ax.plot(g.x, g.auc, '-', lw=0.8, alpha=0.7, label=f"AUC, {_ascii(s)[:18]}")
-    ax.set_xticks(range(len(qs)), [('clean' if q == 100 else str(int(q))) for q in qs])
-    ax.set_ylim(0, 1.02); ax.set_xlabel('JPEG quality (both classes)'); ax.set_ylabel('metric')
-    ax.set_title('JPEG quality curve'); ax.legend(fontsize=6, loc='lower left')
-    _save_fig(fig, dest)
-
-# %% ../nbs/15_evaluate.ipynb #3a377043
-FIGURES = [('most_confident_real.png', 'most confident real (lowest p(fake))'),
-           ('least_confident_real.png', 'least confident real (highest p(fake))'),
-           ('most_confident_fake.png', 'most confident fake (highest p(fake))'),
-           ('least_confident_fake.png', 'least confident fake (lowest p(fake))'),
-           ('roc.png', 'ROC curve'), ('confusion_matrix.png', 'confusion matrix'),
-           ('reliability.png', 'reliability diagram'), ('risk_coverage.png', 'risk-coverage curve')]
-GRID_FIGURES = [('heatmap_auc.png', 'AUC per source and perturbation'),
-                ('heatmap_balanced_accuracy.png', 'balanced accuracy per source and perturbation'),
-                ('jpeg_quality.png', 'JPEG quality curve')]
-
-def _figures(out:Path, ok:pd.DataFrame, clf, cal_res, grid, heatmaps:bool=False) -> list[tuple[str, str]]:
-    "Write the report's figures; return (file, title) of each."
-    y, p = (ok.label == 'fake').to_numpy(int), ok.prob_fake.to_numpy(float)
-    real, fake = ok[ok.label == 'real'], ok[ok.label == 'fake']
-    heat = clf if heatmaps and clf.backend == 'torch' else None
-    if heatmaps and heat is None: _log.warning("heatmaps need the torch backend: the grids are drawn without them")
-    plot_grid(real.sort_values('prob_fake'), 'most confident real', out/FIGURES[0][0], heat=heat)
-    plot_grid(real.sort_values('prob_fake', ascending=False), 'least confident real', out/FIGURES[1][0], heat=heat)
-    plot_grid(fake.sort_values('prob_fake', ascending=False), 'most confident fake', out/FIGURES[2][0], heat=heat)
-    plot_grid(fake.sort_values('prob_fake'), 'least confident fake', out/FIGURES[3][0], heat=heat)
-    plot_roc(ok, out/FIGURES[4][0])
-    plot_confusion(confusion_matrix(y, (p >= clf.threshold).astype(int)), out/FIGURES[5][0], f'confusion matrix (threshold {clf.threshold:.3g})')
-    curves = {'model': (y, p)}
-    if cal_res: curves[f"fitted T={cal_res['temperature']:.3g}"] = (y, _sig(ok.logit.to_numpy(float), cal_res['temperature']))
-    plot_reliability(curves, out/FIGURES[6][0])
-    plot_risk_coverage(y, p, clf.threshold, out/FIGURES[7][0], {'model band': clf.unsure})
-    figs = list(FIGURES)
-    if grid is not None:
-        plot_heatmap(grid, 'auc', out/GRID_FIGURES[0][0]); plot_heatmap(grid, 'balanced_accuracy', out/GRID_FIGURES[1][0])
-        figs += GRID_FIGURES[:2]
-        if grid.perturbation.map(_quality).notna().sum() > grid.source.nunique():
-            plot_quality_curve(grid, out/GRID_FIGURES[2][0]); figs.append(GRID_FIGURES[2])
-    return figs
-
-# %% ../nbs/15_evaluate.ipynb #1642122c
-def _fmt_table(df:pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    for c in out.columns:
-        if out[c].dtype.kind == 'f': out[c] = out[c].map(lambda v: '' if pd.isna(v) else f'{v:.3f}')
-        elif out[c].dtype == object: out[c] = out[c].map(_text)
-    return out
-
-def _html_table(df, cols=None) -> str:
-    "`df` (only `cols` of it, those it has, when given) as an HTML table in a box that scrolls sideways instead of widening the page."
-    df = pd.DataFrame(df)
-    if cols is not None: df = df[[c for c in cols if c in df.columns]]
-    return f"<div class='tbl'>{_fmt_table(df).to_html(index=False, na_rep='')}</div>"
-
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:2px 5px;text-align:right}td:first-child{text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee}"
-        ".tbl{max-width:100%;overflow-x:auto}.figs{display:flex;flex-wrap:wrap;gap:12px}.figs div{flex:1 1 45%;min-width:0}"
-        ".verdict{font-size:1.2em;padding:.6em;border:2px solid #888}.small{color:#555;font-size:.9em}"
-        "@media print{.tbl{overflow:visible}table{font-size:9px}}")
-PER_SOURCE_COLS = ['source', 'n', 'n_real', 'n_fake', 'judge', 'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer',
-                   'tpr_at_5fpr', 'auc_vs']
-AUDIT_COLS = ['transform', 'in_verdict', 'n', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'acc_real', 'd_acc_real',
-              'acc_fake', 'd_acc_fake']
-EVIDENCE_COLS = ['perturbation', 'kind', 'hurts', 'auc_clean', 'auc', 'balanced_accuracy_clean', 'balanced_accuracy', 'acc_real',
-                 'acc_fake']
-
-def _html_verdict(v:dict|None) -> list[str]:
-    if not v: return []
-    e = html.escape
-    parts = [f"<h2>Audit verdict</h2><p class='verdict'><b>{e(v['verdict'])}</b>: {e(v['reason'])}</p>",
-             f"<p>The verdict covers: {e(', '.join(v.get('covers') or []) or 'nothing')}. Balanced accuracy and the class accuracies "
-             "are at the model's stored threshold.</p>"]
-    if v['evidence']: parts.append(_html_table(v['evidence'], EVIDENCE_COLS))
-    if v.get('outside'):
-        parts += [f"<p>Outside the verdict (neither compression nor resizing; shown, not judged): "
-                  f"{e(', '.join(x['perturbation'] for x in v['outside']))}.</p>", _html_table(v['outside'], EVIDENCE_COLS)]
-    return parts + [f"<p class='small'>{e(n)}</p>" for n in v['notes']]
-
-# %% ../nbs/15_evaluate.ipynb #2d6890e3
-def _html_calibration(res:dict) -> list[str]:
-    cal, u, e = res.get('calibration'), res.get('unsure') or {}, html.escape
-    parts = [f"<h2>Abstain band</h2><p>model band: {e(str(u.get('band')))}; unsure share {u.get('unsure_share', 0):.3f}, "
-             f"accuracy of the answered images {u.get('selective_accuracy', float('nan')):.3f} (all: {u.get('accuracy', float('nan')):.3f})</p>"]
-    if not cal: return parts
-    parts += ["<h2>Calibration</h2>", _html_table([{k: v for k, v in cal.items() if k not in ('warnings', 'unsure')}])]
-    parts += [f"<p><b>warning:</b> {e(w)}</p>" for w in cal.get('warnings') or []]
-    band = cal.get('unsure')
-    if band: parts.append(f"<p>fitted abstain band: {e(json.dumps(to_jsonable(band)))}</p>")
-    return parts
-
-def _write_html(dest:Path, res:dict, figs:list):
-    e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>realfake evaluation</title><style>{_CSS}</style></head><body>",
-             f"<h1>realfake evaluation</h1><p>model: <code>{e(res['model'])}</code><br>data: <code>{e(res['data'])}</code><br>"
-             f"{res['n']} images scored, {res['n_errors']} unreadable; threshold {res['threshold']:.4g}, temperature {res['temperature']:.4g}; "
-             f"preprocessing: {e(res['preprocess'])}</p>"]
-    parts += _html_verdict(res.get('verdict'))
-    parts += ["<h2>Metrics overall and per source</h2>", _html_table(res['per_source'], PER_SOURCE_COLS),
-              "<p class='small'>auc_vs = 'all real': a source with only fake images is ranked against all the real images. "
-              "judge: 'too few to judge' under 10 images, 'absent' for a source of the data with no image in this split. "
-              "All columns: <a href='per_source.csv'>per_source.csv</a>.</p>"]
-    if res.get('audit'):
-        parts += ["<h2>Perturbations</h2><p>Both classes go through the same perturbation (fakes_jpeg: only the fakes, reals_jpeg: "
-                  "only the reals); d_ columns: change against clean; in_verdict: the row's part in the verdict. "
-                  "All columns: <a href='audit.csv'>audit.csv</a>, per source: <a href='perturb.csv'>perturb.csv</a>.</p>",
-                  _html_table(res['audit'], AUDIT_COLS)]
-    parts += _html_calibration(res)
-    parts += ["<h2>Figures</h2><div class='figs'>"] + [f"<div><h3>{e(t)}</h3><img src='{e(f)}' alt='{e(t)}'></div>" for f, t in figs]
-    parts += ["</div><p>Predictions: <a href='predictions.csv'>predictions.csv</a>, per source: <a href='per_source.csv'>per_source.csv</a>, "
-              "all numbers: <a href='metrics.json'>metrics.json</a></p></body></html>"]
-    write_text(dest, '\n'.join(parts))
-
 # %% ../nbs/15_evaluate.ipynb #5dded52e
 def _held_out(clf, ok:pd.DataFrame, data:EvalData, o:EvalOptions):
     "(calibration logits, labels, test logits, labels, where) from the calibration split or a random half."
@@ -750,7 +403,7 @@ def _held_out(clf, ok:pd.DataFrame, data:EvalData, o:EvalOptions):
         good = cs.prob_fake.notna().to_numpy()
         return (cs.logit.to_numpy(float)[good], (data.cal.label == 'fake').to_numpy(int)[good], lg, y,
                 f"split {o.calib_split or 'valid'}")
-    mask = _half_split(y, o.seed)
+    mask = half_split(y, o.seed)
     return lg[mask], y[mask], lg[~mask], y[~mask], f'random half of the evaluated images (seed {o.seed}); measured on the other half'
 
 def _calibration(clf, ok, data:EvalData, o:EvalOptions) -> dict|None:
@@ -822,17 +475,24 @@ def _write_tables(out:Path, ev, per_source, scores, grid, audit):
         files += ['perturb.csv', 'audit.csv', 'perturb_predictions.csv']
     return files
 
-def _write_card(clf:Classifier, out:Path, src, o:EvalOptions) -> bool:
-    "Write `model_card.md` (`realfake.hub`) for review before `realfake_push`; a failure is a warning, never the end of the run."
+
+# %% ../nbs/15_evaluate.ipynb #eb0762c6
+def _write_card(clf:Classifier, res:dict, src, o:EvalOptions, out:Path) -> bool:
+    "Write `model_card.md` (`realfake.report.model_card` of `res`) for review before `realfake_push`; a failure is a warning, never the end of the run."
     meta = src if isinstance(src, (str, os.PathLike)) and Path(src).is_file() and o.layout != 'csv' and Path(src).suffix.lower() != '.csv' else None
-    try: write_model_card(clf.path, out, metadata=meta)
+    try: write_text(out/'model_card.md', model_card(res, model_facts(clf.path), data_summary(meta) if meta is not None else None))
     except (RealfakeError, OSError, ValueError) as e:
         _log.warning(f"model card not written: {error_line(e)}"); return False
     return True
 
-def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **changes) -> dict:
-    "Evaluate a model directory (or `Classifier`) on `data` with `options` (or their fields as keywords); write the report folder `out`."
-    o = (options or EvalOptions()).replace(**changes)
+def _humans(votes, src, ev:pd.DataFrame, threshold:float) -> HumanModelComparison:
+    "Human accuracy next to the model's on the voted images, keyed by the paths in memory (no CSV read back, nothing to guess)."
+    return compare_humans_model(votes, src, ev, threshold=threshold, paths_escaped=False)
+
+
+# %% ../nbs/15_evaluate.ipynb #dc7bafc9
+def _evaluate(model, data, out, o:EvalOptions, votes=None) -> tuple[dict, HumanModelComparison|None]:
+    "`evaluate`, and the human comparison when `votes` are given."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     clf = model if isinstance(model, Classifier) else load_classifier(model, bs=o.bs)
     src, data = data, load_eval_data(data, o)
@@ -851,19 +511,26 @@ def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, **ch
                perturb=None if grid is None else grid.to_dict('records'), audit=None if audit is None else audit.to_dict('records'),
                verdict=verdict, perturbations=[dict(name=p.name, doc=p.doc, group=p.group) for p in perts], options=o.to_dict())
     files = _write_tables(out, ev, per_source, scores, grid, audit)
-    figs = _figures(out, ok, clf, cal_res, grid, o.heatmaps)
+    figs = write_figures(out, ok, clf, cal_res, grid, o.heatmaps)
     res['files'] = ['metrics.json', 'report.html'] + files + [f for f, _ in figs]
     if o.save_threshold: res['saved_calibration'] = _save(clf, cal_res, o)
-    write_json(out/'metrics.json', res)
-    if clf.path is not None and _write_card(clf, out, src, o):          # the card reads metrics.json
-        res['files'].insert(2, 'model_card.md'); write_json(out/'metrics.json', res)
-    _write_html(out/'report.html', res, figs)
-    return res
+    cmp = _humans(votes, src, ev, clf.threshold) if votes is not None else None
+    if cmp is not None:
+        res['humans_vs_model'] = cmp.to_dict(); write_json(out/'humans_vs_model.json', res['humans_vs_model'])
+        res['files'].append('humans_vs_model.json')
+    if clf.path is not None and _write_card(clf, res, src, o, out): res['files'].insert(2, 'model_card.md')
+    write_json(out/'metrics.json', res)                                   # once, with everything above
+    write_html(out/'report.html', res, figs)
+    return res, cmp
+
+def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, votes=None, **changes) -> dict:
+    "Evaluate a model directory (or `Classifier`) on `data` with `options` (or their fields as keywords); write the report folder `out`; with `votes` (a `realfake.humans` votes file), compare with the volunteers."
+    return _evaluate(model, data, out, (options or EvalOptions()).replace(**changes), votes)[0]
 
 # %% ../nbs/15_evaluate.ipynb #b2f587be
 def _print_summary(res:dict):
     cols = ['source', 'n', 'n_real', 'n_fake', 'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer', 'auc_vs', 'judge']
-    print(_fmt_table(pd.DataFrame(res['per_source'])[cols]).to_string(index=False))
+    print(fmt_table(pd.DataFrame(res['per_source'])[cols]).to_string(index=False))
     if res['calibration']:
         c = res['calibration']
         print(f"calibration ({c['fitted_on']}): T={c['temperature']:.3f} threshold={c['threshold']:.3f} "
@@ -872,7 +539,7 @@ def _print_summary(res:dict):
         if b and b.get('unsure'): print(f"abstain band {b['unsure'][0]:.4f}-{b['unsure'][1]:.4f}: test coverage {b['test']['coverage']:.3f}, "
                                         f"accuracy of the answered {b['test']['selective_accuracy']:.3f}")
     if res['audit']:
-        print(_fmt_table(pd.DataFrame(res['audit'])[['transform', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'in_verdict']]).to_string(index=False))
+        print(fmt_table(pd.DataFrame(res['audit'])[['transform', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'in_verdict']]).to_string(index=False))
         print(f"verdict: {res['verdict']['verdict']}: {res['verdict']['reason']}")
 
 @call_parse
@@ -913,13 +580,8 @@ def realfake_evaluate(
                     unsure_accuracy=unsure_accuracy, unsure_coverage=unsure_coverage, save_threshold=save_threshold,
                     perturb=perturb, audit=audit, seed=seed, progress=False if no_progress else None, heatmaps=heatmaps)
     clf = load_classifier(model, device, backend, bs, resize=resize, crops=crops, max_crops=max_crops, combine=combine)
-    res = evaluate(clf, data, out, o)
+    res, cmp = _evaluate(clf, data, out, o, votes or None)
     _print_summary(res)
-    if votes:
-        preds = pd.read_csv(Path(out)/'predictions.csv')
-        cmp = compare_humans_model(votes, data, preds, threshold=res['threshold'])
-        print(cmp.text())
-        write_json(Path(out)/'humans_vs_model.json', cmp.to_dict())
-        res['humans_vs_model'] = cmp.to_dict()
+    if cmp is not None: print(cmp.text())
     print(f"report: {escape_path(Path(out)/'report.html')}")
     return res

@@ -4,18 +4,18 @@
 
 # %% ../nbs/18_hub.ipynb #0dacd9b4
 from __future__ import annotations
-import re, json, math
+import json, math
 from pathlib import Path
-import yaml
 from fastcore.script import call_parse
 from .core import LABELS, RealfakeError, atomic_write, command, escape_path, get_logger, opt
 from .metadata import read_metadata, summary_table
 from .modeldir import (MODEL_FILE, CONFIG_FILE, read_config, resolve_model_dir, check_weights, weights_header, import_hub, is_repo_id,
                                read_model_file)
 from .predict import onnx_is_current
+from .report import model_card
 
 # %% auto #0
-__all__ = ['read_report', 'md_table', 'data_summary', 'model_card', 'write_model_card', 'upload_files', 'push_model',
+__all__ = ['read_report', 'data_summary', 'model_facts', 'card_from_folders', 'write_model_card', 'upload_files', 'push_model',
            'realfake_push']
 
 # %% ../nbs/18_hub.ipynb #1ea67592
@@ -32,24 +32,6 @@ def read_report(report_dir) -> dict:
     if not isinstance(res, dict) or 'overall' not in res: raise RealfakeError(f"{escape_path(f)}: not a realfake_evaluate report (no 'overall')")
     return res
 
-def _public(text) -> str:
-    "`text` with absolute paths reduced to their last component and `@host` names dropped (no machine's layout or name in a public card)."
-    text = re.sub(r'(?<![\w.])(?:/|[A-Za-z]:\\)[^\s,;()]*', lambda m: Path(m.group()).name or m.group(), str(text))
-    return re.sub(r'@[A-Za-z0-9][\w.\-]*', '', text)
-
-def _num(v, digits:int=3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)): return ''
-    if isinstance(v, bool) or not isinstance(v, (int, float)): return str(v)
-    return str(v) if isinstance(v, int) else f'{v:.{digits}f}'
-
-def md_table(rows:list[dict], cols:list[str]|None=None) -> str:
-    "A Markdown table of `rows` (dicts), numbers with 3 decimals, empty cells for missing values, text made `_public`."
-    if not rows: return ''
-    cols = cols or list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: _public(_num(v)).replace('|', '\\|').replace('\n', ' ')
-    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] +
-                     ['| ' + ' | '.join(cell(r.get(c)) for c in cols) + ' |' for r in rows])
-
 # %% ../nbs/18_hub.ipynb #7df268eb
 def data_summary(metadata) -> dict:
     "Counts of the training metadata: by split, by source and by format (x label), and each label's training sources."
@@ -61,147 +43,28 @@ def data_summary(metadata) -> dict:
     if 'format' in df.columns and df['format'].notna().any(): s['by_format'] = tab('format')
     return s
 
-# %% ../nbs/18_hub.ipynb #6a2c445b
-def _header(name:str, arch:str, report:dict|None, license:str|None) -> str:
-    meta = dict(library_name='realfake', pipeline_tag='image-classification',
-                tags=['realfake', 'ai-generated-image-detection', 'image-forensics', 'timm', arch])
-    if license: meta['license'] = license
-    o = (report or {}).get('overall') or {}
-    mets = [dict(type=t, value=round(float(o[k]), 4), name=n) for k, t, n in
-            (('accuracy', 'accuracy', 'accuracy'), ('auc', 'roc_auc', 'ROC AUC'), ('ap', 'average_precision', 'average precision'))
-            if isinstance(o.get(k), (int, float)) and math.isfinite(o[k])]
-    if mets:
-        data = _public(report.get('data') or 'evaluation data')
-        ds = dict(name=data, type=re.sub(r'[^\w.\-]+', '-', data).strip('-')[:96] or 'evaluation-data')
-        if report.get('split'): ds['split'] = str(report['split'])
-        meta['model-index'] = [dict(name=name, results=[dict(task=dict(type='image-classification', name='real vs generated images'),
-                                                             dataset=ds, metrics=mets)])]
-    return '---\n' + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + '---\n'
-
-def _model_section(model_dir:Path, cfg, repo:str) -> str:
-    n = sum(math.prod(s) for s in weights_header(model_dir/MODEL_FILE).values())
-    unsure = f"; `unsure` when prob_fake is in [{cfg.unsure[0]:g}, {cfg.unsure[1]:g}]" if cfg.unsure else ''
-    onnx = ' and `model.onnx` (exported from these weights)' if (model_dir/'model.onnx').exists() and onnx_is_current(model_dir) else ''
-    return (f"## Use\n\n```python\n# pip install 'realfake[hub]'\nfrom realfake.predict import Classifier\n"
-            f"clf = Classifier.from_pretrained('{repo}')\nclf.predict(['photo.jpg'])   # path, prob_fake, label, logit, ...\n```\n\n"
-            f"```sh\nrealfake_predict photos/ --model {repo} --out predictions.csv\n"
-            f"realfake_predict 'shards/{{00000..00099}}.tar' --model {repo} --out scores   # WebDataset shards\n```\n\n"
-            f"## Model\n\n- Architecture: timm `{cfg.arch}` with a fastai-style head, {n / 1e6:.1f}M parameters, "
-            f"2 outputs ({', '.join(cfg.vocab)}); weights in `model.safetensors`{onnx} (never a pickle).\n"
-            f"- Output: `prob_fake = sigmoid((z_fake - z_real) / T)` with temperature T = {cfg.temperature:g}; the label is "
-            f"`fake` when prob_fake >= {cfg.threshold:g}{unsure}.\n")
-
-def _preprocess_section(cfg) -> str:
-    return (f"## Preprocessing\n\n{cfg.preprocess.describe()} (`realfake.preprocess`; every realfake command and "
-            f"`Classifier` apply it from `config.json`):\n\n```json\n{json.dumps(cfg.preprocess.to_dict())}\n```\n")
-
-def _data_section(summary:dict|None) -> str:
-    if summary is None:
-        return "## Training data\n\nNot documented here (push with `--metadata` to describe it).\n"
-    parts = [f"## Training data\n\n{summary['n']:,} images described by `{summary['file']}`.",
-             "By split:\n\n" + md_table(summary['by_split']), "By source:\n\n" + md_table(summary['by_source'])]
-    if summary.get('by_format'):
-        parts.append("By file format (a format that goes with one label is a shortcut a model can learn):\n\n" + md_table(summary['by_format']))
-    return '\n\n'.join(parts) + '\n'
-
-# %% ../nbs/18_hub.ipynb #206bca1a
-def _generic(v) -> str:
-    "A report part of unknown shape as Markdown: records as a table, a dict as a list, anything else as text."
-    if isinstance(v, list) and v and all(isinstance(r, dict) for r in v): return md_table(v)
-    if isinstance(v, dict): return '\n'.join(f"- {k}: {_num(x) if not isinstance(x, (dict, list)) else json.dumps(x)}" for k, x in v.items())
-    return _public(str(v))
-
-def _calibration(c:dict|None) -> str:
-    if not c: return "Calibration: not fitted in this report.\n"
-    line = (f"Calibration ({_public(c.get('fitted_on', ''))}): temperature {_num(c.get('temperature'))}, threshold "
-            f"{_num(c.get('threshold'))}; ECE {_num(c.get('ece_before'))} -> {_num(c.get('ece_after'))}, accuracy "
-            f"{_num(c.get('accuracy_before'))} -> {_num(c.get('accuracy_after'))}.")
-    return line + ''.join(f"\n- warning: {w}" for w in c.get('warnings') or []) + '\n'
-
-def _verdict(v) -> str:
-    "The audit verdict in a sentence and its evidence as a table (any other shape: generically)."
-    if not isinstance(v, dict) or 'verdict' not in v: return f"Audit verdict:\n\n{_generic(v)}" if v is not None else ''
-    ev = md_table(v['evidence'], ['perturbation', 'kind', 'auc_clean', 'auc', 'auc_drop']) if v.get('evidence') else ''
-    return f"Audit verdict: **{_public(str(v['verdict']))}**: {_public(str(v.get('reason', '')))}." + (f"\n\n{ev}" if ev else '')
-
-def _perturb(p) -> str:
-    "The robustness table: one row per perturbation over all sources (per-source rows stay in the report)."
-    if not isinstance(p, list): return f"Robustness to perturbations:\n\n{_generic(p)}" if p is not None else ''
-    rows = [x for x in p if isinstance(x, dict) and x.get('source', 'all') == 'all']
-    cols = ['perturbation', 'n', 'balanced_accuracy', 'auc', 'd_auc', 'eer', 'tpr_at_1fpr']
-    return "Robustness to perturbations (all sources):\n\n" + md_table(rows, [c for c in cols if any(c in x for x in rows)]) if rows else ''
-
-def _eval_section(r:dict|None, cfg) -> str:
-    if r is None: return "## Evaluation\n\nNo evaluation report was given (push with `--report`, the folder `realfake_evaluate` writes).\n"
-    o = r['overall']
-    parts = [f"## Evaluation\n\n`realfake_evaluate` on {_public(r.get('data', '?'))}" + (f", split {r['split']}" if r.get('split') else '') +
-             f": {r.get('n', '?')} images scored, {r.get('n_errors', 0)} unreadable, threshold {_num(r.get('threshold'))}, "
-             f"temperature {_num(r.get('temperature'))}, preprocessing {r.get('preprocess', '?')}.",
-             md_table([o], [c for c in ('n', 'n_real', 'n_fake', 'accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'ece') if c in o])]
-    if (r.get('threshold'), r.get('temperature')) != (cfg.threshold, cfg.temperature):
-        parts.append(f"The model's config now has threshold {cfg.threshold:g} and temperature {cfg.temperature:g}: the numbers "
-                     "above were measured with the values they name.")
-    cols = ['source', 'n', 'n_real', 'n_fake', 'accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'auc_vs']
-    parts += ["Per source (`auc_vs`: a one-class source is ranked against all images of the other class):\n\n" +
-              md_table(r.get('per_source') or [], cols), _calibration(r.get('calibration'))]
-    if r.get('audit'):
-        parts.append("Shortcut audit (both classes go through the same change; a large drop means the model relies on the "
-                     "file format or resampling traces):\n\n" + md_table(r['audit'], ['transform', 'n', 'accuracy', 'auc', 'd_accuracy', 'd_auc']))
-    else: parts.append("Shortcut audit: not run (`realfake_evaluate --audit`).")
-    parts += [s for s in (_verdict(r.get('verdict')), _perturb(r.get('perturb'))) if s]
-    if r.get('unsure') is not None: parts.append(f"Abstaining (unsure band):\n\n{_generic(r['unsure'])}")
-    return '\n\n'.join(parts) + '\n'
-
-# %% ../nbs/18_hub.ipynb #ddeef568
-def _limits_section(summary:dict|None, r:dict|None) -> str:
-    train_fake = set((summary or {}).get('sources', {}).get('fake', []))
-    eval_fake = [s['source'] for s in (r or {}).get('per_source', []) if s.get('source') != 'all' and (s.get('n_fake') or 0) > 0]
-    unseen = [s for s in eval_fake if s not in train_fake] if summary and r else []
-    seen = (f"Evaluated on generators absent from the training data: {_public(', '.join(unseen))} (see their rows above)." if unseen else
-            "Every generator in the evaluation was also in the training data: these numbers say nothing about unseen ones."
-            if summary and r else "Which generators the training data held is not documented here.")
-    fmt = {row['format']: row for row in (summary or {}).get('by_format', []) if row.get('format') != 'total'}
-    skew = [f"{f} (real {row.get('real', 0):,}, fake {row.get('fake', 0):,})" for f, row in fmt.items()]
-    top = {lb: max(fmt, key=lambda f: fmt[f].get(lb, 0)) for lb in LABELS} if fmt else {}
-    if top and top['real'] != top['fake']:
-        skew.append(f"most real images are {top['real']} and most fake images {top['fake']}: check the audit before trusting the scores")
-    audit = {a['transform']: a for a in (r or {}).get('audit') or []}
-    drop = [f"{t} {a['d_accuracy']:+.3f}" for t, a in audit.items() if t not in ('none', 'clean') and isinstance(a.get('d_accuracy'), (int, float))]
-    return ("## Intended use\n\nScreening and research: estimating whether images were generated, flagging images for "
-            "a human to look at, adding a 'probably generated' column to an image collection, comparing detectors. It is not "
-            "evidence on its own: a score is a statistical guess, with false positives on real photographs and misses on "
-            "generated images, and it must not be the sole basis of a decision about a person.\n\n"
-            "## Limits\n\n"
-            f"- Generators never seen: detectors of this kind degrade, often sharply, on images from generators, versions "
-            f"and post-processing absent from their training data. {seen}\n"
-            "- The format shortcut: in most collections real photographs are JPEG and generated images PNG, so a model can "
-            "learn the file format instead of the image. " +
-            (f"Training formats: {'; '.join(skew)}. " if skew else "The training formats are not documented here. ") +
-            (f"Accuracy change under the audit's re-encodings: {', '.join(drop)}.\n" if drop else "No shortcut audit was run.\n") +
-            "- Resizing, cropping, screenshots and recompression by web platforms change the traces the model reads; scores "
-            "on such images are less reliable than on the evaluation data.\n"
-            "- Calibration (temperature, threshold) was fitted on one distribution and holds for that distribution only.\n")
-
 # %% ../nbs/18_hub.ipynb #7f00d458
-def model_card(model_dir, report=None, metadata=None, repo_id:str|None=None, license:str|None=None) -> str:
-    "The model card (README.md with the Hub's metadata header) of `model_dir`, from a report folder and training metadata."
+def model_facts(model_dir) -> dict:
+    "What a model card says of `model_dir`: its config, its number of parameters, whether `model.onnx` is current, its name."
     model_dir = Path(model_dir)
     cfg = read_config(model_dir)
+    n = sum(math.prod(s) for s in weights_header(model_dir/MODEL_FILE).values())
+    onnx = (model_dir/'model.onnx').exists() and onnx_is_current(model_dir)
+    return dict(config=cfg, n_params=int(n), onnx=bool(onnx), name=model_dir.resolve().name)
+
+def card_from_folders(model_dir, report=None, metadata=None, repo_id:str|None=None, license:str|None=None) -> str:
+    "The model card of `model_dir` from a report folder (its `metrics.json`, read once here) and a training metadata file."
+    model_dir = Path(model_dir)
+    facts = model_facts(model_dir)
     r = read_report(report) if report is not None else None
     if r and r.get('model') and Path(r['model']).resolve() != model_dir.resolve():
         _log.warning(f"the report was made with the model in {escape_path(r['model'])}, not {escape_path(model_dir)}")
-    summary = data_summary(metadata) if metadata is not None else None
-    name = repo_id or model_dir.resolve().name
-    title = (f"# {name.split('/')[-1]}\n\nA real/fake image classifier made with [realfake](https://github.com/realfake/realfake): "
-             "it estimates the probability that an image was generated (Stable Diffusion and other generators) rather than photographed.\n")
-    body = [title, _model_section(model_dir, cfg, repo_id or 'org/name'), _preprocess_section(cfg), _data_section(summary),
-            _eval_section(r, cfg), _limits_section(summary, r)]
-    return _header(name.split('/')[-1], cfg.arch, r, license) + '\n' + '\n'.join(body)
+    return model_card(r, facts, data_summary(metadata) if metadata is not None else None, repo_id, license)
 
 def write_model_card(model_dir, report_dir=None, metadata=None, dest=None, repo_id:str|None=None, license:str|None=None) -> Path:
-    "Write `model_card(...)` to `dest` (default: `model_card.md` in the report folder, else `README.md` in the model folder)."
+    "Write `card_from_folders(...)` to `dest` (default: `model_card.md` in the report folder, else `README.md` in the model folder)."
     dest = Path(dest) if dest is not None else Path(report_dir)/'model_card.md' if report_dir is not None else Path(model_dir)/'README.md'
-    text = model_card(model_dir, report_dir, metadata, repo_id, license)
+    text = card_from_folders(model_dir, report_dir, metadata, repo_id, license)
     with atomic_write(dest) as f: f.write(text)
     return dest
 
@@ -223,7 +86,7 @@ def push_model(model_dir, repo_id:str, card=None, report=None, metadata=None, re
     model_dir = Path(model_dir)
     if not is_repo_id(repo_id) or '@' in repo_id: raise ValueError(f"--repo must be a Hub repo id 'org/name', not {repo_id!r}")
     files = upload_files(model_dir)
-    text = read_model_file(card, 'card').decode('utf-8', 'replace') if card is not None else model_card(model_dir, report, metadata, repo_id, license)
+    text = read_model_file(card, 'card').decode('utf-8', 'replace') if card is not None else card_from_folders(model_dir, report, metadata, repo_id, license)
     if not text.startswith('---\n'): _log.warning(f"{escape_path(card)} has no metadata header ('---' lines): the Hub will show no model details")
     plan = dict(repo=repo_id, revision=revision or 'main', files=files + ['README.md'],
                 bytes=sum((model_dir/f).stat().st_size for f in files) + len(text.encode()))
@@ -246,7 +109,7 @@ def push_model(model_dir, repo_id:str, card=None, report=None, metadata=None, re
 @call_parse
 @command
 def realfake_push(
-    model:opt('model', 'the model to upload')='model',
+    model:opt.model('the model to upload')='model',
     repo:str=None, # Hub repo to upload to, 'org/name' (created when missing)
     report:str=None, # realfake_evaluate report folder: its metrics go into the generated card
     metadata:str=None, # training metadata (JSONL): its sources, counts and formats go into the generated card
@@ -256,7 +119,7 @@ def realfake_push(
     license:str=None, # licence id for the card's header, e.g. apache-2.0 or cc-by-nc-4.0
     message:str=None, # commit message
     dry_run:bool=False, # print the files and the card, upload nothing
-    verbose:opt('verbose', type=bool)=False,
+    verbose:opt.verbose(type=bool)=False,
 ):
     "Upload a model directory to the Hugging Face Hub with a model card (README.md) made from its evaluation and training data."
     if not repo: raise RealfakeError("--repo org/name is required")

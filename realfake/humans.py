@@ -337,20 +337,25 @@ def _as_escaped(v:str) -> str:
     except (ValueError, UnicodeError): pass
     return escape_path(v)
 
-def _preds_probs(preds, paths:list, root=None):
-    "prob_fake (np.nan when unknown) and label (None when unknown) for each path, from a DataFrame or a mapping."
+def _as_path(v:str, escaped:bool|None) -> str:
+    "The path `v` names: `unescape_path(v)` when `escaped`, `v` itself when not, and when None whichever `v` looks like."
+    if escaped is None: return unescape_path(_as_escaped(v))
+    return unescape_path(v) if escaped else v
+
+def _preds_probs(preds, paths:list, root=None, escaped:bool|None=None):
+    "prob_fake (np.nan when unknown) and label (None when unknown) for each path (as in memory), from a DataFrame or a mapping."
     n = len(paths)
     if preds is None: return np.full(n, np.nan), [None] * n
     if isinstance(preds, pd.DataFrame):
         if 'path' not in preds or 'prob_fake' not in preds:
             raise RealfakeError("predictions need the columns 'path' and 'prob_fake'")
-        def _abs(p): p = _as_escaped(str(p)); return _norm_path(p if os.path.isabs(p) or root is None else Path(root)/p)
+        def _abs(p): p = _as_path(str(p), escaped); return _norm_path(p if os.path.isabs(p) or root is None else Path(root)/p)
         at = [_abs(p) for p in preds['path']]
         probs = dict(zip(at, preds['prob_fake'].astype(float)))
         # the model's label: `pred` (realfake_evaluate's predictions.csv, where `label` is the truth), else from the
         # threshold; a `label` column is never trusted, it means the truth in some tables and the verdict in others
         labels = dict(zip(at, preds['pred'])) if 'pred' in preds else {}
-    elif isinstance(preds, Mapping): probs, labels = {_norm_path(_as_escaped(str(k))): float(v) for k, v in preds.items()}, {}
+    elif isinstance(preds, Mapping): probs, labels = {_norm_path(_as_path(str(k), escaped)): float(v) for k, v in preds.items()}, {}
     else: raise TypeError(f"predictions must be a DataFrame or a mapping path -> prob_fake, not {type(preds).__name__}")
     keys = [_norm_path(p) for p in paths]
     p = np.array([probs.get(k, np.nan) for k in keys], float)
@@ -381,8 +386,9 @@ def _per_image(known:pd.DataFrame, truth:dict) -> pd.DataFrame:
                          majority_correct=maj, mean_confidence=conf))
     return pd.DataFrame(rows)
 
-def _add_model(per:pd.DataFrame, preds, root, thr:float) -> pd.DataFrame:
-    probs, labels = _preds_probs(preds, per['path'].tolist(), root)
+def _add_model(per:pd.DataFrame, paths:list, preds, root, thr:float, escaped:bool|None=None) -> pd.DataFrame:
+    "`per` with the model's columns; `paths`: its images' paths as in memory (the `path` column is for showing)."
+    probs, labels = _preds_probs(preds, paths, root, escaped)
     per['prob_fake'] = probs
     per['model_label'] = [l if l is not None else (None if np.isnan(p) else LABELS[int(p >= thr)]) for p, l in zip(probs, labels)]
     per['model_correct'] = [float(l == t) if l in LABELS else np.nan for l, t in zip(per['model_label'], per['label'])]
@@ -399,8 +405,8 @@ def _votes_of(votes):
     return pd.DataFrame(votes), {}
 
 def compare_humans_model(votes, metadata, preds=None, top:int=10, threshold:float|None=None,
-                         split:str|None=None) -> HumanModelComparison:
-    "Compare volunteers' accuracy with the model's (`preds`) on the images they voted on: overall, per source, top disagreements."
+                         split:str|None=None, paths_escaped:bool|None=None) -> HumanModelComparison:
+    "Compare volunteers' accuracy with the model's (`preds`; `paths_escaped`: how it names files) on the images they voted on: overall, per source, top disagreements."
     vdf, gone = _votes_of(votes)
     meta = read_metadata(metadata) if isinstance(metadata, (str, Path)) else metadata
     if split: meta = meta[meta['split'] == split]
@@ -414,7 +420,8 @@ def compare_humans_model(votes, metadata, preds=None, top:int=10, threshold:floa
     if not len(known):
         empty = pd.DataFrame(columns=_PER_IMAGE)
         return HumanModelComparison(empty, pd.DataFrame(), pd.DataFrame(), empty, thr, 0, n_unknown, n_dropped)
-    per = _add_model(_per_image(known, truth), preds, root, thr)
+    per = _per_image(known, truth)
+    per = _add_model(per, [truth[i][0] for i in per['image']], preds, root, thr, paths_escaped)
     overall = pd.DataFrame([_summary(per)], index=['all'])
     by_source = pd.DataFrame({s: _summary(g) for s, g in per.groupby('source', sort=True)}).T
     by_source = by_source.astype({c: int for c in ('images', 'votes', 'model_images', 'model_unsure')})

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from fastcore.script import call_parse, Param
 from .core import (RealfakeError, IMAGE_EXTS, atomic_path, atomic_write_json, escape_path, unescape_path,
                            csv_cell, error_line, get_logger, progress_bar, command, find_images,
-                           read_state_json, check_shape)
+                           read_state_json, check_shape, printable)
 from .metadata import read_metadata, write_metadata
 from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info, open_source
 
@@ -499,7 +499,7 @@ def _prefetch(pool, batches, load):
 def _why(e:BaseException) -> str:
     "The reason of `e` on one line, as printable UTF-8 (a file name in it may hold any bytes)."
     msg = str(e.reason) if isinstance(e, ImageLoadError) else f"{type(e).__name__}: {error_line(e)}"
-    return msg.encode('utf-8', 'backslashreplace').decode('utf-8')
+    return printable(msg)
 
 def _run_batch(fn, rows, arrays, tile, overlap, bs) -> list:
     "Reconstructions (uint8 arrays) of a batch of decoded `arrays`, or the exception per item."

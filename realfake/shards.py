@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from fastcore.script import call_parse
 from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
-                           get_logger, read_state_json, check_shape, StateFileError, csv_cell)
+                           get_logger, read_state_json, check_shape, StateFileError, csv_cell, printable)
+
 
 # %% auto #0
 __all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'FORMATS', 'RECORD_SHAPE', 'JOB_SHAPE',
            'import_webdataset', 'import_pyarrow', 'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards',
-           'DistEnv', 'dist_env', 'rank_shards', 'Member', 'shard_samples', 'printable', 'read_ahead', 'ShardSamples',
-           'ShardBatch', 'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'one_row_per_key',
+           'DistEnv', 'dist_env', 'rank_shards', 'Member', 'shard_samples', 'read_ahead', 'ShardSamples', 'ShardBatch',
+           'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'one_row_per_key',
            'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'shards_todo',
            'open_job', 'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs', 'realfake_merge']
 
@@ -170,10 +171,6 @@ def shard_samples(url:str, errors:list, image_exts=IMAGE_EXTS, max_bytes:int=MAX
         finally:
             try: src['stream'].close()
             except Exception: pass
-
-def printable(text:str) -> str:
-    "`text` with undecodable bytes (held as surrogates, as in a non-UTF-8 file name) written `\\xNN`: valid UTF-8."
-    return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 def _error_text(e:Exception) -> str:
     "An exception as one printable line, without what webdataset appends (' @ <stream>', the stream and url as args)."

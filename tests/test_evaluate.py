@@ -3,6 +3,7 @@ calibration and the abstain band, atomic outputs, any file name, layouts, and ba
 (The metrics are tested in test_metrics.py, the perturbations in test_perturb.py, the verdict on constructed models in
 test_verdict.py and on trained models in test_audit.py.)"""
 import errno, json, os, shutil
+from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 
@@ -14,8 +15,9 @@ from realfake.metrics import roc_auc
 from realfake.modeldir import ModelConfig, ConfigError
 from realfake.perturb import PERTURBATIONS, FAKES_JPEG, fakes_jpeg, perturb_rng
 from realfake.predict import Classifier, predict_to_csv
-from realfake.evaluate import (EvalOptions, calibrate, evaluate, save_calibration, score_images, load_eval_data,
-                               FIGURES, GRID_FIGURES)
+from realfake.evaluate import EvalOptions, evaluate, score_images, load_eval_data
+from realfake.calibrate import calibrate, save_calibration
+from realfake.figures import FIGURES, GRID_FIGURES
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -43,6 +45,21 @@ def gen_folder(tmp_path_factory):
     return root
 
 # ---------------------------------------------------------------- the report folder
+def test_each_report_file_written_once(model_dir, gen_folder, tmp_path, monkeypatch):
+    "metrics.json is written once, after the card: the card is made from the result in memory, not from metrics.json read back."
+    import realfake.evaluate as E, realfake.report as R
+    written = []
+    monkeypatch.setattr(R, 'atomic_output', _counting(R.atomic_output, written))
+    res = E.evaluate(model_dir, gen_folder, out=tmp_path/'rep', bs=8, num_workers=0, calibration=False)
+    assert sorted(written) == sorted(n for n in res['files'] if not n.endswith('.png'))          # one write per file
+    assert 'model_card.md' in written and json.loads((tmp_path/'rep'/'metrics.json').read_text())['files'] == res['files']
+
+def _counting(f, names:list):
+    "`f` (a context manager factory over a destination), recording each destination's name in `names`."
+    def g(dest):
+        names.append(Path(dest).name); return f(dest)
+    return g
+
 @pytest.mark.slow
 def test_report_folder_complete(model_dir, gen_folder, tmp_path):
     out = tmp_path/'report'

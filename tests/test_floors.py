@@ -46,3 +46,11 @@ def test_the_check_can_fail(tmp_path):
     assert imports_of(f) == {'modeldir', 'predict'}
     fl = floors()
     assert [m for m in imports_of(f) if fl[m] >= fl['explain']] != []
+
+def test_evaluation_rooms():
+    "evaluate's jobs live in their own rooms: the report and the card need only core, so the Hub's push can build the card without evaluate."
+    fl, mod = floors(), lambda m: ROOT/'realfake'/f'{m}.py'
+    assert imports_of(mod('report')) == {'core'}
+    assert {'calibrate', 'figures', 'report'} <= imports_of(mod('evaluate'))
+    assert 'report' in imports_of(mod('hub')) and 'evaluate' not in imports_of(mod('hub'))
+    assert fl['report'] < fl['calibrate'] < fl['figures'] < fl['evaluate'] and fl['hub'] < fl['evaluate']

@@ -224,7 +224,7 @@ def test_formats_refused_for_image_files(good, tmp_path):
         realfake_predict([str(good[1])], model=str(good[0]), out=str(tmp_path/'p.csv'), formats='csv')
 
 def test_card_source_names_are_public():
-    from realfake.hub import md_table, _limits_section
+    from realfake.report import md_table, _limits_section
     t = md_table([dict(source='/home/alice/photos', n=1), dict(source='phone@alice-laptop', n=2)])
     assert 'alice' not in t and 'photos' in t and 'phone' in t
     s = _limits_section(dict(sources={'fake': []}), dict(per_source=[dict(source='/home/alice/sdxl@alice-laptop', n_fake=3)]))

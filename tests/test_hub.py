@@ -17,7 +17,8 @@ from PIL import Image
 
 from helpers import cli_env, make_model_dir
 from realfake.core import RealfakeError
-from realfake.hub import model_card, write_model_card, push_model, read_report
+from realfake.hub import card_from_folders, model_facts, write_model_card, push_model, read_report
+from realfake.report import model_card
 from realfake.metadata import write_metadata
 from realfake.modeldir import resolve_model_dir, write_model_dir, load_tensors, read_config
 from realfake.predict import Classifier
@@ -209,7 +210,7 @@ def _split_card(text):
 def test_card_from_real_report(model_dir, report, train_metadata):
     "The card of a real evaluation report: the Hub parses its header and model-index; every section holds the report's numbers."
     res = read_report(report)
-    text = model_card(model_dir, report, train_metadata, repo_id='org/tiny', license='apache-2.0')
+    text = card_from_folders(model_dir, report, train_metadata, repo_id='org/tiny', license='apache-2.0')
     card = hf.ModelCard(text)                                  # the Hub library's own parser
     assert card.data.library_name == 'realfake' and card.data.license == 'apache-2.0'
     ev = {r.metric_type: r for r in card.data.eval_results}
@@ -238,25 +239,29 @@ def test_card_optional_parts(model_dir, report, tmp_path):
                perturb=[dict(perturbation='jpeg_q75', source='all', n=20, balanced_accuracy=0.8, auc=0.9, d_auc=-0.05),
                         dict(perturbation='jpeg_q75', source='sdv5', n=10, balanced_accuracy=0.1, auc=0.2, d_auc=-0.7)],
                unsure=dict(lo=0.4, hi=0.6, coverage=0.9))
-    (tmp_path/'r').mkdir(); (tmp_path/'r'/'metrics.json').write_text(json.dumps(res))
-    body = _split_card(model_card(model_dir, tmp_path/'r'))[1]
+    facts = model_facts(model_dir)                             # the card takes values: no metrics.json to write
+    body = _split_card(model_card(res, facts))[1]
     assert 'Audit verdict: **shortcut**: the AUC drops by 0.31 under jpeg_q75.' in body
     assert '| jpeg_q75 | both classes re-encoded alike | 0.950 | 0.640 | 0.310 |' in body
     assert '| jpeg_q75 | 20 | 0.800 | 0.900 | -0.050 |' in body and '| 0.100 |' not in body    # per-source rows stay in the report
     assert 'coverage: 0.900' in body
     res.update(verdict={'note': 'an older shape'}, perturb={'jpeg': 0.8})     # shapes other than evaluate's: shown generically
-    (tmp_path/'r'/'metrics.json').write_text(json.dumps(res))
-    body = _split_card(model_card(model_dir, tmp_path/'r'))[1]
+    body = _split_card(model_card(res, facts))[1]
     assert 'Audit verdict:\n\n- note: an older shape' in body and 'Robustness to perturbations:\n\n- jpeg: 0.800' in body
     res.pop('audit'); res['calibration'] = None
     for k in ('verdict', 'perturb', 'unsure'): res.pop(k)
-    (tmp_path/'r'/'metrics.json').write_text(json.dumps(res))
-    head, body = _split_card(model_card(model_dir, tmp_path/'r'))
+    head, body = _split_card(model_card(res, facts))
     assert 'Shortcut audit: not run' in body and 'Calibration: not fitted' in body and 'Training data\n\nNot documented' in body
     assert 'license' not in head
-    head, body = _split_card(model_card(model_dir))
+    head, body = _split_card(card_from_folders(model_dir))
     assert 'model-index' not in head and 'No evaluation report was given' in body
-    with pytest.raises(RealfakeError, match='no evaluation report'): model_card(model_dir, tmp_path/'nothing')
+    with pytest.raises(RealfakeError, match='no evaluation report'): card_from_folders(model_dir, tmp_path/'nothing')
+
+def test_evaluate_card_is_the_folder_card(model_dir, report):
+    "evaluate makes its card from the result in memory, before metrics.json exists; push makes it from metrics.json: the same text."
+    m = json.loads((report/'metrics.json').read_text())
+    assert (report/'model_card.md').read_text() == card_from_folders(model_dir, report) == model_card(m, model_facts(model_dir))
+    assert 'model_card.md' in m['files']
 
 def test_write_model_card_for_review(model_dir, report, tmp_path):
     "realfake_evaluate's hook: the card lands beside the report, atomically, and is what --card then uploads."

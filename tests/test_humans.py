@@ -235,3 +235,25 @@ def test_realfake_evaluate_votes_with_an_undecodable_name(tiny_model_dir, tmp_pa
                       no_progress=True, votes=str(tmp_path/'v.sqlite'))
     j = json.loads((tmp_path/'rep'/'humans_vs_model.json').read_text())
     assert (j['overall'][0]['images'], j['overall'][0]['model_images'], j['n_unknown']) == (4, 4, 0)
+
+@pytest.mark.parametrize('name', [os.fsdecode(b'caf\xe9.png'), 'two\\\\backslashes.png', 'r\\x41.png'])
+def test_evaluate_votes_keys_by_the_paths_in_memory(name, tiny_model_dir, tmp_path):
+    "`evaluate(votes=)` compares on the predictions it holds, by path, whatever the name: undecodable, two backslashes, an escape look-alike."
+    from realfake.evaluate import evaluate
+    recs = []
+    for i in range(2):
+        for lab in LABELS:
+            n = name if (i, lab) == (0, 'real') else f'{lab}{i}.png'
+            (tmp_path/n).write_bytes(_img(10 * i + len(lab)))
+            recs.append(dict(path=n, label=lab, split='test', source=lab))
+    meta = write_metadata(recs, tmp_path/'metadata.jsonl', relative_to=tmp_path)
+    store = VoteStore(tmp_path/'v.sqlite')
+    pool = LabelPool(read_metadata(meta), store, seed=0, split='all')
+    for k in pool.keys: store.add_vote('a', k, pool.rows[k]['label'])
+    res = evaluate(str(tiny_model_dir), str(meta), split='test', out=tmp_path/'rep', num_workers=0, calibration=False,
+                   votes=tmp_path/'v.sqlite')
+    assert res['humans_vs_model']['overall'][0]['model_images'] == 4 and res['humans_vs_model']['n_unknown'] == 0
+    per = compare_humans_model(store, meta, pd.read_csv(tmp_path/'rep'/'predictions.csv'), paths_escaped=True).per_image
+    assert per.prob_fake.notna().all() and escape_path(tmp_path/name) in set(per.path)          # the CSV: escaped, once
+    m = json.loads((tmp_path/'rep'/'metrics.json').read_text())
+    assert m['humans_vs_model'] == res['humans_vs_model'] and 'humans_vs_model.json' in m['files']   # metrics.json written once, complete
