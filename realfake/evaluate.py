@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np, pandas as pd
 import torch
 from fastcore.script import call_parse
-from .core import LABELS, RealfakeError, command, get_logger, escape_path, progress_bar, error_line
+from .core import (LABELS, RealfakeError, command, get_logger, escape_path, progress_bar, error_line, opt, hidden, SEED,
+                           REAL_NAMES)
 from .images import load_image, jpeg_info
 from .metadata import read_metadata
 from .prepare import Source, list_source
@@ -25,16 +26,15 @@ from .report import write_csv, write_text, write_json, write_html, fmt_table, mo
 from .hub import model_facts, data_summary
 
 # %% auto #0
-__all__ = ['REAL_NAMES', 'EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY',
-           'EvalOptions', 'EvalData', 'folder_records', 'load_eval_data', 'score_images', 'perturb_table',
-           'perturbation_kind', 'audit_verdict', 'verdict_roles', 'jpeg_settings', 'real_jpeg_settings',
-           'resolve_perturbations', 'evaluate', 'realfake_evaluate']
+__all__ = ['EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY', 'EvalOptions', 'EvalData',
+           'folder_records', 'load_eval_data', 'score_images', 'perturb_table', 'perturbation_kind', 'audit_verdict',
+           'verdict_roles', 'jpeg_settings', 'real_jpeg_settings', 'resolve_perturbations', 'evaluate',
+           'realfake_evaluate']
 
 # %% ../nbs/15_evaluate.ipynb #84df28dc
 _log = get_logger('evaluate')
 
 # %% ../nbs/15_evaluate.ipynb #6dc41935
-REAL_NAMES = ('natural', 'real', 'nature', '0_real')
 EVAL_LAYOUTS = ('generators', 'genimage', 'forensynths', 'csv')
 AUDIT_PERTURBATIONS = ('jpeg_q95', 'jpeg_q75', 'jpeg_q50', 'webp_q75', 'down_0.5', FAKES_JPEG)
 
@@ -543,11 +543,11 @@ def _print_summary(res:dict):
         print(f"verdict: {res['verdict']['verdict']}: {res['verdict']['reason']}")
 
 @call_parse
-@command
+@command(renamed={'num_workers': 'workers'})
 def realfake_evaluate(
     data:str, # metadata.jsonl, a folder of labelled sub-folders (see --layout) or a CSV manifest
-    model:str='model', # model directory
-    out:str='eval_report', # report folder (metrics.json, CSV tables, PNG figures, report.html)
+    model:opt.model('the model to evaluate')='model',
+    out:opt.out('the report folder (metrics.json, CSV tables, PNG figures, report.html)')='eval_report',
     split:str=None, # metadata split to evaluate (default: test if present, else valid)
     layout:str='generators', # folder layout: generators ('natural' = real), genimage, forensynths; csv: a manifest file
     perturb:str=None, # score under perturbations too: 'all' or a comma list (jpeg_q95,...,web,hard,fakes_jpeg; jpeg_qN/webp_qN at any N)
@@ -560,22 +560,23 @@ def realfake_evaluate(
     unsure_coverage:float=None, # ... or one answering at least this share of the images
     save_threshold:bool=False, # write the fitted threshold and temperature (and band) into the model's config.json
     bs:int=32, # crops per forward batch
-    num_workers:int=None, # decoding worker processes (default: none on a CPU with <= 2 cores, else up to 4)
+    workers:opt.workers('decoding processes (default: none on a CPU with <= 2 cores, else up to 4)', type=int)=None,
     resize:str=None, # score with another resize policy than the model's: 'native' or a shorter side in pixels
     crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
     max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
     combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
-    real_names:str='natural,real,nature,0_real', # generators layout: folder names holding real images
-    seed:int=0, # seed of the random calibration half and of the perturbations
+    real_names:str=','.join(REAL_NAMES), # generators layout: folder names holding real images
+    seed:opt.seed('of the random calibration half and of the perturbations', type=int)=SEED,
     backend:str='auto', # 'torch', 'onnx' or 'auto'
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
     votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
-    heatmaps:bool=False, # draw the most/least confident grids with the model's heatmaps over the images
-    no_progress:bool=False, # hide progress bars (they are shown only on a terminal anyway)
-    verbose:bool=False, # debug logging and full tracebacks
+    heatmaps:opt.heatmaps('over the most/least confident images in the report', type=bool)=False,
+    no_progress:opt.no_progress(type=bool)=False,
+    num_workers:hidden()=None,
+    verbose:opt.verbose(type=bool)=False,
 ):
     "Evaluate a model: metrics overall and per source, calibration and abstain band, perturbation grid and shortcut verdict, HTML report."
-    o = EvalOptions(split=split, calib_split=calib_split, layout=layout, real_names=real_names, bs=bs, num_workers=num_workers,
+    o = EvalOptions(split=split, calib_split=calib_split, layout=layout, real_names=real_names, bs=bs, num_workers=workers,
                     calibration=not no_calibration, threshold_method=threshold_method, target_fpr=target_fpr,
                     unsure_accuracy=unsure_accuracy, unsure_coverage=unsure_coverage, save_threshold=save_threshold,
                     perturb=perturb, audit=audit, seed=seed, progress=False if no_progress else None, heatmaps=heatmaps)
