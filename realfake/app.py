@@ -4,18 +4,19 @@
 
 # %% ../nbs/19_app.ipynb #4da29179
 from __future__ import annotations
-import base64, copy, io, re, secrets, socket, tempfile, threading, time, uuid
+import base64, copy, io, re, secrets, socket, sys, tempfile, threading, time, uuid
 from collections import OrderedDict, deque
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np, pandas as pd
-from fastcore.script import call_parse
+from fastcore.script import Param, call_parse
 
 import realfake
-from .core import LABELS, RealfakeError, command, error_line, get_logger, to_jsonable
+from .core import LABELS, RealfakeError, command, hidden, opt, error_line, get_logger, to_jsonable
 from .images import ImageLoadError, load_image, thumbnail
 from .metadata import read_metadata
 from .humans import LabelPool, VoteStore, compare_humans_model
@@ -319,7 +320,7 @@ async def _label_png(st:AppState, key:str) -> bytes|None:
     return png
 
 def _no_label(st, status=404):
-    return page(st, 'Label', '/label', alert('Labelling is off: start the app with --metadata to enable it.', 'info'), status=status)
+    return page(st, 'Label', '/label', alert('Labelling is off: give realfake_app a metadata file (realfake_app METADATA) to enable it.', 'info'), status=status)
 
 async def _label_get(req:Request):
     st = _state(req)
@@ -346,7 +347,7 @@ def _refuse(req, st, msg:str, status:int=400):
 
 async def _vote_post(req:Request):
     st = _state(req)
-    if not st.label_on: return _refuse(req, st, 'Labelling is off: start the app with --metadata to enable it.', 404)
+    if not st.label_on: return _refuse(req, st, 'Labelling is off: give realfake_app a metadata file (realfake_app METADATA) to enable it.', 404)
     try: form = await req.form(max_files=0, max_fields=10, max_part_size=4096)
     except HTTPException: return _refuse(req, st, 'The vote form is not valid.')
     vol = _volunteer(req)
@@ -388,10 +389,7 @@ async def _comparison(st:AppState):
     keys = [k for k in st.preds if k in st.pool.rows]
     preds = pd.DataFrame(dict(path=[st.pool.rows[k]['path'] for k in keys], prob_fake=[st.preds[k][0] for k in keys],
                               pred=[st.preds[k][1] for k in keys]))
-    meta = pd.DataFrame([dict(path=r['path'], label=r['label'], source=r['source'], split=r['split']) for r in st.pool.rows.values()],
-                        columns=['path', 'label', 'source', 'split'])
-    meta.attrs['metadata_path'] = st.pool.metadata_path
-    cmp = await run_in_threadpool(compare_humans_model, st.store, meta, preds, 10, st.classifier.threshold)
+    cmp = await run_in_threadpool(compare_humans_model, st.store, st.pool, preds, 10, st.classifier.threshold)
     return cmp, votes
 
 def _is_admin(req, st) -> bool:
@@ -489,17 +487,40 @@ def _listen(host:str, port:int) -> socket.socket:
         return socket.create_server((host, port), family=fam)
     except OSError as e: raise RealfakeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
+# %% ../nbs/19_app.ipynb #8c9856ec
+def _old_metadata(metadata, metadata_file):
+    "The metadata file, given positionally or by the old `--metadata FILE` (with a notice); both at once is an error."
+    if metadata_file is None: return metadata
+    if metadata is not None and str(metadata) != str(metadata_file):
+        raise RealfakeError(f"two metadata files: {metadata} and --metadata {metadata_file}; give one, positionally")
+    print("realfake_app: --metadata is now METADATA (positional) (the old spelling goes away in the next version)", file=sys.stderr)
+    return metadata_file
+
+def _crops_choice(crops) -> bool:
+    "Whether the Detect page scores on full-resolution crops by default: `crops` is center or grid (True/False from Python)."
+    if crops in (None, False, 'center'): return False
+    if crops in (True, 'grid'): return True
+    raise RealfakeError(f"--crops must be center or grid, not {crops!r}")
+
+
 # %% ../nbs/19_app.ipynb #ba76a16b
+# Each option's Param made by a call without text in the annotation (linters read text there as a type) and anew for
+# each parser (argparse's set_default appends "(default: ...)" to a Param's help).
+_METADATA = partial(Param, "metadata JSONL with the images volunteers label (omit it to serve only the detector)", str, opt=False, nargs='?')
+_MODEL, _VERBOSE = partial(opt, 'model', 'the model to serve'), partial(opt, 'verbose', type=bool)
+_CROPS = partial(Param, "how the Detect page scores by default: center (the model's own preprocessing) or grid (full-resolution "
+                 "crops over the whole image; --crops alone = grid)", str, nargs='?', const='grid', choices=('center', 'grid'))
+
 @call_parse
 @command
 def realfake_app(
-    model:str='model', # model directory (config.json + model.safetensors) written by realfake_train
-    metadata:str=None, # metadata JSONL with the images volunteers label (omit to serve only the detector)
+    metadata:_METADATA()=None,
+    model:_MODEL()='model',
     db:str='votes.sqlite', # SQLite file the votes go to (created if missing)
     split:str='test', # split volunteers label: test, or on purpose valid, train or all (flagged in the pages and the log)
     host:str='127.0.0.1', # address to listen on; 127.0.0.1 = this machine only, 0.0.0.0 = the whole network
     port:int=8000, # TCP port (0: any free port)
-    crops:bool=False, # tick "full-resolution crops" on the Detect page by default
+    crops:_CROPS()='center',
     max_mb:float=20.0, # largest upload accepted, in megabytes per image
     max_mpix:float=40.0, # largest image accepted, in megapixels (uploads and images to label)
     max_files:int=16, # most images per upload
@@ -511,10 +532,12 @@ def realfake_app(
     new_per_hour:int=60, # new volunteer ids per client address and hour (0: no cap; raise it behind a proxy)
     device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
     backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
-    verbose:bool=False, # debug logging and full tracebacks
+    metadata_file:hidden()=None, # old spelling `--metadata FILE` (argparse takes it as this option's unique prefix)
+    verbose:_VERBOSE()=False,
 ):
     "Serve the realfake web app: Detect (score uploaded images), Label (volunteers vote) and Results (humans vs model)."
     import uvicorn
+    metadata, crops = _old_metadata(metadata, metadata_file), _crops_choice(crops)
     limits = Limits(max_bytes=int(max_mb * 1e6), max_pixels=int(max_mpix * 1e6), max_files=max_files,
                     max_request_bytes=int(max_request_mb * 1e6),
                     max_request_pixels=int(max_request_mpix * 1e6), decode_pixels=int(decode_mpix * 1e6) if decode_mpix else None)
@@ -523,8 +546,9 @@ def realfake_app(
                    display_size=display_size, admin_token=admin_token, new_per_hour=new_per_hour)
     st = app.state.realfake
     _log.info(f"model {model}; " + (f"labelling {plural(len(st.pool), 'image')} ({split}), votes in {db}" if st.label_on
-                                     else "labelling off (no --metadata)") + f"; memory beyond the model at most {limits.memory_bound()/2**20:.0f} MB")
+                                     else "labelling off (no METADATA)") + f"; memory beyond the model at most {limits.memory_bound()/2**20:.0f} MB")
     url = f"http://{'localhost' if host == '127.0.0.1' else host}:{sock.getsockname()[1]}"
     print(f"realfake app on {url}  (Ctrl+C stops it)", flush=True)
     config = uvicorn.Config(app, log_level='debug' if verbose else 'info', limit_concurrency=limits.max_connections)
     uvicorn.Server(config).run(sockets=[sock])
+
