@@ -50,11 +50,14 @@ class Limits:
 
 # %% ../nbs/19a_budget.ipynb #9a768201
 def fmt_bytes(n) -> str:
+    "`n` bytes as people read them: '999 bytes', '20.0 kB', '64.0 MB' (powers of 1000)."
     for unit in ('bytes', 'kB', 'MB', 'GB'):
         if n < 1000 or unit == 'GB': return f"{n:.0f} {unit}" if unit == 'bytes' else f"{n:.1f} {unit}"
         n /= 1000
 
-def plural(n:int, word:str) -> str: return f"{n} {word}{'' if n == 1 else 's'}"
+def plural(n:int, word:str) -> str:
+    "'1 image', '2 images': `n` and `word`, with an s unless `n` is 1."
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 # %% ../nbs/19a_budget.ipynb #09e721f7
 def decode_cost(info:dict, short_side:int|None=None) -> int:

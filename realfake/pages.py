@@ -41,7 +41,9 @@ def _nav(here:str, label_on:bool=True):
     links = [('/detect', 'Detect'), ('/label', 'Label'), ('/results', 'Results')][:3 if label_on else 1]
     return Header(A('realfake', href='/', cls='brand'), *[A(t, href=h, cls='here' if h == here else None) for h, t in links])
 
-def alert(text, kind='error'): return Div(text, cls=f'msg {kind}', role='alert' if kind in ('error', 'warn') else None)
+def alert(text, kind='error'):
+    "A message box: `kind` error or warn (read out by screen readers) or info."
+    return Div(text, cls=f'msg {kind}', role='alert' if kind in ('error', 'warn') else None)
 
 def page(st, title:str, here:str, *content, status:int=200, warn:bool=False) -> HTMLResponse:
     "A whole HTML page: head, navigation, the pool's warning (with `warn`), content."
@@ -164,7 +166,7 @@ def display_key(key:str) -> str:
     return key if not key.startswith('/') else '…/' + '/'.join(parts[-2:])
 
 def your_images(pool, cmp, mine:pd.DataFrame) -> pd.DataFrame:
-    "The comparison's rows for the images this volunteer voted on, with their own answer."
+    "The comparison's rows for the images this volunteer voted on, with their own answer and the image's token in `pool`."
     per = cmp.per_image.merge(mine[['image', 'answer']], on='image')
     per['token'] = [pool.token.get(k) for k in per['image']]
     return per[per['token'].notna()]
