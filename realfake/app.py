@@ -4,38 +4,36 @@
 
 # %% ../nbs/19_app.ipynb #4da29179
 from __future__ import annotations
-import base64, copy, ctypes, ctypes.util, io, math, os, re, secrets, socket, tempfile, threading, time, uuid
+import base64, copy, io, re, secrets, socket, sys, tempfile, threading, time, uuid
 from collections import OrderedDict, deque
-from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass, field, fields
+from contextlib import nullcontext
+from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np, pandas as pd
-from fastcore.script import call_parse
+from fastcore.script import Param, call_parse
 
 import realfake
-from .core import LABELS, RealfakeError, command, error_line, get_logger, to_jsonable
-from .images import ImageLoadError, load_image, probe_image, thumbnail
+from .core import LABELS, RealfakeError, command, hidden, opt, error_line, get_logger, to_jsonable
+from .images import ImageLoadError, load_image, thumbnail
 from .metadata import read_metadata
-from .humans import CONFIDENCE, LabelPool, VoteStore, compare_humans_model
+from .humans import LabelPool, VoteStore, compare_humans_model
 from .predict import load_classifier
 from .explain import heatmap, overlay, map_size
+from .budget import Limits, PixelBudget, decode_cost, fmt_bytes, plural
+from .uploads import Upload, UploadError, check_uploads, receive_uploads
+from .pages import alert, describe_scoring, detect_form, detect_page, label_page, page, results_page, your_images, display_key
 
 # %% auto #0
-__all__ = ['STATIC', 'BYTES_PER_PIXEL', 'FIXED_BYTES', 'SECURITY_HEADERS', 'VOLUNTEER_COOKIE', 'ADMIN_COOKIE', 'Limits',
-           'UploadError', 'Upload', 'receive_uploads', 'check_uploads', 'decode_cost', 'release_memory', 'PixelBudget',
-           'heat_classifier', 'score_image', 'describe_scoring', 'label_image', 'cross_site', 'AppState', 'page',
-           'detect_form', 'result_row', 'detect_page', 'label_page', 'display_key', 'results_page', 'is_https',
-           'set_cookie', 'label_pool', 'make_app', 'realfake_app']
+__all__ = ['STATIC', 'SECURITY_HEADERS', 'VOLUNTEER_COOKIE', 'ADMIN_COOKIE', 'heat_classifier', 'score_image', 'label_image',
+           'cross_site', 'AppState', 'is_https', 'set_cookie', 'label_pool', 'make_app', 'realfake_app']
 
 # %% ../nbs/19_app.ipynb #3e4fa007
 try:
     import anyio
-    from fasthtml.common import (A, Body, Button, Div, Fieldset, Form, H1, H2, Head, Header, Html, Img, Input, Label,
-        Legend, Link, Main, Meta, P, Script, Small, Span, Strong, Table, Tbody, Td, Th, Thead, Title, Tr, to_xml)
-    from python_multipart.multipart import MultipartParser, parse_options_header
-    from python_multipart.exceptions import FormParserError
+    from fasthtml.common import A, Button, Div, Form, H1, H2, Input, P
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -50,212 +48,6 @@ except ImportError as e:  # the rest of realfake never needs the web stack
 # %% ../nbs/19_app.ipynb #bc28cb44
 _log = get_logger('app')
 STATIC = Path(realfake.__file__).parent/'static'  # app.css, app.js: package data (MANIFEST.in)
-
-# %% ../nbs/19_app.ipynb #7dc2c083
-BYTES_PER_PIXEL = 20            # most memory a decode holds per pixel (measured maximum: 17, WebP RGBA at native size)
-FIXED_BYTES = 300 * 2**20       # the rest: request buffers, thumbnails, label-image cache, threads
-
-@dataclass(frozen=True)
-class Limits:
-    "What one request and the whole server may take (bytes, pixels, concurrent decoding and scoring)."
-    max_bytes: int = 20_000_000           # per uploaded file
-    max_pixels: int = 40_000_000          # per image (width x height, from its header)
-    max_files: int = 16                   # per request
-    max_request_bytes: int = 64_000_000   # per request body
-    max_request_pixels: int = 160_000_000 # per request, all its images together
-    decode_pixels: int|None = None        # decoded at once in the whole server (None: max_pixels)
-    decode_slots: int = 4                 # images decoded at once in the whole server
-    score_slots: int = 1                  # model calls at once
-    max_connections: int = 64             # requests in progress at once
-
-    def __post_init__(self):
-        if self.decode_pixels is None: object.__setattr__(self, 'decode_pixels', self.max_pixels)
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{f.name} must be a whole number of at least 1, not {v!r}")
-        if self.max_request_bytes < self.max_bytes:
-            raise ValueError(f"max_request_bytes ({self.max_request_bytes:,}) must be at least max_bytes ({self.max_bytes:,})")
-        if self.decode_pixels < self.max_pixels:
-            raise ValueError(f"decode_pixels ({self.decode_pixels:,}) must be at least max_pixels ({self.max_pixels:,}): "
-                             "otherwise the largest image accepted could never be decoded")
-
-    def memory_bound(self) -> int:
-        "Most bytes the server holds beyond the loaded model: `decode_pixels * BYTES_PER_PIXEL + FIXED_BYTES`."
-        return self.decode_pixels * BYTES_PER_PIXEL + FIXED_BYTES
-
-# %% ../nbs/19_app.ipynb #9a768201
-def _fmt_bytes(n) -> str:
-    for unit in ('bytes', 'kB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB': return f"{n:.0f} {unit}" if unit == 'bytes' else f"{n:.1f} {unit}"
-        n /= 1000
-
-def _plural(n:int, word:str) -> str: return f"{n} {word}{'' if n == 1 else 's'}"
-
-# %% ../nbs/19_app.ipynb #1c9273ec
-class UploadError(RealfakeError):
-    "An upload refused as a whole (not multipart, too many files, ...): `.status` is the HTTP status to answer."
-    def __init__(self, msg:str, status:int=400): super().__init__(msg); self.status = status
-
-@dataclass
-class Upload:
-    "One uploaded file: its name as sent, where its bytes are, its size; `info` (from the header) or `error`."
-    name: str
-    path: Path|None = None
-    size: int = 0
-    info: dict|None = None
-    error: str|None = None
-
-# %% ../nbs/19_app.ipynb #678be149
-class _PartWriter:
-    "python-multipart callbacks: files to `dest` (at most `max_files`, `max_bytes` each), small fields to `fields`."
-    def __init__(self, dest:Path, max_files:int, max_bytes:int):
-        self.dest, self.max_files, self.max_bytes = dest, max_files, max_bytes
-        self.uploads, self.fields = [], {}
-        self._hname, self._hval, self._headers, self._part, self._file, self._field = b'', b'', {}, None, None, None
-
-    def on_part_begin(self): self._headers, self._part, self._file, self._field = {}, None, None, None
-    def on_header_field(self, data, start, end): self._hname += data[start:end]
-    def on_header_value(self, data, start, end): self._hval += data[start:end]
-    def on_header_end(self):
-        self._headers[self._hname.lower()] = self._hval; self._hname, self._hval = b'', b''
-
-    def on_headers_finished(self):
-        _, opts = parse_options_header(self._headers.get(b'content-disposition', b''))
-        if b'filename' not in opts:
-            if len(self.fields) >= 20: raise UploadError('The form has too many fields.')
-            self._field = [opts.get(b'name', b'').decode('utf-8', 'replace'), b'']; return
-        if len(self.uploads) >= self.max_files:
-            raise UploadError(f'Please upload at most {_plural(self.max_files, "image")} at a time.')
-        name = os.path.basename(opts[b'filename'].decode('utf-8', 'replace').replace('\\', '/'))[:200]
-        self._part = Upload(name, self.dest/f'{len(self.uploads)}.upload')
-        self.uploads.append(self._part)
-        self._file = open(self._part.path, 'wb')
-
-    def on_part_data(self, data, start, end):
-        n = end - start
-        if self._field is not None:
-            if len(self._field[1]) + n > 1000: raise UploadError('A form field is too long.')
-            self._field[1] += data[start:end]; return
-        self._part.size += n
-        if self._file is not None and self._part.size > self.max_bytes: self._file.close(); self._file = None
-        elif self._file is not None: self._file.write(data[start:end])
-
-    def on_part_end(self):
-        if self._field is not None: self.fields[self._field[0]] = self._field[1].decode('utf-8', 'replace'); return
-        if self._file is not None: self._file.close(); self._file = None
-        if not self._part.name and not self._part.size: self._part.path.unlink(missing_ok=True); return  # no file chosen
-        self._part.name = self._part.name or 'upload'
-        if self._part.size > self.max_bytes:
-            self._part.path.unlink(missing_ok=True)
-            self._part.error = f"the file is {_fmt_bytes(self._part.size)}, more than the {_fmt_bytes(self.max_bytes)} limit"
-
-    def close(self):
-        if self._file is not None: self._file.close()
-
-    def callbacks(self) -> dict:
-        return {k: getattr(self, k) for k in ('on_part_begin', 'on_header_field', 'on_header_value', 'on_header_end',
-                                              'on_headers_finished', 'on_part_data', 'on_part_end')}
-
-# %% ../nbs/19_app.ipynb #464d7fc4
-async def receive_uploads(req:Request, limits:Limits, dest:Path) -> tuple[list[Upload], dict]:
-    "Stream the multipart body of `req` to files in `dest`, within `limits`: ([Upload], {field: value})."
-    ctype, opts = parse_options_header(req.headers.get('content-type', ''))
-    if ctype != b'multipart/form-data' or not opts.get(b'boundary'):
-        raise UploadError('Please choose at least one image file (sent as multipart/form-data).')
-    w = _PartWriter(Path(dest), limits.max_files, limits.max_bytes)
-    parser, more = MultipartParser(opts[b'boundary'], w.callbacks()), True
-    try:
-        while more:
-            msg = await req.receive()
-            if msg['type'] != 'http.request': raise UploadError('The upload was interrupted.')
-            more = msg.get('more_body', False)
-            parser.write(msg.get('body', b''))
-        parser.finalize()
-    except FormParserError: raise UploadError('The upload is not a valid multipart form.') from None
-    except UploadError:
-        while more:  # read the rest (the body limit bounds it), so that a browser shows the message
-            msg = await req.receive()
-            more = msg['type'] == 'http.request' and msg.get('more_body', False)
-        raise
-    finally: w.close()
-    return [u for u in w.uploads if u.name or u.size], w.fields
-
-# %% ../nbs/19_app.ipynb #bfd56599
-def check_uploads(uploads:list[Upload], limits:Limits) -> list[Upload]:
-    "Read each upload's header: refuse empty files, non-images, images over the pixel limits; set `info` on the rest."
-    total = 0
-    for u in uploads:
-        if u.error: continue
-        if u.size == 0: u.error = 'the file is empty'; continue
-        try: info = probe_image(u.path)
-        except ImageLoadError as e: u.error = e.reason; continue
-        w, h = info['width'], info['height']
-        if w * h > limits.max_pixels:
-            u.error = f"the image is {w}x{h} = {w*h:,} pixels, more than the {limits.max_pixels:,}-pixel limit"
-        elif total + w * h > limits.max_request_pixels:
-            u.error = (f"not scored: one upload may hold at most {limits.max_request_pixels / 1e6:g} megapixels "
-                       "in all; send this image again on its own")
-        else: total += w * h; u.info = info
-    return uploads
-
-# %% ../nbs/19_app.ipynb #09e721f7
-def decode_cost(info:dict, short_side:int|None=None) -> int:
-    "Pixels held while decoding an image (`info`: `probe_image`'s width, height): all of them, whatever `short_side` and format."
-    return int(info['width']) * int(info['height'])
-
-
-# %% ../nbs/19_app.ipynb #3e12031d
-def _libc():
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-        return lib
-    except (OSError, AttributeError): return None
-_LIBC = _libc()
-
-def release_memory() -> bool:
-    "Give the C heap's free memory back to the operating system (glibc `malloc_trim`); False where unavailable."
-    return bool(_LIBC.malloc_trim(0)) if _LIBC is not None else False
-
-# %% ../nbs/19_app.ipynb #0aa4064d
-class PixelBudget:
-    "At most `total` pixels and `slots` images being decoded at once in the server; first come, first served."
-    def __init__(self, total:int, slots:int=4, poll:float=0.01):
-        self.total, self.slots, self.poll = int(total), int(slots), poll
-        self.used = self.holders = self.peak = self.waited = 0
-        self._lock, self._queue = threading.Lock(), deque()
-
-    def _take(self, ticket, n:int) -> bool:
-        with self._lock:
-            if self._queue[0] is not ticket or self.holders >= self.slots or self.used + n > self.total: return False
-            self._queue.popleft(); self.used += n; self.holders += 1; self.peak = max(self.peak, self.used)
-            return True
-
-    def _give(self, n:int) -> bool:
-        with self._lock:
-            self.used -= n; self.holders -= 1
-            return self.holders == 0
-
-    @asynccontextmanager
-    async def hold(self, n:int):
-        "Wait until `n` pixels (at most the whole budget) fit, hold them for the block, then give them back."
-        n, ticket = min(int(n), self.total), object()
-        with self._lock: self._queue.append(ticket)
-        try:
-            wait = self.poll
-            while not self._take(ticket, n):
-                if wait == self.poll: self.waited += 1
-                await anyio.sleep(wait); wait = min(2 * wait, 0.05)   # back off: many waiters cost little
-        except BaseException:
-            with self._lock:
-                if ticket in self._queue: self._queue.remove(ticket)
-            raise
-        try: yield
-        finally:
-            if self._give(n): release_memory()
-
-    def __repr__(self): return f"PixelBudget(used={self.used:,}/{self.total:,}, holders={self.holders}/{self.slots}, peak={self.peak:,})"
 
 # %% ../nbs/19_app.ipynb #f9122962
 def _thumb_uri(im, side:int) -> str:
@@ -295,6 +87,8 @@ def _provenance(path, max_pixels:int|None) -> dict:
     p = read_provenance(path, max_pixels=min(max_pixels or WM_MAX_PIXELS, WM_MAX_PIXELS))
     return dict(items=[{k: v for k, v in e.as_dict().items() if k != 'detail'} for e in p.items], sentence=p.sentence())
 
+
+# %% ../nbs/19_app.ipynb #9344fc34
 def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=160, lock=None, heat:bool=False) -> dict:
     "Decode the image at `path` once as `clf` wants it, score it, add crop scores, a thumbnail (and a heatmap); errors -> `error`."
     out = dict(name=name, prob_fake=None, label=None, error=None, details={})
@@ -318,19 +112,6 @@ def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=16
             with lock or nullcontext(): out['heat'] = _heat_uri(clf, im, thumb_side)
         except RealfakeError as e: out['details']['heatmap'] = error_line(e)
     return out
-
-# %% ../nbs/19_app.ipynb #bfd9707a
-def describe_scoring(clf) -> str:
-    "How `clf` turns an image into its probability, in a sentence or two for the results page."
-    spec = clf.spec
-    s = f"Scored on {spec.describe()}."
-    if spec.crops == 'grid' and spec.combine == 'mean':
-        s += (" Each box is one crop with its own probability. The image's probability comes from the mean of the"
-              " crops' log-odds (logits), not from the mean of the percentages, so a confident crop weighs more than"
-              " a doubtful one.")
-    elif spec.crops == 'grid':
-        s += " Each box is one crop with its own probability; the image gets the probability of its most generated-looking crop."
-    return s
 
 # %% ../nbs/19_app.ipynb #da2a1a45
 def label_image(path, side:int=512, max_pixels:int|None=None) -> bytes:
@@ -357,7 +138,7 @@ class _BodyLimit:
             while more:
                 msg = await receive()
                 more = msg.get('type') == 'http.request' and msg.get('more_body', False)
-        msg = f"The upload is too large: the limit is {_fmt_bytes(limit)} per request."
+        msg = f"The upload is too large: the limit is {fmt_bytes(limit)} per request."
         heads = {k.decode('latin-1'): v.decode('latin-1') for k, v in scope.get('headers') or []}
         if _wants_json(heads): resp = JSONResponse({'error': msg, 'results': []}, status_code=413)
         else: resp = HTMLResponse(self.page(msg) if self.page else msg, status_code=413)
@@ -468,176 +249,6 @@ class AppState:
             self._newcomers[address] = times + [now] if ok else times
             return ok
 
-# %% ../nbs/19_app.ipynb #9e33f2b0
-def _head(title:str):
-    return Head(Meta(charset='utf-8'), Meta(name='viewport', content='width=device-width, initial-scale=1'),
-                Title(f"{title} · realfake"), Link(rel='stylesheet', href='/static/app.css'),
-                Script(src='/static/app.js', defer=True))
-
-def _nav(here:str, label_on:bool=True):
-    links = [('/detect', 'Detect'), ('/label', 'Label'), ('/results', 'Results')][:3 if label_on else 1]
-    return Header(A('realfake', href='/', cls='brand'), *[A(t, href=h, cls='here' if h == here else None) for h, t in links])
-
-def _msg(text, kind='error'): return Div(text, cls=f'msg {kind}', role='alert' if kind in ('error', 'warn') else None)
-
-def page(st:AppState|None, title:str, here:str, *content, status:int=200, warn:bool=False) -> HTMLResponse:
-    "A whole HTML page: head, navigation, the pool's warning (with `warn`), content."
-    label_on = st is not None and st.label_on
-    banner = [_msg(f"Warning: {st.pool.warning}", 'warn')] if warn and label_on and st.pool.warning else []
-    doc = Html(_head(title), Body(_nav(here, label_on), Main(*banner, *content)), lang='en')
-    return HTMLResponse(to_xml(doc), status_code=status)   # to_xml writes the doctype
-
-# %% ../nbs/19_app.ipynb #3f1cfd74
-def _pct(p) -> str: return '–' if p is None or (isinstance(p, float) and math.isnan(p)) else f"{100*p:.1f}%"
-
-_VERDICT = {'fake': 'generated', 'real': 'real', 'unsure': 'unsure'}
-
-def _label_tag(label):
-    if label not in _VERDICT: return Span('no result', cls='tag error')
-    return Span(_VERDICT[label], cls=f'tag {label}')
-
-_PCT_COLS = {'human_acc', 'human_majority_acc', 'model_acc', 'model_minus_human', 'human_p_fake', 'prob_fake',
-             'people say generated', 'model: prob generated'}
-
-def _cell(c, v):
-    if c in _PCT_COLS: return Td(_pct(None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)), cls='num')
-    if isinstance(v, (int, np.integer, float, np.floating)): return Td(f"{v:.3g}" if isinstance(v, float) else str(v), cls='num')
-    return Td(str(v))
-
-def _df_table(df:pd.DataFrame, index_name:str|None=None):
-    "An HTML table of a small DataFrame; accuracies as percentages."
-    cols = list(df.columns)
-    head = ([Th(index_name)] if index_name else []) + [Th(c.replace('_', ' '), cls='num' if c in _PCT_COLS else None) for c in cols]
-    body = [Tr(*([Td(Strong(str(i)))] if index_name else []), *[_cell(c, r[c]) for c in cols]) for i, r in df.iterrows()]
-    return Table(Thead(Tr(*head)), Tbody(*body))
-
-# %% ../nbs/19_app.ipynb #b5e65871
-def detect_form(st:AppState):
-    "The upload form of the Detect page."
-    lim = st.limits
-    return Form(method='post', action='/detect', enctype='multipart/form-data', cls='detect',
-                data_max_bytes=str(lim.max_bytes), data_max_files=str(lim.max_files))(
-        Input(type='file', name='images', accept='image/*', multiple=True, required=True, id='images'),
-        Label(Input(type='checkbox', name='crops', value='1', checked=st.crops, id='crops'),
-              ' Full-resolution crops (slower; scores crops of the image at its own resolution)'),
-        Label(Input(type='checkbox', name='heatmap', value='1', id='heatmap'),
-              ' Show where the model finds its evidence (a heatmap over each image; hover to see the image alone)'),
-        Div(id='client-msg', cls='msg error', hidden=True),
-        Button('Detect', type='submit', id='detect-btn'),
-        Small(f"Up to {_plural(lim.max_files, 'image')}, {_fmt_bytes(lim.max_bytes)} and {lim.max_pixels/1e6:g} "
-              f"megapixels each, {lim.max_request_pixels/1e6:g} megapixels in all. Images are scored in memory and not stored."))
-
-def _crop_box(i, c):
-    (l, t, r, b), p = c['box'], c['prob_fake']
-    return Div(Span(_pct(p)), cls='crop', title=f"crop {i+1}: {_pct(p)} generated",
-               style=f"left:{100*l:.2f}%;top:{100*t:.2f}%;width:{100*(r-l):.2f}%;height:{100*(b-t):.2f}%;"
-                     f"background:rgba(179,38,30,{0.6*p:.2f})")
-
-def _result_picture(r):
-    crops = r['details'].get('crops')
-    pic = (Div(Img(src=r['thumb'], alt=r['name']), *[_crop_box(i, c) for i, c in enumerate(crops)], cls='crops') if crops
-           else Img(src=r['thumb'], cls='thumb', alt=r['name']))
-    if not r.get('heat'): return pic
-    return Div(pic, Img(src=r['heat'], cls='heat', alt=f"heatmap of {r['name']}"), cls='heatwrap')
-
-def _provenance_note(r:dict):
-    "The provenance evidence under the score: one line per item, or the plain sentence that none was found."
-    prov = r.get('provenance') or {}
-    lines = [f"{e['kind']} ({e['status']}): {e['says']}" for e in prov.get('items', [])] or [prov.get('sentence', '')]
-    return Div(*[Div(Small(l)) for l in lines if l], cls='provenance')
-
-def result_row(r:dict):
-    "One table row of the Detect results: name, picture, verdict, probability, details (or the error)."
-    if r['error']: return Tr(Td(r['name']), Td(), Td(_label_tag(None)), Td(_msg(r['error']), colspan=2), cls='bad')
-    det = [Div(Small(f"{k.replace('_', ' ')}: {v:.3f}" if isinstance(v, float) else f"{k.replace('_', ' ')}: {v}"))
-           for k, v in r['details'].items() if k not in ('crops', 'top_crop')]
-    if r['details'].get('crops'): det.append(Div(Small('crop scores: ' + ', '.join(_pct(c['prob_fake']) for c in r['details']['crops']))))
-    return Tr(Td(r['name']), Td(_result_picture(r)), Td(_label_tag(r['label'])),
-              Td(Span(_pct(r['prob_fake']), cls='prob'), Div(Span(style=f"width:{100*r['prob_fake']:.0f}%"), cls='bar'), _provenance_note(r)),
-              Td(*det) if det else Td(Small('–')), cls='ok')
-
-def detect_page(st:AppState, results=None, message:str|None=None, crops:bool=False, status:int=200) -> HTMLResponse:
-    "The Detect page: the form, and the results of an upload (or a message)."
-    clf = st.scorer(crops)
-    parts = [H1('Is it generated?'),
-             P('Upload photos or images; the model gives the probability that each was generated by an image '
-               f'generator, and its verdict at its threshold ({clf.threshold:.2f}).', cls='hint')]
-    if message: parts.append(_msg(message))
-    if results:
-        parts.append(Div(cls='card', id='results')(
-            H2('Results' + (' (full-resolution crops)' if crops else '')), P(describe_scoring(clf), cls='scoring'),
-            Table(Thead(Tr(Th('file'), Th('image'), Th('verdict'), Th('probability generated'), Th('details'))),
-                  Tbody(*[result_row(r) for r in results]))))
-    parts.append(Div(detect_form(st), cls='card'))
-    return page(st, 'Detect', '/detect', *parts, status=status)
-
-# %% ../nbs/19_app.ipynb #f2e6c395
-def label_page(st:AppState, key:str|None, n_voted:int, message:str|None=None) -> HTMLResponse:
-    "The Label page: the image behind `key` (None: all done) and the vote form."
-    parts = [H1('Real photo or generated?')]
-    if message: parts.append(_msg(message))
-    if key is None:
-        parts.append(Div(cls='card', id='done')(H2('Thank you!'),
-            P(f"You have labelled all {_plural(len(st.pool), 'image')} ({_plural(n_voted, 'vote')})."),
-            A('See the results', href='/results')))
-        return page(st, 'Label', '/label', *parts, warn=True)
-    tok = st.pool.token[key]
-    parts += [P(f"Image {n_voted + 1} of {len(st.pool)}. Look closely, then answer. There is no time limit; "
-                "your answer is anonymous.", cls='hint', id='progress'),
-              Div(Img(src=f'/img/{tok}', alt='image to label', id='shown'), cls='card shown'),
-              Form(method='post', action='/vote', cls='vote', id='vote-form')(
-                  Input(type='hidden', name='token', value=tok),
-                  Fieldset(Legend('How sure are you? (optional)'),
-                           *[Label(Input(type='radio', name='confidence', value=str(c)), ' ' + t) for c, t in CONFIDENCE.items()]),
-                  Div(Button('Real photo', type='submit', name='answer', value='real', cls='real', id='vote-real'),
-                      Button('Generated', type='submit', name='answer', value='fake', cls='fake', id='vote-fake'),
-                      cls='answers'))]
-    return page(st, 'Label', '/label', *parts, warn=True)
-
-# %% ../nbs/19_app.ipynb #a7c9072f
-def display_key(key:str) -> str:
-    "An image key (already printable: `image_key`) for a page: relative keys as they are, absolute ones cut to their last two parts."
-    parts = key.split('/')
-    return key if not key.startswith('/') else '…/' + '/'.join(parts[-2:])
-
-def _your_images(st:AppState, cmp, mine:pd.DataFrame) -> pd.DataFrame:
-    "The comparison's rows for the images this volunteer voted on, with their own answer."
-    per = cmp.per_image.merge(mine[['image', 'answer']], on='image')
-    per['token'] = [st.pool.token.get(k) for k in per['image']]
-    return per[per['token'].notna()]
-
-def _yours_table(yours:pd.DataFrame):
-    rows = [Tr(Td(Img(src=f"/img/{r.token}", cls='label-thumb', alt='an image you labelled')), Td(_label_tag(r.answer)),
-               Td(_label_tag(r.label)), Td(_pct(r.human_p_fake), cls='num'), Td(_pct(r.prob_fake), cls='num'),
-               Td(_label_tag(r.model_label))) for r in yours.itertuples()]
-    return Table(Thead(Tr(Th('image'), Th('you said'), Th('truth'), Th('people say generated', cls='num'),
-                          Th('model: prob generated', cls='num'), Th('model says'))), Tbody(*rows))
-
-def _overall_card(cmp):
-    o = cmp.overall.iloc[0]
-    return Div(cls='card', id='overall')(
-        P(Strong(f"People: {_pct(o['human_acc'])}"), ' of votes right · ', Strong(f"Model: {_pct(o['model_acc'])}"),
-          f" right on the same {_plural(int(o['images']), 'image')} ({_plural(int(o['votes']), 'vote')} by "
-          f"{_plural(cmp.n_volunteers, 'volunteer')}; model threshold {cmp.threshold:.2f})."),
-        _df_table(cmp.overall))
-
-def results_page(st:AppState, cmp, mine:pd.DataFrame, admin:bool=False) -> HTMLResponse:
-    "The Results page: accuracies for everyone; the truth only for the viewer's own votes (everything for the admin)."
-    if not len(cmp.per_image):
-        return page(st, 'Results', '/results', H1('Humans vs model'), _msg('No votes yet.', 'info'), warn=True)
-    parts = [H1('Humans vs model'), _overall_card(cmp), Div(H2('By source'), _df_table(cmp.by_source, 'source'), cls='card', id='by-source')]
-    yours = _your_images(st, cmp, mine)
-    if len(yours): parts.append(Div(H2('Your images'), P('The truth, for the images you have labelled.', cls='hint'),
-                                    _yours_table(yours), cls='card', id='yours'))
-    if admin:
-        dis = cmp.disagree.assign(image=cmp.disagree['image'].map(display_key))[['image', 'source', 'label', 'n_votes', 'human_p_fake', 'prob_fake']]
-        dis = dis.rename(columns={'label': 'truth', 'n_votes': 'votes', 'human_p_fake': 'people say generated', 'prob_fake': 'model: prob generated'})
-        parts.append(Div(H2('Where people and the model disagree most (admin)'),
-                         P('Share of "generated" votes next to the model\'s probability.', cls='hint'),
-                         _df_table(dis), cls='card admin', id='disagree'))
-    if cmp.n_dropped: parts.append(P(f"{_plural(cmp.n_dropped, 'voted image')} turned out unreadable and are not counted.", cls='hint'))
-    return page(st, 'Results', '/results', *parts, warn=True)
-
 # %% ../nbs/19_app.ipynb #04a26401
 def _state(req) -> AppState: return req.app.state.realfake
 
@@ -684,7 +295,7 @@ async def _detect_post(req:Request):
         if not uploads: return _detect_answer(req, st, None, crops, 'Please choose at least one image file.', 400)
         await run_in_threadpool(check_uploads, uploads, st.limits)
         results = await _score_all(st, uploads, crops, form.get('heatmap') in ('1', 'on', 'true'))
-    _log.info(f"detect: {_plural(len(uploads), 'file')}, {sum(r['error'] is None for r in results)} scored, crops={crops}")
+    _log.info(f"detect: {plural(len(uploads), 'file')}, {sum(r['error'] is None for r in results)} scored, crops={crops}")
     return _detect_answer(req, st, results, crops)
 
 # %% ../nbs/19_app.ipynb #343966bb
@@ -709,7 +320,7 @@ async def _label_png(st:AppState, key:str) -> bytes|None:
     return png
 
 def _no_label(st, status=404):
-    return page(st, 'Label', '/label', _msg('Labelling is off: start the app with --metadata to enable it.', 'info'), status=status)
+    return page(st, 'Label', '/label', alert('Labelling is off: give realfake_app a metadata file (realfake_app METADATA) to enable it.', 'info'), status=status)
 
 async def _label_get(req:Request):
     st = _state(req)
@@ -717,13 +328,13 @@ async def _label_get(req:Request):
     vol, new = _volunteer(req), False
     if vol is None:
         if not st.allow_newcomer(req.client.host if req.client else ''):
-            return page(st, 'Label', '/label', _msg('Too many new volunteers from your address in the last hour. If you '
+            return page(st, 'Label', '/label', alert('Too many new volunteers from your address in the last hour. If you '
                                                     'are labelling, please allow cookies for this site.'), status=429)
         vol, new = uuid.uuid4().hex, True
     for _ in range(20):  # skip images that turn out unreadable
         key = await run_in_threadpool(st.pool.next_for, vol)
         if key is None or await _label_png(st, key) is not None: break
-    else: return page(st, 'Label', '/label', _msg('The images to label cannot be read right now; the server log says why.'), status=503)
+    else: return page(st, 'Label', '/label', alert('The images to label cannot be read right now; the server log says why.'), status=503)
     msg = 'That answer could not be recorded; please answer this image again.' if req.query_params.get('msg') == 'invalid' else None
     resp = label_page(st, key, await run_in_threadpool(st.store.n_votes, vol), msg)
     if new: set_cookie(req, resp, VOLUNTEER_COOKIE, vol, max_age=400*24*3600, samesite='lax')
@@ -732,11 +343,11 @@ async def _label_get(req:Request):
 # %% ../nbs/19_app.ipynb #80413348
 def _refuse(req, st, msg:str, status:int=400):
     if _wants_json(req.headers): return JSONResponse({'error': msg}, status_code=status)
-    return page(st, 'Label', '/label', _msg(msg), P(A('Back to labelling', href='/label')), status=status)
+    return page(st, 'Label', '/label', alert(msg), P(A('Back to labelling', href='/label')), status=status)
 
 async def _vote_post(req:Request):
     st = _state(req)
-    if not st.label_on: return _refuse(req, st, 'Labelling is off: start the app with --metadata to enable it.', 404)
+    if not st.label_on: return _refuse(req, st, 'Labelling is off: give realfake_app a metadata file (realfake_app METADATA) to enable it.', 404)
     try: form = await req.form(max_files=0, max_fields=10, max_part_size=4096)
     except HTTPException: return _refuse(req, st, 'The vote form is not valid.')
     vol = _volunteer(req)
@@ -778,10 +389,8 @@ async def _comparison(st:AppState):
     keys = [k for k in st.preds if k in st.pool.rows]
     preds = pd.DataFrame(dict(path=[st.pool.rows[k]['path'] for k in keys], prob_fake=[st.preds[k][0] for k in keys],
                               pred=[st.preds[k][1] for k in keys]))
-    meta = pd.DataFrame([dict(path=r['path'], label=r['label'], source=r['source'], split=r['split']) for r in st.pool.rows.values()],
-                        columns=['path', 'label', 'source', 'split'])
-    meta.attrs['metadata_path'] = st.pool.metadata_path
-    cmp = await run_in_threadpool(compare_humans_model, st.store, meta, preds, 10, st.classifier.threshold)
+    cmp = await run_in_threadpool(compare_humans_model, st.store, st.pool, preds, 10, st.classifier.threshold,
+                                 paths_escaped=False)
     return cmp, votes
 
 def _is_admin(req, st) -> bool:
@@ -790,7 +399,7 @@ def _is_admin(req, st) -> bool:
 
 def _results_json(st, cmp, mine, admin):
     d = cmp.to_dict()
-    yours = _your_images(st, cmp, mine) if len(cmp.per_image) else pd.DataFrame()
+    yours = your_images(st.pool, cmp, mine) if len(cmp.per_image) else pd.DataFrame()
     out = dict(overall=d['overall'], by_source=d['by_source'], threshold=d['threshold'], n_volunteers=d['n_volunteers'],
                n_dropped=d['n_dropped'], warning=st.pool.warning,
                yours=[dict(token=r.token, answer=r.answer, truth=r.label, human_p_fake=r.human_p_fake,
@@ -810,7 +419,7 @@ async def _results_get(req:Request):
 # %% ../nbs/19_app.ipynb #4050ccd4
 async def _admin_get(req:Request):
     st = _state(req)
-    if not st.admin_token: return page(st, 'Admin', '', _msg('No admin token was set (--admin_token).', 'info'), status=404)
+    if not st.admin_token: return page(st, 'Admin', '', alert('No admin token was set (--admin_token).', 'info'), status=404)
     return page(st, 'Admin', '', H1('Admin'), Form(method='post', action='/admin')(
         Input(type='password', name='token', id='admin-token', autocomplete='off'), Button('Show everything', type='submit')))
 
@@ -819,7 +428,7 @@ async def _admin_post(req:Request):
     try: token = str((await req.form(max_files=0, max_fields=4, max_part_size=1024)).get('token', ''))
     except HTTPException: token = ''
     if not st.admin_token or not secrets.compare_digest(token, st.admin_token):
-        return page(st, 'Admin', '', _msg('Wrong admin token.'), status=403)
+        return page(st, 'Admin', '', alert('Wrong admin token.'), status=403)
     resp = RedirectResponse('/results', status_code=303)
     set_cookie(req, resp, ADMIN_COOKIE, st.new_admin_session(), samesite='strict')    # a session id, never the token itself
     return resp
@@ -847,7 +456,7 @@ def _error_handlers(st):
     def not_found(req, exc): return page(st, 'Not found', '', H1('Not found'), P(A('Back to the start', href='/')), status=404)
     def failed(req, exc):
         _log.error(f"{req.method} {req.url.path} failed: {type(exc).__name__}: {exc}")
-        return page(st, 'Error', '', _msg("Something went wrong on the server; the error was logged. Please try again."), status=500)
+        return page(st, 'Error', '', alert("Something went wrong on the server; the error was logged. Please try again."), status=500)
     return {404: not_found, Exception: failed}
 
 def label_pool(metadata, db, split:str='test', seed:int|None=None, max_pixels:int|None=None) -> LabelPool:
@@ -864,9 +473,9 @@ def make_app(classifier, metadata=None, db='votes.sqlite', split:str='test', cro
     st = AppState(classifier, limits, pool, crops=crops, display_size=display_size, admin_token=admin_token or None,
                   new_per_hour=new_per_hour)
     app = Starlette(routes=_routes(), exception_handlers=_error_handlers(st))
-    err_page = lambda m: page(st, 'Detect', '/detect', _msg(m), Div(detect_form(st), cls='card')).body.decode()
+    err_page = lambda m: page(st, 'Detect', '/detect', alert(m), Div(detect_form(st), cls='card')).body.decode()
     app.add_middleware(_BodyLimit, limit_for=lambda p: limits.max_request_bytes if p == '/detect' else 65_536, page=err_page)
-    app.add_middleware(_Guard, page=lambda m: page(st, 'Refused', '', _msg(m)).body.decode())
+    app.add_middleware(_Guard, page=lambda m: page(st, 'Refused', '', alert(m)).body.decode())
     app.state.realfake = st
     return app
 
@@ -879,17 +488,40 @@ def _listen(host:str, port:int) -> socket.socket:
         return socket.create_server((host, port), family=fam)
     except OSError as e: raise RealfakeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
+# %% ../nbs/19_app.ipynb #8c9856ec
+def _old_metadata(metadata, metadata_file):
+    "The metadata file, given positionally or by the old `--metadata FILE` (with a notice); both at once is an error."
+    if metadata_file is None: return metadata
+    if metadata is not None and str(metadata) != str(metadata_file):
+        raise RealfakeError(f"two metadata files: {metadata} and --metadata {metadata_file}; give one, positionally")
+    print("realfake_app: --metadata is now METADATA (positional) (the old spelling goes away in the next version)", file=sys.stderr)
+    return metadata_file
+
+def _crops_choice(crops) -> bool:
+    "Whether the Detect page scores on full-resolution crops by default: `crops` is center or grid (True/False from Python)."
+    if crops in (None, False, 'center'): return False
+    if crops in (True, 'grid'): return True
+    raise RealfakeError(f"--crops must be center or grid, not {crops!r}")
+
+
 # %% ../nbs/19_app.ipynb #ba76a16b
+# Each option's Param made by a call without text in the annotation (linters read text there as a type) and anew for
+# each parser (argparse's set_default appends "(default: ...)" to a Param's help).
+_METADATA = partial(Param, "metadata JSONL with the images volunteers label (omit it to serve only the detector)", str, opt=False, nargs='?')
+_MODEL, _VERBOSE = partial(opt, 'model', 'the model to serve'), partial(opt, 'verbose', type=bool)
+_CROPS = partial(Param, "how the Detect page scores by default: center (the model's own preprocessing) or grid (full-resolution "
+                 "crops over the whole image; --crops alone = grid)", str, nargs='?', const='grid', choices=('center', 'grid'))
+
 @call_parse
 @command
 def realfake_app(
-    model:str='model', # model directory (config.json + model.safetensors) written by realfake_train
-    metadata:str=None, # metadata JSONL with the images volunteers label (omit to serve only the detector)
+    metadata:_METADATA()=None,
+    model:_MODEL()='model',
     db:str='votes.sqlite', # SQLite file the votes go to (created if missing)
     split:str='test', # split volunteers label: test, or on purpose valid, train or all (flagged in the pages and the log)
     host:str='127.0.0.1', # address to listen on; 127.0.0.1 = this machine only, 0.0.0.0 = the whole network
     port:int=8000, # TCP port (0: any free port)
-    crops:bool=False, # tick "full-resolution crops" on the Detect page by default
+    crops:_CROPS()='center',
     max_mb:float=20.0, # largest upload accepted, in megabytes per image
     max_mpix:float=40.0, # largest image accepted, in megapixels (uploads and images to label)
     max_files:int=16, # most images per upload
@@ -901,10 +533,12 @@ def realfake_app(
     new_per_hour:int=60, # new volunteer ids per client address and hour (0: no cap; raise it behind a proxy)
     device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
     backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
-    verbose:bool=False, # debug logging and full tracebacks
+    metadata_file:hidden()=None, # old spelling `--metadata FILE` (argparse takes it as this option's unique prefix)
+    verbose:_VERBOSE()=False,
 ):
     "Serve the realfake web app: Detect (score uploaded images), Label (volunteers vote) and Results (humans vs model)."
     import uvicorn
+    metadata, crops = _old_metadata(metadata, metadata_file), _crops_choice(crops)
     limits = Limits(max_bytes=int(max_mb * 1e6), max_pixels=int(max_mpix * 1e6), max_files=max_files,
                     max_request_bytes=int(max_request_mb * 1e6),
                     max_request_pixels=int(max_request_mpix * 1e6), decode_pixels=int(decode_mpix * 1e6) if decode_mpix else None)
@@ -912,9 +546,10 @@ def realfake_app(
     app = make_app(load_classifier(model, device, backend=backend), metadata, db, split=split, crops=crops, limits=limits,
                    display_size=display_size, admin_token=admin_token, new_per_hour=new_per_hour)
     st = app.state.realfake
-    _log.info(f"model {model}; " + (f"labelling {_plural(len(st.pool), 'image')} ({split}), votes in {db}" if st.label_on
-                                     else "labelling off (no --metadata)") + f"; memory beyond the model at most {limits.memory_bound()/2**20:.0f} MB")
+    _log.info(f"model {model}; " + (f"labelling {plural(len(st.pool), 'image')} ({split}), votes in {db}" if st.label_on
+                                     else "labelling off (no METADATA)") + f"; memory beyond the model at most {limits.memory_bound()/2**20:.0f} MB")
     url = f"http://{'localhost' if host == '127.0.0.1' else host}:{sock.getsockname()[1]}"
     print(f"realfake app on {url}  (Ctrl+C stops it)", flush=True)
     config = uvicorn.Config(app, log_level='debug' if verbose else 'info', limit_concurrency=limits.max_connections)
     uvicorn.Server(config).run(sockets=[sock])
+

@@ -228,7 +228,9 @@ def split_warning(rows:pd.DataFrame) -> str|None:
 
 # %% ../nbs/10_humans.ipynb #cba37b38
 class LabelPool:
-    "The images of a metadata table that volunteers label, with their tokens in `store`, and the choice of the next one."
+    """The images of a metadata table that volunteers label, with their tokens in `store`, and the choice of the next one.
+    Its own keys: `rows` ({image key: path, label, source, split, and width, height once checked}), `root` (the folder
+    the keys are relative to), `metadata_path`, `token` and `by_token`; `compare_humans_model` takes the pool itself."""
     def __init__(self, df:pd.DataFrame, store:VoteStore, split:str='test', seed:int|None=None, check:bool=True,
                  max_pixels:int|None=None):
         rows = label_rows(df, split)
@@ -236,10 +238,9 @@ class LabelPool:
         self.store, self.split, self.warning = store, split, split_warning(rows)
         self.metadata_path = df.attrs.get('metadata_path')
         if self.warning: _log.warning(f"label pool ({split}): {self.warning}")
-        root = metadata_root(df)
-        self.rows = {}
+        self.root, self.rows = metadata_root(df), {}
         for r in rows.itertuples(index=False):
-            self.rows.setdefault(image_key(r.path, root), dict(path=str(r.path), label=r.label, source=r.source, split=r.split))
+            self.rows.setdefault(image_key(r.path, self.root), dict(path=str(r.path), label=r.label, source=r.source, split=r.split))
         for k, why in store.dropped().items(): self.rows.pop(k, None)
         if check: self._check(max_pixels)
         self.token = store.tokens(list(self.rows))
@@ -404,15 +405,22 @@ def _votes_of(votes):
     if isinstance(votes, VoteStore): return votes.votes(), votes.dropped()
     return pd.DataFrame(votes), {}
 
+def _truth_of(metadata, split:str|None=None) -> tuple[dict, Path|None]:
+    "({image key: (path, label, source)}, the folder keys are relative to) of a `LabelPool` (its own keys) or a metadata table or file."
+    if isinstance(metadata, LabelPool):
+        with metadata._lock: rows = list(metadata.rows.items())
+        return {k: (r['path'], r['label'], r['source']) for k, r in rows if not split or r['split'] == split}, metadata.root
+    meta = read_metadata(metadata) if isinstance(metadata, (str, Path)) else metadata
+    if split: meta = meta[meta['split'] == split]
+    root, truth = metadata_root(meta), {}
+    for r in meta.itertuples(index=False): truth.setdefault(image_key(r.path, root), (str(r.path), r.label, r.source))
+    return truth, root
+
 def compare_humans_model(votes, metadata, preds=None, top:int=10, threshold:float|None=None,
                          split:str|None=None, paths_escaped:bool|None=None) -> HumanModelComparison:
     "Compare volunteers' accuracy with the model's (`preds`; `paths_escaped`: how it names files) on the images they voted on: overall, per source, top disagreements."
     vdf, gone = _votes_of(votes)
-    meta = read_metadata(metadata) if isinstance(metadata, (str, Path)) else metadata
-    if split: meta = meta[meta['split'] == split]
-    root = metadata_root(meta)
-    truth = {}
-    for r in meta.itertuples(index=False): truth.setdefault(image_key(r.path, root), (str(r.path), r.label, r.source))
+    truth, root = _truth_of(metadata, split)      # metadata: a LabelPool, a metadata table or its file
     thr = 0.5 if threshold is None else float(threshold)
     voted = set(vdf['image']) if len(vdf) else set()
     n_unknown, n_dropped = len(voted - set(truth) - set(gone)), len(voted & set(gone))

@@ -404,14 +404,53 @@ def test_bad_arguments_are_user_errors(tiny_model_dir, data, tmp_path, monkeypat
 @pytest.mark.slow
 def test_cli_non_sqlite_db_is_one_line_exit_2(run_cli, tiny_model_dir, data, tmp_path):
     notdb = tmp_path/'metadata_copy.jsonl'; notdb.write_text(Path(data).read_text())
-    r = run_cli('realfake_app', '--model', tiny_model_dir, '--metadata', data, '--db', notdb, '--port', '0', timeout=120)
+    r = run_cli('realfake_app', data, '--model', tiny_model_dir, '--db', notdb, '--port', '0', timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [f"realfake_app: error: {notdb}: not an SQLite database; give --db a new or existing votes file"]
+
+@pytest.fixture
+def served(monkeypatch):
+    "Stub uvicorn's server: `realfake_app` builds everything, hands over the app (recorded here) and returns."
+    import logging, uvicorn
+    got, log = [], logging.getLogger('realfake')
+    handlers, level = list(log.handlers), log.level
+    monkeypatch.setattr(uvicorn.Server, 'run', lambda self, sockets=None: (got.append(self.config.app), [s.close() for s in sockets or []]))
+    yield got
+    log.handlers[:] = handlers; log.setLevel(level)
+
+@pytest.mark.parametrize('spelling, label_on, crops, notice', [
+    ('{data}', True, False, False),                      # METADATA positional
+    ('--metadata {data}', True, False, True),            # the old spelling: still works, with a notice
+    ('--metadata={data}', True, False, True),
+    ('{data} --crops', True, True, False),               # --crops alone = grid
+    ('--crops grid', False, True, False), ('--crops center', False, False, False), ('', False, False, False)])
+def test_cli_spellings(served, tiny_model_dir, data, tmp_path, monkeypatch, capsys, spelling, label_on, crops, notice):
+    "The command line as the vocabulary says: METADATA positional (old --metadata hidden, with a notice), --crops center|grid."
+    import shlex, sys
+    from realfake.cli import main
+    argv = shlex.split(spelling.format(data=data)) + ['--model', str(tiny_model_dir), '--db', str(tmp_path/'v.sqlite'), '--port', '0', '--device', 'cpu']
+    monkeypatch.setattr(sys, 'argv', ['realfake_app', *argv])
+    main('realfake_app')
+    st = served[-1].state.realfake
+    assert (st.label_on, st.crops) == (label_on, crops)
+    err = capsys.readouterr().err
+    assert ('--metadata is now METADATA (positional)' in err) == notice, err
+
+def test_cli_help_is_the_same_each_time():
+    "Each parser gets fresh Params: building the parser twice (as --help and the real run do) gives the same help."
+    from fastcore.script import anno_parser
+    helps = [anno_parser(realfake_app.__wrapped__).format_help() for _ in range(2)]
+    assert helps[0] == helps[1] and helps[0].count('(default: model)') == 1
+
+def test_cli_bad_crops_is_a_usage_error(run_cli):
+    r = run_cli('realfake_app', '--crops', 'tiles', timeout=120)
+    assert r.returncode == 2 and "invalid choice: 'tiles'" in r.stderr, r.stderr[-500:]
 
 def test_cli_help_documents_every_option(run_cli):
     r = run_cli('realfake_app', '--help', timeout=120)
     assert r.returncode == 0, r.stderr
-    for opt in ('--metadata', '--db', '--host', '--port', '--split', '--crops', '--max_mb', '--max_mpix',
+    assert '[metadata]' in r.stdout and '--metadata' not in r.stdout    # positional; the old spelling is hidden
+    for opt in ('--db', '--host', '--port', '--split', '--crops', '--max_mb', '--max_mpix',
                 '--max_request_mpix', '--decode_mpix', '--display_size', '--admin_token', '--new_per_hour'):
         assert opt in r.stdout
     assert 'SQLite file the votes go to' in r.stdout

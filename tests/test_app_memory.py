@@ -116,7 +116,7 @@ def test_memory_stays_bounded_under_concurrent_worst_case_uploads(tiny_model_dir
     """3 requests at once, each of 8 one-colour PNGs of 10 megapixels (~30 kB each), as they come and with the boxes
     'full-resolution crops' and 'show heatmap' ticked (maps at full resolution took a 40 MP upload from 0.4 to 5.7 GB):
     peak RSS <= model + Limits.memory_bound()."""
-    from realfake.app import Limits
+    from realfake.budget import Limits
     mpix = 10
     limits = Limits(max_pixels=mpix * 1_000_000)
     r = measure(tiny_model_dir, n_requests=3, n_files=8, mpix=mpix, args=['--max_mpix', mpix], crops='crops' in boxes, heatmap='heatmap' in boxes)

@@ -216,6 +216,23 @@ def test_undecodable_file_names_are_labelled_and_compared(tmp_path):
     assert cmp.per_image.set_index('path').loc[escape_path(tmp_path/raw), 'model_correct'] == 1.0   # printable in reports
     json.dumps(cmp.to_dict(), ensure_ascii=False).encode('utf-8')          # the JSON realfake_evaluate --votes writes
 
+def test_compare_takes_the_pool_itself(tmp_path):
+    "The label pool's own keys (rows, root) drive the comparison: the same answer as from its metadata file, dropped images left out."
+    recs = [dict(path=f'{lab}/{i}.png', label=lab, split='test', source=lab) for lab in LABELS for i in range(3)]
+    for r in recs: (tmp_path/r['path']).parent.mkdir(exist_ok=True); (tmp_path/r['path']).write_bytes(_img(len(r['path']) + ord(r['path'][-5])))
+    meta = read_metadata(write_metadata(recs, tmp_path/'metadata.jsonl', relative_to=tmp_path))
+    store = VoteStore(tmp_path/'votes.sqlite')
+    pool = LabelPool(meta, store, seed=0)
+    assert pool.root == tmp_path.absolute() and sorted(pool.keys) == sorted(r['path'] for r in recs)
+    for k in pool.keys: store.add_vote('v1', k, 'fake')
+    preds = pd.DataFrame(dict(path=[pool.rows[k]['path'] for k in pool.keys], prob_fake=[0.9] * len(pool)))
+    from_pool, from_file = compare_humans_model(store, pool, preds), compare_humans_model(store, tmp_path/'metadata.jsonl', preds)
+    pd.testing.assert_frame_equal(from_pool.per_image, from_file.per_image)
+    assert from_pool.overall.loc['all', 'model_acc'] == 0.5 and from_pool.overall.loc['all', 'images'] == 6
+    pool.drop('real/0.png', 'unreadable')
+    assert len(compare_humans_model(store, pool, preds).per_image) == 5
+    assert len(compare_humans_model(store, pool, preds, split='valid').per_image) == 0
+
 def test_realfake_evaluate_votes_with_an_undecodable_name(tiny_model_dir, tmp_path):
     "End to end: the predictions CSV holds the escaped name, the votes database the escaped key; the comparison joins them."
     from realfake.evaluate import realfake_evaluate

@@ -319,7 +319,8 @@ def test_app_detect_shows_provenance(tiny_model_dir, tmp_path):
     "The Detect page's result row: the evidence under the score, or the plain sentence when there is none."
     pytest.importorskip('fasthtml')
     from fasthtml.common import to_xml
-    from realfake.app import score_image, result_row
+    from realfake.app import score_image
+    from realfake.pages import result_row
     from realfake.predict import Classifier
     clf = Classifier.from_dir(tiny_model_dir, backend='torch', device='cpu')
     (tmp_path/'a.png').write_bytes(png_text({'parameters': A1111})); (tmp_path/'b.png').write_bytes(encode(photo(32, 32)))
