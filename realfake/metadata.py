@@ -46,7 +46,7 @@ def _check_pointers(paths:pd.Series, ok:np.ndarray, add) -> None:
     bad = {i: why for i in np.flatnonzero(looks) if (why := pointer_problem(paths.iloc[i]))}
     if bad: add(np.isin(np.arange(len(paths)), list(bad)), 'path', lambda i: f"points inside a container but {bad[i]}")
 
-# %% ../nbs/01_metadata.ipynb #fc0422f8
+# %% ../nbs/01_metadata.ipynb #db17bf65
 def _text(s:pd.Series) -> pd.Series:
     "The strings `s` in pandas' fast str dtype, or as Python objects when they hold undecodable file names (it cannot)."
     try: return s.astype(str)
@@ -84,6 +84,7 @@ def _bad_type(s:pd.Series, typ) -> np.ndarray:
                    or (isinstance(v, float) and v.is_integer()), na_action='ignore').fillna(True).to_numpy(bool)
     return notna & ~ok
 
+# %% ../nbs/01_metadata.ipynb #009ce9d8
 def _check_frame(df:pd.DataFrame, file, lines=None, extra:str='error', base=None) -> tuple[list[MetadataError], pd.Series|None]:
     "All problems of the records in `df` (row i is on line `lines[i]`) as `MetadataError`s, and the paths resolved against `base`."
     lines = np.arange(1, len(df)+1) if lines is None else np.asarray(lines)
