@@ -51,7 +51,7 @@ def _sniff(head: bytes) -> str:
     if all(32 <= c < 127 or c in (9, 10, 13) for c in head): return 'not an image (looks like text)'
     return 'not an image (unrecognised format)'
 
-# %% ../nbs/02_images.ipynb #631ef65a
+# %% ../nbs/02_images.ipynb #601eec74
 _OS_REASONS = {errno.ENOENT: 'file not found', errno.EACCES: 'permission denied', errno.EPERM: 'permission denied',
                errno.ELOOP: 'symlink loop', errno.EISDIR: 'is a directory', errno.ENAMETOOLONG: 'file name too long'}
 
@@ -105,6 +105,7 @@ def _open(fp, name, max_pixels=MAX_PIXELS) -> Image.Image:
     if im.format in ('JPEG', 'MPO'): _check_jpeg_data(fp, im, name)
     return im
 
+# %% ../nbs/02_images.ipynb #a47110bc
 _ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 def _jpeg_sof(fp, limit:int=1 << 20) -> int|None:
@@ -147,7 +148,6 @@ def open_source(path):
     "A binary file object for `path`: a loose file or a member inside a tar, zip or Parquet container; errors -> `ImageLoadError`."
     return _open_file(path)
 
-
 # %% ../nbs/02_images.ipynb #c84fae28
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -188,7 +188,7 @@ def _target(w: int, h: int, short_side: int):
     ow, oh = (s, max(1, round(ch * s / cw))) if cw <= ch else (max(1, round(cw * s / ch)), s)
     return (ow, oh), (x0, y0, x0 + cw, y0 + ch)
 
-# %% ../nbs/02_images.ipynb #6e201d56
+# %% ../nbs/02_images.ipynb #7eac15c5
 def _raw_box(box, w:int, h:int, orient:int):
     "The box (left, top, right, bottom) of the *displayed* image as a box of the stored `w` x `h` pixels."
     l, t, r, b = box
@@ -241,6 +241,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
     if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)): return Image.fromarray(np.ascontiguousarray(a))
     raise ImageLoadError('<array>', f'unsupported array shape {a.shape} (expected HxW or HxWx1/3/4)')
 
+# %% ../nbs/02_images.ipynb #ce09c837
 def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
                short_side:int|None=None, # shorter side of the result; None keeps the full resolution
                max_pixels:int|None=MAX_PIXELS, # refuse images with more pixels than this (checked before decoding)
@@ -267,7 +268,6 @@ def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
         _check_pixels((src.shape[1], src.shape[0]) if src.ndim >= 2 else (0, 0), '<array>', max_pixels)
         return _decode(_from_array(src), '<array>', short_side, **dict(kw, draft=False))
     raise TypeError(f'load_image: unsupported source type {type(src).__name__}')
-
 
 # %% ../nbs/02_images.ipynb #3cfc2e71
 def _png_header(w: int, h: int) -> bytes:
@@ -312,7 +312,7 @@ def _jpeg_info(im: Image.Image) -> dict|None:
                 qtables={int(k): list(v) for k, v in im.quantization.items()})
 
 
-# %% ../nbs/02_images.ipynb #1f938f55
+# %% ../nbs/02_images.ipynb #a506a033
 GEN_TEXT_KEYS = ('parameters', 'prompt', 'workflow', 'dream', 'sd-metadata', 'invokeai_metadata', 'generation_data')
 GEN_SIGNATURES = re.compile(r'stable[ _-]?diffusion|automatic1111|comfyui|invokeai|novelai|midjourney|dall[-\u00b7 ]?e\b|fooocus|'
                             r'diffusers|\bsdxl\b|firefly|\bflux\.1|trainedAlgorithmicMedia|\bSteps: ?\d+|\bSampler: |\bCFG scale: ', re.I)
@@ -332,6 +332,7 @@ def _as_text(v) -> str:
     if v.startswith(b'UNICODE\0'): return ' '.join(v[8:].decode(e, 'ignore') for e in ('utf-16-be', 'utf-16-le'))
     return v.decode('latin-1')
 
+# %% ../nbs/02_images.ipynb #70c5faef
 def _png_chunks(f, limit:int=10_000, text_bytes:int=4096) -> list[tuple[bytes, bytes, bytes]]:
     "(type, keyword, the first `text_bytes` of the value) of each chunk of the PNG file object `f` (text chunks only), reading no pixel data."
     import struct
