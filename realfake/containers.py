@@ -111,7 +111,7 @@ class ContainerIndex:
     @property
     def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in ('keys', 'offset', 'length', 'csize', 'method', 'crc'))
 
-# %% ../nbs/02b_containers.ipynb #e951f3fc
+# %% ../nbs/02b_containers.ipynb #19ce1802
 def _octal(field:bytes) -> int:
     "A tar header number: octal text, or GNU base-256 when the high bit is set."
     if field[:1] and field[0] & 0x80: return int.from_bytes(field[1:], 'big')
@@ -166,6 +166,7 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
     if off < size: raise ContainerError(path, f'truncated tar: a cut header at offset {off:,}')
     return names, offs, sizes, refused
 
+# %% ../nbs/02b_containers.ipynb #03973c18
 def _zip_members(f, path) -> tuple[list, list, list, list, list, list, list]:
     "(names, header offsets, sizes, compressed sizes, methods, CRCs, refused) from the zip's own central directory."
     import zipfile

@@ -124,7 +124,7 @@ class _Strings:
     def __getitem__(self, i):
         return self.buf[self.offs[i]:self.offs[i + 1]].tobytes().decode('utf-8', 'surrogateescape')
 
-# %% ../nbs/11_data.ipynb #441c50ac
+# %% ../nbs/11_data.ipynb #f858521b
 class ImageItems(Transform):
     "fastai get_x: item index -> a training crop (PILImage) or the evaluation crops (TensorImage k x 3 x s x s)."
     def __init__(self, paths, labels, groups, n_train:int, spec:Preprocess, robust:RobustAug|None=None,
@@ -184,6 +184,7 @@ class ImageItems(Transform):
         "Paths of the items found unreadable so far (in any process)."
         return [self.paths[int(i)] for i in torch.nonzero(self.bad).flatten()]
 
+# %% ../nbs/11_data.ipynb #e64a299b
 class _LabelOf(Transform):
     "get_y: item index -> label name. (A `Transform` subclass: fastai wraps plain callables in unpicklable ones.)"
     def __init__(self, labels):

@@ -195,7 +195,7 @@ class ResumeCSVLogger(CSVLogger):
         self.learn.logger = self.old_logger
         del self.old_logger
 
-# %% ../nbs/12_learner.ipynb #e181b699
+# %% ../nbs/12_learner.ipynb #7247b815
 class EpochSeed(Callback):
     "Reseed python/numpy/torch and the DataLoaders' shuffle RNGs from (seed, epoch, rank) at each epoch."
     order = -20
@@ -208,6 +208,7 @@ class EpochSeed(Callback):
             # same on all ranks: rank 0's shuffle is broadcast anyway, so the data order does not depend on rank
             inner.rng = random.Random(_epoch_seed(self.seed, self.epoch, 0) + 17 * (i + 1))
 
+# %% ../nbs/12_learner.ipynb #5856ebc9
 class CheckpointCallback(Callback):
     "Each epoch (rank 0 only): checkpoint folder with weights, config, optimizer + schedule state; latest/best pointers."
     order = 65  # after Recorder (50) has logged the epoch, so the CSV history includes it
@@ -266,6 +267,7 @@ class CheckpointCallback(Callback):
                 shutil.rmtree(d, ignore_errors=True)
             elif d.is_dir() and d.name.startswith('.epoch-'): shutil.rmtree(d, ignore_errors=True)  # temp leftovers of a killed write
 
+# %% ../nbs/12_learner.ipynb #9f90fb9b
 def _scaler_state(scaler):
     if scaler is None or not getattr(scaler, 'is_enabled', lambda: False)(): return None
     return {k: (v.item() if hasattr(v, 'item') else v) for k, v in scaler.state_dict().items()}

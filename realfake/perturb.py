@@ -68,7 +68,7 @@ def center_crop_fraction(img:Image.Image, fraction:float) -> Image.Image:
     l, t = (w - cw) // 2, (h - ch) // 2
     return img.crop((l, t, l + cw, t + ch))
 
-# %% ../nbs/06_perturb.ipynb #c65edbf6
+# %% ../nbs/06_perturb.ipynb #5ae4e71d
 @dataclass(frozen=True)
 class Perturbation:
     "A named image perturbation: `fn(img, rng)` returns what a file would hold (bytes for codecs, an image for pixel operations)."
@@ -115,6 +115,7 @@ PERTURBATIONS = {p.name: p for p in [
 FAKES_JPEG, REALS_JPEG = 'fakes_jpeg', 'reals_jpeg'
 PERTURBATION_NAMES = [*PERTURBATIONS, FAKES_JPEG, REALS_JPEG]
 
+# %% ../nbs/06_perturb.ipynb #5225b8d3
 def _one_class_jpeg(name:str, settings, label:str) -> Perturbation:
     "`label`s only ('fake' or 'real') JPEG-compressed with a (quality, subsampling[, qtables]) drawn from the other class's `settings`."
     other = 'real' if label == 'fake' else 'fake'

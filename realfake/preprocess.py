@@ -34,7 +34,7 @@ class ConfigError(RealfakeError, ValueError):
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
 def _is_num(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-# %% ../nbs/03_preprocess.ipynb #ca508a34
+# %% ../nbs/03_preprocess.ipynb #e0826b90
 @dataclass(frozen=True)
 class Preprocess:
     "How an image becomes the network's input: resize policy, crop size and layout, crop combination, normalisation."
@@ -94,6 +94,7 @@ class Preprocess:
         if self.crops == 'center': return f'{how}, centre crop {self.size}'
         return f'{how}, up to {self.max_crops} crops of {self.size} spread over the image, {self.combine} of their logits'
 
+# %% ../nbs/03_preprocess.ipynb #5c3a9a78
 def parse_resize(v) -> int|str:
     "`resize` from a command line or JSON: 'native', or a shorter side such as '256'."
     if v == 'native' or _is_int(v): return v

@@ -29,7 +29,7 @@ _log = get_logger('train')
 __all__ = ['PRESETS', 'unused_params', 'use_cuda', 'init_distributed', 'barrier', 'distrib_ctx', 'TrainConfig', 'available_cores',
            'default_threads', 'default_workers', 'train', 'epoch_line', 'report', 'train_parser', 'realfake_train']
 
-# %% ../nbs/14_train.ipynb #d213390c
+# %% ../nbs/14_train.ipynb #87c5bcc3
 def _backend_device():
     "The device collective ops need: CUDA for nccl, CPU for gloo/mpi."
     b = str(torch.distributed.get_backend()) if torch.distributed.is_initialized() else ''
@@ -67,6 +67,7 @@ class _DistributedTrainer(DistributedTrainer):
         if ignore: DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.learn.model, ignore)
         super().before_fit()
 
+# %% ../nbs/14_train.ipynb #df408719
 def use_cuda(cpu:bool=False) -> bool: return torch.cuda.is_available() and not cpu
 
 def init_distributed(cpu:bool=False):
@@ -162,7 +163,7 @@ def default_workers() -> int:
     n = available_cores()
     return 0 if n <= 2 else min(8, n - 1)
 
-# %% ../nbs/14_train.ipynb #24501345
+# %% ../nbs/14_train.ipynb #3e912b6f
 def _weights_args(weights:str) -> dict:
     "--weights: 'hub' (timm/HF hub), 'none' (random init) or a local .safetensors/.pth file."
     if weights in ('hub', 'imagenet'): return dict(pretrained=True, weights=None)
@@ -213,6 +214,7 @@ def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=Fal
     if rank_distrib() == 0: print(report(res))
     return res
 
+# %% ../nbs/14_train.ipynb #ac7fc690
 def epoch_line(names, values) -> str:
     "fastai's per-epoch record (`names` from `Recorder.metric_names`) as one line of name=value, for logs."
     d = dict(zip(names, values))
