@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os, re, json, math, tempfile, contextlib, dataclasses, importlib
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ __all__ = ['MODEL_FILE', 'CONFIG_FILE', 'CONFIG_VERSION', 'MAX_CONFIG_BYTES', 'M
            'read_config', 'load_model_dir', 'update_config', 'is_repo_id', 'split_model_name', 'import_hub',
            'resolve_model_dir']
 
-# %% ../nbs/04_modeldir.ipynb #2f6585ec
+# %% ../nbs/04_modeldir.ipynb #cbc7fdfd
 MODEL_FILE, CONFIG_FILE = 'model.safetensors', 'config.json'
 CONFIG_VERSION = 2
 MAX_CONFIG_BYTES = 1_000_000              # a config.json is under a kilobyte; refuse anything absurd
@@ -81,48 +82,49 @@ class ModelConfig:
     def to_json(self) -> str: return json.dumps(self.to_dict(), indent=2)
     def replace(self, **changes) -> ModelConfig: return dataclasses.replace(self, **changes)
 
-    @classmethod
-    def from_dict(cls, d) -> ModelConfig:
-        "Validated `ModelConfig` from a dict (version 2, or the version 1 layout); bad content -> `ConfigError`."
-        if not isinstance(d, dict): raise ConfigError(f"model config: must be a JSON object, got {type(d).__name__}")
-        d = dict(d)
-        if d.pop('format', 'realfake-model') != 'realfake-model': raise ConfigError("model config: format: not a realfake model")
-        version = d.pop('version', 1)
-        if version == 1: d = _upgrade_v1(d)
-        elif version != CONFIG_VERSION: raise ConfigError(f"model config: version {version!r} is not supported (this realfake reads 1 and 2)")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown: raise ConfigError(f"model config: unknown keys {unknown} (known: {sorted(names)})")
-        if 'arch' not in d: raise ConfigError("model config: arch: missing")
-        try: return cls(**d)
-        except TypeError as e: raise ConfigError(f"model config: {e}") from None
+# %% ../nbs/04_modeldir.ipynb #d987f927
+@patch(cls_method=True)
+def from_dict(cls:ModelConfig, d) -> ModelConfig:
+    "Validated `ModelConfig` from a dict (version 2, or the version 1 layout); bad content -> `ConfigError`."
+    if not isinstance(d, dict): raise ConfigError(f"model config: must be a JSON object, got {type(d).__name__}")
+    d = dict(d)
+    if d.pop('format', 'realfake-model') != 'realfake-model': raise ConfigError("model config: format: not a realfake model")
+    version = d.pop('version', 1)
+    if version == 1: d = _upgrade_v1(d)
+    elif version != CONFIG_VERSION: raise ConfigError(f"model config: version {version!r} is not supported (this realfake reads 1 and 2)")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown: raise ConfigError(f"model config: unknown keys {unknown} (known: {sorted(names)})")
+    if 'arch' not in d: raise ConfigError("model config: arch: missing")
+    try: return cls(**d)
+    except TypeError as e: raise ConfigError(f"model config: {e}") from None
 
-    @classmethod
-    def from_json(cls, s) -> ModelConfig:
-        "Parse and validate JSON text (str/bytes) or a dict. NaN/Infinity literals and repeated keys are rejected."
-        if isinstance(s, dict): return cls.from_dict(s)
-        if len(s) > MAX_CONFIG_BYTES: raise ConfigError("model config: file too large")
-        if isinstance(s, (bytes, bytearray)):
-            try: s = s.decode('utf-8')
-            except UnicodeDecodeError: raise ConfigError("model config: not UTF-8 text") from None
-        def _no_const(c): raise ConfigError(f"model config: {c} is not allowed")
-        def _no_dups(pairs):
-            keys = [k for k, _ in pairs]
-            if len(set(keys)) != len(keys): raise ConfigError(f"model config: repeated key {next(k for k in keys if keys.count(k) > 1)!r}")
-            return dict(pairs)
-        try: d = json.loads(s, parse_constant=_no_const, object_pairs_hook=_no_dups)
-        except json.JSONDecodeError as e: raise ConfigError(f"model config: invalid JSON: {e}") from None
-        return cls.from_dict(d)
+@patch(cls_method=True)
+def from_json(cls:ModelConfig, s) -> ModelConfig:
+    "Parse and validate JSON text (str/bytes) or a dict. NaN/Infinity literals and repeated keys are rejected."
+    if isinstance(s, dict): return cls.from_dict(s)
+    if len(s) > MAX_CONFIG_BYTES: raise ConfigError("model config: file too large")
+    if isinstance(s, (bytes, bytearray)):
+        try: s = s.decode('utf-8')
+        except UnicodeDecodeError: raise ConfigError("model config: not UTF-8 text") from None
+    def _no_const(c): raise ConfigError(f"model config: {c} is not allowed")
+    def _no_dups(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys): raise ConfigError(f"model config: repeated key {next(k for k in keys if keys.count(k) > 1)!r}")
+        return dict(pairs)
+    try: d = json.loads(s, parse_constant=_no_const, object_pairs_hook=_no_dups)
+    except json.JSONDecodeError as e: raise ConfigError(f"model config: invalid JSON: {e}") from None
+    return cls.from_dict(d)
 
-    @classmethod
-    def from_file(cls, path) -> ModelConfig:
-        "Read and validate a `config.json` file (a regular file of at most `MAX_CONFIG_BYTES`)."
-        path = Path(path)
-        try: data = read_model_file(path, 'config')
-        except FileNotFoundError: raise
-        except RealfakeError as e: raise ConfigError(str(e)) from None
-        try: return cls.from_json(data)
-        except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
+@patch(cls_method=True)
+def from_file(cls:ModelConfig, path) -> ModelConfig:
+    "Read and validate a `config.json` file (a regular file of at most `MAX_CONFIG_BYTES`)."
+    path = Path(path)
+    try: data = read_model_file(path, 'config')
+    except FileNotFoundError: raise
+    except RealfakeError as e: raise ConfigError(str(e)) from None
+    try: return cls.from_json(data)
+    except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
 
 def _upgrade_v1(d:dict) -> dict:
     "A version 1 config (size/resize/mean/std at the top level) in the version 2 layout."
