@@ -8,6 +8,7 @@ import io, json, os, re, stat, struct, warnings, zlib
 from dataclasses import dataclass, field, asdict
 import numpy as np
 from .core import LABELS
+from .images import MAX_PIXELS   # importing images sets Pillow's pixel limit before any decode here
 
 # %% auto #0
 __all__ = ['EXTRA', 'MAX_FILE_BYTES', 'MAX_TEXT_BYTES', 'MAX_TEXT_TOTAL', 'MAX_CHUNKS', 'MAX_MANIFEST_BYTES', 'AI_SOURCE_TYPES',
@@ -377,7 +378,7 @@ def _pixels(data:bytes, scan:dict, max_pixels:int=WM_MAX_PIXELS):
     from PIL import Image
     im = Image.open(io.BytesIO(data))
     if min(im.size) < WM_MIN_SIDE: return f'skipped: smaller than {WM_MIN_SIDE}x{WM_MIN_SIDE}'
-    if im.size[0] * im.size[1] > max_pixels: return f'skipped: more than {max_pixels} pixels'
+    if im.size[0] * im.size[1] > min(max_pixels, MAX_PIXELS): return f'skipped: more than {min(max_pixels, MAX_PIXELS)} pixels'
     rows = _wm_rows(im.size[0])
     if im.format == 'PNG' and not im.info.get('interlace') and len(im.tile) == 1 and rows < im.size[1]:
         im.tile = [im.tile[0]._replace(extents=(0, 0, im.size[0], rows))]   # decode only the rows the check reads
