@@ -4,17 +4,23 @@
 
 # %% ../nbs/16_export.ipynb #94284bfa
 from __future__ import annotations
-import warnings
+import os, time, tempfile, warnings
 from pathlib import Path
-import numpy as np
+import numpy as np, pandas as pd
 import torch
 from fastcore.script import call_parse
 from .core import RealfakeError, atomic_path, command, escape_path, file_sha256, get_logger
-from .modeldir import load_model_dir, model_file_sha256
-from .predict import import_onnxruntime
+from .modeldir import load_model_dir, model_file_sha256, read_config, read_model_file
+from .metadata import read_metadata
+from .metrics import roc_auc, balanced_accuracy, predict_fake
+from .preprocess import image_crops, normalize
+from .backends import (FILES, OrtSession, OpenVINOSession, available, import_onnxruntime, import_openvino, verify,
+                               write_entry)
+from .predict import Classifier
 
 # %% auto #0
-__all__ = ['onnx_parity', 'export_onnx', 'realfake_export']
+__all__ = ['onnx_parity', 'export_onnx', 'export_openvino', 'calibration_reader', 'agreement_report', 'export_int8',
+           'realfake_export']
 
 # %% ../nbs/16_export.ipynb #37a62c55
 _log = get_logger('export')
@@ -30,20 +36,35 @@ class _Logits(torch.nn.Module):
     def __init__(self, m): super().__init__(); self.m = m
     def forward(self, x): return self.m(x).float()
 
+# %% ../nbs/16_export.ipynb #2edc1520
+def _parity(model:torch.nn.Module, sess, size:int, n:int=3, seed:int=0) -> float:
+    "Largest absolute difference between PyTorch logits and `sess(x)` (a `realfake.backends` session) on `n` random inputs."
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode(): ref = model.eval()(x).float().numpy()
+    got = sess(x.numpy())
+    if got.shape != ref.shape: raise RealfakeError(f"output shape {got.shape} != PyTorch {ref.shape}")
+    return float(np.abs(got - ref).max())
+
+def _speed(sess, size:int, n:int=8, reps:int=3) -> float:
+    "Images per second of `sess` on a batch of `n` (the best of `reps`): what `pick_backend` compares."
+    x = np.random.default_rng(0).standard_normal((n, 3, size, size), dtype=np.float32)
+    sess(x); best = float('inf')
+    for _ in range(reps):
+        t = time.perf_counter(); sess(x); best = min(best, time.perf_counter() - t)
+    return round(n / best, 2)
+
+def _runtime(backend:str) -> str:
+    m = import_onnxruntime() if backend == 'onnx' else import_openvino()
+    return f"{m.__name__} {getattr(m, '__version__', '?')}"
+
 # %% ../nbs/16_export.ipynb #016ab975
 def onnx_parity(model:torch.nn.Module, onnx_path, size:int, n:int=4, seed:int=0) -> float:
     "Largest absolute difference between PyTorch and onnxruntime logits on `n` random inputs."
-    ort = import_onnxruntime()
-    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode(): ref = model.eval()(x).float().numpy()
-    sess = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    if got.shape != ref.shape: raise RealfakeError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
-    return float(np.abs(got - ref).max())
+    return _parity(model, OrtSession(Path(onnx_path).read_bytes()), size, n, seed)
 
 # %% ../nbs/16_export.ipynb #b0ef9534
 def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=True) -> Path:
-    "Export the model directory to ONNX (dynamic batch) at `dest` (default `model_dir/model.onnx`); check parity."
+    "Export the model directory to ONNX (dynamic batch) at `dest` (default `model_dir/model.onnx`, recorded in backends.json); check parity."
     onnx = _import_onnx()
     model_dir = Path(model_dir)
     model, cfg = load_model_dir(model_dir, device='cpu')
@@ -70,7 +91,106 @@ def export_onnx(model_dir, dest=None, opset:int=17, atol:float=1e-4, check:bool=
             diff = onnx_parity(model, tmp, size, n=3)
             if not diff <= atol: raise RealfakeError(f"ONNX export differs from PyTorch by {diff:.2e} > {atol:g}; not saved")
             _log.info(f"ONNX parity: max |diff| = {diff:.2e} (<= {atol:g})")
+    if dest == model_dir / 'model.onnx':         # the file Classifier opens: record what was checked
+        write_entry(model_dir, 'onnx', 'fp32', dict(parity=diff if check else None, atol=atol, verified=check, runtime=_runtime('onnx'),
+                                                    img_per_s=_speed(OrtSession(dest.read_bytes()), size)))
     return dest
+
+# %% ../nbs/16_export.ipynb #0a70fdc6
+def export_openvino(model_dir, atol:float=1e-4) -> Path:
+    "Convert the verified `model.onnx` of `model_dir` to OpenVINO IR (fp32) beside it, check parity with PyTorch, record it."
+    ov, d = import_openvino(), Path(model_dir)
+    verify(d, 'onnx', 'fp32')
+    model, cfg = load_model_dir(d, device='cpu')
+    names = FILES['openvino', 'fp32']
+    with tempfile.TemporaryDirectory(dir=d, prefix='.openvino-') as t:
+        t = Path(t)
+        ov.save_model(ov.convert_model(str(d/'model.onnx')), str(t/names[0]), compress_to_fp16=False)
+        sess = OpenVINOSession((t/names[0]).read_text(encoding='utf-8'), (t/names[1]).read_bytes())
+        diff = _parity(model, sess, cfg.preprocess.size)
+        if not diff <= atol: raise RealfakeError(f"OpenVINO model differs from PyTorch by {diff:.2e} > {atol:g}; not saved")
+        for n in names[::-1]: os.replace(t/n, d/n)       # the weights first: the xml names a model only once both are there
+    write_entry(d, 'openvino', 'fp32', dict(parity=diff, atol=atol, runtime=_runtime('openvino'), img_per_s=_speed(sess, cfg.preprocess.size)))
+    _log.info(f"OpenVINO parity: max |diff| = {diff:.2e} (<= {atol:g})")
+    return d/names[0]
+
+# %% ../nbs/16_export.ipynb #21662abb
+def _crops(path, spec) -> np.ndarray|None:
+    try: return normalize(image_crops(path, spec).pixels, spec)
+    except Exception as e: _log.warning(f"calibration: skipping {escape_path(path)}: {e}"); return None
+
+def _split(metadata, split:str) -> pd.DataFrame:
+    df = read_metadata(metadata)
+    got = df[df.split == split]
+    if got.empty: raise RealfakeError(f"{escape_path(metadata)}: no records in split {split!r} (splits: {', '.join(map(str, sorted(df.split.dropna().unique())))})")
+    return got.reset_index(drop=True)
+
+def calibration_reader(paths, spec, input_name:str='input'):
+    "An onnxruntime `CalibrationDataReader` over the crops of `paths` by `spec` (unreadable images are skipped)."
+    from onnxruntime.quantization import CalibrationDataReader
+    class _Reader(CalibrationDataReader):
+        def __init__(self): self.it = (x for x in map(lambda p: _crops(p, spec), paths) if x is not None)
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {input_name: x}
+    return _Reader()
+
+# %% ../nbs/16_export.ipynb #53a61d98
+def _num(v): return float(v) if v is not None and np.isfinite(v) else None      # JSON has no NaN
+
+def agreement_report(fp32:pd.DataFrame, int8:pd.DataFrame, y, sources, threshold:float=0.5, max_auc_drop:float=0.002,
+                     max_flips:float=0.005) -> dict:
+    "How far int8 scores (`predict` frames) are from fp32 on labelled images: AUC, balanced accuracy, flips, |Δ prob|, per source."
+    y, sources = np.asarray(y), np.asarray(sources)
+    ok = fp32.error.isna().to_numpy() & int8.error.isna().to_numpy()
+    pf, pq, y, sources = fp32.prob_fake.to_numpy()[ok], int8.prob_fake.to_numpy()[ok], y[ok], sources[ok]
+    def part(m) -> dict:
+        d = np.abs(pf[m] - pq[m]); flips = (pf[m] >= threshold) != (pq[m] >= threshold)
+        auc = [roc_auc(y[m], p[m]) if len(set(y[m])) == 2 else None for p in (pf, pq)]
+        return dict(n=int(m.sum()), auc_fp32=auc[0], auc_int8=auc[1], auc_change=None if auc[0] is None else auc[1] - auc[0],
+                    balanced_accuracy_fp32=_num(balanced_accuracy(y[m], predict_fake(pf[m], threshold))),
+                    balanced_accuracy_int8=_num(balanced_accuracy(y[m], predict_fake(pq[m], threshold))),
+                    label_flips=int(flips.sum()), flip_rate=float(flips.mean()) if m.any() else 0.0,
+                    max_dprob=float(d.max()) if m.any() else 0.0, p99_dprob=float(np.quantile(d, 0.99)) if m.any() else 0.0)
+    r = dict(part(np.ones(len(y), bool)), unreadable=int((~ok).sum()), threshold=threshold,
+             thresholds=dict(max_auc_drop=max_auc_drop, max_flips=max_flips),
+             per_source={str(s): part(sources == s) for s in sorted(set(sources))})
+    failed = []
+    if r['auc_change'] is not None and -r['auc_change'] > max_auc_drop: failed.append(f"AUC fell by {-r['auc_change']:.4f} > {max_auc_drop:g}")
+    if r['flip_rate'] > max_flips: failed.append(f"{r['label_flips']} of {r['n']} labels flipped ({r['flip_rate']:.2%} > {max_flips:.2%})")
+    worst = [s for s, v in r['per_source'].items() if v['flip_rate'] > max_flips or (v['auc_change'] or 0) < -max_auc_drop]
+    r.update(failed=failed, passed=not failed and r['n'] > 0, sources_erased=worst, note=(
+        f"int8 erased part of the forensic signal (high-frequency traces do not survive quantization): {'; '.join(failed + [f'source {s} disagrees' for s in worst])}"
+        if failed or worst else f"int8 agrees with fp32 on {r['n']} held-out images within the thresholds"))
+    return r
+
+# %% ../nbs/16_export.ipynb #0c52d54b
+def export_int8(model_dir, metadata, calib_split:str='valid', eval_split:str='test', n_calib:int=64,
+                max_auc_drop:float=0.002, max_flips:float=0.005) -> dict:
+    "Quantize the verified `model.onnx` to `model.int8.onnx` calibrated on `calib_split`, and record its agreement with fp32 on `eval_split` per runtime."
+    from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationMethod
+    d = Path(model_dir); verify(d, 'onnx', 'fp32')
+    cfg = read_config(d); spec = cfg.preprocess
+    calib, ev = _split(metadata, calib_split), _split(metadata, eval_split)
+    calib = calib.groupby('label', group_keys=False).apply(lambda g: g.head(max(1, n_calib // 2))) if 'label' in calib else calib.head(n_calib)
+    dest = d/FILES['onnx', 'int8'][0]
+    with atomic_path(dest) as tmp:
+        quantize_static(str(d/'model.onnx'), str(tmp), calibration_reader(list(calib.path), spec), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=['Conv', 'MatMul', 'Gemm'], per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        data = Path(tmp).read_bytes()
+    y = (ev.label == 'fake').astype(int).to_numpy(); src = ev['source'].fillna('') if 'source' in ev else [''] * len(ev)
+    ref = Classifier(None, cfg, device='cpu', backend='onnx', session=OrtSession(read_model_file(d/'model.onnx', 'onnx'))).predict(list(ev.path))
+    out = {}
+    for b, make in (('onnx', lambda: OrtSession(data)), ('openvino', lambda: OpenVINOSession(data))):
+        if not available(b): continue
+        sess = make()
+        got = Classifier(None, cfg, device='cpu', backend=b, session=sess, precision='int8').predict(list(ev.path))
+        rep = agreement_report(ref, got, y, src, cfg.threshold, max_auc_drop, max_flips)
+        rep.update(calibration=dict(metadata=str(metadata), split=calib_split, n=len(calib)), eval_split=eval_split)
+        out[b] = write_entry(d, b, 'int8', dict(runtime=_runtime(b), img_per_s=_speed(sess, spec.size), agreement=rep))
+        _log.info(f"int8 on {b}: {rep['note']}")
+    return out
 
 # %% ../nbs/16_export.ipynb #54efaac9
 @call_parse
@@ -79,10 +199,23 @@ def realfake_export(
     model:str='model', # model directory (config.json + model.safetensors)
     out:str=None, # ONNX file to write (default: MODEL/model.onnx, which Classifier picks up)
     opset:int=17, # ONNX opset version
-    atol:float=1e-4, # largest allowed difference between PyTorch and onnxruntime logits
+    atol:float=1e-4, # largest allowed difference between PyTorch and each runtime's logits
+    no_openvino:bool=False, # do not write the OpenVINO model (it is written when openvino is installed)
+    int8:str=None, # metadata JSONL: also write model.int8.onnx, calibrated on its --calib_split, checked on its --eval_split
+    calib_split:str='valid', # split of --int8 whose images calibrate the quantization
+    eval_split:str='test', # held-out split of --int8 on which int8 is compared with fp32
+    n_calib:int=64, # calibration images (half of each label)
+    max_auc_drop:float=0.002, # int8 is used by --precision auto (and without --force_int8) only if AUC falls by at most this
+    max_flips:float=0.005, # ... and at most this fraction of labels flip
     verbose:bool=False, # debug logging and full tracebacks
 ):
-    "Export a model directory to ONNX (dynamic batch) and check it against PyTorch."
+    "Export a model directory to ONNX and OpenVINO (and int8), check each against PyTorch, record them in backends.json."
     p = export_onnx(model, out, opset=opset, atol=atol)
     print(f"wrote {escape_path(p)} ({p.stat().st_size / 1e6:.1f} MB)")
+    if out is not None: return p                          # a file elsewhere: not one Classifier opens
+    if not no_openvino and available('openvino'): print(f"wrote {escape_path(export_openvino(model, atol))}")
+    for b, e in (export_int8(model, int8, calib_split, eval_split, n_calib, max_auc_drop, max_flips) if int8 else {}).items():
+        a = e['agreement']
+        print(f"int8 on {b}: {a['note']} (AUC change {a['auc_change']}, {a['label_flips']} of {a['n']} labels flipped, max |dprob| "
+              f"{a['max_dprob']:.3g}): {'used by --precision auto' if a['passed'] else 'refused unless --force_int8'}")
     return p

@@ -12,7 +12,7 @@ from .core import LABELS, RealfakeError, atomic_write, command, escape_path, get
 from .metadata import read_metadata, summary_table
 from .modeldir import (MODEL_FILE, CONFIG_FILE, read_config, check_weights, weights_header, import_hub, is_repo_id,
                                read_model_file)
-from .predict import onnx_is_current
+from .backends import onnx_is_current
 
 # %% auto #0
 __all__ = ['read_report', 'md_table', 'data_summary', 'model_card', 'write_model_card', 'upload_files', 'push_model',
