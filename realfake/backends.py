@@ -117,6 +117,7 @@ class OrtSession:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads, so.inter_op_num_threads = _threads(threads), 1
         so.execution_mode, so.enable_cpu_mem_arena = ort.ExecutionMode.ORT_SEQUENTIAL, True
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads sleep: they do not take the cores decoding needs
         self.sess = ort.InferenceSession(data, so, providers=['CPUExecutionProvider'])
         self.input = self.sess.get_inputs()[0].name
     def __call__(self, x) -> np.ndarray:
