@@ -84,8 +84,8 @@ def onnx_is_current(model_dir) -> bool:
     except (RealfakeError, OSError) as e: _log.warning(f"{e}"); return False      # a FIFO, a device, too large...
     except Exception: return False                                                  # not ONNX at all
 
-def verify(model_dir, backend:str, precision:str='fp32') -> dict:
-    "The record entry of (`backend`, `precision`) when its files exist, are the ones verified and come from these weights; else `BackendFileError`."
+def verify(model_dir, backend:str, precision:str='fp32', strict:bool=True) -> dict:
+    "The record entry of (`backend`, `precision`) when its files exist, are the ones verified and come from these weights, else `BackendFileError` (`strict=False`: weights that cannot be read are not compared)."
     d = Path(model_dir); names = FILES[backend, precision]
     missing = [n for n in names if not (d/n).exists() and not (d/n).is_symlink()]
     if missing: raise BackendFileError(f"{escape_path(d/missing[0])} not found: run realfake_export --model {escape_path(d)}" + (' --int8 METADATA' if precision == 'int8' else ''))
@@ -94,8 +94,13 @@ def verify(model_dir, backend:str, precision:str='fp32') -> dict:
         if (backend, precision) == ('onnx', 'fp32') and onnx_is_current(d): return {}     # exported before backends.json existed
         raise BackendFileError(f"{escape_path(d/names[0])} is not recorded as verified in {RECORD_FILE}: re-run realfake_export --model {escape_path(d)}")
     if e.get('verified') is False: raise BackendFileError(f"{escape_path(d/names[0])} was exported without its check: re-run realfake_export")
-    st = d/'model.safetensors'
-    if (st.exists() or st.is_symlink()) and e.get('weights_sha256') != model_file_sha256(st):
+    st, w = d/'model.safetensors', None
+    if st.exists() or st.is_symlink():
+        try: w = model_file_sha256(st)
+        except (RealfakeError, OSError) as err:
+            if strict: raise BackendFileError(f"{escape_path(d/names[0])}: cannot check it against the weights: {err}") from None
+            _log.warning(f"{err}: {escape_path(d/names[0])} not checked against the weights")
+    if w is not None and e.get('weights_sha256') != w:
         raise BackendFileError(f"{escape_path(d/names[0])} is stale: it was made from other weights than {escape_path(st)}; re-run realfake_export")
     for n, h in e.get('files', {}).items():
         try: ok = _sha(d/n) == h
@@ -140,7 +145,7 @@ class OpenVINOSession:
 def open_session(model_dir, backend:str, precision:str='fp32', threads:int|None=None, force_int8:bool=False):
     "A session of (`backend`, `precision`) over the verified files of `model_dir` (see `verify`), read through the guard."
     d = Path(model_dir)
-    e = verify(d, backend, precision)
+    e = verify(d, backend, precision, strict=False)
     if precision == 'int8' and not force_int8 and not int8_passed(e):
         a = e.get('agreement') or {}
         raise BackendFileError(f"{escape_path(d/FILES[backend, precision][0])}: its agreement report failed its thresholds "

@@ -899,7 +899,7 @@ def realfake_evaluate(
     combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
     real_names:str='natural,real,nature,0_real', # generators layout: folder names holding real images
     seed:int=0, # seed of the random calibration half and of the perturbations
-    backend:str='auto', # 'torch', 'onnx' or 'auto'
+    backend:str='auto', # 'torch', 'onnx', 'openvino' or 'auto' (realfake.backends.BACKENDS)
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
     votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
     heatmaps:bool=False, # draw the most/least confident grids with the model's heatmaps over the images

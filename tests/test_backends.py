@@ -195,3 +195,15 @@ def test_missing_openvino_clear_error(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, 'openvino', None)
     with pytest.raises(ImportError, match=r"realfake\[cpu\]"): Classifier.from_dir(exported, backend='openvino')
     assert Classifier.from_dir(exported, device='cpu').backend == 'onnx'
+
+@pytest.mark.slow
+def test_cli_refuses_a_corrupt_file_in_one_line(exported, tmp_path, images, run_cli):
+    "realfake_predict --backend openvino on a corrupt IR: exit 2, one line naming the file; realfake_export rebuilds it."
+    d = _copy(exported, tmp_path); _corrupt(d/'model.openvino.bin')
+    r = run_cli('realfake_predict', images[0], '--model', d, '--backend', 'openvino', '--out', tmp_path/'p.csv', timeout=120)
+    assert r.returncode == 2 and 'model.openvino.bin' in r.stderr and 'corrupt or replaced' in r.stderr, r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1 and not (tmp_path/'p.csv').exists()
+    r = run_cli('realfake_export', '--model', d, timeout=180)
+    assert r.returncode == 0 and 'model.openvino.xml' in r.stdout, r.stderr
+    r = run_cli('realfake_predict', images[0], '--model', d, '--backend', 'openvino', '--out', tmp_path/'p.csv', timeout=120)
+    assert r.returncode == 0 and '1 scored' in r.stdout, r.stderr
