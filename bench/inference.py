@@ -8,6 +8,8 @@ at the image's own pixels, and a grid of up to 9 crops) against the resize polic
 
     .venv/bin/python bench/inference.py            # ~1.5 min on 2 cores (quiet machine)
     .venv/bin/python bench/inference.py --quick    # smoke run
+    .venv/bin/python bench/inference.py --backends [--quick]   # CPU backends side by side: torch fp32/bf16, onnxruntime
+        # tuned, OpenVINO, int8; 1 and 2 threads, batch 1 and 32, resize and native; the app's latency; demo int8 agreement
 """
 from __future__ import annotations
 import os, sys, tempfile
@@ -31,6 +33,14 @@ def naive_loop(paths, model, mean, std):
             x = tf(Image.open(p).convert('RGB'))[None]
             out.append(torch.softmax(model(x), 1)[0, 1].item())
     return np.array(out)
+
+def _backends_parser():
+    p = C.parser(__doc__.split('\n')[0], reps=2)
+    p.add_argument('--backends', action='store_true', help='the CPU-backend grid (issue 24) instead of the realfake_predict rows')
+    p.add_argument('--n_per_set', type=int, default=4, help='images of each kind (1500x1000 JPEG, 500x375 JPEG, 512 PNG)')
+    p.add_argument('--demo', default=str(C.ROOT / 'runs/demo/model'), help='the demo model (python train.py) for the int8 agreement rows')
+    p.add_argument('--demo_metadata', default=str(C.ROOT / 'runs/demo/demo_data/metadata.jsonl'))
+    return p
 
 def main():
     p = C.parser(__doc__.split('\n')[0], reps=3)
@@ -156,4 +166,120 @@ def main():
     for s in info: print(s)
     if C.load_note(): print(C.load_note())
 
-if __name__ == '__main__': main()
+# ---------------------------------------------------------------- CPU backends (issue 24)
+def naive_native(paths, model, mean, std):
+    "The naive loop for the native policy: PIL open, one centre 224 crop at the image's own pixels, one forward per image."
+    import torch
+    from PIL import Image
+    import torchvision.transforms as T
+    tf = T.Compose([T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std)])
+    with torch.no_grad():
+        return np.array([torch.softmax(model(tf(Image.open(p).convert('RGB'))[None]), 1)[0, 1].item() for p in paths])
+
+def backends_grid(d:Path, paths, reps:int, threads=(1, 2), batches=(1, 32)) -> list:
+    """Side by side on the same images: naive loop = 1.00, realfake torch fp32 / bf16, ONNX Runtime tuned, OpenVINO fp32,
+    int8 on both runtimes; for each thread count, batch size and policy. Returns table rows."""
+    import torch
+    from realfake.modeldir import load_model_dir
+    from realfake.metadata import write_metadata
+    from realfake.predict import Classifier
+    from realfake.export import export_onnx, export_openvino, export_int8
+    export_onnx(d / 'model'); export_openvino(d / 'model')
+    recs = [dict(path=str(p), label=['real', 'fake'][i % 2], split='valid' if (i // 2) % 2 == 0 else 'test', source='bench')
+            for i, p in enumerate(paths)]
+    export_int8(d / 'model', write_metadata(recs, d / 'bench.jsonl'), n_calib=8, max_auc_drop=1, max_flips=1)   # calibration only: a random model
+    model, cfg = load_model_dir(d / 'model'); model.eval()
+    mean, std = list(cfg.preprocess.mean), list(cfg.preprocess.std)
+    variants = [('torch fp32', 'torch', 'fp32'), ('torch bf16', 'torch', 'bf16'), ('onnxruntime tuned', 'onnx', 'fp32'),
+                ('openvino fp32', 'openvino', 'fp32'), ('onnxruntime int8', 'onnx', 'int8'), ('openvino int8', 'openvino', 'int8')]
+    rows, n = [], len(paths)
+    for t in threads:
+        torch.set_num_threads(t)                   # the runtimes' sessions take torch's thread count when they open
+        base = {k: Classifier.from_dir(d / 'model', device='cpu', backend=b, precision=p, force_int8=True) for k, b, p in variants}
+        for policy in ('resize', 'native'):
+            clfs = {k: c.with_preprocess(resize='native') if policy == 'native' else c for k, c in base.items()}
+            naive = naive_native if policy == 'native' else naive_loop
+            for bs in batches:
+                res = {}
+                fns = {'naive': lambda: res.__setitem__('naive', naive(paths, model, mean, std))}
+                for k, c in clfs.items(): fns[k] = (lambda k=k, c=c: res.__setitem__(k, c.predict(paths, bs=bs)))
+                ts = C.interleaved(fns, reps=reps, warmup=1)
+                ref = res['torch fp32']
+                nv = n / C.med(ts['naive'])
+                cells = []
+                for k, _, p in variants:
+                    dp = np.abs(res[k].prob_fake.to_numpy() - ref.prob_fake.to_numpy()).max()
+                    dl = np.abs(res[k].logit.to_numpy() - ref.logit.to_numpy()).max()
+                    cells.append(f"{n / C.med(ts[k]) / nv:.2f}x" + ('' if k == 'torch fp32' else f" (dp {dp:.0e}, dl {dl:.0e})"))
+                rows.append([t, bs, policy, f"{nv:.1f}"] + cells)
+    torch.set_num_threads(max(threads))
+    return rows, [v[0] for v in variants]
+
+def app_latency(d:Path, jpeg:Path, reps:int) -> list:
+    "Upload-to-answer time of the app's Detect page for one 1500x1000 JPEG: torch (before) vs auto (after), fp32 and int8."
+    try:
+        from starlette.testclient import TestClient
+        from realfake.app import make_app
+    except Exception as e: return [[f'app latency skipped: {type(e).__name__}: {e}', '', '', '']]
+    from realfake.predict import Classifier
+    data = jpeg.read_bytes()
+    cases = {'before: torch fp32': dict(backend='torch'), 'after: auto fp32': dict(backend='auto'),
+             'after: auto int8 (forced)': dict(backend='auto', precision='int8', force_int8=True)}
+    fns = {}
+    for k, kw in cases.items():
+        clf = Classifier.from_dir(d / 'model', device='cpu', **kw)
+        cli = TestClient(make_app(clf, db=str(d / f'votes{len(fns)}.sqlite')))
+        def post(cli=cli):
+            r = cli.post('/detect', headers={'accept': 'application/json'}, files=[('images', ('x.jpg', data, 'image/jpeg'))])
+            assert r.status_code == 200 and r.json()['results'][0]['error'] is None, r.text[:300]
+        fns[f"{k} ({clf.backend})"] = post
+    ts = C.interleaved(fns, reps=max(3, reps), warmup=1)
+    b = C.med(next(iter(ts.values())))
+    return [[k, f"{1000 * C.med(v):.0f} ms {C.spread(v)}", f"{b / C.med(v):.2f}x", ''] for k, v in ts.items()]
+
+def demo_int8(model_dir:Path, metadata:Path, d:Path) -> list:
+    "The int8 agreement report of the demo model on its test split (the goal: AUC change <= 0.002, flips <= 0.5%)."
+    import shutil
+    from realfake.export import export_onnx, export_int8
+    m = d / 'demo_model'; shutil.copytree(model_dir, m)
+    export_onnx(m)
+    rows = []
+    for b, e in export_int8(m, metadata).items():
+        a = e['agreement']
+        rows.append([b, a['n'], f"{a['auc_fp32']:.4f} -> {a['auc_int8']:.4f} ({a['auc_change']:+.4f})", f"{a['label_flips']} ({a['flip_rate']:.1%})",
+                     f"{a['max_dprob']:.4f} / {a['p99_dprob']:.4f}", 'met' if a['passed'] else 'NOT met', a['note'][:80]])
+    return rows
+
+def main_backends(args):
+    "`--backends`: the CPU-backend grid, the app latency and the demo model's int8 agreement, in one run."
+    import torch
+    from PIL import Image; Image.init()
+    import logging; logging.getLogger('realfake.predict').setLevel(logging.ERROR)   # "scoring with native pixels": on purpose here
+    from realfake.modeldir import build_network, save_model_dir, ModelConfig
+    from realfake.preprocess import Preprocess
+    k = 2 if args.quick else args.n_per_set
+    sets = [(nm, w, h, e, k) for nm, w, h, e, _ in SETS]
+    C.header(f'inference: CPU backends side by side ({ARCH} @224, random weights; naive per-image PyTorch loop = 1.00x)')
+    with tempfile.TemporaryDirectory(prefix='rf_bench_be_') as d:
+        d = Path(d)
+        imgs = C.make_image_set(d / 'images', sets)
+        paths = [q for v in imgs.values() for q in v]
+        torch.manual_seed(0)
+        save_model_dir(build_network(ARCH), ModelConfig(arch=ARCH, preprocess=Preprocess(size=224, resize=256)), d / 'model')
+        rows, names = backends_grid(d, paths, 1 if args.quick else args.reps)
+        print(C.table(rows, ['threads', 'bs', 'policy', 'naive img/s'] + names))
+        print(f"\n{len(paths)} images ({', '.join(f'{s[4]} {s[0]}' for s in sets)}), end to end through Classifier.predict (decode included);"
+              " ratio = naive time / variant time, interleaved; dp / dl = max |delta prob| / |delta logit| against realfake torch fp32"
+              " (int8 from a random-weight model: its deltas say nothing about quality, see the demo rows).")
+        lat = app_latency(d, imgs['jpeg_1500x1000'][0], 1 if args.quick else args.reps)
+        print('\n' + C.table(lat, ['app /detect, one 1500x1000 JPEG', 'upload to answer', 'vs before', '']))
+        demo = Path(args.demo)
+        if (demo / 'config.json').exists() and Path(args.demo_metadata).exists():
+            print('\n' + C.table(demo_int8(demo, Path(args.demo_metadata), d),
+                                 ['demo int8 on', 'test images', 'AUC fp32 -> int8', 'label flips', 'max / p99 |dprob|', 'goal', 'note']))
+        else: print(f"\n(demo int8 rows skipped: no {demo}; run `python train.py` first)")
+    if C.load_note(): print(C.load_note())
+
+if __name__ == '__main__':
+    if '--backends' in sys.argv: main_backends(_backends_parser().parse_args())
+    else: main()

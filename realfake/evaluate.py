@@ -567,7 +567,7 @@ def realfake_evaluate(
     combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
     real_names:str=','.join(REAL_NAMES), # generators layout: folder names holding real images
     seed:opt.seed('of the random calibration half and of the perturbations', type=int)=SEED,
-    backend:str='auto', # 'torch', 'onnx' or 'auto'
+    backend:str='auto', # 'torch', 'onnx', 'openvino' or 'auto' (realfake.backends.BACKENDS)
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
     votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
     heatmaps:opt.heatmaps('over the most/least confident images in the report', type=bool)=False,

@@ -11,8 +11,9 @@ from .core import LABELS, RealfakeError, atomic_write, command, escape_path, get
 from .metadata import read_metadata, summary_table
 from .modeldir import (MODEL_FILE, CONFIG_FILE, read_config, resolve_model_dir, check_weights, weights_header, import_hub, is_repo_id,
                                read_model_file)
-from .predict import onnx_is_current
+from .backends import onnx_is_current
 from .report import model_card
+
 
 # %% auto #0
 __all__ = ['read_report', 'data_summary', 'model_facts', 'card_from_folders', 'write_model_card', 'upload_files', 'push_model',

@@ -140,7 +140,9 @@ MAX_ONNX_BYTES = 2**31                    # protobuf cannot hold more; larger ON
 MAX_REPORT_BYTES = 100_000_000            # metrics.json of a report, a model card
 MODEL_FILE_KINDS = {'config': ('model config', MAX_CONFIG_BYTES), 'weights': ('weights file', MAX_WEIGHTS_BYTES),
                     'onnx': ('ONNX model', MAX_ONNX_BYTES), 'report': ('evaluation report', MAX_REPORT_BYTES),
-                    'card': ('model card', MAX_REPORT_BYTES), 'state': ('training state', MAX_REPORT_BYTES)}
+                    'card': ('model card', MAX_REPORT_BYTES), 'state': ('training state', MAX_REPORT_BYTES),
+                    'backends': ('backends record', MAX_CONFIG_BYTES), 'openvino_xml': ('OpenVINO model', MAX_REPORT_BYTES),
+                    'openvino_bin': ('OpenVINO weights', MAX_WEIGHTS_BYTES)}
 
 
 # %% ../nbs/04_modeldir.ipynb #2d83c67d

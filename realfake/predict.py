@@ -19,18 +19,18 @@ from .images import ImageLoadError
 from .containers import split_pointer
 from .explain import KINDS, write_heatmaps
 from .preprocess import Preprocess, image_crops, normalize, combine_logits, parse_resize
-from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, open_model_file,
-                               read_model_file, model_file_sha256)
+from .backends import (BACKENDS, PRECISIONS, pick_backend,
+                               open_session, int8_ok)
+from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, model_file_sha256)
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
                              parse_formats, open_job, write_shard_outputs, record_diff, differs_message,
                              import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS,
                              shards_todo)
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'MAX_BS', 'PREDICT_COLUMNS', 'CSV_COLUMNS', 'SIDECAR_SHAPE', 'prepare_input', 'import_onnxruntime',
-           'onnx_is_current', 'Classifier', 'load_classifier', 'PredictOptions', 'scoring_record',
-           'csv_complete_length', 'sidecar_path', 'predict_to_csv', 'predict_shards', 'shards_line', 'csv_heatmaps',
-           'realfake_predict']
+__all__ = ['MAX_BS', 'PREDICT_COLUMNS', 'CSV_COLUMNS', 'SIDECAR_SHAPE', 'prepare_input', 'Classifier', 'load_classifier',
+           'PredictOptions', 'scoring_record', 'csv_complete_length', 'sidecar_path', 'predict_to_csv',
+           'predict_shards', 'shards_line', 'csv_heatmaps', 'realfake_predict']
 
 # %% ../nbs/13_predict.ipynb #b6a65bb4
 _log = get_logger('predict')
@@ -70,34 +70,17 @@ def _collate(batch):
 def _worker_init(_): torch.set_num_threads(1)
 
 # %% ../nbs/13_predict.ipynb #9f0078e7
-def import_onnxruntime():
-    try: import onnxruntime
-    except ImportError as e:
-        raise ImportError("the ONNX backend needs onnxruntime: pip install 'realfake[onnx]' (or pip install onnxruntime)") from e
-    return onnxruntime
+def _on_gpu(device) -> bool:
+    return str(device).startswith('cuda') or (device is None and torch.cuda.is_available())
 
-def onnx_is_current(model_dir) -> bool:
-    "True when model.onnx records the SHA-256 of the model.safetensors beside it (or there is none)."
-    d = Path(model_dir); st = d / 'model.safetensors'
-    if not st.exists() and not st.is_symlink(): return True
-    try:
-        import onnx
-        with open_model_file(d / 'model.onnx', 'onnx') as f: m = onnx.load(f, load_external_data=False)
-        meta = {p.key: p.value for p in m.metadata_props}
-        return meta.get('realfake_weights_sha256') == model_file_sha256(st, 'weights')
-    except (RealfakeError, OSError) as e: _log.warning(f"{e}"); return False      # a FIFO, a device, too large...
-    except Exception: return False                                                  # not ONNX at all
-
-def _pick_backend(path:Path, backend:str, device) -> str:
-    "'torch' or 'onnx' for `backend='auto'` (see above)."
-    onnx_file, st_file = path/'model.onnx', path/'model.safetensors'
-    on_cpu = str(device) == 'cpu' or (device is None and not torch.cuda.is_available())
-    if not onnx_file.exists() or not (on_cpu or not st_file.exists()): return 'torch'
-    try: import_onnxruntime()
-    except ImportError: return 'torch'
-    if onnx_is_current(path): return 'onnx'
-    _log.warning(f"{onnx_file} was not exported from {st_file}: using torch (re-run realfake_export)")
-    return 'torch'
+def _resolve_backend(path:Path, backend:str, precision:str, device, force_int8:bool=False) -> tuple[str, str]:
+    "(backend, precision) to load: `auto` through `pick_backend`; int8 only on a runtime backend."
+    if backend not in BACKENDS: raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
+    if precision not in PRECISIONS: raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {precision!r}")
+    if backend == 'auto': return pick_backend(path, precision, _on_gpu(device), force_int8)
+    if precision == 'auto': return backend, 'int8' if backend != 'torch' and int8_ok(path, backend) else 'fp32'
+    if backend == 'torch' and precision == 'int8': raise RealfakeError("int8 runs on the onnx or openvino backend (--backend auto, onnx or openvino)")
+    return backend, precision
 
 # %% ../nbs/13_predict.ipynb #35ce5f56
 def _bf16_supported(device:torch.device) -> bool:
@@ -105,7 +88,7 @@ def _bf16_supported(device:torch.device) -> bool:
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception: return False
 
-PRECISIONS, MAX_BS = ('fp32', 'bf16'), 65536
+MAX_BS = 65536
 
 def _check_bs(bs) -> int:
     "`bs` when it is a whole number of images from 1 to `MAX_BS`, else a one-line `ValueError`."
@@ -114,8 +97,8 @@ def _check_bs(bs) -> int:
     return int(bs)
 
 def _check_precision(precision:str, device:torch.device, backend:str) -> str:
-    "'fp32' or 'bf16' (only on the torch backend, where the hardware supports it)."
-    if precision not in PRECISIONS: raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    "'fp32', 'int8' (runtime backends) or 'bf16' (only on the torch backend, where the hardware supports it)."
+    if precision not in PRECISIONS: raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {precision!r}")
     if precision == 'bf16' and (backend != 'torch' or not _bf16_supported(device)):
         _log.warning(f"bf16 inference is not available here ({backend} backend on {device}): using fp32")
         return 'fp32'
@@ -140,30 +123,24 @@ class Classifier:
     def spec(self) -> Preprocess: return self.config.preprocess
 
     @classmethod
-    def from_dir(cls, path, device=None, backend:str='auto', bs:int=32, precision:str='fp32'):
-        "Load the model directory `path` once (backend 'torch', 'onnx' or 'auto'; precision 'fp32' or 'bf16')."
+    def from_dir(cls, path, device=None, backend:str='auto', bs:int=32, precision:str='fp32', force_int8:bool=False):
+        "Load the model directory `path` once (backend: one of `BACKENDS`; precision: one of `PRECISIONS`)."
         path = Path(path)
-        if backend not in ('auto', 'torch', 'onnx'): raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', not {backend!r}")
-        if precision not in PRECISIONS: raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
         _check_bs(bs)
         if not path.is_dir(): raise ModelNotFound(f"{path}: model directory not found")
-        if backend == 'auto': backend = 'torch' if precision == 'bf16' else _pick_backend(path, backend, device)
-        if backend == 'onnx':
-            onnx_file = path/'model.onnx'
-            if not onnx_file.exists() and not onnx_file.is_symlink(): raise RealfakeError(f"{onnx_file} not found: run realfake_export --model {path} first")
-            ort = import_onnxruntime()
-            providers = ['CPUExecutionProvider']
-            if device not in (None, 'cpu') and 'CUDAExecutionProvider' in ort.get_available_providers(): providers.insert(0, 'CUDAExecutionProvider')
-            sess = ort.InferenceSession(read_model_file(onnx_file, 'onnx'), providers=providers)   # bytes: read through the guard
-            return cls(None, read_config(path), device='cpu', backend='onnx', session=sess, path=path, bs=bs, precision=precision)
+        backend, precision = _resolve_backend(path, backend, precision, device, force_int8)
+        if backend != 'torch':
+            sess = open_session(path, backend, 'int8' if precision == 'int8' else 'fp32', force_int8=force_int8)
+            return cls(None, read_config(path), device='cpu', backend=backend, session=sess, path=path, bs=bs, precision=precision)
         model, config = load_model_dir(path, device='cpu')
         return cls(model, config, device=device, backend='torch', path=path, bs=bs, precision=precision)
 
     @classmethod
     def from_pretrained(cls, name, revision:str|None=None, device=None, backend:str='auto', bs:int=32, precision:str='fp32',
-                        cache_dir=None):
+                        cache_dir=None, force_int8:bool=False):
         "Load a model directory, or Hub repo `org/name` (`@revision` or `revision=`: a branch, tag or commit) through its cache."
-        clf = cls.from_dir(resolve_model_dir(name, revision, cache_dir), device=device, backend=backend, bs=bs, precision=precision)
+        clf = cls.from_dir(resolve_model_dir(name, revision, cache_dir), device=device, backend=backend, bs=bs, precision=precision,
+                           force_int8=force_int8)
         clf.name = os.fspath(name) if revision is None else f"{os.fspath(name)}@{revision}"
         return clf
 
@@ -190,8 +167,7 @@ def logits(self:Classifier, x) -> np.ndarray:
     for i in range(0, len(x), self.bs):
         xb = x[i:i + self.bs]
         self.n_forward += len(xb)
-        if self.backend == 'onnx':
-            outs.append(self.session.run(None, {self.session.get_inputs()[0].name: xb.numpy()})[0])
+        if self.backend != 'torch': outs.append(self.session(xb.numpy()))
         else:
             with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == 'bf16'):
                 xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -296,10 +272,10 @@ def _rank_device(device, local_rank:int=0):
     return device
 
 def load_classifier(model, device:str|None=None, backend:str='auto', bs:int=32, precision:str='fp32',
-                    threshold:float|None=None, revision:str|None=None, **preprocess) -> Classifier:
+                    threshold:float|None=None, revision:str|None=None, force_int8:bool=False, **preprocess) -> Classifier:
     "A `Classifier` from a model directory or Hub name (or one passed through), with an optional threshold and spec changes."
     clf = model if isinstance(model, Classifier) else Classifier.from_pretrained(model, revision, device=device, backend=backend,
-                                                                                  bs=bs, precision=precision)
+                                                                                  bs=bs, precision=precision, force_int8=force_int8)
     if preprocess.get('resize') is not None: preprocess['resize'] = parse_resize(preprocess['resize'])
     clf = clf.with_preprocess(**preprocess)
     if threshold is not None:
@@ -311,9 +287,9 @@ def load_classifier(model, device:str|None=None, backend:str='auto', bs:int=32, 
 class PredictOptions:
     "What `realfake_predict` scores with: the model and how it runs, spec changes, batch size and decoding workers."
     model: str = 'model'              # model directory, or Hub repo 'org/name[@revision]' (or a loaded Classifier)
-    backend: str = 'auto'             # 'torch', 'onnx' or 'auto'
+    backend: str = 'auto'             # one of realfake.backends.BACKENDS
     device: str|None = None           # None: cuda when available (process LOCAL_RANK: GPU LOCAL_RANK), else cpu
-    precision: str = 'fp32'           # 'fp32' or 'bf16'
+    precision: str = 'fp32'           # one of realfake.backends.PRECISIONS
     threshold: float|None = None      # None: the model's
     resize: str|int|None = None       # None: the model's; 'native' or a shorter side in pixels
     crops: str|None = None            # None: the model's; 'center' or 'grid'
@@ -322,14 +298,16 @@ class PredictOptions:
     bs: int = 32                      # images per batch
     num_workers: int|None = None      # decoding processes (None: `_default_workers`)
     decode: str|None = None           # None: the model's ('full'); 'draft': JPEGs DCT-scaled, scoring only (recorded)
+    force_int8: bool = False          # int8 even when its agreement report failed its thresholds
 
     def replace(self, **changes) -> PredictOptions: return dataclasses.replace(self, **changes)
 
     def classifier(self, local_rank:int=0) -> Classifier:
         "The model loaded as these options say (process `local_rank` of a machine on its own GPU)."
         return load_classifier(self.model, _rank_device(self.device, local_rank), self.backend, self.bs, self.precision,
-                               self.threshold, resize=self.resize, crops=self.crops, max_crops=self.max_crops, combine=self.combine,
-                               decode=self.decode)
+                               self.threshold, force_int8=self.force_int8, resize=self.resize, crops=self.crops, max_crops=self.max_crops,
+                               combine=self.combine, decode=self.decode)
+
 
 # %% ../nbs/13_predict.ipynb #7519e532
 _SHA = {}
@@ -542,10 +520,10 @@ def shards_line(s:dict) -> str:
 
 # %% ../nbs/13_predict.ipynb #58791388
 def _heatmap_backend(heatmaps, kind:str, backend:str) -> str:
-    "The backend to load: heatmaps need the torch network ('auto' becomes 'torch'; 'onnx' is refused)."
+    "The backend to load: heatmaps need the torch network ('auto' becomes 'torch'; other backends are refused)."
     if not heatmaps: return backend
     if kind not in KINDS: raise ValueError(f"--heatmap_kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    if backend == 'onnx': raise RealfakeError("--heatmaps needs the torch network: use --backend torch (or auto)")
+    if backend not in ('auto', 'torch'): raise RealfakeError("--heatmaps needs the torch network: use --backend torch (or auto)")
     return 'torch'
 
 def csv_heatmaps(out, model, dest, kind:str='cam', progress:bool|None=None) -> dict:
@@ -573,10 +551,11 @@ def realfake_predict(
     max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
     combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
     decode:str=None, # 'draft': decode JPEGs at 1/2-1/8 scale (resize models; ~2x faster on large JPEGs) -- a filter only JPEGs get (about 1 grey level from the same pixels as PNG), so scoring only; recorded in the sidecar. Default 'full': every format alike
-    backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
+    backend:str='auto', # 'torch', 'onnx', 'openvino' or 'auto' (on CPU, the fastest file realfake_export verified for these weights)
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available; under torchrun, GPU LOCAL_RANK)
     threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
-    precision:str='fp32', # 'fp32', or 'bf16' (about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly)
+    precision:str='fp32', # 'fp32'; 'bf16' (torch: faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly); 'int8' (realfake_export --int8; refused when its agreement report failed); 'auto' (int8 when its report passed)
+    force_int8:bool=False, # use the int8 model even though its agreement report failed its thresholds
     formats:str=None, # tar shards (default parquet): output per shard, 'parquet', 'csv' or 'parquet,csv'
     heatmaps:str=None, # image files: also write a heatmap overlay PNG per image into this folder (torch backend; index in heatmaps.csv)
     heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
@@ -588,7 +567,8 @@ def realfake_predict(
     "Score images, folders or WebDataset tar shards with a model (folder or Hub name): a CSV for files, one Parquet/CSV per shard."
     _check_bs(bs)
     backend = _heatmap_backend(heatmaps, heatmap_kind, backend)
-    opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers, decode)
+    opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers,
+                          decode=decode, force_int8=force_int8)
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
     if kinds == {True} and heatmaps: raise RealfakeError("--heatmaps draws image files, not tar shards: score the shards without it")

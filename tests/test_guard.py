@@ -214,9 +214,9 @@ def test_model_folder_honours_the_umask(tmp_path):
 def test_bad_batch_size(good, bs):
     with pytest.raises(ValueError, match='batch size'): Classifier.from_dir(good[0], device='cpu', bs=bs)
 
-@pytest.mark.parametrize('backend', ['torch', 'onnx', 'auto'])
+@pytest.mark.parametrize('backend', ['torch', 'onnx', 'openvino', 'auto'])
 def test_unknown_precision_refused_on_every_backend(good, backend):
-    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
+    with pytest.raises(ValueError, match="precision must be one of 'fp32', 'bf16'"):
         Classifier.from_dir(good[0], device='cpu', backend=backend, precision='fp8')
 
 def test_formats_refused_for_image_files(good, tmp_path):
