@@ -614,7 +614,7 @@ def realfake_evaluate(
     heatmaps:opt.heatmaps('over the most/least confident images in the report', type=bool)=False,
     watermarks:bool=False, # provenance.csv: also decode invisible watermarks (one more decode per image; default: C2PA and text headers only)
     no_progress:opt.no_progress(type=bool)=False,
-    num_workers:hidden()=None,
+    num_workers:hidden(type=int)=None,
     verbose:opt.verbose(type=bool)=False,
 ):
     "Evaluate a model: metrics overall and per source, calibration and abstain band, perturbation grid and shortcut verdict, HTML report."
