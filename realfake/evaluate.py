@@ -506,8 +506,9 @@ def provenance_table(df:pd.DataFrame, provs) -> pd.DataFrame:
 
 def _provenance(ok:pd.DataFrame, o:EvalOptions) -> tuple[dict, pd.DataFrame]:
     "The `provenance` entry of the result (per source, per class, with `audit` the warnings) and its table, for the scored images `ok`."
+    provs = []
     with progress_bar(len(ok), 'provenance', show=o.progress) as bar:
-        provs = [bar.update(1) or file_provenance(p, o.watermarks) for p in ok.path]
+        for p in ok.path: provs.append(file_provenance(p, o.watermarks)); bar.update(1)
     table = provenance_table(ok, provs)
     return dict(read='headers and watermarks' if o.watermarks else 'headers only (C2PA, text); watermarks not decoded',
                 per_source=table.to_dict('records'), per_class=evidence_counts(provs, ok.label),
@@ -581,7 +582,12 @@ def _print_summary(res:dict):
     if res['audit']:
         print(fmt_table(pd.DataFrame(res['audit'])[['transform', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'in_verdict']]).to_string(index=False))
         print(f"verdict: {res['verdict']['verdict']}: {res['verdict']['reason']}")
-    for w in (res.get('provenance') or {}).get('warnings') or []: print(f"provenance warning (not part of the verdict): {w}")
+    prov = res.get('provenance')
+    if prov:
+        a = prov['per_source'][0]
+        print(f"provenance ({prov['read']}): of {a['n']} images, " + ', '.join(f"{a[k]} carry {k.replace('_', ' ')}" for k in EVIDENCE_KINDS)
+              + (f", {a['unreadable']} unreadable" if a['unreadable'] else '') + '; per source: provenance.csv')
+        for w in prov.get('warnings') or []: print(f"provenance warning (not part of the verdict): {w}")
 
 @call_parse
 @command(renamed={'num_workers': 'workers'})

@@ -453,3 +453,13 @@ def test_scores_unchanged_by_the_provenance_reading(model_dir, tmp_path):
     assert pa.prob_fake.tolist() == pb.prob_fake.tolist() and np.allclose(pa.prob_fake, direct.prob_fake, atol=1e-6)
     assert 'watermarks not decoded' in a['provenance']['read'] and b['provenance']['read'] == 'headers and watermarks'
     assert b['options']['watermarks'] is True and b['provenance']['per_source'][0]['generator_text'] == 4
+
+def test_cli_prints_the_provenance_and_its_warning_after_the_verdict(model_dir, tmp_path):
+    root = _a1111_folder(tmp_path/'d', True)
+    r = run_cli_here('realfake_evaluate', root, '--model', model_dir, '--out', tmp_path/'rep', '--audit', '--no_calibration', '--bs', 8,
+                     '--workers', 0)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.splitlines()
+    v = next(i for i, l in enumerate(out) if l.startswith('verdict: '))
+    assert out[v + 1].startswith('provenance (headers only') and 'of 10 images, 0 carry c2pa, 0 carry watermark, 4 carry generator text' in out[v + 1]
+    assert out[v + 2].startswith('provenance warning (not part of the verdict): text claiming generated: 4 of 4 fake images (100.0%)')
