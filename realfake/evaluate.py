@@ -498,11 +498,14 @@ def file_provenance(path, watermark:bool=False) -> Provenance:
     return read_provenance(data, watermark=watermark)
 
 def provenance_table(df:pd.DataFrame, provs) -> pd.DataFrame:
-    "Per source (row 'all' first): images, how many carry each of `EVIDENCE_KINDS`, and how many could not be read, for `df`'s rows and their `provs`."
-    k = pd.DataFrame([{c: c in _kinds(p) for c in EVIDENCE_KINDS} | {'unreadable': any(e.kind == 'error' for e in p.items)} for p in provs],
-                     columns=[*EVIDENCE_KINDS, 'unreadable'], dtype=bool).assign(source=list(map(str, df.source)))
+    """Per source (row 'all' first): images, how many carry each of `EVIDENCE_KINDS`, how many were decoded for the watermark
+    check (`watermark_checked`: JPEGs below quality 98, small images and a run without watermarks are not) and how many could not be read."""
+    cols = [*EVIDENCE_KINDS, 'watermark_checked', 'unreadable']
+    k = pd.DataFrame([{c: c in _kinds(p) for c in EVIDENCE_KINDS} | {'watermark_checked': p.checked.get('watermark') == 'decoded',
+                      'unreadable': any(e.kind == 'error' for e in p.items)} for p in provs], columns=cols, dtype=bool)
+    k = k.assign(source=list(map(str, df.source)))
     rows = [('all', k)] + [(s, g) for s, g in k.groupby('source', sort=True)]
-    return pd.DataFrame([dict(source=s, n=len(g), **{c: int(g[c].sum()) for c in [*EVIDENCE_KINDS, 'unreadable']}) for s, g in rows])
+    return pd.DataFrame([dict(source=s, n=len(g), **{c: int(g[c].sum()) for c in cols}) for s, g in rows])
 
 def _provenance(ok:pd.DataFrame, o:EvalOptions) -> tuple[dict, pd.DataFrame]:
     "The `provenance` entry of the result (per source, per class, with `audit` the warnings) and its table, for the scored images `ok`."

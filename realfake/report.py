@@ -82,7 +82,7 @@ def _html_calibration(res:dict) -> list[str]:
     if band: parts.append(f"<p>fitted abstain band: {e(json.dumps(to_jsonable(band)))}</p>")
     return parts
 
-PROVENANCE_COLS = ['source', 'n', 'c2pa', 'watermark', 'generator_text', 'unreadable']
+PROVENANCE_COLS = ['source', 'n', 'c2pa', 'watermark', 'generator_text', 'watermark_checked', 'unreadable']
 
 def _html_provenance_warnings(p:dict|None) -> list[str]:
     "The per-class provenance warnings of an audit, next to the verdict and outside it."

@@ -427,10 +427,10 @@ def test_provenance_per_source_and_the_audit_warning(model_dir, tmp_path):
     "Only the fakes carry A1111 text: provenance.csv counts it per source; the audit warns with the numbers, beside an unchanged verdict."
     res = evaluate(model_dir, _a1111_folder(tmp_path/'d', True), out=tmp_path/'rep', audit=True, bs=8, num_workers=0, calibration=False)
     t = pd.read_csv(tmp_path/'rep'/'provenance.csv').set_index('source')
-    assert t[['n', 'c2pa', 'watermark', 'generator_text', 'unreadable']].to_dict('index') == {
-        'all': dict(n=10, c2pa=0, watermark=0, generator_text=4, unreadable=0),
-        'natural': dict(n=6, c2pa=0, watermark=0, generator_text=0, unreadable=0),
-        'sd': dict(n=4, c2pa=0, watermark=0, generator_text=4, unreadable=0)}
+    assert t.to_dict('index') == {
+        'all': dict(n=10, c2pa=0, watermark=0, generator_text=4, watermark_checked=0, unreadable=0),
+        'natural': dict(n=6, c2pa=0, watermark=0, generator_text=0, watermark_checked=0, unreadable=0),
+        'sd': dict(n=4, c2pa=0, watermark=0, generator_text=4, watermark_checked=0, unreadable=0)}
     p = json.loads((tmp_path/'rep'/'metrics.json').read_text())['provenance']
     assert p['per_class']['text claiming generated'] == {'real': 0, 'fake': 4} and p['per_class']['files'] == {'real': 6, 'fake': 4}
     assert len(p['warnings']) == 1 and p['warnings'][0].startswith('text claiming generated: 4 of 4 fake images (100.0%) carry it, 0 of 6 real (0.0%)')
@@ -463,3 +463,22 @@ def test_cli_prints_the_provenance_and_its_warning_after_the_verdict(model_dir, 
     v = next(i for i, l in enumerate(out) if l.startswith('verdict: '))
     assert out[v + 1].startswith('provenance (headers only') and 'of 10 images, 0 carry c2pa, 0 carry watermark, 4 carry generator text' in out[v + 1]
     assert out[v + 2].startswith('provenance warning (not part of the verdict): text claiming generated: 4 of 4 fake images (100.0%)')
+
+def test_watermarks_counted_only_when_asked_and_scores_unchanged(model_dir, tmp_path):
+    "Fakes marked with SD 1.x's invisible watermark: --watermarks counts them (each image checked); headers only counts none; same scores."
+    from test_provenance import embed, photo
+    for src, fake in (('natural', False), ('sd', True)):
+        (tmp_path/'d'/src).mkdir(parents=True)
+        for i in range(3):
+            px = photo(320, 320, seed=i + 10 * fake)
+            Image.fromarray(embed(px, 'StableDiffusionV1') if fake else px).save(tmp_path/'d'/src/f'{i}.png')
+    a = evaluate(model_dir, tmp_path/'d', out=tmp_path/'a', bs=8, num_workers=0, calibration=False)
+    b = evaluate(model_dir, tmp_path/'d', out=tmp_path/'b', bs=8, num_workers=0, calibration=False, watermarks=True, audit=True)
+    ta, tb = (pd.DataFrame(r['provenance']['per_source']).set_index('source') for r in (a, b))
+    assert ta[['watermark', 'watermark_checked']].to_dict('index') == {s: dict(watermark=0, watermark_checked=0) for s in ('all', 'natural', 'sd')}
+    assert tb[['watermark', 'watermark_checked']].to_dict('index') == {'all': dict(watermark=3, watermark_checked=6),
+                                                                      'natural': dict(watermark=0, watermark_checked=3),
+                                                                      'sd': dict(watermark=3, watermark_checked=3)}
+    assert b['provenance']['warnings'][0].startswith('watermark claiming generated: 3 of 3 fake images (100.0%) carry it, 0 of 3 real')
+    pa, pb = (pd.read_csv(tmp_path/d/'predictions.csv') for d in 'ab')
+    assert pa.prob_fake.tolist() == pb.prob_fake.tolist()
