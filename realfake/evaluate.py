@@ -499,7 +499,8 @@ def file_provenance(path, watermark:bool=False) -> Provenance:
 
 def provenance_table(df:pd.DataFrame, provs) -> pd.DataFrame:
     """Per source (row 'all' first): images, how many carry each of `EVIDENCE_KINDS`, how many were decoded for the watermark
-    check (`watermark_checked`: JPEGs below quality 98, small images and a run without watermarks are not) and how many could not be read."""
+    check (`watermark_checked`: JPEGs below quality 98, small images and a run without watermarks are not) and how many met a read error (`unreadable`: the file, its metadata
+    or its C2PA manifest)."""
     cols = [*EVIDENCE_KINDS, 'watermark_checked', 'unreadable']
     k = pd.DataFrame([{c: c in _kinds(p) for c in EVIDENCE_KINDS} | {'watermark_checked': p.checked.get('watermark') == 'decoded',
                       'unreadable': any(e.kind == 'error' for e in p.items)} for p in provs], columns=cols, dtype=bool)
