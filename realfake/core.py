@@ -334,11 +334,11 @@ class _Options:
 
 opt = _Options()
 
-def hidden(switch:bool=False):
-    "The `Param` of an old spelling kept for this version: accepted, hidden from `--help` (see `command(renamed=)`)."
+def hidden(switch:bool=False, type=str):
+    "The `Param` of an old spelling kept for this version: accepted (as `type`, that of the new option), hidden from `--help` (see `command(renamed=)`)."
     from fastcore.script import Param
     import argparse
-    return Param(argparse.SUPPRESS, action='store_true') if switch else Param(argparse.SUPPRESS, str)
+    return Param(argparse.SUPPRESS, action='store_true') if switch else Param(argparse.SUPPRESS, type)
 
 # %% ../nbs/00_core.ipynb #97ed5036
 _log = get_logger('core')

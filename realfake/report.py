@@ -11,8 +11,8 @@ import yaml
 from .core import LABELS, atomic_output, to_jsonable, csv_cell, printable
 
 # %% auto #0
-__all__ = ['PER_SOURCE_COLS', 'AUDIT_COLS', 'EVIDENCE_COLS', 'write_csv', 'write_text', 'write_json', 'fmt_table', 'write_html',
-           'public_text', 'md_table', 'model_card']
+__all__ = ['PER_SOURCE_COLS', 'AUDIT_COLS', 'EVIDENCE_COLS', 'PROVENANCE_COLS', 'write_csv', 'write_text', 'write_json',
+           'fmt_table', 'write_html', 'public_text', 'md_table', 'model_card']
 
 # %% ../nbs/15c_report.ipynb #923119fb
 def write_csv(df:pd.DataFrame, dest, text_cols=('source',)):
@@ -82,6 +82,21 @@ def _html_calibration(res:dict) -> list[str]:
     if band: parts.append(f"<p>fitted abstain band: {e(json.dumps(to_jsonable(band)))}</p>")
     return parts
 
+PROVENANCE_COLS = ['source', 'n', 'c2pa', 'watermark', 'generator_text', 'watermark_checked', 'unreadable']
+
+def _html_provenance_warnings(p:dict|None) -> list[str]:
+    "The per-class provenance warnings of an audit, next to the verdict and outside it."
+    if not p or not p.get('warnings'): return []
+    return (["<h3>Provenance per class (a shortcut check; not part of the verdict)</h3><p>The verdict judges only the perturbations; "
+             "these warnings do not change it.</p><ul>"] + [f"<li>{html.escape(w)}</li>" for w in p['warnings']] + ["</ul>"])
+
+def _html_provenance(p:dict|None) -> list[str]:
+    "The provenance counts per source: what the files say about their origin, beside the scores."
+    if not p: return []
+    return [f"<h2>Provenance evidence per source</h2><p>Images carrying a C2PA manifest, an invisible watermark or generator text "
+            f"(read: {html.escape(p['read'])}); read beside the scores, never used in them. Absence proves nothing. "
+            "<a href='provenance.csv'>provenance.csv</a></p>", _html_table(p['per_source'], PROVENANCE_COLS)]
+
 def write_html(dest, res:dict, figs:list):
     "The report page `report.html` of an evaluation result `res` (as `realfake.evaluate.evaluate` returns it), with the figures `figs` [(file, title)]."
     e = html.escape
@@ -89,11 +104,11 @@ def write_html(dest, res:dict, figs:list):
              f"<h1>realfake evaluation</h1><p>model: <code>{e(res['model'])}</code><br>data: <code>{e(res['data'])}</code><br>"
              f"{res['n']} images scored, {res['n_errors']} unreadable; threshold {res['threshold']:.4g}, temperature {res['temperature']:.4g}; "
              f"preprocessing: {e(res['preprocess'])}</p>"]
-    parts += _html_verdict(res.get('verdict'))
+    parts += _html_verdict(res.get('verdict')) + _html_provenance_warnings(res.get('provenance'))
     parts += ["<h2>Metrics overall and per source</h2>", _html_table(res['per_source'], PER_SOURCE_COLS),
               "<p class='small'>auc_vs = 'all real': a source with only fake images is ranked against all the real images. "
               "judge: 'too few to judge' under 10 images, 'absent' for a source of the data with no image in this split. "
-              "All columns: <a href='per_source.csv'>per_source.csv</a>.</p>"]
+              "All columns: <a href='per_source.csv'>per_source.csv</a>.</p>"] + _html_provenance(res.get('provenance'))
     if res.get('audit'):
         parts += ["<h2>Perturbations</h2><p>Both classes go through the same perturbation (fakes_jpeg: only the fakes, reals_jpeg: "
                   "only the reals); d_ columns: change against clean; in_verdict: the row's part in the verdict. "

@@ -333,3 +333,40 @@ def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_pat
     assert [r.split(',')[0] for r in rows] == [str(e) for e in range(EPOCHS_2M)]     # the same history length
     assert rows[:len(before)] == before and 'at epoch' in outs[0][1]                # resumed, not restarted
     assert (run/'model'/'model.safetensors').is_file()
+
+# ---------------------------------------------------------------- the app's label pool takes container records as they are
+def test_app_label_pool_serves_and_records_votes_on_container_records(boxes, tiny_model_dir, tmp_path):
+    "Records pointing into a tar, a zip and a Parquet file: the pool checks them, the app serves each one and counts the votes."
+    pytest.importorskip('fasthtml', reason='the web app needs python-fasthtml (pip install realfake[app])')
+    from starlette.testclient import TestClient
+    from realfake.app import VOLUNTEER_COOKIE, label_image, make_app
+    from realfake.predict import Classifier
+    import re
+    imgs, b = boxes
+    recs = [dict(path=str(pointer(c, n)), label='fake' if kind == 'zip' or (kind == 'parquet' and i % 2) else 'real', split='test',
+                 source=kind) for kind, (c, names) in b.items() for i, n in enumerate(names)]
+    recs.append(dict(path=str(pointer(b['tar'][0], 'k/9.jpg')), label='real', split='test', source='tar'))      # no such member
+    meta = write_metadata(recs, tmp_path/'metadata.jsonl', relative_to=tmp_path)
+    clf = Classifier.from_dir(tiny_model_dir, device='cpu', backend='torch')
+    app = make_app(clf, meta, tmp_path/'votes.sqlite', display_size=64)
+    pool, store = app.state.realfake.pool, app.state.realfake.store
+    [(gone, why)] = store.dropped().items()
+    assert gone == 's.tar/k/9.jpg' and "no member 'k/9.jpg'" in why and len(pool) == 15                    # left out, with the reason
+    assert {(r['width'], r['height'], r['format']) for r in pool.rows.values()} == {(24, 16, 'JPEG')}      # each header probed in its container
+    assert {k.split('/')[0] for k in pool.keys} == {'s.tar', 's.zip', 's.parquet'}                          # keys: the pointers, relative
+    cli, truth = TestClient(app), {}
+    for _ in range(15):
+        tok = re.search(r'name="token" value="(\w+)"', cli.get('/label').text).group(1)
+        key = pool.by_token[tok]
+        r = cli.get(f'/img/{tok}')
+        assert r.status_code == 200 and r.content == label_image(pool.rows[key]['path'], 64)
+        assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (64, 64, 3)
+        truth[tok] = pool.rows[key]['label']
+        assert cli.post('/vote', data=dict(token=tok, answer=truth[tok]), follow_redirects=False).status_code == 303
+    assert {pool.by_token[t].split('/')[0] for t in truth} == {'s.tar', 's.zip', 's.parquet'} and list(store.dropped()) == [gone]
+    assert store.n_votes(cli.cookies[VOLUNTEER_COOKIE]) == 15
+    j = cli.get('/results', headers={'accept': 'application/json'}).json()
+    assert j['overall'][0]['images'] == 15 and j['overall'][0]['human_acc'] == 1.0 and j['n_dropped'] == 0   # no vote on the dropped one
+    assert len(j['by_source']) == 3 and [r['images'] for r in j['by_source']] == [5, 5, 5]
+    preds = clf.predict([pool.rows[k]['path'] for k in pool.keys])                                          # the model read the same members
+    assert j['overall'][0]['model_acc'] == pytest.approx(float((preds.label.values == [pool.rows[k]['label'] for k in pool.keys]).mean()))

@@ -22,7 +22,7 @@ from realfake.figures import FIGURES, GRID_FIGURES
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 KEYS = {'model', 'data', 'split', 'preprocess', 'n', 'n_errors', 'threshold', 'temperature', 'overall', 'per_source',
-        'calibration', 'audit', 'perturb', 'verdict', 'unsure', 'perturbations', 'options', 'files'}
+        'calibration', 'audit', 'perturb', 'verdict', 'unsure', 'perturbations', 'options', 'files', 'provenance'}
 
 def _img(seed, fake, w=48, h=40):
     rng = np.random.default_rng(seed)
@@ -348,7 +348,8 @@ def _folder_png(tmp_path):
 def test_cli_help_and_one_line_errors(model_dir, gen_folder, tmp_path):
     r = run_cli_here('realfake_evaluate', '--help')
     assert r.returncode == 0
-    for opt in ('--perturb', '--audit', '--layout', '--unsure_accuracy', '--unsure_coverage', '--save_threshold', '--no_calibration'):
+    for opt in ('--perturb', '--audit', '--layout', '--unsure_accuracy', '--unsure_coverage', '--save_threshold', '--no_calibration',
+                '--watermarks'):
         assert opt in r.stdout, opt
     r = run_cli_here('realfake_evaluate', gen_folder, '--perturb', 'jpeg_q800', '--model', model_dir, '--out', tmp_path/'rep')
     lines = r.stderr.strip().splitlines()
@@ -407,3 +408,77 @@ def test_per_source_marks_small_and_absent_sources(model_dir, tmp_path):
     assert ps.loc['adm', 'n'] == 0 and np.isnan(ps.loc['adm', 'auc']) and ps.loc['tiny', 'n'] == 1
     html = (tmp_path/'rep'/'report.html').read_text()
     assert 'too few to judge (n &lt; 10)' in html and 'absent: no image in split test' in html
+
+# ---------------------------------------------------------------- provenance beside the score
+A1111 = 'a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 48x40, Model: sd15'
+
+def _a1111_folder(root, text:bool):
+    "natural: 6 plain PNGs; sd: 4 PNGs, carrying A1111 `parameters` text when `text` (same pixels either way)."
+    from PIL.PngImagePlugin import PngInfo
+    for k, (src, fake, n) in enumerate([('natural', False, 6), ('sd', True, 4)]):
+        (root/src).mkdir(parents=True)
+        for i in range(n):
+            info = PngInfo()
+            if fake and text: info.add_text('parameters', A1111)
+            _img(10 * k + i, fake).save(root/src/f'{i}.png', pnginfo=info)
+    return root
+
+def test_provenance_per_source_and_the_audit_warning(model_dir, tmp_path):
+    "Only the fakes carry A1111 text: provenance.csv counts it per source; the audit warns with the numbers, beside an unchanged verdict."
+    res = evaluate(model_dir, _a1111_folder(tmp_path/'d', True), out=tmp_path/'rep', audit=True, bs=8, num_workers=0, calibration=False)
+    t = pd.read_csv(tmp_path/'rep'/'provenance.csv').set_index('source')
+    assert t.to_dict('index') == {
+        'all': dict(n=10, c2pa=0, watermark=0, generator_text=4, watermark_checked=0, unreadable=0),
+        'natural': dict(n=6, c2pa=0, watermark=0, generator_text=0, watermark_checked=0, unreadable=0),
+        'sd': dict(n=4, c2pa=0, watermark=0, generator_text=4, watermark_checked=0, unreadable=0)}
+    p = json.loads((tmp_path/'rep'/'metrics.json').read_text())['provenance']
+    assert p['per_class']['text claiming generated'] == {'real': 0, 'fake': 4} and p['per_class']['files'] == {'real': 6, 'fake': 4}
+    assert len(p['warnings']) == 1 and p['warnings'][0].startswith('text claiming generated: 4 of 4 fake images (100.0%) carry it, 0 of 6 real (0.0%)')
+    assert 'watermarks not decoded' in p['read'] and 'provenance.csv' in res['files']
+    html = (tmp_path/'rep'/'report.html').read_text()
+    assert 'not part of the verdict' in html and '4 of 4 fake images' in html and 'Provenance evidence per source' in html
+    plain = evaluate(model_dir, _a1111_folder(tmp_path/'p', False), out=tmp_path/'rep2', audit=True, bs=8, num_workers=0, calibration=False)
+    assert plain['provenance']['warnings'] == [] and plain['verdict'] == res['verdict']          # the warning does not move the verdict
+    assert plain['overall'] == res['overall']                                                     # same pixels, same scores
+    noaudit = evaluate(model_dir, tmp_path/'d', out=tmp_path/'rep3', bs=8, num_workers=0, calibration=False)
+    assert noaudit['provenance']['warnings'] is None and noaudit['provenance']['per_source'] == p['per_source']
+
+def test_scores_unchanged_by_the_provenance_reading(model_dir, tmp_path):
+    "evaluate's scores, with watermarks decoded or not, are score_images' scores of the same files (the reading comes after, apart)."
+    root = _a1111_folder(tmp_path/'d', True)
+    a = evaluate(model_dir, root, out=tmp_path/'a', bs=8, num_workers=0, calibration=False)
+    b = evaluate(model_dir, root, out=tmp_path/'b', bs=8, num_workers=0, calibration=False, watermarks=True)
+    pa, pb = (pd.read_csv(tmp_path/d/'predictions.csv') for d in 'ab')
+    direct = score_images(Classifier.from_dir(model_dir, backend='torch'), pa.path, bs=8, num_workers=0)
+    assert pa.prob_fake.tolist() == pb.prob_fake.tolist() and np.allclose(pa.prob_fake, direct.prob_fake, atol=1e-6)
+    assert 'watermarks not decoded' in a['provenance']['read'] and b['provenance']['read'] == 'headers and watermarks'
+    assert b['options']['watermarks'] is True and b['provenance']['per_source'][0]['generator_text'] == 4
+
+def test_cli_prints_the_provenance_and_its_warning_after_the_verdict(model_dir, tmp_path):
+    root = _a1111_folder(tmp_path/'d', True)
+    r = run_cli_here('realfake_evaluate', root, '--model', model_dir, '--out', tmp_path/'rep', '--audit', '--no_calibration', '--bs', 8,
+                     '--workers', 0)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.splitlines()
+    v = next(i for i, l in enumerate(out) if l.startswith('verdict: '))
+    assert out[v + 1].startswith('provenance (headers only') and 'of 10 images, 0 carry c2pa, 0 carry watermark, 4 carry generator text' in out[v + 1]
+    assert out[v + 2].startswith('provenance warning (not part of the verdict): text claiming generated: 4 of 4 fake images (100.0%)')
+
+def test_watermarks_counted_only_when_asked_and_scores_unchanged(model_dir, tmp_path):
+    "Fakes marked with SD 1.x's invisible watermark: --watermarks counts them (each image checked); headers only counts none; same scores."
+    from test_provenance import embed, photo
+    for src, fake in (('natural', False), ('sd', True)):
+        (tmp_path/'d'/src).mkdir(parents=True)
+        for i in range(3):
+            px = photo(320, 320, seed=i + 10 * fake)
+            Image.fromarray(embed(px, 'StableDiffusionV1') if fake else px).save(tmp_path/'d'/src/f'{i}.png')
+    a = evaluate(model_dir, tmp_path/'d', out=tmp_path/'a', bs=8, num_workers=0, calibration=False)
+    b = evaluate(model_dir, tmp_path/'d', out=tmp_path/'b', bs=8, num_workers=0, calibration=False, watermarks=True, audit=True)
+    ta, tb = (pd.DataFrame(r['provenance']['per_source']).set_index('source') for r in (a, b))
+    assert ta[['watermark', 'watermark_checked']].to_dict('index') == {s: dict(watermark=0, watermark_checked=0) for s in ('all', 'natural', 'sd')}
+    assert tb[['watermark', 'watermark_checked']].to_dict('index') == {'all': dict(watermark=3, watermark_checked=6),
+                                                                      'natural': dict(watermark=0, watermark_checked=3),
+                                                                      'sd': dict(watermark=3, watermark_checked=3)}
+    assert b['provenance']['warnings'][0].startswith('watermark claiming generated: 3 of 3 fake images (100.0%) carry it, 0 of 3 real')
+    pa, pb = (pd.read_csv(tmp_path/d/'predictions.csv') for d in 'ab')
+    assert pa.prob_fake.tolist() == pb.prob_fake.tolist()
