@@ -12,7 +12,7 @@ import torch
 from fastcore.script import call_parse
 from .core import (LABELS, RealfakeError, command, get_logger, escape_path, progress_bar, error_line, opt, hidden, SEED,
                            REAL_NAMES)
-from .images import load_image, jpeg_info
+from .images import load_image, jpeg_info, open_source, ImageLoadError
 from .metadata import read_metadata
 from .prepare import Source, list_source
 from .preprocess import image_crops, normalize, combine_logits
@@ -24,12 +24,14 @@ from .calibrate import calibrate, save_calibration, half_split
 from .figures import write_figures
 from .report import write_csv, write_text, write_json, write_html, fmt_table, model_card
 from .hub import model_facts, data_summary
+from .provenance import (Evidence, Provenance, read_provenance, evidence_counts, evidence_warnings,
+                                 MAX_FILE_BYTES)
 
 # %% auto #0
-__all__ = ['EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY', 'EvalOptions', 'EvalData',
-           'folder_records', 'load_eval_data', 'score_images', 'perturb_table', 'perturbation_kind', 'audit_verdict',
-           'verdict_roles', 'jpeg_settings', 'real_jpeg_settings', 'resolve_perturbations', 'evaluate',
-           'realfake_evaluate']
+__all__ = ['EVAL_LAYOUTS', 'AUDIT_PERTURBATIONS', 'VERDICT_RULES', 'ALIKE', 'FAKES_ONLY', 'REALS_ONLY', 'EVIDENCE_KINDS',
+           'EvalOptions', 'EvalData', 'folder_records', 'load_eval_data', 'score_images', 'perturb_table',
+           'perturbation_kind', 'audit_verdict', 'verdict_roles', 'jpeg_settings', 'real_jpeg_settings',
+           'resolve_perturbations', 'file_provenance', 'provenance_table', 'evaluate', 'realfake_evaluate']
 
 # %% ../nbs/15_evaluate.ipynb #84df28dc
 _log = get_logger('evaluate')
@@ -60,6 +62,7 @@ class EvalOptions:
     seed: int = 0                        # seeds the calibration half and the perturbations
     progress: bool|None = False          # progress bar (None: only on a terminal)
     heatmaps: bool = False               # draw the most/least confident grids with heatmaps (realfake.explain) over the images
+    watermarks: bool = False             # provenance: also decode invisible watermarks (one more full decode per image); default: headers only
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -476,6 +479,46 @@ def _write_tables(out:Path, ev, per_source, scores, grid, audit):
     return files
 
 
+# %% ../nbs/15_evaluate.ipynb #efefe2f4
+EVIDENCE_KINDS = ('c2pa', 'watermark', 'generator_text')   # the columns of provenance.csv
+
+def _kinds(p:Provenance) -> set:
+    "Which `EVIDENCE_KINDS` `p` carries: any C2PA manifest, any watermark, text that names a generator or claims generation."
+    out = {e.kind for e in p.items if e.kind in ('c2pa', 'watermark')}
+    return out | ({'generator_text'} if any(e.kind == 'text' and e.ai for e in p.items) else set())
+
+def file_provenance(path, watermark:bool=False) -> Provenance:
+    "`read_provenance` of a loose file or a container member (through `open_source`); an unreadable file -> one 'error' item."
+    try:
+        with open_source(path) as f: data = f.read(MAX_FILE_BYTES + 1)
+    except (ImageLoadError, OSError) as e:
+        return Provenance([Evidence('error', 'error', f"unreadable ({getattr(e, 'reason', None) or e})")], dict(file='unreadable'))
+    if len(data) > MAX_FILE_BYTES:
+        return Provenance([Evidence('error', 'error', f'larger than {MAX_FILE_BYTES >> 20} MB')], dict(file='too large'))
+    return read_provenance(data, watermark=watermark)
+
+def provenance_table(df:pd.DataFrame, provs) -> pd.DataFrame:
+    """Per source (row 'all' first): images, how many carry each of `EVIDENCE_KINDS`, how many were decoded for the watermark
+    check (`watermark_checked`: JPEGs below quality 98, small images and a run without watermarks are not) and how many met a read error (`unreadable`: the file, its metadata
+    or its C2PA manifest)."""
+    cols = [*EVIDENCE_KINDS, 'watermark_checked', 'unreadable']
+    k = pd.DataFrame([{c: c in _kinds(p) for c in EVIDENCE_KINDS} | {'watermark_checked': p.checked.get('watermark') == 'decoded',
+                      'unreadable': any(e.kind == 'error' for e in p.items)} for p in provs], columns=cols, dtype=bool)
+    k = k.assign(source=list(map(str, df.source)))
+    rows = [('all', k)] + [(s, g) for s, g in k.groupby('source', sort=True)]
+    return pd.DataFrame([dict(source=s, n=len(g), **{c: int(g[c].sum()) for c in cols}) for s, g in rows])
+
+def _provenance(ok:pd.DataFrame, o:EvalOptions) -> tuple[dict, pd.DataFrame]:
+    "The `provenance` entry of the result (per source, per class, with `audit` the warnings) and its table, for the scored images `ok`."
+    provs = []
+    with progress_bar(len(ok), 'provenance', show=o.progress) as bar:
+        for p in ok.path: provs.append(file_provenance(p, o.watermarks)); bar.update(1)
+    table = provenance_table(ok, provs)
+    return dict(read='headers and watermarks' if o.watermarks else 'headers only (C2PA, text); watermarks not decoded',
+                per_source=table.to_dict('records'), per_class=evidence_counts(provs, ok.label),
+                warnings=evidence_warnings(provs, ok.label) if o.audit else None), table
+
+
 # %% ../nbs/15_evaluate.ipynb #eb0762c6
 def _write_card(clf:Classifier, res:dict, src, o:EvalOptions, out:Path) -> bool:
     "Write `model_card.md` (`realfake.report.model_card` of `res`) for review before `realfake_push`; a failure is a warning, never the end of the run."
@@ -504,13 +547,15 @@ def _evaluate(model, data, out, o:EvalOptions, votes=None) -> tuple[dict, HumanM
     per_source = per_source_metrics(ok, clf.threshold, absent=_absent_sources(data, ok))
     cal_res = _calibration(clf, ok, data, o) if o.calibration else None
     grid, audit, verdict = _grid_results(data, scores, perts, notes, np.flatnonzero(ev.prob_fake.notna()), clf.threshold)
+    prov, prov_table = _provenance(ok, o)                             # after the scores, apart from them
     res = dict(model=escape_path(str(clf.path)), data=data.desc, split=data.split, preprocess=clf.spec.describe(), n=int(len(ok)),
                n_errors=int(len(ev) - len(ok)), threshold=clf.threshold, temperature=clf.temperature,
                overall=dict(per_source.iloc[0].drop(['source', 'auc_vs']).to_dict(), ece=ece((ok.label == 'fake').to_numpy(int), ok.prob_fake)),
                per_source=per_source.to_dict('records'), calibration=cal_res, unsure=_unsure_summary(clf, ok),
                perturb=None if grid is None else grid.to_dict('records'), audit=None if audit is None else audit.to_dict('records'),
-               verdict=verdict, perturbations=[dict(name=p.name, doc=p.doc, group=p.group) for p in perts], options=o.to_dict())
+               verdict=verdict, provenance=prov, perturbations=[dict(name=p.name, doc=p.doc, group=p.group) for p in perts], options=o.to_dict())
     files = _write_tables(out, ev, per_source, scores, grid, audit)
+    write_csv(prov_table, out/'provenance.csv'); files.insert(2, 'provenance.csv')
     figs = write_figures(out, ok, clf, cal_res, grid, o.heatmaps)
     res['files'] = ['metrics.json', 'report.html'] + files + [f for f, _ in figs]
     if o.save_threshold: res['saved_calibration'] = _save(clf, cal_res, o)
@@ -541,6 +586,12 @@ def _print_summary(res:dict):
     if res['audit']:
         print(fmt_table(pd.DataFrame(res['audit'])[['transform', 'auc', 'd_auc', 'balanced_accuracy', 'd_balanced_accuracy', 'in_verdict']]).to_string(index=False))
         print(f"verdict: {res['verdict']['verdict']}: {res['verdict']['reason']}")
+    prov = res.get('provenance')
+    if prov:
+        a = prov['per_source'][0]
+        print(f"provenance ({prov['read']}): of {a['n']} images, " + ', '.join(f"{a[k]} carry {k.replace('_', ' ')}" for k in EVIDENCE_KINDS)
+              + (f", {a['unreadable']} unreadable" if a['unreadable'] else '') + '; per source: provenance.csv')
+        for w in prov.get('warnings') or []: print(f"provenance warning (not part of the verdict): {w}")
 
 @call_parse
 @command(renamed={'num_workers': 'workers'})
@@ -571,15 +622,17 @@ def realfake_evaluate(
     device:str=None, # 'cpu', 'cuda', ... (default: cuda when available)
     votes:str=None, # SQLite votes file from realfake_app: compare human accuracy with the model's on the same images
     heatmaps:opt.heatmaps('over the most/least confident images in the report', type=bool)=False,
+    watermarks:bool=False, # provenance.csv: also decode invisible watermarks (one more decode per image; default: C2PA and text headers only)
     no_progress:opt.no_progress(type=bool)=False,
-    num_workers:hidden()=None,
+    num_workers:hidden(type=int)=None,
     verbose:opt.verbose(type=bool)=False,
 ):
     "Evaluate a model: metrics overall and per source, calibration and abstain band, perturbation grid and shortcut verdict, HTML report."
     o = EvalOptions(split=split, calib_split=calib_split, layout=layout, real_names=real_names, bs=bs, num_workers=workers,
                     calibration=not no_calibration, threshold_method=threshold_method, target_fpr=target_fpr,
                     unsure_accuracy=unsure_accuracy, unsure_coverage=unsure_coverage, save_threshold=save_threshold,
-                    perturb=perturb, audit=audit, seed=seed, progress=False if no_progress else None, heatmaps=heatmaps)
+                    perturb=perturb, audit=audit, seed=seed, progress=False if no_progress else None, heatmaps=heatmaps,
+                    watermarks=watermarks)
     clf = load_classifier(model, device, backend, bs, resize=resize, crops=crops, max_crops=max_crops, combine=combine)
     res, cmp = _evaluate(clf, data, out, o, votes or None)
     _print_summary(res)
