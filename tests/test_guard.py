@@ -45,7 +45,7 @@ def spoil(p:Path, kind:str):
 
 def _from_dir(m, tmp): return Classifier.from_dir(m, device='cpu')
 def _from_dir_onnx(m, tmp): return Classifier.from_dir(m, device='cpu', backend='onnx')
-def _predict_cli(m, tmp): return realfake_predict([str(tmp/'img.png')], model=str(m), out=str(tmp/'p.csv'), device='cpu', num_workers=0)
+def _predict_cli(m, tmp): return realfake_predict([str(tmp/'img.png')], model=str(m), out=str(tmp/'p.csv'), device='cpu', workers=0)
 def _evaluate_cli(m, tmp):
     from realfake.evaluate import realfake_evaluate   # the model loads first; then the missing data folder is the error
     return realfake_evaluate(str(tmp/'no-such-data'), model=str(m), out=str(tmp/'rep'), device='cpu')
