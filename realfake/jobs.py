@@ -32,11 +32,11 @@ class JobEnv:
         "The items this process does: every `world`-th one, starting at `rank`."
         return list(items)[self.rank::self.world]
 
-def job_env() -> JobEnv:
-    "This process's `JobEnv`, from accelerate's `PartialState` (one process when nothing launched us)."
+def job_env(**kwargs) -> JobEnv:
+    "This process's `JobEnv`, from accelerate's `PartialState` (one process when nothing launched us); `kwargs` (e.g. `timeout`) go to the process group it starts."
     try:
         from accelerate import PartialState
-        s = PartialState()
+        s = PartialState(**kwargs)
     except ValueError as e: raise RealfakeError(f"cannot tell this process's rank from the environment: {e}") from None
     return JobEnv(s.process_index, s.num_processes, s.local_process_index)
 
