@@ -153,6 +153,17 @@ def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
     assert not (out/'images').exists()
 
 
+def test_old_spellings_still_work_with_a_notice(pipe_dir, tmp_path, capsys):
+    "--n (now --per_prompt) and --dtype (now --precision): accepted, each with a one-line notice."
+    from realfake.generate import realfake_generate
+    (tmp_path/'p.txt').write_text('a cat\n')
+    s = realfake_generate(str(tmp_path/'p.txt'), pipeline=str(pipe_dir), out=str(tmp_path/'gen'), n='2', dtype='fp32', steps=2,
+                          device='cpu', no_progress=True)
+    err = capsys.readouterr().err
+    assert '--n is now --per_prompt' in err and '--dtype is now --precision' in err
+    assert s['planned'] == 2 and json.loads((tmp_path/'gen'/'run.json').read_text())['dtype'] == 'float32'
+
+
 @pytest.mark.slow
 def test_cli_resumes_after_sigkill(pipe_dir, pipe, tmp_path):
     "Kill the command while it writes; a rerun finishes the set, each image once, identical to an uninterrupted run."
@@ -161,7 +172,7 @@ def test_cli_resumes_after_sigkill(pipe_dir, pipe, tmp_path):
     args = [tmp_path/'prompts.txt', '--pipeline', pipe_dir, '--out', out, '--per_prompt', n, '--bs', 1, '--steps', 4, '--device', 'cpu']
     proc = subprocess.Popen(cli_cmd('realfake_generate') + [str(a) for a in args], env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
-    progress, t0 = out/'progress'/'rank0.jsonl', time.monotonic()
+    progress, t0 = ledger_path(out/'progress', 0), time.monotonic()
     while proc.poll() is None and time.monotonic() - t0 < 120:
         if progress.exists() and progress.read_bytes().count(b'\n') >= 3: break
         time.sleep(0.02)

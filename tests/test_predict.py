@@ -383,6 +383,9 @@ def test_cli_heatmaps(model_dir, tmp_path, run_cli):
     assert r.returncode == 0 and '1 heatmaps written, 1 already there' in r.stdout, r.stderr[-800:]
     r = run_cli(*args[:-2], 'nothing', '--no_progress')
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--heatmap_kind must be one of cam, crops" in r.stderr
+    r = run_cli('realfake_predict', d, '--model', model_dir, '--out', tmp_path/'q.csv', '--heatmaps', '--no_progress')
+    assert r.returncode == 0 and '2 heatmaps written' in r.stdout, r.stderr[-800:]     # --heatmaps alone: beside the CSV
+    assert len(pd.read_csv(tmp_path/'q_heatmaps'/'heatmaps.csv')) == 2
     shard = tmp_path/'s.tar'; shard.write_bytes(b'\0' * 1024)
     r = run_cli('realfake_predict', shard, '--model', model_dir, '--heatmaps', maps, '--no_progress')
     assert r.returncode == 2 and 'not tar shards' in r.stderr and 'Traceback' not in r.stderr

@@ -379,3 +379,14 @@ def test_no_csv_the_project_writes_starts_a_cell_with_a_formula(clf, tmp_path, w
     num = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
     assert not [c for c in cells if c[:1] in ('=', '+', '-', '@', '\t', '\r') and not num.fullmatch(c)]
     assert any(FORMULA in c for c in cells)                    # the name is there, made harmless
+
+
+def test_old_spellings_still_work_with_a_notice(model_dir, tmp_path):
+    "realfake_predict --num_workers (now --workers) and realfake_merge --to (now --out): accepted, each with a one-line notice."
+    make_shards(tmp_path/'s', 2, 2)
+    r = run_cli('realfake_predict', tmp_path/'s', '--model', model_dir, '--out', tmp_path/'out', '--num_workers', 0, '--no_progress',
+                '--device', 'cpu')
+    assert r.returncode == 0 and '--num_workers is now --workers' in r.stderr, r.stderr
+    r = run_cli('realfake_merge', tmp_path/'out', '--to', tmp_path/'m.csv')
+    assert r.returncode == 0 and '--to is now --out' in r.stderr, r.stderr
+    assert len(pd.read_csv(tmp_path/'m.csv')) == 4
