@@ -4,13 +4,11 @@
 
 # %% ../nbs/09_reconstruct.ipynb #a883a386
 from __future__ import annotations
-import os, re, sys, csv, json, math, time, socket, hashlib, warnings, contextlib
+import os, sys, csv, time, hashlib, contextlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 import numpy as np, pandas as pd, torch
 from PIL import Image, ImageOps
 from fastcore.script import call_parse, Param
@@ -20,262 +18,17 @@ from .core import (opt, hidden, SEED, RealfakeError, IMAGE_EXTS, atomic_path, at
                            read_state_json, check_shape)
 from .metadata import read_metadata, write_metadata
 from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info, open_source
+from .autoencoders import AESpec, parse_ae, import_diffusers, load_autoencoder, Autoencoder, Img2Img, load_img2img
+from .tiling import round_up, reconstruct_arrays, reconstruct_tiled, BATCH_SIDE, plan_batches, needs_tiles
 
 # %% auto #0
-__all__ = ['SUPPORTED', 'WEBP_QUALITY', 'INPUT_COLUMNS', 'BATCH_SIDE', 'BARRIER_TIMEOUT', 'AESpec', 'parse_ae', 'hub_offline',
-           'hub_reachable', 'download_hint', 'load_pretrained', 'load_autoencoder', 'make_tiny_autoencoder', 'key_seed',
-           'Autoencoder', 'Img2Img', 'load_img2img', 'round_up', 'pad_to', 'to_model', 'to_uint8', 'reconstruct_arrays',
-           'tile_starts', 'reconstruct_tiled', 'webp_lossless', 'source_info', 'save_like', 'hash_unit', 'hash_split',
-           'pair_group', 'shard_of', 'list_inputs', 'progress_ledger', 'read_progress', 'record_settings',
-           'plan_batches', 'needs_tiles', 'clean_temp_files', 'reconstruct_shard', 'pick_device', 'merge_metadata',
-           'reconstruct', 'realfake_reconstruct']
+__all__ = ['WEBP_QUALITY', 'INPUT_COLUMNS', 'BARRIER_TIMEOUT', 'webp_lossless', 'source_info', 'save_like', 'hash_unit',
+           'hash_split', 'pair_group', 'shard_of', 'list_inputs', 'progress_ledger', 'read_progress', 'record_settings',
+           'clean_temp_files', 'reconstruct_shard', 'pick_device', 'merge_metadata', 'reconstruct',
+           'realfake_reconstruct']
 
 # %% ../nbs/09_reconstruct.ipynb #2d18392b
 _log = get_logger('reconstruct')
-
-# %% ../nbs/09_reconstruct.ipynb #f9e9e5db
-_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]{0,99}')
-_HUB_PART = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]*')
-
-@dataclass(frozen=True)
-class AESpec:
-    "An autoencoder (or img2img pipeline) to load: `name` labels its fakes; `source` is a Hub id or a local folder."
-    name: str
-    source: str
-    subfolder: str|None = None
-    local: bool = False
-    def __str__(self): return f"{self.source}/{self.subfolder}" if self.subfolder else self.source
-
-def _default_name(parts:list[str]) -> str:
-    name = parts[-1]
-    if name.lower() in ('vae', 'autoencoder', 'decoder') and len(parts) > 1: name = parts[-2]
-    name = re.sub(r'[^A-Za-z0-9._+-]+', '-', name).strip('-.') or 'autoencoder'
-    return name[:100]
-
-def parse_ae(spec:str, img2img:bool=False) -> AESpec:
-    "`[NAME=]FOLDER` or `[NAME=]OWNER/REPO[/SUBFOLDER]` as an `AESpec` (img2img pipelines get a `-img2img` name)."
-    spec, name = str(spec).strip(), None
-    left, eq, right = spec.partition('=')
-    if eq and _NAME.fullmatch(left) and not os.path.exists(spec): name, spec = left, right.strip()
-    if not spec: raise ValueError(f"--ae {spec!r}: empty autoencoder name")
-    path = Path(spec).expanduser()
-    if path.is_dir() or spec.startswith(('/', '.', '~')):
-        if not path.is_dir(): raise RealfakeError(f"--ae {spec}: no such folder")
-        ae = AESpec(name or _default_name(path.absolute().parts), str(path.absolute()), None, True)
-    else:
-        parts = spec.strip('/').split('/')
-        if len(parts) < 2 or not all(_HUB_PART.fullmatch(p) for p in parts):
-            raise RealfakeError(f"--ae {spec}: neither an existing folder nor a Hub id (OWNER/REPO[/SUBFOLDER])")
-        ae = AESpec(name or _default_name(parts[:2]), '/'.join(parts[:2]), '/'.join(parts[2:]) or None, False)
-    if img2img and name is None: ae = AESpec(ae.name + '-img2img', ae.source, ae.subfolder, ae.local)
-    if not _NAME.fullmatch(ae.name): raise ValueError(f"--ae: {ae.name!r} is not a valid name (letters, digits, . _ + -)")
-    return ae
-
-# %% ../nbs/09_reconstruct.ipynb #d9613e5a
-SUPPORTED = ('AutoencoderKL', 'AutoencoderTiny')
-_INSTALL = "realfake_reconstruct needs diffusers: pip install 'realfake[reconstruct]'"
-
-def _diffusers():
-    "The `diffusers` package, or an `ImportError` that says how to install it."
-    try: import diffusers
-    except ImportError as e: raise ImportError(_INSTALL) from e
-    return diffusers
-
-def hub_offline() -> bool:
-    "Has the user asked huggingface_hub to stay offline (`HF_HUB_OFFLINE`)?"
-    return os.environ.get('HF_HUB_OFFLINE', '').strip().upper() in ('1', 'ON', 'YES', 'TRUE')
-
-def _endpoint() -> str: return os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')
-
-def hub_reachable(timeout:float=3.0) -> bool:
-    "Can a TCP connection to the Hub endpoint be opened within `timeout` s? (True when an HTTPS proxy is configured.)"
-    if any(os.environ.get(k) for k in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')): return True
-    u = urlsplit(_endpoint())
-    try:
-        with socket.create_connection((u.hostname, u.port or (443 if u.scheme == 'https' else 80)), timeout=timeout): return True
-    except OSError: return False
-
-def download_hint(spec:AESpec) -> str:
-    "How to fetch `spec` on a machine with internet and use it here."
-    dest = spec.source.split('/')[-1]
-    inc = f" --include '{spec.subfolder}/*'" if spec.subfolder else ''
-    path = f"{dest}/{spec.subfolder}" if spec.subfolder else dest
-    return (f"on a machine with internet run `hf download {spec.source}{inc} --local-dir {dest}` (`huggingface-cli "
-            f"download` with older huggingface_hub), copy the folder {dest} here and pass --ae {path}")
-
-@contextlib.contextmanager
-def _quiet_diffusers():
-    "Silence diffusers' and huggingface_hub's loading chatter (config keys it ignores, deprecated arguments)."
-    d = _diffusers()
-    level = d.utils.logging.get_verbosity()
-    d.utils.logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', category=UserWarning, module='huggingface_hub')
-            yield
-    finally: d.utils.logging.set_verbosity(level)
-
-def load_pretrained(load, spec:AESpec, what:str='autoencoder', **kw):
-    "`load(spec.source, ...)` (a diffusers `from_pretrained`) from a folder, the Hub cache, or the Hub when reachable."
-    with _quiet_diffusers():
-        if spec.local:
-            try: return load(spec.source, local_files_only=True, **kw)
-            except OSError as e: raise RealfakeError(f"--ae {spec}: not a diffusers {what} folder ({error_line(e)})") from None
-        sub = dict(subfolder=spec.subfolder) if spec.subfolder else {}
-        try: return load(spec.source, local_files_only=True, **sub, **kw)
-        except OSError: pass                                  # not (completely) in the cache
-        why = ('HF_HUB_OFFLINE is set' if hub_offline() else
-               f"{urlsplit(_endpoint()).hostname} cannot be reached" if not hub_reachable() else None)
-        if why: raise RealfakeError(f"--ae {spec}: {what} not in the local Hugging Face cache and {why}: {download_hint(spec)}")
-        try: return load(spec.source, **sub, **kw)
-        except OSError as e: raise RealfakeError(f"--ae {spec}: cannot load the {what}: {error_line(e)}") from None
-
-def load_autoencoder(spec:AESpec, device='cpu', dtype=torch.float32):
-    "The diffusers autoencoder `spec` names, in eval mode on `device` in `dtype`."
-    d = _diffusers()
-    name = load_pretrained(d.AutoencoderKL.load_config, spec, 'autoencoder').get('_class_name')
-    if name not in SUPPORTED:
-        raise RealfakeError(f"--ae {spec}: {name or 'a config without _class_name'} is not an image autoencoder realfake "
-                            f"supports ({', '.join(SUPPORTED)}); for a pipeline repository name its subfolder, e.g. OWNER/REPO/vae")
-    model = load_pretrained(getattr(d, name).from_pretrained, spec, 'autoencoder', use_safetensors=True)
-    with _quiet_diffusers(): return model.to(device=device, dtype=dtype).eval()
-
-# %% ../nbs/09_reconstruct.ipynb #db10386d
-def make_tiny_autoencoder(dest, kind:str='kl', seed:int=0, **config) -> Path:
-    "Save a tiny random-weight `AutoencoderKL` (`kind='kl'`) or `AutoencoderTiny` ('tiny') with 8x downsampling to `dest`."
-    d = _diffusers()
-    torch.manual_seed(seed)
-    if kind == 'kl':
-        cfg = dict(block_out_channels=(8, 8, 16, 16), down_block_types=('DownEncoderBlock2D',) * 4,
-                   up_block_types=('UpDecoderBlock2D',) * 4, norm_num_groups=8, layers_per_block=1, sample_size=64)
-        model = d.AutoencoderKL(**{**cfg, **config})
-    elif kind == 'tiny':
-        cfg = dict(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-                   num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4)
-        model = d.AutoencoderTiny(**{**cfg, **config})
-    else: raise ValueError(f"kind must be 'kl' or 'tiny', not {kind!r}")
-    model.save_pretrained(dest)
-    return Path(dest)
-
-# %% ../nbs/09_reconstruct.ipynb #249a7a10
-def key_seed(seed:int, key:str) -> int:
-    "A 63-bit seed from `seed` and a text key (an image's output path): stable across processes and runs."
-    h = hashlib.blake2b(f'{seed}\0{key}'.encode('utf-8', 'surrogateescape'), digest_size=8).digest()
-    return int.from_bytes(h, 'big') >> 1
-
-def _generators(keys, seed:int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(key_seed(seed, k)) for k in keys]
-
-def _downsampling(model) -> int:
-    c = model.config
-    blocks = c.get('block_out_channels') if type(model).__name__ == 'AutoencoderKL' else c.get('encoder_block_out_channels')
-    return 2 ** (len(blocks) - 1) if blocks else 8
-
-class Autoencoder:
-    "A diffusers autoencoder as a function: images (NCHW float in [-1, 1]) -> their reconstructions."
-    def __init__(self, model, sample:bool=False, seed:int=0):
-        p = next(model.parameters())
-        if p.dtype == torch.float16 and model.config.get('force_upcast', False):
-            _log.warning(f"{type(model).__name__} overflows in fp16 (its config sets force_upcast): running it in fp32")
-            model = model.float()
-        self.model, self.sample, self.seed = model, sample, seed
-        self.device, self.dtype = p.device, next(model.parameters()).dtype
-        self.multiple = max(8, _downsampling(model))
-
-    @torch.inference_mode()
-    def __call__(self, x:torch.Tensor, keys=None, prompts=None) -> torch.Tensor:
-        x = x.to(self.device, self.dtype)
-        enc = self.model.encode(x)
-        if hasattr(enc, 'latent_dist'):
-            dist = enc.latent_dist
-            z = dist.sample(generator=_generators(keys or [''] * len(x), self.seed)) if self.sample else dist.mode()
-        else: z = enc.latents
-        return self.model.decode(z).sample.float()
-
-# %% ../nbs/09_reconstruct.ipynb #5a88ed6e
-class Img2Img:
-    "A diffusers img2img pipeline at `strength` as a function: images (NCHW in [-1, 1]) -> redrawn images."
-    multiple = 64
-    def __init__(self, pipe, strength:float, prompt:str='', steps:int=50, guidance:float=1.0, seed:int=0):
-        if not 0 < strength <= 1: raise ValueError(f"--img2img strength must be in (0, 1], got {strength}")
-        if int(steps * strength) < 1: raise ValueError(f"--img2img {strength} with --steps {steps} runs no denoising step")
-        self.pipe, self.strength, self.prompt, self.steps, self.guidance, self.seed = pipe, strength, prompt, steps, guidance, seed
-        if hasattr(pipe, 'set_progress_bar_config'): pipe.set_progress_bar_config(disable=True)
-
-    @torch.inference_mode()
-    def __call__(self, x:torch.Tensor, keys=None, prompts=None) -> torch.Tensor:
-        n = len(x)
-        prompts = [p if isinstance(p, str) and p else self.prompt for p in (prompts or [None] * n)]
-        out = self.pipe(prompt=prompts, image=(x.float() + 1) / 2, strength=self.strength, num_inference_steps=self.steps,
-                        guidance_scale=self.guidance, generator=_generators(keys or [''] * n, self.seed), output_type='pt')
-        return out.images.float() * 2 - 1
-
-def load_img2img(spec:AESpec, device='cpu', dtype=torch.float32):
-    "The diffusers img2img pipeline `spec` names, without safety checker, on `device` in `dtype`."
-    d = _diffusers()
-    pipe = load_pretrained(d.AutoPipelineForImage2Image.from_pretrained, spec, 'img2img pipeline', use_safetensors=True,
-                           safety_checker=None, requires_safety_checker=False)
-    with _quiet_diffusers(): return pipe.to(device, dtype)
-
-# %% ../nbs/09_reconstruct.ipynb #56ee0716
-def round_up(n:int, m:int) -> int: return -(-int(n) // m) * m
-
-def pad_to(a:np.ndarray, h:int, w:int) -> np.ndarray:
-    "Extend the HxWxC array `a` to `h` x `w` by mirror reflection at the bottom and the right (from any size, even 1x1)."
-    if a.shape[:2] == (h, w): return a
-    return np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1]), (0, 0)), mode='reflect')
-
-def to_model(arrays, h:int, w:int) -> torch.Tensor:
-    "uint8 HxWx3 arrays -> one float NCHW batch in [-1, 1], each padded to `h` x `w`."
-    a = np.stack([pad_to(x, h, w) for x in arrays])
-    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
-
-def to_uint8(y) -> np.ndarray:
-    "Float images in [-1, 1] (a torch NCHW batch, on any device, or a numpy array) -> uint8 (N)HWC: the one rounding."
-    if isinstance(y, torch.Tensor):      # round where the tensor is (a GPU sends back a quarter of the bytes)
-        return y.detach().float().add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return np.clip(np.rint((y + 1) * 127.5), 0, 255).astype(np.uint8)
-
-def reconstruct_arrays(fn, arrays, keys=None, prompts=None) -> list[np.ndarray]:
-    "Reconstruct uint8 HxWx3 `arrays` in one batch through `fn` (padded to a common multiple of `fn.multiple`, cropped back)."
-    m = fn.multiple
-    h, w = (max(round_up(a.shape[i], m) for a in arrays) for i in (0, 1))
-    y = to_uint8(fn(to_model(arrays, h, w), keys=keys, prompts=prompts))
-    return [o[:a.shape[0], :a.shape[1]] for o, a in zip(y, arrays)]
-
-# %% ../nbs/09_reconstruct.ipynb #e4beedb3
-def tile_starts(n:int, t:int, overlap:int, m:int) -> list[int]:
-    "Offsets of tiles of length `t` covering `n` (both multiples of `m`), on the `m` grid, overlapping by about `overlap`."
-    if n <= t: return [0]
-    k = math.ceil((n - overlap) / (t - overlap))
-    return [min(n - t, round(i * (n - t) / (k - 1)) // m * m) for i in range(k)]
-
-def _ramp(n:int, start:int, t:int, overlap:int) -> np.ndarray:
-    "Blending weights of a tile [start, start+t) of an axis of length `n`: linear over `overlap` at inner edges, else 1."
-    x, w = np.arange(t) + 0.5, np.ones(t, np.float32)
-    if start > 0: w = np.minimum(w, x / overlap)
-    if start + t < n: w = np.minimum(w, (t - x) / overlap)
-    return w.astype(np.float32)
-
-def reconstruct_tiled(fn, a:np.ndarray, tile:int=1024, overlap:int=64, bs:int=4, key:str='', prompt=None) -> np.ndarray:
-    "Reconstruct the uint8 HxWx3 image `a` through `fn` in overlapping `tile` x `tile` pieces, `bs` at a time, blended."
-    m = fn.multiple
-    h, w = a.shape[:2]
-    H, W = round_up(h, m), round_up(w, m)
-    p = pad_to(a, H, W)
-    th, tw = min(tile, H), min(tile, W)
-    boxes = [(y, x) for y in tile_starts(H, th, overlap, m) for x in tile_starts(W, tw, overlap, m)]
-    acc, wsum = np.zeros((H, W, 3), np.float32), np.zeros((H, W, 1), np.float32)
-    for i in range(0, len(boxes), bs):
-        part = boxes[i:i + bs]
-        y = fn(to_model([p[r:r + th, c:c + tw] for r, c in part], th, tw), keys=[f'{key}#{i + j}' for j in range(len(part))],
-               prompts=None if prompt is None else [prompt] * len(part))
-        y = y.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-        for (r, c), o in zip(part, y):
-            wt = np.outer(_ramp(H, r, th, overlap), _ramp(W, c, tw, overlap))[..., None]
-            acc[r:r + th, c:c + tw] += o * wt
-            wsum[r:r + th, c:c + tw] += wt
-    return to_uint8(acc / wsum)[:h, :w]
 
 # %% ../nbs/09_reconstruct.ipynb #faf186e3
 _SUBSAMPLING = {'4:4:4': 0, '4:2:2': 1, '4:2:0': 2}
@@ -439,25 +192,6 @@ def record_settings(folder:Path, settings:dict):
     except FileExistsError: pass
     old = read_state_json(f, {}, 'settings file', hint='delete it, or use another --out')
     check_settings(folder, old, settings, hint="use another --out, or another name (--ae NAME=...)")
-
-# %% ../nbs/09_reconstruct.ipynb #312eaa7c
-BATCH_SIDE = 512
-
-def plan_batches(sizes:list[tuple[int, int]], multiple:int=8, tile:int=1024, bs:int=4) -> list[list[int]]:
-    "Indices of images of `sizes` [(w, h), ...] in batches of one padded size, at most `bs` x 512x512 pixels; tiled images alone."
-    groups = {}
-    for i, (w, h) in enumerate(sizes):
-        W, H = round_up(w, multiple), round_up(h, multiple)
-        key = (1, W * H, W, i) if tile and (W > tile or H > tile) else (0, W * H, W, -1)
-        groups.setdefault(key, []).append(i)
-    out = []
-    for key in sorted(groups):
-        idx, n = groups[key], max(1, min(bs, bs * BATCH_SIDE ** 2 // key[1]))
-        out += [idx[j:j + n] for j in range(0, len(idx), n)]
-    return out
-
-def needs_tiles(w:int, h:int, multiple:int, tile:int) -> bool:
-    return bool(tile) and (round_up(w, multiple) > tile or round_up(h, multiple) > tile)
 
 # %% ../nbs/09_reconstruct.ipynb #3bd8883e
 def _load(path:str, max_pixels:int):
@@ -635,7 +369,7 @@ def reconstruct(paths, ae='CompVis/stable-diffusion-v1-4/vae', out_dir='aligned'
     if len(set(names)) < len(names): raise ValueError(f"--ae: two autoencoders are named alike ({', '.join(names)}): name them (NAME=...)")
     out_dir = Path(out_dir).absolute()
     out = Path(out).absolute() if out else out_dir/'metadata.jsonl'
-    _diffusers()                                          # say how to install it before anything is written
+    import_diffusers()                                          # say how to install it before anything is written
     items = list_inputs(paths, valid_pct, test_pct)
     inside = items['path'].str.startswith(tuple(str(out_dir/n) + os.sep for n in names))
     if inside.any():                                      # our own fakes, when OUT_DIR is inside an input folder

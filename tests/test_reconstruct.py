@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import realfake.reconstruct as R
+import realfake.autoencoders as A, realfake.tiling as T
 from realfake.core import RealfakeError, unescape_path
 from realfake.jobs import JobEnv, ledger_path
 from realfake.images import jpeg_info, load_image
@@ -23,7 +24,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT) + os.pathse
 def vaes(tmp_path_factory):
     "A tiny AutoencoderKL and a tiny AutoencoderTiny saved as diffusers folders (random weights, 8x downsampling)."
     d = tmp_path_factory.mktemp('vaes')
-    return R.make_tiny_autoencoder(d/'tiny-kl'), R.make_tiny_autoencoder(d/'tiny-taesd', kind='tiny')
+    return A.make_tiny_autoencoder(d/'tiny-kl'), A.make_tiny_autoencoder(d/'tiny-taesd', kind='tiny')
 
 def _img(path, w, h, seed=0, **save):
     "A smooth random picture (compresses like a photo) saved at `path`."
@@ -203,8 +204,8 @@ def test_identity_roundtrip_is_exact():
     rng = np.random.default_rng(1)
     for h, w in [(1, 1), (10, 4000), (4000, 10), (13, 21), (300, 517)]:
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        assert (R.reconstruct_arrays(Identity(), [a])[0] == a).all()
-        assert (R.reconstruct_tiled(Identity(), a, tile=128, overlap=32, bs=3) == a).all()
+        assert (T.reconstruct_arrays(Identity(), [a])[0] == a).all()
+        assert (T.reconstruct_tiled(Identity(), a, tile=128, overlap=32, bs=3) == a).all()
 
 def test_sample_is_seeded_and_bf16_runs(vaes, tmp_path):
     "--sample: reproducible per image whatever the batch; differs from the mode. bf16 runs on CPU and stays close."
