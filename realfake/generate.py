@@ -319,11 +319,11 @@ def _guide_arg(guide:str|None):
 @call_parse
 @command(renamed={'n': 'per_prompt', 'dtype': 'precision'})
 def realfake_generate(
-    prompts:Param("text file with one prompt per line", str),
+    prompts:Param("text file with one prompt per line", str),  # noqa: F722,F821 (option text, not a forward reference)
     pipeline:str='CompVis/stable-diffusion-v1-4', # diffusers text-to-image pipeline: a Hub id or a local folder (save_pretrained)
-    out:opt('out', "the folder of images/, metadata.jsonl, ...; a rerun with the same settings resumes")='generated',
+    out:opt('out', "the folder of images/, metadata.jsonl, ...; a rerun with the same settings resumes")='generated',  # noqa: F722,F821 (option text, not a forward reference)
     per_prompt:int=100, # images per prompt
-    seed:opt('seed', "the base seed: each image's seed is derived from it, the prompt and the image's number", type=int)=SEED,
+    seed:opt('seed', "the base seed: each image's seed is derived from it, the prompt and the image's number", type=int)=SEED,  # noqa: F722,F821 (option text, not a forward reference)
     bs:int=8, # images per pipeline call
     steps:int=None, # denoising steps (default: the pipeline's own, 50 for Stable Diffusion)
     cfg:float=None, # classifier-free guidance scale (default: the pipeline's own, 7.5 for Stable Diffusion)
@@ -331,7 +331,7 @@ def realfake_generate(
     height:int=None, # image height in pixels (default: the pipeline's)
     negative_prompt:str=None, # negative prompt for every image
     scheduler:str=None, # replace the pipeline's scheduler: ddim, ddpm, euler, euler_a, lms, heun, pndm, dpm, unipc
-    precision:opt('precision', "or 'fp16', 'bf16', 'fp32'")='auto',
+    precision:opt('precision', "or 'fp16', 'bf16', 'fp32'")='auto',  # noqa: F722,F821 (option text, not a forward reference)
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: this process's GPU under accelerate launch, else cuda when available)
     source:str=None, # the metadata 'source' of the images (default: the pipeline's Hub id or folder name)
     split:str='test', # the metadata 'split' of every image (test: an out-of-sample set like the seed's)
@@ -344,10 +344,10 @@ def realfake_generate(
     guide_transforms:str='crop,resize,jpeg', # the views' random transformations (JPEG: straight-through)
     checkpointing:bool=False, # recompute the VAE decoder's activations in the guidance backward pass (less GPU memory)
     judge:str=None, # an independently trained realfake model (other data or seed) that scores both runs first; refused if its weights are a guide's
-    no_progress:opt('no_progress', type=bool)=False,
+    no_progress:opt('no_progress', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
     n:hidden()=None,            # old spelling of --per_prompt
     dtype:hidden()=None,        # old spelling of --precision
-    verbose:opt('verbose', type=bool)=False,
+    verbose:opt('verbose', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
 ):
     "Generate N images per prompt with a diffusers pipeline (resumable; several GPUs with accelerate launch), optionally also under realfake guidance."
     if guide_schedule not in SCHEDULES: raise RealfakeError(f"--guide_schedule must be one of {', '.join(SCHEDULES)}")

@@ -575,10 +575,10 @@ _HEATMAPS = ("image files: overlay PNGs (torch backend; index in heatmaps.csv) i
 @command(renamed={'num_workers': 'workers'})
 def realfake_predict(
     paths:_PATHS,
-    model:opt('model', 'config.json + model.safetensors and/or model.onnx')='model',
-    out:opt('out', 'a CSV file for image files (default predictions.csv), a folder for tar shards (default predictions); a rerun resumes it')=None,
+    model:opt('model', 'config.json + model.safetensors and/or model.onnx')='model',  # noqa: F722,F821 (option text, not a forward reference)
+    out:opt('out', 'a CSV file for image files (default predictions.csv), a folder for tar shards (default predictions); a rerun resumes it')=None,  # noqa: F722,F821 (option text, not a forward reference)
     bs:int=32, # images per batch
-    workers:opt('workers', _WORKERS, type=int)=None,
+    workers:opt('workers', _WORKERS, type=int)=None,  # noqa: F722,F821 (option text, not a forward reference)
     resize:str=None, # score with another resize policy than the model's: 'native' or a shorter side in pixels
     crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
     max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
@@ -587,15 +587,15 @@ def realfake_predict(
     backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available; under torchrun, this process's GPU)
     threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
-    precision:opt('precision', "or 'fp32', 'bf16' (bf16: about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly); predict has no fp16, so auto is fp32 on a GPU without bf16")='auto',
+    precision:opt('precision', "or 'fp32', 'bf16' (bf16: about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly); predict has no fp16, so auto is fp32 on a GPU without bf16")='auto',  # noqa: F722,F821 (option text, not a forward reference)
     formats:str=None, # tar shards (default parquet): output per shard, 'parquet', 'csv' or 'parquet,csv'
-    heatmaps:opt('heatmaps', _HEATMAPS, nargs='?', const=True)=None,
+    heatmaps:opt('heatmaps', _HEATMAPS, nargs='?', const=True)=None,  # noqa: F722,F821 (option text, not a forward reference)
     heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
     provenance:bool=False, # image files: add a 'provenance' column: the C2PA, invisible watermark and generator text found in each (never changes the score)
     rescore:bool=False, # when --out was scored with other options, score it again instead of refusing
-    no_progress:opt('no_progress', type=bool)=False,
+    no_progress:opt('no_progress', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
     num_workers:hidden()=None,          # old spelling of --workers
-    verbose:opt('verbose', type=bool)=False,
+    verbose:opt('verbose', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
 ):
     "Score images, folders or WebDataset tar shards with a model (folder or Hub name): a CSV for files, one Parquet/CSV per shard."
     _check_bs(bs)

@@ -428,25 +428,25 @@ def _out_folder(out:str|None, out_dir:str|None) -> str:
 def realfake_reconstruct(
     paths:_PATHS,
     ae:_ae_param()='CompVis/stable-diffusion-v1-4/vae',
-    out:opt('out', "the folder of the reconstructions (OUT/NAME/...), the paired OUT/metadata.jsonl, the progress ledgers and errors.csv (default: aligned)")=None,
+    out:opt('out', "the folder of the reconstructions (OUT/NAME/...), the paired OUT/metadata.jsonl, the progress ledgers and errors.csv (default: aligned)")=None,  # noqa: F722,F821 (option text, not a forward reference)
     bs:int=None, # batch size in 512x512 images (larger images count for more); default 16 on GPU, 4 on CPU
     device:str=None, # 'cpu', 'cuda', 'cuda:1' (default: this process's GPU when there is one)
-    precision:opt('precision', "or 'fp32', 'bf16', 'fp16'")='auto',
+    precision:opt('precision', "or 'fp32', 'bf16', 'fp16'")='auto',  # noqa: F722,F821 (option text, not a forward reference)
     tile:int=1024, # images with a side above this are reconstructed in overlapping tiles of this size; 0: never tile
     overlap:int=64, # minimum overlap of neighbouring tiles in pixels (blended linearly)
     max_pixels:int=MAX_PIXELS, # refuse images with more pixels than this (an error row)
     sample:bool=False, # sample the latent (seeded per image) instead of taking its mode
-    seed:opt('seed', 'of --sample and of the img2img noise', type=int)=SEED,
+    seed:opt('seed', 'of --sample and of the img2img noise', type=int)=SEED,  # noqa: F722,F821 (option text, not a forward reference)
     img2img:float=0.0, # DRCT-style stronger fakes: an img2img pass at this strength (e.g. 0.1) through the pipelines --ae names
     prompt:str='', # img2img prompt of images whose record has no prompt
     steps:int=50, # img2img inference steps (strength x steps of them run)
     guidance:float=1.0, # img2img classifier-free guidance scale (1: off)
     valid_pct:float=0.1, # folder inputs: share of images in the valid split (by a hash of the path inside the folder)
     test_pct:float=0.0, # folder inputs: share of images in the test split
-    workers:opt('workers', 'threads decoding and encoding files (default: min(4, CPUs))', type=int)=None,
-    no_progress:opt('no_progress', type=bool)=False,
+    workers:opt('workers', 'threads decoding and encoding files (default: min(4, CPUs))', type=int)=None,  # noqa: F722,F821 (option text, not a forward reference)
+    no_progress:opt('no_progress', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
     out_dir:hidden()=None,      # old spelling of --out
-    verbose:opt('verbose', type=bool)=False,
+    verbose:opt('verbose', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
 ):
     "Make aligned fakes: reconstruct real images through diffusion autoencoders, with a metadata file pairing them."
     s = reconstruct(paths, ae=ae, out_dir=_out_folder(out, out_dir), bs=bs, device=device, precision=precision, tile=tile,

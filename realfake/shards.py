@@ -443,11 +443,11 @@ def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
 @call_parse
 @command(renamed={'to': 'out'})
 def realfake_merge(
-    folder:Param("the output folder of realfake_predict on tar shards", str),
-    out:opt('out', "also concatenate the per-shard files into this .parquet or .csv file")=None,
+    folder:Param("the output folder of realfake_predict on tar shards", str),  # noqa: F722,F821 (option text, not a forward reference)
+    out:opt('out', "also concatenate the per-shard files into this .parquet or .csv file")=None,  # noqa: F722,F821 (option text, not a forward reference)
     partial:bool=False, # with --out: merge the finished shards even if some are still to do
     to:hidden()=None,   # old spelling of --out
-    verbose:opt('verbose', type=bool)=False,
+    verbose:opt('verbose', type=bool)=False,  # noqa: F722,F821 (option text, not a forward reference)
 ):
     "Summarise realfake_predict's per-shard outputs (done, to do, unreadable shards; images, fakes), and merge them into one file."
     s = merge_outputs(folder, out, partial) if out else job_summary(folder)
