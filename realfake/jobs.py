@@ -35,8 +35,9 @@ class JobEnv:
 def job_env(**kwargs) -> JobEnv:
     "This process's `JobEnv`, from accelerate's `PartialState` (one process when nothing launched us); `kwargs` (e.g. `timeout`) go to the process group it starts."
     try:
+        import torch
         from accelerate import PartialState
-        s = PartialState(**kwargs)
+        s = PartialState(cpu=not torch.cuda.is_available(), **kwargs)   # cpu: without it, processes on a CPU-only machine each think they are alone
     except ValueError as e: raise RealfakeError(f"cannot tell this process's rank from the environment: {e}") from None
     return JobEnv(s.process_index, s.num_processes, s.local_process_index)
 
