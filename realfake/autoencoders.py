@@ -89,7 +89,7 @@ def download_hint(spec:AESpec) -> str:
     return (f"on a machine with internet run `hf download {spec.source}{inc} --local-dir {dest}` (`huggingface-cli "
             f"download` with older huggingface_hub), copy the folder {dest} here and pass --ae {path}")
 
-# %% ../nbs/09a_autoencoders.ipynb #02e05110
+# %% ../nbs/09a_autoencoders.ipynb #751caa84
 @contextlib.contextmanager
 def _quiet_diffusers():
     "Silence diffusers' and huggingface_hub's loading chatter (config keys it ignores, deprecated arguments)."

@@ -271,7 +271,7 @@ def _setup(pipe, opts:dict, guide, judge, device, precision, scheduler, safety_c
                                views=opts.get('guide_views', 0), transforms=opts.get('guide_transforms', TRANSFORMS))
     return pipe, pipeline_name(pipe, src), g
 
-# %% ../nbs/21_generate.ipynb #95714b14
+# %% ../nbs/21_generate.ipynb #44ca3d29
 def generate(pipe, prompts, out='generated', n:int=100, seed:int=0, bs:int=8, steps:int|None=None, cfg:float|None=None,
              width:int|None=None, height:int|None=None, negative_prompt:str|None=None, scheduler:str|None=None,
              precision:str='auto', device=None, source:str|None=None, split:str='test', safety_checker:bool=True,

@@ -65,7 +65,7 @@ def source_info(path) -> dict:
     if fmt == 'WEBP': info['lossless'] = webp_lossless(path)
     return info
 
-# %% ../nbs/09_reconstruct.ipynb #2c091216
+# %% ../nbs/09_reconstruct.ipynb #8fee172b
 def _upright_exif(b:bytes) -> bytes:
     "EXIF `b` without its orientation tag (the reconstruction's pixels are stored upright)."
     ex = Image.Exif(); ex.load(b); ex.pop(0x0112, None)
