@@ -79,7 +79,7 @@ def main():
     if args.threads: torch.set_num_threads(args.threads)
     from PIL import Image; Image.init()
     if not C.module_available('reconstruct'): sys.exit('needs realfake.reconstruct')
-    import realfake.reconstruct as R
+    import realfake.reconstruct as R, realfake.autoencoders as A
     from realfake.images import load_image
     try: import diffusers
     except ImportError: sys.exit("needs diffusers: pip install 'realfake[reconstruct]'")
@@ -92,7 +92,7 @@ def main():
     bf16_cpu = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     with tempfile.TemporaryDirectory(prefix='rf_bench_rec_') as d:
         d = Path(d)
-        tiny = R.make_tiny_autoencoder(d / 'models' / 'tiny-kl')
+        tiny = A.make_tiny_autoencoder(d / 'models' / 'tiny-kl')
         torch.manual_seed(0)
         full = diffusers.AutoencoderKL(**{k: v for k, v in SD_V1_VAE.items() if not k.startswith('_')})
         full.save_pretrained(d / 'models' / 'sd-v1-vae-config')
@@ -110,7 +110,7 @@ def main():
             assert s['done'] == len(paths) and s['errors'] == 0 and s['failed'] == 0, s
             return d / f'out{k[0]}'
         # ---- (a) tiny VAE: realfake vs naive vs model only, interleaved
-        vae = R.load_autoencoder(R.parse_ae(str(tiny)), dev)
+        vae = A.load_autoencoder(A.parse_ae(str(tiny)), dev)
         naive_dir = d / 'naive'
         run_m, n_m = model_only(vae, len(srcs), side, 4, dev)
         last, cpu = {}, {}
@@ -125,7 +125,7 @@ def main():
         if dev.type == 'cpu':
             few = [q for q in srcs if q.suffix == '.jpg'][:max(1, n_full // 2)] + [q for q in srcs if q.suffix == '.png'][:max(1, n_full - n_full // 2)]
             few = few[:n_full]
-            big = R.load_autoencoder(R.parse_ae(str(d / 'models' / 'sd-v1-vae-config')), dev)
+            big = A.load_autoencoder(A.parse_ae(str(d / 'models' / 'sd-v1-vae-config')), dev)
             rf_full = lambda: last.__setitem__('full', rf(d / 'models' / 'sd-v1-vae-config', few, 4))
             cpu = {}
             ts = C.interleaved({'naive': lambda: naive_loop(few, big, d / 'naive_full', dev), 'realfake': rf_full},
@@ -151,7 +151,7 @@ def main():
             n_gpu = 32 if args.quick else args.gpu_images
             many = C.make_image_set(d / 'gpu' / 'images', [('photo', side, side, '.jpg', n_gpu // 2), ('render', side, side, '.png', n_gpu // 2)])
             many = sorted(q for v in many.values() for q in v)
-            big = R.load_autoencoder(R.parse_ae(str(d / 'models' / 'sd-v1-vae-config')), dev, torch.bfloat16)
+            big = A.load_autoencoder(A.parse_ae(str(d / 'models' / 'sd-v1-vae-config')), dev, torch.bfloat16)
             run_m, n_m = model_only(big, n_gpu, side, 16, dev)
             def sync_run(f):
                 def g(): f(); torch.cuda.synchronize()

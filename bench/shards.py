@@ -65,7 +65,7 @@ def processes(d:Path, model:Path, n:int, nproc:int, threads:int, out:str) -> tup
     torchrun = str(Path(sys.executable).parent/'torchrun')
     (d/'run.py').write_text(_RUN)
     cmd = [torchrun, '--standalone', '--nproc_per_node', str(nproc), str(d/'run.py'), str(d/'shards'), '--model', str(model),
-           '--out', str(d/out), '--num_workers', '0', '--device', 'cpu', '--no_progress']
+           '--out', str(d/out), '--workers', '0', '--device', 'cpu', '--no_progress']
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=str(C.ROOT))
     c = C.cpu_seconds(); t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
-from fastcore.script import call_parse
-from .core import (SPLITS, RealfakeError, atomic_path, atomic_write, atomic_write_json, command, csv_cell,
+from fastcore.script import call_parse, Param
+from .jobs import JobEnv, job_env, Ledger, ledger_path, read_ledgers, check_settings, pick_precision, torch_dtype
+from .core import (opt, hidden, SEED, SPLITS, RealfakeError, atomic_path, atomic_write, atomic_write_json, command, csv_cell,
                            escape_path, get_logger, progress_bar, read_state_json, check_shape)
 from .metadata import write_metadata
 from .images import load_image
@@ -22,10 +23,10 @@ from .guidance import (ClassifierGuidance, SCHEDULERS, SCHEDULES, TRANSFORMS, ch
 _log = get_logger('generate')
 
 # %% auto #0
-__all__ = ['KINDS', 'DTYPES', 'PROGRESS_SHAPE', 'read_prompts', 'prompt_group', 'image_seed', 'Item', 'plan', 'dist_env', 'shard',
-           'pick_dtype', 'set_scheduler', 'check_text_to_image', 'load_pipeline', 'pipeline_name', 'check_settings',
-           'Progress', 'read_progress', 'make_batch', 'merge', 'summarize_pairs', 'guidance_report', 'format_report',
-           'comparison_grid', 'generate', 'realfake_generate']
+__all__ = ['KINDS', 'PROGRESS_SHAPE', 'read_prompts', 'prompt_group', 'image_seed', 'Item', 'plan', 'set_scheduler',
+           'check_text_to_image', 'load_pipeline', 'pipeline_name', 'record_settings', 'read_progress', 'make_batch',
+           'merge', 'summarize_pairs', 'guidance_report', 'format_report', 'comparison_grid', 'generate',
+           'realfake_generate']
 
 # %% ../nbs/21_generate.ipynb #0ba994eb
 def read_prompts(path) -> list[str]:
@@ -68,29 +69,7 @@ def plan(prompts:list, n:int, seed:int=0) -> list[Item]:
     if n < 1: raise RealfakeError(f"n must be at least 1, not {n}")
     return [Item(k * n + i, p, prompt_group(p), i, image_seed(seed, p, i)) for k, p in enumerate(prompts) for i in range(n)]
 
-def dist_env() -> tuple[int, int, int]:
-    "(rank, world size, local rank) from the environment that `accelerate launch` / `torchrun` set; (0, 1, 0) alone."
-    def get(k, d):
-        v = os.environ.get(k, '')
-        try: return int(v) if v.strip() else d
-        except ValueError: raise RealfakeError(f"{k}={v!r} is not a number") from None
-    rank, world = get('RANK', 0), get('WORLD_SIZE', 1)
-    if not 0 <= rank < world: raise RealfakeError(f"RANK={rank} is not below WORLD_SIZE={world}")
-    return rank, world, get('LOCAL_RANK', rank)
-
-def shard(items:list, rank:int=0, world:int=1) -> list[Item]:
-    "The items process `rank` of `world` makes."
-    return [it for it in items if it.index % world == rank]
-
 # %% ../nbs/21_generate.ipynb #5e375663
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-
-def pick_dtype(dtype:str, device:torch.device) -> torch.dtype:
-    "The torch dtype for `dtype` ('auto': fp16 on a GPU, fp32 on the CPU)."
-    if dtype == 'auto': return torch.float16 if device.type == 'cuda' else torch.float32
-    if dtype not in DTYPES: raise RealfakeError(f"dtype must be auto, {', '.join(DTYPES)}, not {dtype!r}")
-    return DTYPES[dtype]
-
 def set_scheduler(pipe, name:str):
     "Replace `pipe`'s scheduler by the one named `name` (a key of `realfake.guidance.SCHEDULERS`), from its config."
     if name not in SCHEDULERS: raise RealfakeError(f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)})")
@@ -103,7 +82,7 @@ def check_text_to_image(pipe):
     missing = [k for k in ('prompt', 'generator', 'num_inference_steps') if k not in params]
     if missing: raise RealfakeError(f"{type(pipe).__name__} is not a text-to-image pipeline (its call takes no {', '.join(missing)})")
 
-def load_pipeline(src, device=None, dtype:str='auto', scheduler:str|None=None, safety_checker:bool=True):
+def load_pipeline(src, device=None, precision:str='auto', scheduler:str|None=None, safety_checker:bool=True):
     "A diffusers text-to-image pipeline from a Hub id or a local folder, on `device`, ready to generate."
     diffusers = import_diffusers(); import_transformers()
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -111,7 +90,8 @@ def load_pipeline(src, device=None, dtype:str='auto', scheduler:str|None=None, s
     try:
         with warnings.catch_warnings():          # newer diffusers call it `dtype`; `torch_dtype` works in all
             warnings.filterwarnings('ignore', message='.*torch_dtype', category=FutureWarning)
-            pipe = diffusers.DiffusionPipeline.from_pretrained(str(src), torch_dtype=pick_dtype(dtype, device), local_files_only=local)
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(src), torch_dtype=torch_dtype(pick_precision(precision, device)),
+                                                               local_files_only=local)
     except Exception as e:
         hint = '' if local else ' (offline? pass a local folder written by save_pretrained, or set HF_HOME to a cache that has it)'
         raise RealfakeError(f"cannot load the pipeline {escape_path(src)}: {type(e).__name__}: {str(e)[:300]}{hint}") from None
@@ -128,47 +108,24 @@ def pipeline_name(pipe, src=None) -> str:
     return Path(name).name if Path(name).is_dir() or Path(name).is_absolute() else str(name)
 
 # %% ../nbs/21_generate.ipynb #3e2e65db
-def check_settings(out:Path, settings:dict) -> dict:
-    "Compare `settings` with `out/run.json` (refusing a clash), then record them; returns what is recorded."
+def record_settings(out:Path, settings:dict) -> dict:
+    "Check `settings` against `out/run.json` (`realfake.jobs.check_settings`; guidance may be added to an unguided run), then record them; returns what is recorded."
     f = out/'run.json'
-    old = read_state_json(f, {}, 'run settings file', missing={}, hint='delete it, or use another --out')
-    clash = [k for k in settings if k in old and k != 'guide' and old[k] != settings[k]]
-    if old.get('guide') and settings.get('guide') and old['guide'] != settings['guide']: clash.append('guide')
-    if clash:
-        k = clash[0]
-        raise RealfakeError(f"{escape_path(out)} was made with other settings ({k}: {old[k]!r}, now {settings[k]!r}); "
-                            "use another --out, or the same settings to resume")
+    old = read_state_json(f, {}, 'run settings file', hint='delete it, or use another --out')
+    both_guided = bool(old and old.get('guide') and settings.get('guide'))
+    check_settings(out, old, settings, ignore=() if both_guided else ('guide',))
+    old = old or {}
     new = {**old, **{k: v for k, v in settings.items() if v is not None or k not in old}}
     if new != old: atomic_write_json(f, new)
     return new
 
-class Progress:
-    "The append-only progress file of one process: one JSON line per finished image, fsynced."
-    def __init__(self, path):
-        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            data = self.path.read_bytes()
-            end = data.rfind(b'\n') + 1
-            if end < len(data):
-                _log.warning(f"{escape_path(self.path)}: dropping a partial last line left by an interrupted run")
-                with open(self.path, 'r+b') as f: f.truncate(end); f.flush(); os.fsync(f.fileno())
-        self.f = open(self.path, 'ab')
-    def add(self, rec:dict):
-        self.f.write(json.dumps(rec, ensure_ascii=False).encode('utf-8') + b'\n'); self.f.flush(); os.fsync(self.f.fileno())
-    def close(self): self.f.close()
-
 PROGRESS_SHAPE = {'kind': str, 'group': str, 'i': int, 'path': str, 'seed': int, 'prompt': str, 'width': int, 'height': int}
 
 def read_progress(out:Path) -> dict:
-    "{(kind, group, i): record} of every finished image in `out` whose file exists (all processes' files)."
-    done = {}
-    for p in sorted((Path(out)/'progress').glob('rank*.jsonl')):
-        for line in p.read_bytes().split(b'\n'):
-            try: r = json.loads(line)
-            except ValueError: continue                     # a partial line of a killed process
-            # a line of another shape is not a record of ours: its image is made again
-            if check_shape(r, PROGRESS_SHAPE) is None and (Path(out)/r['path']).is_file(): done[(r['kind'], r['group'], r['i'])] = r
-    return done
+    "{(kind, group, i): record} of every finished image in `out` whose file exists, from all processes' ledgers (`realfake.jobs.read_ledgers`)."
+    # a line of another shape is not a record of ours: its image is made again
+    return {(r['kind'], r['group'], r['i']): r for r in read_ledgers(Path(out)/'progress')
+            if check_shape(r, PROGRESS_SHAPE) is None and (Path(out)/r['path']).is_file()}
 
 # %% ../nbs/21_generate.ipynb #46f27bfd
 def _call_kwargs(opts:dict) -> dict:
@@ -176,7 +133,7 @@ def _call_kwargs(opts:dict) -> dict:
     names = dict(steps='num_inference_steps', cfg='guidance_scale', width='width', height='height')
     return {names[k]: opts[k] for k in names if opts.get(k) is not None}
 
-def make_batch(pipe, items:list, out:Path, kind:str, opts:dict, progress:Progress, guide:ClassifierGuidance|None=None) -> int:
+def make_batch(pipe, items:list, out:Path, kind:str, opts:dict, progress:Ledger, guide:ClassifierGuidance|None=None) -> int:
     "Generate `items` in one pipeline call (guided when `guide`), write each PNG atomically and record it; returns how many."
     kw = dict(prompt=[it.prompt for it in items], generator=[torch.Generator('cpu').manual_seed(it.seed) for it in items],
               num_images_per_prompt=1, output_type='pil', **_call_kwargs(opts))
@@ -296,13 +253,13 @@ def _guide_settings(guide, scale, every, schedule, checkpointing, views=0, trans
              schedule=schedule, checkpointing=checkpointing)
     return {**s, 'views': views, 'transforms': list(transforms)} if views else s
 
-def _setup(pipe, opts:dict, guide, judge, device, dtype, scheduler, safety_checker):
+def _setup(pipe, opts:dict, guide, judge, device, precision, scheduler, safety_checker):
     "(pipeline, its name, ClassifierGuidance or None) after checking everything that can fail before generating."
     if opts['split'] not in SPLITS: raise RealfakeError(f"split must be one of {', '.join(SPLITS)}, not {opts['split']!r}")
     if judge is not None and guide is not None: check_independent(judge, guide)         # a missing or non-independent judge fails now, not at the end
     elif judge is not None and not hasattr(judge, 'predict'): read_config(judge)
     src = None
-    if isinstance(pipe, (str, os.PathLike)): src, pipe = pipe, load_pipeline(pipe, device, dtype, scheduler, safety_checker)
+    if isinstance(pipe, (str, os.PathLike)): src, pipe = pipe, load_pipeline(pipe, device, precision, scheduler, safety_checker)
     else:
         check_text_to_image(pipe)
         if scheduler: set_scheduler(pipe, scheduler)
@@ -314,30 +271,31 @@ def _setup(pipe, opts:dict, guide, judge, device, dtype, scheduler, safety_check
                                views=opts.get('guide_views', 0), transforms=opts.get('guide_transforms', TRANSFORMS))
     return pipe, pipeline_name(pipe, src), g
 
+# %% ../nbs/21_generate.ipynb #44ca3d29
 def generate(pipe, prompts, out='generated', n:int=100, seed:int=0, bs:int=8, steps:int|None=None, cfg:float|None=None,
              width:int|None=None, height:int|None=None, negative_prompt:str|None=None, scheduler:str|None=None,
-             dtype:str='auto', device=None, source:str|None=None, split:str='test', safety_checker:bool=True,
+             precision:str='auto', device=None, source:str|None=None, split:str='test', safety_checker:bool=True,
              guide=None, guide_scale:float=0.1, guide_every:int=1, guide_schedule:str='linear', checkpointing:bool=False,
-             guide_views:int=0, guide_transforms=TRANSFORMS, judge=None, progress:bool|None=None) -> dict:
-    "Generate `n` images per prompt with `pipe` into `out` (resuming), and with `guide` (a model or a list: an ensemble) the same under guidance. Returns counts."
+             guide_views:int=0, guide_transforms=TRANSFORMS, judge=None, progress:bool|None=None, env:JobEnv|None=None) -> dict:
+    "Generate `n` images per prompt with `pipe` into `out` (resuming), and with `guide` (a model or a list: an ensemble) the same under guidance; this process's share (`env`, default `job_env()`). Returns counts."
     t0, out = time.time(), Path(out)
     opts = dict(split=split, guide_scale=guide_scale, guide_every=guide_every, guide_schedule=guide_schedule, checkpointing=checkpointing,
                 guide_views=guide_views, guide_transforms=tuple(guide_transforms))
     prompts = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     if bs < 1: raise RealfakeError(f"bs must be at least 1, not {bs}")
-    rank, world, local = dist_env()
-    if device is None and torch.cuda.is_available(): device = f'cuda:{local % torch.cuda.device_count()}'
-    pipe, name, g = _setup(pipe, opts, guide, judge, device, dtype, scheduler, safety_checker)
-    settings = check_settings(out, dict(pipeline=name, source=source or name, base_seed=seed, steps=steps, cfg=cfg, width=width, height=height,
+    env = env or job_env()
+    if device is None and torch.cuda.is_available(): device = f'cuda:{env.local_rank % torch.cuda.device_count()}'
+    pipe, name, g = _setup(pipe, opts, guide, judge, device, precision, scheduler, safety_checker)
+    settings = record_settings(out, dict(pipeline=name, source=source or name, base_seed=seed, steps=steps, cfg=cfg, width=width, height=height,
                                         negative_prompt=negative_prompt, scheduler=type(pipe.scheduler).__name__, dtype=str(pipe.dtype).replace('torch.', ''),
                                         guide=_guide_settings(guide, guide_scale, guide_every, guide_schedule, checkpointing, guide_views, guide_transforms)))
     kinds = KINDS if g is not None else KINDS[:1]
     items = plan(prompts, n, seed)
-    mine, done = shard(items, rank, world), read_progress(out)
+    mine, done = env.take(items), read_progress(out)
     todo = [it for it in mine if any((k, it.group, it.i) not in done for k in kinds)]
     _remove_stale_tmp(out, todo)
-    _log.info(f"rank {rank}/{world}: {len(mine)} of {len(items)} images are this process's, {len(todo)} to make ({', '.join(kinds)})")
-    pr, made = Progress(out/'progress'/f'rank{rank}.jsonl'), 0
+    _log.info(f"rank {env.rank}/{env.world}: {len(mine)} of {len(items)} images are this process's, {len(todo)} to make ({', '.join(kinds)})")
+    pr, made = Ledger(ledger_path(out/'progress', env.rank)), 0
     try:
         with progress_bar(len(todo) * len(kinds), 'generate', show=progress) as bar:
             for b in range(0, len(todo), bs):
@@ -360,13 +318,13 @@ def _guide_arg(guide:str|None):
     return [g.strip() for g in guide.split(',') if g.strip()]
 
 @call_parse
-@command
+@command(renamed={'n': 'per_prompt', 'dtype': 'precision'})
 def realfake_generate(
-    prompts:str, # text file with one prompt per line
+    prompts:Param("text file with one prompt per line", str),
     pipeline:str='CompVis/stable-diffusion-v1-4', # diffusers text-to-image pipeline: a Hub id or a local folder (save_pretrained)
-    out:str='generated', # output folder (images/, metadata.jsonl, ...); a rerun with the same settings resumes
-    n:int=100, # images per prompt
-    seed:int=0, # base seed: each image's seed is derived from it, the prompt and the image's number
+    out:opt.out("the folder of images/, metadata.jsonl, ...; a rerun with the same settings resumes")='generated',
+    per_prompt:int=100, # images per prompt
+    seed:opt.seed("the base seed: each image's seed is derived from it, the prompt and the image's number", type=int)=SEED,
     bs:int=8, # images per pipeline call
     steps:int=None, # denoising steps (default: the pipeline's own, 50 for Stable Diffusion)
     cfg:float=None, # classifier-free guidance scale (default: the pipeline's own, 7.5 for Stable Diffusion)
@@ -374,7 +332,7 @@ def realfake_generate(
     height:int=None, # image height in pixels (default: the pipeline's)
     negative_prompt:str=None, # negative prompt for every image
     scheduler:str=None, # replace the pipeline's scheduler: ddim, ddpm, euler, euler_a, lms, heun, pndm, dpm, unipc
-    dtype:str='auto', # 'auto' (fp16 on a GPU, fp32 on the CPU), 'fp16', 'bf16' or 'fp32'
+    precision:opt.precision("or 'fp16', 'bf16', 'fp32'")='auto',
     device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: this process's GPU under accelerate launch, else cuda when available)
     source:str=None, # the metadata 'source' of the images (default: the pipeline's Hub id or folder name)
     split:str='test', # the metadata 'split' of every image (test: an out-of-sample set like the seed's)
@@ -387,13 +345,15 @@ def realfake_generate(
     guide_transforms:str='crop,resize,jpeg', # the views' random transformations (JPEG: straight-through)
     checkpointing:bool=False, # recompute the VAE decoder's activations in the guidance backward pass (less GPU memory)
     judge:str=None, # an independently trained realfake model (other data or seed) that scores both runs first; refused if its weights are a guide's
-    no_progress:bool=False, # hide the progress bar (it is shown only on a terminal anyway)
-    verbose:bool=False, # debug logging and full tracebacks
+    no_progress:opt.no_progress(type=bool)=False,
+    n:hidden()=None,            # old spelling of --per_prompt
+    dtype:hidden()=None,        # old spelling of --precision
+    verbose:opt.verbose(type=bool)=False,
 ):
     "Generate N images per prompt with a diffusers pipeline (resumable; several GPUs with accelerate launch), optionally also under realfake guidance."
     if guide_schedule not in SCHEDULES: raise RealfakeError(f"--guide_schedule must be one of {', '.join(SCHEDULES)}")
-    s = generate(pipeline, prompts, out, n=n, seed=seed, bs=bs, steps=steps, cfg=cfg, width=width, height=height,
-                 negative_prompt=negative_prompt, scheduler=scheduler, dtype=dtype, device=device, source=source, split=split,
+    s = generate(pipeline, prompts, out, n=int(per_prompt), seed=seed, bs=bs, steps=steps, cfg=cfg, width=width, height=height,
+                 negative_prompt=negative_prompt, scheduler=scheduler, precision=precision, device=device, source=source, split=split,
                  safety_checker=not no_safety_checker, guide=_guide_arg(guide), guide_scale=guide_scale, guide_every=guide_every,
                  guide_schedule=guide_schedule, checkpointing=checkpointing, judge=judge,
                  guide_views=guide_views, guide_transforms=tuple(t.strip() for t in guide_transforms.split(',') if t.strip()), progress=False if no_progress else None)

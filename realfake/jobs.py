@@ -32,11 +32,12 @@ class JobEnv:
         "The items this process does: every `world`-th one, starting at `rank`."
         return list(items)[self.rank::self.world]
 
-def job_env() -> JobEnv:
-    "This process's `JobEnv`, from accelerate's `PartialState` (one process when nothing launched us)."
+def job_env(**kwargs) -> JobEnv:
+    "This process's `JobEnv`, from accelerate's `PartialState` (one process when nothing launched us); `kwargs` (e.g. `timeout`) go to the process group it starts."
     try:
+        import torch
         from accelerate import PartialState
-        s = PartialState()
+        s = PartialState(cpu=not torch.cuda.is_available(), **kwargs)   # cpu: without it, processes on a CPU-only machine each think they are alone
     except ValueError as e: raise RealfakeError(f"cannot tell this process's rank from the environment: {e}") from None
     return JobEnv(s.process_index, s.num_processes, s.local_process_index)
 
@@ -100,14 +101,16 @@ def settings_diff(old:dict|None, new:dict, ignore=()) -> list[tuple]:
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k.split('.')[0] not in ignore and old.get(k) != new.get(k)]
 
-def check_settings(out, old:dict|None, new:dict, ignore=(), hint:str='use another --out, or the same settings to resume') -> list[tuple]:
-    "Raise a one-line `RealfakeError` when `old` settings recorded for `out` differ from `new` (see `settings_diff`)."
+def check_settings(out, old:dict|None, new:dict, ignore=(), hint:str='use another --out, or the same settings to resume',
+                   allow:bool=False, verb:str='made') -> list[tuple]:
+    "Raise a one-line `RealfakeError` when `old` settings recorded for `out` differ from `new` (see `settings_diff`); with `allow` (a rerun that redoes the work, like `--rescore`) only warn. Returns the differences."
     diffs = settings_diff(old, new, ignore) if old is not None else []
-    if diffs:
+    if diffs and allow: _log.warning(f"{escape_path(out)}: {verb} with another {diffs[0][0]}: doing it again")
+    elif diffs:
         short = lambda v: (v if isinstance(v, str) else json.dumps(v, separators=(',', ':')))[:80]
         k, a, b = diffs[0]
         more = f" (and {len(diffs) - 1} more: {', '.join(d[0] for d in diffs[1:])})" if len(diffs) > 1 else ''
-        raise RealfakeError(f"{escape_path(out)} was made with {k} {short(a)}, not {short(b)}{more}: {hint}")
+        raise RealfakeError(f"{escape_path(out)} was {verb} with {k} {short(a)}, not {short(b)}{more}: {hint}")
     return diffs
 
 # %% ../nbs/00b_jobs.ipynb #3ad65787

@@ -14,7 +14,8 @@ from PIL import Image
 from fastcore.basics import patch
 from fastcore.script import call_parse, Param
 from .core import (LABELS, RealfakeError, command, escape_path, find_images,
-                           get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path, read_state_json)
+                           get_logger, progress_bar, atomic_write, atomic_write_json, unescape_path, read_state_json, opt, hidden)
+from .jobs import job_env, pick_precision, settings_diff
 from .images import ImageLoadError
 from .containers import split_pointer
 from .explain import KINDS, write_heatmaps
@@ -22,15 +23,15 @@ from .preprocess import Preprocess, image_crops, normalize, combine_logits, pars
 from .backends import (BACKENDS, PRECISIONS, pick_backend,
                                open_session, int8_ok)
 from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, model_file_sha256)
-from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, dist_env, rank_shards,
-                             parse_formats, open_job, write_shard_outputs, record_diff, differs_message,
+from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, UNSCORED,
+                             parse_formats, open_job, write_shard_outputs, check_scored_with,
                              import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS,
                              shards_todo)
 
 # %% auto #0
 __all__ = ['MAX_BS', 'PREDICT_COLUMNS', 'CSV_COLUMNS', 'SIDECAR_SHAPE', 'prepare_input', 'Classifier', 'load_classifier',
            'PredictOptions', 'scoring_record', 'csv_complete_length', 'sidecar_path', 'predict_to_csv',
-           'predict_shards', 'shards_line', 'csv_heatmaps', 'realfake_predict']
+           'predict_shards', 'shards_line', 'csv_heatmaps', 'heatmaps_dir', 'realfake_predict']
 
 # %% ../nbs/13_predict.ipynb #b6a65bb4
 _log = get_logger('predict')
@@ -332,7 +333,7 @@ def _classifier(model) -> tuple[Classifier, PredictOptions]:
     "The classifier and options behind `model`: `PredictOptions`, a model name, or a loaded `Classifier`."
     if isinstance(model, Classifier): return model, PredictOptions(model=model.name, bs=model.bs)
     opts = model if isinstance(model, PredictOptions) else PredictOptions(model=os.fspath(model))
-    return opts.classifier(dist_env().local_rank), opts
+    return opts.classifier(job_env().local_rank), opts
 
 # %% ../nbs/13_predict.ipynb #3d591506
 CSV_COLUMNS = ['path', 'prob_fake', 'label', 'logit', 'n_crops', 'top_crop', 'error']
@@ -389,12 +390,11 @@ def _open_resume(out, scored_with:dict, rescore:bool=False, columns=CSV_COLUMNS)
     out = Path(out); side = sidecar_path(out)
     rows = _repair_csv(out, columns) if out.exists() else None
     old = _read_sidecar(side)
-    diffs = record_diff(old.get('scored_with'), scored_with) if old else []
+    diffs = settings_diff(old.get('scored_with'), scored_with, UNSCORED) if old else []
     if rows and old is None:
         _log.warning(f"{escape_path(out)}: no {side.name} records what it was scored with: assuming these options")
     elif rows and diffs:
-        if not rescore: raise RealfakeError(differs_message(out, diffs))
-        _log.warning(f"{escape_path(out)}: scored with another {diffs[0][0]}: scoring everything again (--rescore)")
+        check_scored_with(out, old.get('scored_with'), scored_with, rescore)    # refused, or (--rescore) said
         rows = []
     err = columns.index('error')
     keep = [r for r in rows or [] if not r[err]]
@@ -436,7 +436,7 @@ def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_wo
                    progress:bool|None=None, rescore:bool=False, provenance:bool=False) -> dict:
     "Score files and folders into the CSV `out` with `model` (`PredictOptions`, a name or a `Classifier`), resuming (`provenance`: + that column)."
     clf, bs, num_workers = _run_settings(model, bs, num_workers)
-    if dist_env().world > 1: raise RealfakeError("several processes (WORLD_SIZE > 1) score tar shards only: score files and folders with one")
+    if job_env().world > 1: raise RealfakeError("several processes score tar shards only: score files and folders with one")
     out = Path(out)
     files, missing = _expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     cols = CSV_COLUMNS + ['provenance'] if provenance else CSV_COLUMNS
@@ -480,14 +480,14 @@ def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:
                    bs:int|None=None, num_workers:int|None=None) -> dict:
     "Score WebDataset tar shards into one output per shard in folder `out` (this process's share of them); rerun to resume."
     clf, bs, num_workers = _run_settings(model, bs, num_workers)
-    env, formats, out = dist_env(), parse_formats(formats), Path(out)
+    env, formats, out = job_env(), parse_formats(formats), Path(out)
     if 'parquet' in formats: import_pyarrow()
     import_webdataset()                              # once here, before DataLoader workers fork, not once per worker
     shards = expand_shards(inputs)
     if not shards: raise RealfakeError(f"no tar shards in {', '.join(map(escape_path, inputs))}")
     record = scoring_record(clf)
     open_job(out, shards, record, formats, rescore, env.rank)
-    mine = rank_shards(shards, env.rank, env.world)
+    mine = env.take(shards)
     todo, missing = _shards_todo(mine, out, formats, record)
     nw = min(_default_workers(clf) if num_workers is None else num_workers, len(todo))
     _log.info(f"process {env.rank} of {env.world}: {len(mine)} of {len(shards)} shards, {len(mine) - len(todo) - len(missing)} already done, {len(todo)} to score")
@@ -535,39 +535,57 @@ def csv_heatmaps(out, model, dest, kind:str='cam', progress:bool|None=None) -> d
     print(f"{h['written']} heatmaps written, {h['skipped']} already there, {h['errors']} failed -> {escape_path(dest)}")
     return h
 
+def heatmaps_dir(heatmaps, out) -> Path|None:
+    "Where `--heatmaps` draws: None (not asked), the folder it names, or (`--heatmaps` alone: True) `<out stem>_heatmaps/` beside the CSV `out`."
+    if heatmaps is None or heatmaps is False or heatmaps == '': return None
+    return Path(out).with_name(Path(out).stem + '_heatmaps') if heatmaps is True else Path(heatmaps)
+
+
+# %% ../nbs/13_predict.ipynb #3045a42e
 _PATHS = Param("image files and folders (searched recursively), or WebDataset tar shards: .tar files, brace patterns "
                "('data/{00000..00099}.tar') or folders of shards", str, nargs='+')
+_WORKERS = ("decoding processes (default: CPU: min(4, CPUs-1), none with 2 cores or fewer; GPU: this process's share of the "
+            "cores, up to 16; 0 = decode in this process)")
+_PRECISION = ("on the CPU also int8 where realfake_export --int8 stored a model whose agreement report passed; or 'fp32', 'bf16' "
+              "(about 2x faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly), 'int8' (refused when its report "
+              "failed, unless --force_int8); predict has no fp16, so auto is fp32 on a GPU without bf16")
+_HEATMAPS = ("image files: overlay PNGs (torch backend; index in heatmaps.csv) into <out stem>_heatmaps/ beside the CSV, "
+             "or into the folder given (--heatmaps DIR)")
 
 @call_parse
-@command
+@command(renamed={'num_workers': 'workers'})
 def realfake_predict(
     paths:_PATHS,
-    model:str='model', # model directory (config.json + model.safetensors and/or model.onnx), or Hub repo org/name[@revision]
-    out:str=None, # CSV for files (default predictions.csv), folder for shards (default predictions); a rerun resumes it
+    model:opt.model('with model.safetensors and/or the files realfake_export verified')='model',
+    out:opt.out('a CSV file for image files (default predictions.csv), a folder for tar shards (default predictions); a rerun resumes it')=None,
     bs:int=32, # images per batch
-    num_workers:int=None, # decoding worker processes (default: CPU: min(4, CPUs-1), none with 2 cores or fewer; GPU: this process's share of the cores, up to 16; 0 = decode in this process)
+    workers:opt.workers(_WORKERS, type=int)=None,
     resize:str=None, # score with another resize policy than the model's: 'native' or a shorter side in pixels
     crops:str=None, # evaluation crops: 'center' or 'grid' (default: the model's)
     max_crops:int=None, # with a grid: at most this many crops per image (default: the model's)
     combine:str=None, # how crop logits combine: 'mean' or 'max' (default: the model's)
     decode:str=None, # 'draft': decode JPEGs at 1/2-1/8 scale (resize models; ~2x faster on large JPEGs) -- a filter only JPEGs get (about 1 grey level from the same pixels as PNG), so scoring only; recorded in the sidecar. Default 'full': every format alike
     backend:str='auto', # 'torch', 'onnx', 'openvino' or 'auto' (on CPU, the fastest file realfake_export verified for these weights)
-    device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available; under torchrun, GPU LOCAL_RANK)
+    device:str=None, # 'cpu', 'cuda', 'cuda:1', ... (default: cuda when available; under torchrun, this process's GPU)
     threshold:float=None, # label 'fake' from this probability on (default: the model's threshold)
-    precision:str='fp32', # 'fp32'; 'bf16' (torch: faster on CPUs with AMX/AVX512-BF16 and recent GPUs; logits differ slightly); 'int8' (realfake_export --int8; refused when its agreement report failed); 'auto' (int8 when its report passed)
+    precision:opt.precision(_PRECISION)='auto',
     force_int8:bool=False, # use the int8 model even though its agreement report failed its thresholds
     formats:str=None, # tar shards (default parquet): output per shard, 'parquet', 'csv' or 'parquet,csv'
-    heatmaps:str=None, # image files: also write a heatmap overlay PNG per image into this folder (torch backend; index in heatmaps.csv)
+    heatmaps:opt.heatmaps(_HEATMAPS, nargs='?', const=True)=None,
     heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
     provenance:bool=False, # image files: add a 'provenance' column: the C2PA, invisible watermark and generator text found in each (never changes the score)
     rescore:bool=False, # when --out was scored with other options, score it again instead of refusing
-    no_progress:bool=False, # hide the progress bar (it is shown only on a terminal anyway)
-    verbose:bool=False, # debug logging and full tracebacks
+    no_progress:opt.no_progress(type=bool)=False,
+    num_workers:hidden()=None,          # old spelling of --workers
+    verbose:opt.verbose(type=bool)=False,
 ):
     "Score images, folders or WebDataset tar shards with a model (folder or Hub name): a CSV for files, one Parquet/CSV per shard."
     _check_bs(bs)
+    workers = None if workers is None else int(workers)
     backend = _heatmap_backend(heatmaps, heatmap_kind, backend)
-    opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, num_workers,
+    on = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if precision != 'auto' or str(on).startswith('cuda'): precision = pick_precision(precision, on, PRECISIONS)   # CPU 'auto': the Classifier decides (int8 only where its report passed)
+    opts = PredictOptions(model, backend, device, precision, threshold, resize, crops, max_crops, combine, bs, workers,
                           decode=decode, force_int8=force_int8)
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
@@ -579,8 +597,8 @@ def realfake_predict(
     else:
         if formats is not None: raise RealfakeError("--formats is for tar shards: image files are scored into one CSV (--out)")
         clf = opts.classifier() if heatmaps else opts          # loaded once for the scores and the maps
-        s = predict_to_csv(paths, clf, out=out or 'predictions.csv', bs=bs, num_workers=num_workers, rescore=rescore, progress=progress,
+        s = predict_to_csv(paths, clf, out=out or 'predictions.csv', bs=bs, num_workers=workers, rescore=rescore, progress=progress,
                            provenance=provenance)
         print(f"{s['scored']} scored ({s['fake']} fake), {s['errors']} errors, {s['skipped']} already done -> {escape_path(s['out'])}")
-        if heatmaps: s['heatmaps'] = csv_heatmaps(s['out'], clf, heatmaps, heatmap_kind, progress)
+        if heatmaps: s['heatmaps'] = csv_heatmaps(s['out'], clf, heatmaps_dir(heatmaps, s['out']), heatmap_kind, progress)
     return s

@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
-from fastcore.script import call_parse
-from .core import (IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
+from fastcore.script import call_parse, Param
+from .core import (opt, hidden, IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
                            get_logger, read_state_json, check_shape, StateFileError, csv_cell, printable)
+from .jobs import settings_diff, check_settings
 
 
 # %% auto #0
-__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'FORMATS', 'RECORD_SHAPE', 'JOB_SHAPE',
-           'import_webdataset', 'import_pyarrow', 'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards',
-           'DistEnv', 'dist_env', 'rank_shards', 'Member', 'shard_samples', 'read_ahead', 'ShardSamples', 'ShardBatch',
+__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'FORMATS', 'UNSCORED', 'RESCORE_HINT',
+           'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset', 'import_pyarrow', 'Shard', 'is_url', 'shard_name',
+           'is_shard_input', 'expand_shards', 'Member', 'shard_samples', 'read_ahead', 'ShardSamples', 'ShardBatch',
            'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'one_row_per_key',
-           'write_shard_outputs', 'record_diff', 'differs_message', 'read_shard_info', 'shard_state', 'shards_todo',
-           'open_job', 'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs', 'realfake_merge']
+           'write_shard_outputs', 'check_scored_with', 'read_shard_info', 'shard_state', 'shards_todo', 'open_job',
+           'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs', 'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -114,27 +115,6 @@ def expand_shards(inputs, limit:int=MAX_SHARDS) -> list[Shard]:
         if len(out) > limit: raise _too_many('the input', limit)
     _check_names(out)
     return out
-
-# %% ../nbs/13b_shards.ipynb #9cd3cf06
-class DistEnv(NamedTuple):
-    rank: int
-    world: int
-    local_rank: int
-
-def dist_env(environ=None) -> DistEnv:
-    "This process's `RANK`, `WORLD_SIZE` and `LOCAL_RANK` as torchrun / accelerate launch set them (0, 1, 0 when alone)."
-    env = os.environ if environ is None else environ
-    def get(k, default):
-        v = env.get(k, default)
-        try: return int(v)
-        except ValueError: raise RealfakeError(f"{k}={v!r} in the environment is not an integer") from None
-    rank, world, local = get('RANK', 0), get('WORLD_SIZE', 1), get('LOCAL_RANK', 0)
-    if world < 1 or not 0 <= rank < world: raise RealfakeError(f"RANK={rank} does not fit WORLD_SIZE={world} (from the environment)")
-    return DistEnv(rank, world, local)
-
-def rank_shards(shards:list, rank:int, world:int) -> list:
-    "The shards process `rank` of `world` scores: every `world`-th one, starting at `rank`."
-    return list(shards)[rank::world]
 
 # %% ../nbs/13b_shards.ipynb #0b1c5dde
 MAX_MEMBER_BYTES = 64 << 20   # largest image member read from a shard (its header's size is checked before reading)
@@ -316,27 +296,12 @@ def write_shard_outputs(out_dir, shard:Shard, rows:dict, scored_with:dict, forma
     return info
 
 # %% ../nbs/13b_shards.ipynb #d97fc869
-def _flat(d:dict, prefix:str='') -> dict:
-    "{'a': {'b': 1}} -> {'a.b': 1}, after a JSON round trip (tuples become lists)."
-    out = {}
-    for k, v in json.loads(json.dumps(d or {})).items():
-        if isinstance(v, dict): out.update(_flat(v, f'{prefix}{k}.'))
-        else: out[f'{prefix}{k}'] = v
-    return out
+UNSCORED = ('model',)   # 'scored with' keys that do not change a score (the model's name: its weights' hash does)
+RESCORE_HINT = "score into another --out, or pass --rescore to score again what was scored differently"
 
-def record_diff(old:dict, new:dict, ignore=('model',)) -> list[tuple]:
-    "`(key, old value, new value)` for each option that differs between two 'scored with' records (nested keys as `a.b`)."
-    old, new = _flat(old), _flat(new)
-    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k.split('.')[0] not in ignore and old.get(k) != new.get(k)]
-
-def differs_message(out, diffs:list[tuple]) -> str:
-    "One line: what `out` was scored with that differs now, and what to do."
-    short = lambda v: (json.dumps(v, separators=(',', ':')) if not isinstance(v, str) else v)[:80]
-    k, old, new = diffs[0]
-    more = f" (and {len(diffs) - 1} more: {', '.join(d[0] for d in diffs[1:])})" if len(diffs) > 1 else ''
-    return (f"{escape_path(out)} was scored with {k} {short(old)}, not {short(new)}{more}: score into another --out, "
-            "or pass --rescore to score again what was scored differently")
+def check_scored_with(out, old:dict|None, new:dict, rescore:bool=False) -> list[tuple]:
+    "`realfake.jobs.check_settings` for scores: refuse other options (one line naming the first), or with `rescore` say so; the differences."
+    return check_settings(out, old, new, ignore=UNSCORED, hint=RESCORE_HINT, allow=rescore, verb='scored')
 
 RECORD_SHAPE = {'scored_with': dict, 'n_samples': int, 'n_errors': int, 'n_fake': int}
 JOB_SHAPE = {'scored_with': dict, 'shards': [{'name': str}]}
@@ -351,7 +316,7 @@ def shard_state(out_dir, name:str, formats, scored_with:dict) -> str:
     info = read_shard_info(out_dir, name)
     if info is None or any(not (Path(out_dir)/f'{name}.{f}').exists() for f in formats): return 'todo'
     if info.get('shard_error'): return 'retry'
-    return 'stale' if record_diff(info.get('scored_with'), scored_with) else 'done'
+    return 'stale' if settings_diff(info.get('scored_with'), scored_with, UNSCORED) else 'done'
 
 # %% ../nbs/13b_shards.ipynb #8f3f9555
 def shards_todo(shards:list[Shard], out_dir, formats, scored_with:dict) -> tuple[list[Shard], list[Shard]]:
@@ -377,8 +342,7 @@ def open_job(out_dir, shards:list[Shard], scored_with:dict, formats, rescore:boo
     job = out_dir/JOB_FILE
     if job.exists():
         old = _read_job(job)
-        diffs = record_diff(old.get('scored_with'), scored_with)
-        if diffs and not rescore: raise RealfakeError(differs_message(out_dir, diffs))
+        check_scored_with(out_dir, old.get('scored_with'), scored_with, rescore)
     if rank == 0:
         atomic_write_json(job, dict(format='realfake-shard-job', version=1, scored_with=scored_with, formats=list(formats),
                                     shards=[dict(name=s.name, url=escape_path(s.url)) for s in shards]))
@@ -453,9 +417,9 @@ def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
     "Concatenate the finished shards of `out_dir` into `dest` (.parquet or .csv, outside `out_dir`), checked, atomically; returns the job summary."
     out_dir, dest = Path(out_dir), Path(dest)
     kind = dest.suffix.lower().lstrip('.')
-    if kind not in FORMATS: raise ValueError(f"{escape_path(dest)}: --to must end in .parquet or .csv")
+    if kind not in FORMATS: raise ValueError(f"{escape_path(dest)}: --out must end in .parquet or .csv")
     if _inside(dest, out_dir):
-        raise RealfakeError(f"--to {escape_path(dest)} is inside the job's folder {escape_path(out_dir)}: write the merged file elsewhere")
+        raise RealfakeError(f"--out {escape_path(dest)} is inside the job's folder {escape_path(out_dir)}: write the merged file elsewhere")
     s = job_summary(out_dir)
     if (s['todo'] or s['stale']) and not partial:
         raise RealfakeError(f"{summary_line(s)}: finish the job first, or pass --partial to merge what is done")
@@ -474,14 +438,15 @@ def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
 
 # %% ../nbs/13b_shards.ipynb #916c2453
 @call_parse
-@command
+@command(renamed={'to': 'out'})
 def realfake_merge(
-    out:str, # the output folder of realfake_predict on tar shards
-    to:str=None, # also concatenate the per-shard files into this .parquet or .csv file
-    partial:bool=False, # with --to: merge the finished shards even if some are still to do
-    verbose:bool=False, # debug logging and full tracebacks
+    folder:Param("the output folder of realfake_predict on tar shards", str),
+    out:opt.out("also concatenate the per-shard files into this .parquet or .csv file")=None,
+    partial:bool=False, # with --out: merge the finished shards even if some are still to do
+    to:hidden()=None,   # old spelling of --out
+    verbose:opt.verbose(type=bool)=False,
 ):
     "Summarise realfake_predict's per-shard outputs (done, to do, unreadable shards; images, fakes), and merge them into one file."
-    s = merge_outputs(out, to, partial) if to else job_summary(out)
-    print(summary_line(s) + (f" -> {escape_path(to)}" if to else ''))
+    s = merge_outputs(folder, out, partial) if out else job_summary(folder)
+    print(summary_line(s) + (f" -> {escape_path(out)}" if out else ''))
     return s

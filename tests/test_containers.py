@@ -268,7 +268,7 @@ def test_prepare_train_evaluate_predict_on_containers(sources, tmp_path):
     assert 'jpeg_q75' in json.dumps(m)                                             # the perturbation grid read them too
     some = df['path'][df.split == 'test'].tolist()[:4] + [f"{sources['wds']}/00000.tar/absent.jpg"]
     r = run_cli('realfake_predict', *some, '--model', res['model_dir'], '--out', tmp_path/'p.csv', '--bs', 4,
-                '--num_workers', 0, '--no_progress', '--heatmaps', tmp_path/'maps', timeout=180)
+                '--workers', 0, '--no_progress', '--heatmaps', tmp_path/'maps', timeout=180)
     assert r.returncode == 0, r.stderr
     out = pd.read_csv(tmp_path/'p.csv')
     assert out['path'].tolist() == some

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from helpers import make_model_dir, cli_cmd, cli_env
 from realfake.core import RealfakeError
+from realfake.jobs import JobEnv, ledger_path
 from realfake.metadata import read_metadata
 from realfake.guidance import GuidanceError
 from realfake.generate import generate, plan, image_seed, prompt_group, load_pipeline, read_prompts, KINDS
@@ -54,39 +55,33 @@ def test_metadata_and_grouping(pipe, tmp_path):
     assert run['pipeline'] == 'tiny-sd' and run['steps'] == 3 and run['base_seed'] == 0
 
 
-def test_an_image_depends_only_on_its_prompt_number_and_seed(pipe, tmp_path, monkeypatch):
+def test_an_image_depends_only_on_its_prompt_number_and_seed(pipe, tmp_path):
     "Batch size, the other prompts and the process that makes it do not change an image; the base seed does."
     a = generate(pipe, PROMPTS[:2], tmp_path/'a', n=3, bs=6, steps=3)
-    monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('WORLD_SIZE', '2')
-    b = generate(pipe, PROMPTS[1:2], tmp_path/'b', n=3, bs=1, steps=3)          # items 1 of 0..2: only i=1 of this prompt
+    b = generate(pipe, PROMPTS[1:2], tmp_path/'b', n=3, bs=1, steps=3, env=JobEnv(1, 2))   # items 1 of 0..2: only i=1 of this prompt
     assert b['mine'] == 1 and not b['merged']
     it = plan(PROMPTS[1:2], 3)[1]
     diff = np.abs(_pixels(tmp_path/'a'/it.rel()) - _pixels(tmp_path/'b'/it.rel())).max()
     assert diff <= 1, diff                  # batched and single-image convolutions may round differently, by one level at most
-    monkeypatch.setenv('RANK', '0'); monkeypatch.setenv('WORLD_SIZE', '1')
     c = generate(pipe, PROMPTS[:2], tmp_path/'c', n=3, bs=6, steps=3, seed=1)
     assert a['merged'] and c['merged']
     assert np.abs(_pixels(tmp_path/'a'/it.rel()) - _pixels(tmp_path/'c'/it.rel())).mean() > 5
 
 
-def test_processes_share_the_plan_and_the_last_one_merges(pipe, tmp_path, monkeypatch):
+def test_processes_share_the_plan_and_the_last_one_merges(pipe, tmp_path):
+    "Process 1 of 2, then process 0 (as torchrun would name them, passed as a JobEnv): each its half; the last merges."
     out = tmp_path/'gen'
-    monkeypatch.setenv('WORLD_SIZE', '2')
-    monkeypatch.setenv('RANK', '1')
-    r1 = generate(pipe, PROMPTS, out, n=2, bs=2, steps=3)
+    r1 = generate(pipe, PROMPTS, out, n=2, bs=2, steps=3, env=JobEnv(1, 2))
     assert r1['made'] == 3 and not r1['merged'] and not (out/'metadata.jsonl').exists()
-    monkeypatch.setenv('RANK', '0')
-    r0 = generate(pipe, PROMPTS, out, n=2, bs=2, steps=3)
+    r0 = generate(pipe, PROMPTS, out, n=2, bs=2, steps=3, env=JobEnv(0, 2))
     assert r0['made'] == 3 and r0['merged']
     assert len(read_metadata(out/'metadata.jsonl')) == 6
-    assert sorted(p.name for p in (out/'progress').iterdir()) == ['rank0.jsonl', 'rank1.jsonl']
-    monkeypatch.setenv('RANK', '2')
-    with pytest.raises(RealfakeError, match='RANK=2'): generate(pipe, PROMPTS, out, n=2, steps=3)
+    assert sorted(p.name for p in (out/'progress').iterdir()) == [ledger_path('.', 0).name, ledger_path('.', 1).name]
 
 
 def test_refuses_other_settings_in_the_same_folder(pipe, tmp_path):
     generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=3)
-    with pytest.raises(RealfakeError, match='other settings.*steps'): generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=4)
+    with pytest.raises(RealfakeError, match='made with steps 3, not 4'): generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=4)
     s = generate(pipe, PROMPTS[:2], tmp_path/'gen', n=2, steps=3)              # more prompts and images: fine
     assert s['made'] == 3 and s['merged']
 
@@ -127,7 +122,7 @@ def test_ensemble_and_views_are_recorded(pipe, tmp_path, one_torch_thread):
     g = next(r['guide'] for r in gen if r['kind'] == 'guided')
     assert g['model'] == [str(a), str(b)] and g['views'] == 2 and g['transforms'] == ['crop', 'jpeg']
     assert s['report']['guide']['model'] == [str(a), str(b)] and 'judge' not in s['report'] and 'no --judge' in s['report']['note']
-    with pytest.raises(RealfakeError, match='other settings'):             # other views are other settings
+    with pytest.raises(RealfakeError, match=r'made with guide.transforms .* \(and 1 more: guide.views\)'):             # other views are other settings
         generate(pipe, PROMPTS[:1], tmp_path/'gen', n=1, steps=2, scheduler='ddim', guide=[a, b], guide_views=3)
 
 
@@ -152,10 +147,21 @@ def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
     else:
         (tmp_path/'p.txt').write_text('a cat\n')
         r = subprocess.run(cli_cmd('realfake_generate') + [str(tmp_path/'p.txt'), '--pipeline', str(pipe_dir), '--out', str(out),
-                           '--n', '1', '--steps', '2', '--device', 'cpu', '--guide', ','.join(map(str, guide if isinstance(guide, list) else [guide])),
+                           '--per_prompt', '1', '--steps', '2', '--device', 'cpu', '--guide', ','.join(map(str, guide if isinstance(guide, list) else [guide])),
                            '--judge', str(tmp_path/'a_copy')], env=cli_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and 'not independent' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (out/'images').exists()
+
+
+def test_old_spellings_still_work_with_a_notice(pipe_dir, tmp_path, capsys):
+    "--n (now --per_prompt) and --dtype (now --precision): accepted, each with a one-line notice."
+    from realfake.generate import realfake_generate
+    (tmp_path/'p.txt').write_text('a cat\n')
+    s = realfake_generate(str(tmp_path/'p.txt'), pipeline=str(pipe_dir), out=str(tmp_path/'gen'), n='2', dtype='fp32', steps=2,
+                          device='cpu', no_progress=True)
+    err = capsys.readouterr().err
+    assert '--n is now --per_prompt' in err and '--dtype is now --precision' in err
+    assert s['planned'] == 2 and json.loads((tmp_path/'gen'/'run.json').read_text())['dtype'] == 'float32'
 
 
 @pytest.mark.slow
@@ -163,10 +169,10 @@ def test_cli_resumes_after_sigkill(pipe_dir, pipe, tmp_path):
     "Kill the command while it writes; a rerun finishes the set, each image once, identical to an uninterrupted run."
     (tmp_path/'prompts.txt').write_text('\n'.join(PROMPTS[:2]) + '\n')
     out, n = tmp_path/'gen', 8
-    args = [tmp_path/'prompts.txt', '--pipeline', pipe_dir, '--out', out, '--n', n, '--bs', 1, '--steps', 4, '--device', 'cpu']
+    args = [tmp_path/'prompts.txt', '--pipeline', pipe_dir, '--out', out, '--per_prompt', n, '--bs', 1, '--steps', 4, '--device', 'cpu']
     proc = subprocess.Popen(cli_cmd('realfake_generate') + [str(a) for a in args], env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
-    progress, t0 = out/'progress'/'rank0.jsonl', time.monotonic()
+    progress, t0 = ledger_path(out/'progress', 0), time.monotonic()
     while proc.poll() is None and time.monotonic() - t0 < 120:
         if progress.exists() and progress.read_bytes().count(b'\n') >= 3: break
         time.sleep(0.02)

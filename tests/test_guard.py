@@ -45,7 +45,7 @@ def spoil(p:Path, kind:str):
 
 def _from_dir(m, tmp): return Classifier.from_dir(m, device='cpu')
 def _from_dir_onnx(m, tmp): return Classifier.from_dir(m, device='cpu', backend='onnx')
-def _predict_cli(m, tmp): return realfake_predict([str(tmp/'img.png')], model=str(m), out=str(tmp/'p.csv'), device='cpu', num_workers=0)
+def _predict_cli(m, tmp): return realfake_predict([str(tmp/'img.png')], model=str(m), out=str(tmp/'p.csv'), device='cpu', workers=0)
 def _evaluate_cli(m, tmp):
     from realfake.evaluate import realfake_evaluate   # the model loads first; then the missing data folder is the error
     return realfake_evaluate(str(tmp/'no-such-data'), model=str(m), out=str(tmp/'rep'), device='cpu')
@@ -157,14 +157,14 @@ def _ckpt_state(tmp, m, img):
     return ck/'state.json', lambda: load_checkpoint(ck)
 
 def _generate_settings(tmp, m, img):
-    from realfake.generate import check_settings
-    (tmp/'gen').mkdir(); check_settings(tmp/'gen', {'n': 1})
-    return tmp/'gen'/'run.json', lambda: check_settings(tmp/'gen', {'n': 1})
+    from realfake.generate import record_settings
+    (tmp/'gen').mkdir(); record_settings(tmp/'gen', {'n': 1})
+    return tmp/'gen'/'run.json', lambda: record_settings(tmp/'gen', {'n': 1})
 
 def _reconstruct_settings(tmp, m, img):
-    from realfake.reconstruct import check_settings
-    (tmp/'rec').mkdir(); check_settings(tmp/'rec', {'n': 1})
-    return tmp/'rec'/'reconstruct.json', lambda: check_settings(tmp/'rec', {'n': 1})
+    from realfake.reconstruct import record_settings
+    (tmp/'rec').mkdir(); record_settings(tmp/'rec', {'n': 1})
+    return tmp/'rec'/'reconstruct.json', lambda: record_settings(tmp/'rec', {'n': 1})
 
 STATE_FILES = {'predictions sidecar': _sidecar, 'shard job (resume)': _job, 'shard job (merge)': _job_summary,
                'checkpoint pointer': _pointer, 'checkpoint state': _ckpt_state, 'generate run.json': _generate_settings,

@@ -150,7 +150,7 @@ def model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp('model') / 'model', size=32)
 
 def _rerun_predict(folder, model_dir, out, n_files, n_done):
-    r = run_cli('realfake_predict', folder, '--model', model_dir, '--out', out, '--bs', 2, '--num_workers', 0,
+    r = run_cli('realfake_predict', folder, '--model', model_dir, '--out', out, '--bs', 2, '--workers', 0,
                 '--no_progress', '--backend', 'torch', '--device', 'cpu', timeout=90)
     assert r.returncode is not None and 'Traceback' not in r.stderr, r.stderr[-1500:]
     m = re.search(r'(\d+) scored \(\d+ fake\), (\d+) errors, (\d+) already done', r.stdout)
@@ -169,7 +169,7 @@ def test_predict_killed_mid_row(tmp_path, model_dir, names):
     files = _pngs(tmp_path / 'imgs', 12, newline=names == 'newline', latin1=names == 'latin1')
     out = tmp_path / 'pred.csv'
     r = hooked(tmp_path, 'realfake_predict', tmp_path / 'imgs', '--model', model_dir, '--out', out, '--bs', 2,
-               '--num_workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',
+               '--workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',
                env=dict(RF_HOOK='csv_midrow', RF_TARGET=out, RF_AFTER=5, RF_CUT='nl' if names == 'newline' else 'half'))
     assert killed(r), (r.returncode, r.stderr[-800:])
     rows, tail = _check_csv_prefix(out)
@@ -185,7 +185,7 @@ def test_predict_killed_from_outside(tmp_path, model_dir):
     files = _pngs(tmp_path / 'imgs', 16)
     out = tmp_path / 'pred.csv'
     p = hooked(tmp_path, 'realfake_predict', tmp_path / 'imgs', '--model', model_dir, '--out', out, '--bs', 2,
-               '--num_workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',
+               '--workers', 0, '--no_progress', '--backend', 'torch', '--device', 'cpu',
                env=dict(RF_HOOK='slow_predict', RF_SLEEP=0.15), popen=True)
     t0 = time.time()
     try:

@@ -79,7 +79,7 @@ def test_cli_folder_good_and_bad(model_dir, tmp_path):
     _rand_img(9).convert('RGB').save(d/'photo one é.jpg', quality=90)
     bad = _bad_files(d/'bad')
     out = tmp_path/'pred.csv'
-    s = realfake_predict([str(d)], model=str(model_dir), out=str(out), bs=2, num_workers=0, no_progress=True)
+    s = realfake_predict([str(d)], model=str(model_dir), out=str(out), bs=2, workers=0, no_progress=True)
     assert (s['scored'], s['errors']) == (4, len(bad))
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns) == CSV_COLUMNS and len(df) == 4 + len(bad)
@@ -291,7 +291,7 @@ def test_options_stored_refused_rescored(clf, model_dir, tmp_path, run_cli):
         predict_to_csv([d], opts.replace(threshold=0.8), out=out, progress=False)
     with pytest.raises(RealfakeError, match=r"was scored with preprocess .*\(and 1 more: threshold\)|was scored with preprocess"):
         predict_to_csv([d], opts.replace(resize='native', crops='grid'), out=out, progress=False)
-    r = run_cli('realfake_predict', d, '--model', model_dir, '--out', out, '--threshold', 0.8, '--no_progress', '--num_workers', 0)
+    r = run_cli('realfake_predict', d, '--model', model_dir, '--out', out, '--threshold', 0.8, '--no_progress', '--workers', 0)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
     assert 'threshold 0.5, not 0.8' in r.stderr
     s = predict_to_csv([d], opts.replace(threshold=0.8), out=out, progress=False, rescore=True)
@@ -339,7 +339,7 @@ def test_undecodable_names_end_to_end(model_dir, clf, tmp_path, run_cli):
     the error row and the summary line, and resumed without scoring anything twice."""
     files = _latin1_folder(tmp_path)
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b'/r\xe9sultats.csv'))
-    args = ['realfake_predict', files[0].parent, '--model', model_dir, '--out', out, '--bs', 2, '--num_workers', 2,
+    args = ['realfake_predict', files[0].parent, '--model', model_dir, '--out', out, '--bs', 2, '--workers', 2,
             '--no_progress', '--device', 'cpu']
     r = subprocess.run([sys.executable, '-c', 'import sys, os; from fastcore.script import _run_cli; from realfake.predict import '
                         "realfake_predict as f; sys.argv[0] = 'realfake_predict'; _run_cli(f.__wrapped__, False)"] +
@@ -383,6 +383,9 @@ def test_cli_heatmaps(model_dir, tmp_path, run_cli):
     assert r.returncode == 0 and '1 heatmaps written, 1 already there' in r.stdout, r.stderr[-800:]
     r = run_cli(*args[:-2], 'nothing', '--no_progress')
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--heatmap_kind must be one of cam, crops" in r.stderr
+    r = run_cli('realfake_predict', d, '--model', model_dir, '--out', tmp_path/'q.csv', '--heatmaps', '--no_progress')
+    assert r.returncode == 0 and '2 heatmaps written' in r.stdout, r.stderr[-800:]     # --heatmaps alone: beside the CSV
+    assert len(pd.read_csv(tmp_path/'q_heatmaps'/'heatmaps.csv')) == 2
     shard = tmp_path/'s.tar'; shard.write_bytes(b'\0' * 1024)
     r = run_cli('realfake_predict', shard, '--model', model_dir, '--heatmaps', maps, '--no_progress')
     assert r.returncode == 2 and 'not tar shards' in r.stderr and 'Traceback' not in r.stderr

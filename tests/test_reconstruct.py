@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 import realfake.reconstruct as R
+import realfake.autoencoders as A, realfake.tiling as T
 from realfake.core import RealfakeError, unescape_path
+from realfake.jobs import JobEnv, ledger_path
 from realfake.images import jpeg_info, load_image
 from realfake.metadata import read_metadata, write_metadata
 
@@ -22,7 +24,7 @@ ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT) + os.pathse
 def vaes(tmp_path_factory):
     "A tiny AutoencoderKL and a tiny AutoencoderTiny saved as diffusers folders (random weights, 8x downsampling)."
     d = tmp_path_factory.mktemp('vaes')
-    return R.make_tiny_autoencoder(d/'tiny-kl'), R.make_tiny_autoencoder(d/'tiny-taesd', kind='tiny')
+    return A.make_tiny_autoencoder(d/'tiny-kl'), A.make_tiny_autoencoder(d/'tiny-taesd', kind='tiny')
 
 def _img(path, w, h, seed=0, **save):
     "A smooth random picture (compresses like a photo) saved at `path`."
@@ -202,8 +204,8 @@ def test_identity_roundtrip_is_exact():
     rng = np.random.default_rng(1)
     for h, w in [(1, 1), (10, 4000), (4000, 10), (13, 21), (300, 517)]:
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        assert (R.reconstruct_arrays(Identity(), [a])[0] == a).all()
-        assert (R.reconstruct_tiled(Identity(), a, tile=128, overlap=32, bs=3) == a).all()
+        assert (T.reconstruct_arrays(Identity(), [a])[0] == a).all()
+        assert (T.reconstruct_tiled(Identity(), a, tile=128, overlap=32, bs=3) == a).all()
 
 def test_sample_is_seeded_and_bf16_runs(vaes, tmp_path):
     "--sample: reproducible per image whatever the batch; differs from the mode. bf16 runs on CPU and stays close."
@@ -216,8 +218,27 @@ def test_sample_is_seeded_and_bf16_runs(vaes, tmp_path):
         assert np.abs(px('s1', i) - px('s2', i)).max() <= 1
         assert np.abs(px('s1', i) - px('m', i)).mean() > 0.5
         assert np.abs(px('b', i) - px('m', i)).mean() < 3
-    with pytest.raises(RealfakeError, match='other settings'):
+    with pytest.raises(RealfakeError, match='made with seed 3, not 4'):
         run('s1', sample=True, seed=4)                  # same folder, another seed: refused, not mixed
+
+def test_old_spellings_of_out(vaes, tmp_path, capsys):
+    "--out is the folder: the old --out_dir still works (with a notice); the old --out FILE.jsonl is refused in one line."
+    kl, _ = vaes
+    _img(tmp_path/'in'/'a.png', 16, 16)
+    with pytest.raises(RealfakeError, match='--out is now the folder'):
+        R.realfake_reconstruct([str(tmp_path/'in')], ae=str(kl), out=str(tmp_path/'pairs.jsonl'))
+    s = R.realfake_reconstruct([str(tmp_path/'in')], ae=str(kl), out_dir=str(tmp_path/'o'), workers=1, no_progress=True)
+    assert '--out_dir is now --out' in capsys.readouterr().err and s['records'] == 2
+    assert read_metadata(tmp_path/'o'/'metadata.jsonl').shape[0] == 2
+
+def test_a_process_does_its_share_only(vaes, tmp_path):
+    "Process 1 of 2 (a JobEnv, as torchrun would set it) reconstructs its shard of the pairs and merges nothing."
+    kl, _ = vaes
+    for i in range(6): _img(tmp_path/'in'/f'{i}.png', 16, 16, seed=i)
+    s = R.reconstruct([tmp_path/'in'], ae=str(kl), out_dir=tmp_path/'o', workers=1, progress=False, env=JobEnv(1, 2))
+    mine = {r['rel'] for r in _lines(ledger_path(tmp_path/'o'/'progress', 1))}
+    assert mine == {f'in/{i}.png' for i in range(6) if R.shard_of(f'in/{i}.png', 2) == 1} and s['shard'] == len(mine)
+    assert 'records' not in s and not (tmp_path/'o'/'metadata.jsonl').exists()
 
 # ---------------------------------------------------------------- resume
 @pytest.mark.slow
@@ -225,10 +246,10 @@ def test_sigkill_then_resume(vaes, tmp_path):
     "Kill -9 after the first recorded batch; the rerun skips what was done and every pair appears exactly once."
     kl, _ = vaes
     for i in range(60): _img(tmp_path/'in'/f'{i:02d}.png', 64, 48, seed=i)
-    cmd = [sys.executable, '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', str(kl), '--out_dir', str(tmp_path/'out'),
+    cmd = [sys.executable, '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', str(kl), '--out', str(tmp_path/'out'),
            '--bs', '1', '--workers', '1', '--no_progress']
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    prog = tmp_path/'out'/'progress'/'rank0.jsonl'
+    prog = ledger_path(tmp_path/'out'/'progress', 0)
     t = time.time()
     while not (prog.exists() and prog.stat().st_size) and p.poll() is None and time.time() - t < 120: time.sleep(0.005)
     assert p.poll() is None, p.stderr.read().decode()[-2000:]
@@ -253,10 +274,10 @@ def test_torchrun_two_cpu_processes(vaes, tmp_path):
     kl, _ = vaes
     for i in range(16): _img(tmp_path/'in'/f'{i:02d}.jpg', 24 + 8 * (i % 3), 16, seed=i, quality=90)
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                        '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', str(kl), '--out_dir', str(tmp_path/'out'),
+                        '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', str(kl), '--out', str(tmp_path/'out'),
                         '--bs', '2', '--workers', '1', '--no_progress'], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    shards = [{x['rel'] for x in _lines(tmp_path/'out'/'progress'/f'rank{k}.jsonl')} for k in (0, 1)]
+    shards = [{x['rel'] for x in _lines(ledger_path(tmp_path/'out'/'progress', k))} for k in (0, 1)]
     assert shards[0] and shards[1] and not shards[0] & shards[1]
     assert shards[0] | shards[1] == {f'in/{i:02d}.jpg' for i in range(16)}
     assert all(R.shard_of(rel, 2) == k for k in (0, 1) for rel in shards[k])
@@ -272,7 +293,7 @@ def test_missing_hub_id_offline_fails_fast_with_advice(tmp_path):
     _img(tmp_path/'in'/'a.png', 16, 16)
     t = time.time()
     r = subprocess.run([sys.executable, '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', 'stabilityai/sd-vae-ft-mse',
-                        '--out_dir', str(tmp_path/'out')], env=env, capture_output=True, text=True, timeout=120)
+                        '--out', str(tmp_path/'out')], env=env, capture_output=True, text=True, timeout=120)
     print(f"failed after {time.time() - t:.1f} s (process start and imports included)")
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()

@@ -138,7 +138,7 @@ def test_changed_options_refused_or_rescored(clf, model_dir, tmp_path):
     with pytest.raises(RealfakeError, match=r'was scored with threshold 0.5, not 0.9: .*--rescore'):
         predict_shards(tmp_path/'s', opts.replace(threshold=0.9), out=out, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before          # nothing touched
-    r = run_cli('realfake_predict', tmp_path/'s', '--model', model_dir, '--out', out, '--num_workers', 0, '--threshold', 0.9)
+    r = run_cli('realfake_predict', tmp_path/'s', '--model', model_dir, '--out', out, '--workers', 0, '--threshold', 0.9)
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-1000:]
     assert r.stderr.strip().splitlines()[-1].startswith('realfake_predict: error: ') and 'threshold 0.5, not 0.9' in r.stderr
     s = predict_shards(tmp_path/'s', opts.replace(threshold=0.9), out=out, progress=False, rescore=True)
@@ -169,7 +169,7 @@ def test_sigkill_then_rerun_completes(model_dir, tmp_path):
     "SIGKILL while shards are being scored: finished shards stay, nothing partial is visible; the same command completes the job."
     shards = make_shards(tmp_path/'s', 6, 3)
     out = tmp_path/'out'
-    args = [str(tmp_path/'s'), '--model', str(model_dir), '--out', str(out), '--bs', '2', '--num_workers', '0', '--no_progress',
+    args = [str(tmp_path/'s'), '--model', str(model_dir), '--out', str(out), '--bs', '2', '--workers', '0', '--no_progress',
             '--formats', 'parquet,csv']
     p = subprocess.Popen([sys.executable, '-c', _SLOW, *args], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -203,13 +203,13 @@ def test_two_processes_under_torchrun(model_dir, tmp_path):
     (tmp_path/'run.py').write_text('import sys\nfrom fastcore.script import _run_cli\nfrom realfake.predict import realfake_predict as f\n'
                                    "sys.argv[0] = 'realfake_predict'\n_run_cli(f.__wrapped__, False)\n")
     cmd = [torchrun, '--standalone', '--nproc_per_node', '2', str(tmp_path/'run.py'), str(tmp_path/'s'/'{00000..00004}.tar'),
-           '--model', str(model_dir), '--out', str(tmp_path/'out'), '--no_progress', '--num_workers', '0', '--device', 'cpu']
+           '--model', str(model_dir), '--out', str(tmp_path/'out'), '--no_progress', '--workers', '0', '--device', 'cpu']
     r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = sorted(l for l in r.stdout.splitlines() if l.startswith('process'))
     assert [l.split(':')[0] for l in lines] == ['process 0 of 2', 'process 1 of 2'], r.stdout
     assert '3 shards scored (9 images' in lines[0] and '2 shards scored (6 images' in lines[1]   # shards 0,2,4 and 1,3
-    r = run_cli('realfake_merge', tmp_path/'out', '--to', tmp_path/'all.parquet')
+    r = run_cli('realfake_merge', tmp_path/'out', '--out', tmp_path/'all.parquet')
     assert r.returncode == 0 and r.stdout.startswith('5/5 shards done: 15 images'), r.stdout + r.stderr[-800:]
     merged = pd.read_parquet(tmp_path/'all.parquet')
     want = [(n, k) for n, v in shards.items() for k in v]
@@ -221,9 +221,9 @@ def test_merge_reports_unfinished_job(clf, tmp_path):
     predict_shards([tmp_path/'s'/'00000.tar'], clf, out=tmp_path/'out', progress=False, num_workers=0)
     predict_shards(tmp_path/'s', clf, out=tmp_path/'out', progress=False, num_workers=0)     # job file: all 3
     (tmp_path/'out'/'00002.json').unlink()                                                   # as if killed before the mark
-    r = run_cli('realfake_merge', tmp_path/'out', '--to', tmp_path/'m.csv')
+    r = run_cli('realfake_merge', tmp_path/'out', '--out', tmp_path/'m.csv')
     assert r.returncode == 2 and '2/3 shards done' in r.stderr and '00002' in r.stderr and 'rerun' in r.stderr
-    r = run_cli('realfake_merge', tmp_path/'out', '--to', tmp_path/'m.csv', '--partial')
+    r = run_cli('realfake_merge', tmp_path/'out', '--out', tmp_path/'m.csv', '--partial')
     assert r.returncode == 0, r.stderr
     m = pd.read_csv(tmp_path/'m.csv', dtype={'key': str})
     assert len(m) == 4 and set(m.shard.astype(str).str.zfill(5)) == {'00000', '00001'}
@@ -312,17 +312,17 @@ def test_merge_refuses_a_damaged_shard_csv(clf, tmp_path, damage, dest):
 def test_merge_cli_exits_2_on_a_damaged_shard(clf, tmp_path):
     out = _job(clf, tmp_path, formats='csv')
     p = out/'00000.csv'; p.write_text(p.read_text() + 'x,00000,0.5\n')
-    r = run_cli('realfake_merge', out, '--to', tmp_path/'m.csv')
+    r = run_cli('realfake_merge', out, '--out', tmp_path/'m.csv')
     assert r.returncode == 2 and 'record 4: 3 fields, not 8' in r.stderr and '00000.csv' in r.stderr, r.stderr
 
 @pytest.mark.parametrize('formats', ['csv', 'parquet'])
 def test_merge_refuses_to_write_inside_the_job_folder(clf, tmp_path, formats):
     out = _job(clf, tmp_path, formats=formats)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    r = run_cli('realfake_merge', out, '--to', out/f'00000.{formats}')
+    r = run_cli('realfake_merge', out, '--out', out/f'00000.{formats}')
     assert r.returncode == 2 and 'inside the job' in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    r = run_cli('realfake_merge', out, '--to', tmp_path/'m.csv')
+    r = run_cli('realfake_merge', out, '--out', tmp_path/'m.csv')
     assert r.returncode == 0 and len(pd.read_csv(tmp_path/'m.csv')) == 3
 
 FORMULA = '=cmd|calc'
@@ -379,3 +379,14 @@ def test_no_csv_the_project_writes_starts_a_cell_with_a_formula(clf, tmp_path, w
     num = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?')
     assert not [c for c in cells if c[:1] in ('=', '+', '-', '@', '\t', '\r') and not num.fullmatch(c)]
     assert any(FORMULA in c for c in cells)                    # the name is there, made harmless
+
+
+def test_old_spellings_still_work_with_a_notice(model_dir, tmp_path):
+    "realfake_predict --num_workers (now --workers) and realfake_merge --to (now --out): accepted, each with a one-line notice."
+    make_shards(tmp_path/'s', 2, 2)
+    r = run_cli('realfake_predict', tmp_path/'s', '--model', model_dir, '--out', tmp_path/'out', '--num_workers', 0, '--no_progress',
+                '--device', 'cpu')
+    assert r.returncode == 0 and '--num_workers is now --workers' in r.stderr, r.stderr
+    r = run_cli('realfake_merge', tmp_path/'out', '--to', tmp_path/'m.csv')
+    assert r.returncode == 0 and '--to is now --out' in r.stderr, r.stderr
+    assert len(pd.read_csv(tmp_path/'m.csv')) == 4

@@ -219,7 +219,7 @@ def _stderr_names(e, stderr):
 def cells_predict_cli(corpus, model_dir, tmp, folder=False):
     out = Path(tmp) / ('pred_folder.csv' if folder else 'pred_files.csv')
     inputs = [str(corpus[0].path.parent)] if folder else [str(e.path) for e in corpus]
-    r = run_cli('realfake_predict', *inputs, '--model', model_dir, '--out', out, '--bs', 4, '--num_workers', 0,
+    r = run_cli('realfake_predict', *inputs, '--model', model_dir, '--out', out, '--bs', 4, '--workers', 0,
                 '--no_progress', '--backend', 'torch', '--device', 'cpu', timeout=120)
     if r.returncode is None or not out.exists():
         why = 'hang' if r.returncode is None else f'crash: rc={r.returncode}'
