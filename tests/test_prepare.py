@@ -7,6 +7,7 @@ from PIL import Image
 import realfake.metadata as rmeta
 from realfake.metadata import read_metadata
 from helpers import run_cli_here
+from realfake.core import VOCABULARY
 from realfake.prepare import (PrepareError, Source, parse_source, list_source, find_duplicates, drop_duplicates,
                               sample_balanced, parse_quotas, probe_files, shortcut_warnings, find_identical, prepare,
                               realfake_prepare)
@@ -303,7 +304,7 @@ def test_cli_help_explains_every_option(tmp_path):
         assert opt in r.stdout, opt
     for layout in ('folder', 'classes', 'img2dataset', 'generators', 'genimage', 'forensynths', 'csv'): assert layout in r.stdout
     assert 'LABEL:LAYOUT:PATH' in r.stdout
-    assert re.search(r'--no_progress\s+hide the progress bars', r.stdout), r.stdout   # the flag and its help agree
+    assert re.search(r'--no_progress\s+' + re.escape(VOCABULARY['no_progress'][:20]), r.stdout), r.stdout   # the flag and its help agree
 
 
 def test_crash_while_writing_leaves_no_partial_file(small_tree, monkeypatch):
