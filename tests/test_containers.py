@@ -11,7 +11,8 @@ import realfake.containers as C
 from realfake.containers import ContainerError, read_member, container_index, index_file, pointer
 from realfake.images import ImageLoadError, load_image, probe_image
 from realfake.metadata import read_metadata, write_metadata, MetadataError
-from realfake.prepare import prepare, list_source
+from realfake.prepare import prepare
+from realfake.sources import list_source
 from container_data import demo_images, write_hf, write_wds, write_zip
 from helpers import deadline, run_cli
 
@@ -125,7 +126,7 @@ def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
         pq.write_table(pa.table({'image': [_jpg(0)]}), good/'ok.parquet')
     src = f"fake:{kind}:{tmp_path}/{{{c.name},good/ok{c.suffix}}}"
     with deadline(30, case):
-        from realfake.prepare import _list
+        from realfake.sources import _list
         df, problems = _list(src)
     assert df['path'].tolist() == [f'{good}/ok{c.suffix}/0']  if kind == 'hf' else [f'{good}/ok{c.suffix}/0.jpg']
     if case != 'missing container':                  # a pattern that matches nothing names nothing
@@ -133,7 +134,7 @@ def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
 
 def test_zip_slip_member_is_refused_and_reported_by_prepare(tmp_path):
     with zipfile.ZipFile(tmp_path/'z.zip', 'w') as z: z.writestr('../evil.jpg', _jpg(0)); z.writestr('ok.jpg', _jpg(1))
-    from realfake.prepare import _list
+    from realfake.sources import _list
     df, problems = _list(f'fake:zip:{tmp_path}/z.zip')
     assert df['path'].tolist() == [f'{tmp_path}/z.zip/ok.jpg']
     assert len(problems) == 1 and 'unsafe member name' in problems[0][1]
@@ -229,7 +230,7 @@ def test_prepare_balances_splits_by_group_probes_and_hashes_container_records(so
 
 def test_hub_id_is_read_offline_from_the_cache(tmp_path, monkeypatch):
     pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
-    from realfake.prepare import PrepareError
+    from realfake.sources import PrepareError
     monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(hh_constants, 'HF_HUB_CACHE', str(tmp_path/'hub'))
     with pytest.raises(PrepareError, match="'poloclub/diffusiondb' is not in the local Hugging Face cache"):
         list_source('fake:hf:poloclub/diffusiondb@2m_first_1k')

@@ -8,9 +8,10 @@ import realfake.metadata as rmeta
 from realfake.metadata import read_metadata
 from helpers import run_cli_here
 from realfake.core import VOCABULARY
-from realfake.prepare import (PrepareError, Source, parse_source, list_source, find_duplicates, drop_duplicates,
-                              sample_balanced, parse_quotas, probe_files, shortcut_warnings, find_identical, prepare,
-                              realfake_prepare)
+from realfake.sources import PrepareError, Source, parse_source, list_source, find_duplicates, drop_duplicates
+from realfake.sampling import sample_balanced, parse_quotas
+from realfake.probe import probe_files, shortcut_warnings, find_identical
+from realfake.prepare import prepare, realfake_prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
