@@ -16,7 +16,8 @@ from .metadata import COLUMNS, write_metadata, summarize
 from .sources import PrepareError, Source, parse_source, list_sources, drop_duplicates, group_by_prompt, safe_text
 from .sources import list_source  # noqa: F401 (realfake.evaluate imports it from here, until it imports realfake.sources)
 from .sampling import sample_balanced, sample_kept_splits
-from .probe import PROBE_COLUMNS, probe_files, format_table, shortcut_warnings, find_identical
+from .probe import (PROBE_COLUMNS, probe_files, format_table, shortcut_warnings, find_identical, provenance_by_class,
+                            evidence_table)
 
 # %% ../nbs/07_prepare.ipynb #60b5c820
 _log = get_logger('prepare')
@@ -40,6 +41,7 @@ class Prepared:
     unreadable: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({'path': [], 'reason': []}))
     probed: pd.DataFrame|None = None      # with probe: `PROBE_COLUMNS` of each record of `df`, in the same order
     notes: list = field(default_factory=list)
+    evidence: dict|None = None            # with probe: `provenance_by_class` counts of the sampled files
 
     def report(self, max_items:int=10) -> str:
         "Human-readable account of what was listed, skipped, dropped, found and warned about."
@@ -56,6 +58,8 @@ class Prepared:
         if self.probed is not None and len(self.df):
             L += ['', 'files by label and source (quality: JPEG quality median [quartiles] and shares by bin; subsampling: of JPEGs):',
                   format_table(self.probed_records()).to_string(index=False)]
+        if self.evidence is not None and len(self.evidence) > 1:
+            L += ['', 'evidence of origin in the files, per label (text, XMP, EXIF, C2PA):', evidence_table(self.evidence)]
         if self.identical is not None:
             sets = self.identical.groupby('digest').agg(split=('cross_split', 'first'), label=('cross_label', 'first'))
             L.append(f"content hash: {len(sets):,} sets of identical files, {int(sets.split.sum()):,} spanning splits, "
@@ -135,7 +139,10 @@ def prepare(sources, n:int|None=None, valid_pct:float=0.1, test_pct:float=0.0, s
     res = Prepared(out[[c for c in COLUMNS if c in out.columns]], len(listed), dups, dropped, unreadable=unreadable, probed=probed)
     res.notes, res.warnings = _notes_and_warnings(listed, dups, unreadable, keep_splits)
     res.warnings += sel.attrs.get('warnings', [])
-    if probe: res.warnings += shortcut_warnings(res.probed_records())
+    if probe:
+        res.warnings += shortcut_warnings(res.probed_records())
+        res.evidence, warns = provenance_by_class(res.df['path'], res.df['label'], workers, progress)
+        res.warnings += warns
     if content_hash:
         res.identical = find_identical(res.df, workers, progress)
         ns = res.identical.loc[res.identical.cross_split, 'digest'].nunique()
