@@ -341,6 +341,9 @@ def _records_webdataset(c:str, opts:dict) -> tuple[dict, list]:
     _, names, refused = scan(c)
     have, out = set(names), {'path': [], 'prompt': [], 'width': [], 'height': []}
     read = member_reader(c, MAX_SIDECAR_BYTES) if any(n.endswith(('.txt', '.json')) for n in names) else None
+    if read is None:                                  # no captions: one pass over the names, no per-member work
+        paths = [c + '/' + n for n in names if (e := n.rpartition('/')[2].rpartition('.'))[1] and '.' + e[2].lower() in IMAGE_EXTS]
+        return {'path': paths, 'prompt': [None] * len(paths), 'width': [None] * len(paths), 'height': [None] * len(paths)}, refused
     for n in names:                                   # names are checked by `scan`: no `pointer()` call per member
         key, ext = _key_of(n)
         if '.' + ext.rpartition('.')[2] not in IMAGE_EXTS: continue

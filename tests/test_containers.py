@@ -334,3 +334,58 @@ def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_pat
     assert [r.split(',')[0] for r in rows] == [str(e) for e in range(EPOCHS_2M)]     # the same history length
     assert rows[:len(before)] == before and 'at epoch' in outs[0][1]                # resumed, not restarted
     assert (run/'model'/'model.safetensors').is_file()
+
+
+# ---------------------------------------------------------------- the tar walk: block reads agree with the exact per-header path
+def _mixed_tar(path, n=300):
+    "Many small members (so 1 MiB reads hold many headers) in every header form: ustar, GNU long names, pax paths and sizes."
+    with tarfile.open(path, 'w', format=tarfile.GNU_FORMAT) as tf:
+        for i in range(n):
+            name = f'dir/{"long" * 40}/{i:04d}.jpg' if i % 50 == 7 else f'{i:04d}.jpg'
+            ti = tarfile.TarInfo(name); data = bytes([i % 256]) * (i % 700); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+    with tarfile.open(path, 'a', format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo('pax/' + 'é' * 120 + '.jpg'); ti.size = 3; tf.addfile(ti, io.BytesIO(b'abc'))
+    return path
+
+
+def test_tar_walk_agrees_with_tarfile_on_every_header_form(tmp_path):
+    from realfake.containers import _tar_members
+    c = _mixed_tar(tmp_path/'m.tar')
+    with tarfile.open(c) as tf: want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isfile()]
+    with open(c, 'rb') as f: names, offs, sizes, refused = _tar_members(f, str(c))
+    assert list(zip(names, offs, sizes)) == want and not refused and len(want) == 301
+
+
+def _patch_header(c, k, patch):
+    "Rewrite header `k` (0-based among the members) of tar `c` with `patch(header bytes) -> header bytes`."
+    with tarfile.open(c) as tf: off = [m.offset for m in tf.getmembers()][k]
+    b = bytearray(c.read_bytes()); b[off:off + 512] = patch(bytes(b[off:off + 512])); c.write_bytes(bytes(b))
+    return off
+
+
+def _with_checksum(h):
+    h = h[:148] + b' ' * 8 + h[156:]
+    return h[:148] + b'%06o\0 ' % sum(h) + h[156:]
+
+
+@pytest.mark.parametrize('form', ['spaces around the size', 'base-256 size', 'no NUL after the checksum'])
+def test_tar_walk_reads_unusual_number_forms_exactly(tmp_path, form):
+    "Numbers a writer may spell differently (not the fast path's plain form) are still read, by the exact per-header path."
+    from realfake.containers import _tar_members
+    c = _mixed_tar(tmp_path/'m.tar', n=40)
+    with tarfile.open(c) as tf: size = tf.getmembers()[20].size
+    field = {'spaces around the size': b'%10o \0' % size, 'base-256 size': b'\x80' + size.to_bytes(11, 'big'),
+             'no NUL after the checksum': None}[form]
+    if field is None: _patch_header(c, 20, lambda h: (lambda g: g[:148] + b'%07o ' % int(g[148:154], 8) + g[156:])(_with_checksum(h)))
+    else: _patch_header(c, 20, lambda h: _with_checksum(h[:124] + field[:12].ljust(12, b'\0') + h[136:]))
+    with tarfile.open(c) as tf: want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isfile()]
+    with open(c, 'rb') as f: got = _tar_members(f, str(c))
+    assert list(zip(*got[:3])) == want
+
+
+@pytest.mark.parametrize('k', [1, 25, 39])
+def test_tar_walk_names_a_bad_header_in_the_middle_of_a_block(tmp_path, k):
+    from realfake.containers import _tar_members
+    c = _mixed_tar(tmp_path/'m.tar', n=40)
+    off = _patch_header(c, k, lambda h: h[:10] + b'X' + h[11:])          # one byte of the name changed: the checksum is wrong
+    with open(c, 'rb') as f, pytest.raises(ContainerError, match=f'bad header at offset {off:,}'): _tar_members(f, str(c))
