@@ -135,13 +135,13 @@ def _fixed_octal(a:np.ndarray, digits:int) -> tuple[np.ndarray, np.ndarray]:
     plain = ((d >= 0) & (d <= 7)).all(1) & ((a[:, digits:] == 0) | (a[:, digits:] == 32)).all(1)
     return d @ (8 ** np.arange(digits - 1, -1, -1, dtype=np.int64)), plain
 
-def _header_table(buf:bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "For every 512-byte block of `buf` read as a tar header: (member size, checksum right and both numbers plain?, all zero?)."
+def _header_table(buf:bytes) -> tuple[list, list, list]:
+    "For every 512-byte block of `buf` read as a tar header: lists of (member size, checksum right and both numbers plain?, all zero?)."
     a = np.frombuffer(buf, np.uint8, len(buf) // 512 * 512).reshape(-1, 512)
     size, plain_size = _fixed_octal(a[:, 124:136], 11)
     chk, plain_chk = _fixed_octal(a[:, 148:156], 6)
     total = a.sum(1, dtype=np.int64) - a[:, 148:156].sum(1, dtype=np.int64) + 256
-    return size, plain_size & plain_chk & (chk == total), ~a.any(1)
+    return size.tolist(), (plain_size & plain_chk & (chk == total)).tolist(), (~a.any(1)).tolist()   # lists: a lookup per header
 
 # %% ../nbs/02b_containers.ipynb #7bc33e59
 def _tar_header(h:bytes, off:int, path) -> int:
@@ -164,7 +164,7 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
             buf, at = os.pread(fd, 1 << 20 if not sizes or sizes[-1] < 16384 else 512, off), off
             table = _header_table(buf) if len(buf) > 4096 else None   # every block's numbers at once (numpy), used where plain
         h, b = buf[off - at:off - at + 512], (off - at) >> 9
-        if table is not None and table[1][b]: n = int(table[0][b])
+        if table is not None and table[1][b]: n = table[0][b]
         elif (h[0] == 0 and not h.strip(b'\0')) if table is None else table[2][b]: return names, offs, sizes, refused   # end of archive
         else: n = _tar_header(h, off, path)
         typ, data = h[156:157], off + 512
