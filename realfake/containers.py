@@ -135,13 +135,14 @@ def _fixed_octal(a:np.ndarray, digits:int) -> tuple[np.ndarray, np.ndarray]:
     plain = ((d >= 0) & (d <= 7)).all(1) & ((a[:, digits:] == 0) | (a[:, digits:] == 32)).all(1)
     return d @ (8 ** np.arange(digits - 1, -1, -1, dtype=np.int64)), plain
 
-def _header_table(buf:bytes) -> tuple[list, list, list]:
-    "For every 512-byte block of `buf` read as a tar header: lists of (member size, checksum right and both numbers plain?, all zero?)."
+def _header_table(buf:bytes) -> tuple[list, list, list, list]:
+    "For every 512-byte block of `buf` read as a tar header: lists of (member size, checksum right and both numbers plain?, all zero?, a ustar name prefix?)."
     a = np.frombuffer(buf, np.uint8, len(buf) // 512 * 512).reshape(-1, 512)
     size, plain_size = _fixed_octal(a[:, 124:136], 11)
     chk, plain_chk = _fixed_octal(a[:, 148:156], 6)
     total = a.sum(1, dtype=np.int64) - a[:, 148:156].sum(1, dtype=np.int64) + 256
-    return size.tolist(), (plain_size & plain_chk & (chk == total)).tolist(), (~a.any(1)).tolist()   # lists: a lookup per header
+    prefix = (a[:, 257:262] == np.frombuffer(b'ustar', np.uint8)).all(1) & a[:, 345:500].any(1)
+    return size.tolist(), (plain_size & plain_chk & (chk == total)).tolist(), (~a.any(1)).tolist(), prefix.tolist()   # lists: a lookup per header
 
 # %% ../nbs/02b_containers.ipynb #7bc33e59
 def _tar_header(h:bytes, off:int, path) -> int:
@@ -163,11 +164,11 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
         if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 1 MiB at a time
             buf, at = os.pread(fd, 1 << 20 if not sizes or sizes[-1] < 16384 else 512, off), off
             table = _header_table(buf) if len(buf) > 4096 else None   # every block's numbers at once (numpy), used where plain
-        h, b = buf[off - at:off - at + 512], (off - at) >> 9
+        o = off - at; b = o >> 9
         if table is not None and table[1][b]: n = table[0][b]
-        elif (h[0] == 0 and not h.strip(b'\0')) if table is None else table[2][b]: return names, offs, sizes, refused   # end of archive
-        else: n = _tar_header(h, off, path)
-        typ, data = h[156:157], off + 512
+        elif (not buf[o:o + 512].strip(b'\0')) if table is None else table[2][b]: return names, offs, sizes, refused   # end of archive
+        else: n = _tar_header(buf[o:o + 512], off, path)
+        typ, data = buf[o + 156:o + 157], off + 512
         end = data + (n + 511) // 512 * 512
         if data + n > size: raise ContainerError(path, f'truncated tar: the member at offset {off:,} runs past the end of the file')
         if typ == b'L': longname = os.pread(fd, n, data).split(b'\0', 1)[0]
@@ -175,8 +176,9 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
         elif typ in (b'0', b'\0', b'7'):
             raw = pax.get('path') or longname
             if raw is None:
-                raw = h[:100].split(b'\0', 1)[0]
-                if h[257:262] == b'ustar' and h[345:500].strip(b'\0'): raw = h[345:500].split(b'\0', 1)[0] + b'/' + raw
+                raw = buf[o:o + 100].split(b'\0', 1)[0]
+                if table[3][b] if table is not None else buf[o + 257:o + 262] == b'ustar' and buf[o + 345:o + 500].strip(b'\0'):
+                    raw = buf[o + 345:o + 500].split(b'\0', 1)[0] + b'/' + raw
             if 'size' in pax: n = int(pax['size']); end = data + (n + 511) // 512 * 512
             name = raw.decode('utf-8', 'surrogateescape')
             why = member_problem(name, 'tar') if '.' in name[:1] or '/.' in name or '//' in name or name[:1] in ('/', '') or '\\' in name or '\0' in name or name[-1] == '/' else None
