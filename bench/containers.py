@@ -70,7 +70,7 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
 def index_rows(d:Path, records:int, shards:int) -> list:
     "Listing time of `records` container records over `shards` tar shards against as many loose files; index memory."
     import realfake.containers as RC
-    from realfake.prepare import list_source
+    from realfake.sources import list_source
     per = records // shards
     (d/'shards').mkdir(parents=True); (d/'files').mkdir()
     for s in range(shards):

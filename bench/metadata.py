@@ -1,6 +1,6 @@
 """Bench 5, metadata at scale: read + validate a 2M-record JSONL (`realfake.metadata.read_metadata`) against pandas'
 `read_json(lines=True)` (which validates nothing), and draw a balanced 2M-record sample from 4 sources of 1M records
-each (`realfake.prepare.sample_balanced`, with its valid split) against a naive pandas `groupby('label').sample` +
+each (`realfake.sampling.sample_balanced`, with its valid split) against a naive pandas `groupby('label').sample` +
 random split. Goal: each realfake step <= 15 s on this machine; peak memory reported.
 
 Every measurement runs in a fresh child process, so its peak resident memory (VmHWM) is its own; "extra" is
@@ -73,12 +73,12 @@ def child(task:str, arg:str, n:int):
     else:
         df = big_frame(n // 2)   # 4 sources x n/2 records -> sample n
         if task == 'sample_realfake':
-            from realfake.prepare import sample_balanced
+            from realfake.sampling import sample_balanced
             fn = lambda: sample_balanced(df, n=n, valid_pct=0.1, seed=0)
         elif task == 'sample_naive':
             fn = lambda: naive_sample(df, n, 0.1, 0)
         elif task == 'write_realfake':
-            from realfake.prepare import sample_balanced
+            from realfake.sampling import sample_balanced
             from realfake.metadata import write_metadata
             sb = sample_balanced(df, n=n, valid_pct=0.1, seed=0); del df
             fn = lambda: write_metadata(sb, arg, overwrite=True)

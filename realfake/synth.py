@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from fastcore.script import call_parse
-from .core import LABELS, SPLITS, RealfakeError, command, escape_path, get_logger
+from .core import LABELS, SPLITS, SEED, RealfakeError, command, escape_path, get_logger, hidden, opt
 from .metadata import write_metadata, read_metadata, summarize
 
 # %% auto #0
@@ -221,22 +221,28 @@ def make_demo(dest, n:int=200, size:int=64, seed:int=0, difficulty:float=1.0, sa
     return write_metadata(recs, meta, overwrite=overwrite)
 
 # %% ../nbs/08_synth.ipynb #62249feb
+_OUT = ('out', 'the folder to write the images and metadata.jsonl into')   # names, not strings, in the annotations (linters read
+_SEED = ('seed', 'the same seed gives byte-identical files')                 # a string there as a type); a call there, so each
+_VERBOSE = ('verbose',)                                                      # parser gets a fresh Param (argparse appends the default)
+
 @call_parse
-@command
+@command(renamed={'dest': 'out', 'n': 'per_class'})
 def realfake_demo(
-    dest:str='demo_data', # folder to write the images and metadata.jsonl into
-    n:int=200, # images per class
+    out:opt(*_OUT)='demo_data',
+    per_class:int=200, # images per class
     size:int=64, # side of the square fake images in pixels, a multiple of 8; real images have a shorter side from SIZE to 1.5 x SIZE
-    seed:int=0, # random seed: the same seed gives byte-identical files
+    seed:opt(*_SEED, type=int)=SEED,
     difficulty:float=1.0, # how faint the simulated decoder traces are: 1 easy, 4 hard, 16 nearly invisible
     same_format:str=None, # save both classes as JPEG or PNG (default: real JPEG, fake PNG, like the real world)
     valid_pct:float=0.2, # share of each class in the validation split
     test_pct:float=0.1, # share of each class in the test split
-    overwrite:bool=False, # replace an existing dest/metadata.jsonl
-    verbose:bool=False, # debug logging and full tracebacks
+    overwrite:bool=False, # replace an existing OUT/metadata.jsonl
+    dest:hidden()=None, # old spelling of --out
+    n:hidden()=None, # old spelling of --per_class
+    verbose:opt(*_VERBOSE, type=bool)=False,
 ):
     "Make a small simulated real/fake demo dataset (no download needed). A simulation for demos and tests only."
-    m = make_demo(dest, n=n, size=size, seed=seed, difficulty=difficulty, same_format=same_format,
+    m = make_demo(out, n=int(per_class), size=size, seed=seed, difficulty=difficulty, same_format=same_format,
                   valid_pct=valid_pct, test_pct=test_pct, overwrite=overwrite)
     print(summarize(read_metadata(m)))
     print(f"\nwrote {escape_path(m)}\nNote: simulated data for demos and tests; accuracy on it says nothing about real-world detection.")

@@ -46,7 +46,7 @@ def log_restored():
 
 def test_main_runs_the_command(tmp_path, monkeypatch, log_restored):
     "A valid command line goes on to the real command (in process: the same call the console script makes)."
-    monkeypatch.setattr(sys, 'argv', ['realfake_demo', '--dest', str(tmp_path/'d'), '--n', '4', '--size', '32'])
+    monkeypatch.setattr(sys, 'argv', ['realfake_demo', '--out', str(tmp_path/'d'), '--per_class', '4', '--size', '32'])
     main('realfake_demo')
     assert len(list((tmp_path/'d'/'fake').iterdir())) == 4 and (tmp_path/'d'/'metadata.jsonl').exists()
 

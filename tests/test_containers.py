@@ -11,7 +11,8 @@ import realfake.containers as C
 from realfake.containers import ContainerError, read_member, container_index, index_file, pointer
 from realfake.images import ImageLoadError, load_image, probe_image
 from realfake.metadata import read_metadata, write_metadata, MetadataError
-from realfake.prepare import prepare, list_source
+from realfake.prepare import prepare
+from realfake.sources import list_source
 from container_data import demo_images, write_hf, write_wds, write_zip
 from helpers import deadline, run_cli
 
@@ -125,7 +126,7 @@ def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
         pq.write_table(pa.table({'image': [_jpg(0)]}), good/'ok.parquet')
     src = f"fake:{kind}:{tmp_path}/{{{c.name},good/ok{c.suffix}}}"
     with deadline(30, case):
-        from realfake.prepare import _list
+        from realfake.sources import _list
         df, problems = _list(src)
     assert df['path'].tolist() == [f'{good}/ok{c.suffix}/0']  if kind == 'hf' else [f'{good}/ok{c.suffix}/0.jpg']
     if case != 'missing container':                  # a pattern that matches nothing names nothing
@@ -133,7 +134,7 @@ def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
 
 def test_zip_slip_member_is_refused_and_reported_by_prepare(tmp_path):
     with zipfile.ZipFile(tmp_path/'z.zip', 'w') as z: z.writestr('../evil.jpg', _jpg(0)); z.writestr('ok.jpg', _jpg(1))
-    from realfake.prepare import _list
+    from realfake.sources import _list
     df, problems = _list(f'fake:zip:{tmp_path}/z.zip')
     assert df['path'].tolist() == [f'{tmp_path}/z.zip/ok.jpg']
     assert len(problems) == 1 and 'unsafe member name' in problems[0][1]
@@ -229,7 +230,7 @@ def test_prepare_balances_splits_by_group_probes_and_hashes_container_records(so
 
 def test_hub_id_is_read_offline_from_the_cache(tmp_path, monkeypatch):
     pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
-    from realfake.prepare import PrepareError
+    from realfake.sources import PrepareError
     monkeypatch.setenv('HF_HUB_OFFLINE', '1'); monkeypatch.setattr(hh_constants, 'HF_HUB_CACHE', str(tmp_path/'hub'))
     with pytest.raises(PrepareError, match="'poloclub/diffusiondb' is not in the local Hugging Face cache"):
         list_source('fake:hf:poloclub/diffusiondb@2m_first_1k')
@@ -370,3 +371,57 @@ def test_app_label_pool_serves_and_records_votes_on_container_records(boxes, tin
     assert len(j['by_source']) == 3 and [r['images'] for r in j['by_source']] == [5, 5, 5]
     preds = clf.predict([pool.rows[k]['path'] for k in pool.keys])                                          # the model read the same members
     assert j['overall'][0]['model_acc'] == pytest.approx(float((preds.label.values == [pool.rows[k]['label'] for k in pool.keys]).mean()))
+
+# ---------------------------------------------------------------- the tar walk: block reads agree with the exact per-header path
+def _mixed_tar(path, n=300):
+    "Many small members (so 1 MiB reads hold many headers) in every header form: ustar, GNU long names, pax paths and sizes."
+    with tarfile.open(path, 'w', format=tarfile.GNU_FORMAT) as tf:
+        for i in range(n):
+            name = f'dir/{"long" * 40}/{i:04d}.jpg' if i % 50 == 7 else f'{i:04d}.jpg'
+            ti = tarfile.TarInfo(name); data = bytes([i % 256]) * (i % 700); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+    with tarfile.open(path, 'a', format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo('pax/' + 'é' * 120 + '.jpg'); ti.size = 3; tf.addfile(ti, io.BytesIO(b'abc'))
+    return path
+
+
+def test_tar_walk_agrees_with_tarfile_on_every_header_form(tmp_path):
+    from realfake.containers import _tar_members
+    c = _mixed_tar(tmp_path/'m.tar')
+    with tarfile.open(c) as tf: want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isfile()]
+    with open(c, 'rb') as f: names, offs, sizes, refused = _tar_members(f, str(c))
+    assert list(zip(names, offs, sizes)) == want and not refused and len(want) == 301
+
+
+def _patch_header(c, k, patch):
+    "Rewrite header `k` (0-based among the members) of tar `c` with `patch(header bytes) -> header bytes`."
+    with tarfile.open(c) as tf: off = [m.offset for m in tf.getmembers()][k]
+    b = bytearray(c.read_bytes()); b[off:off + 512] = patch(bytes(b[off:off + 512])); c.write_bytes(bytes(b))
+    return off
+
+
+def _with_checksum(h):
+    h = h[:148] + b' ' * 8 + h[156:]
+    return h[:148] + b'%06o\0 ' % sum(h) + h[156:]
+
+
+@pytest.mark.parametrize('form', ['spaces around the size', 'base-256 size', 'no NUL after the checksum'])
+def test_tar_walk_reads_unusual_number_forms_exactly(tmp_path, form):
+    "Numbers a writer may spell differently (not the fast path's plain form) are still read, by the exact per-header path."
+    from realfake.containers import _tar_members
+    c = _mixed_tar(tmp_path/'m.tar', n=40)
+    with tarfile.open(c) as tf: size = tf.getmembers()[20].size
+    field = {'spaces around the size': b'%10o \0' % size, 'base-256 size': b'\x80' + size.to_bytes(11, 'big'),
+             'no NUL after the checksum': None}[form]
+    if field is None: _patch_header(c, 20, lambda h: (lambda g: g[:148] + b'%07o ' % int(g[148:154], 8) + g[156:])(_with_checksum(h)))
+    else: _patch_header(c, 20, lambda h: _with_checksum(h[:124] + field[:12].ljust(12, b'\0') + h[136:]))
+    with tarfile.open(c) as tf: want = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isfile()]
+    with open(c, 'rb') as f: got = _tar_members(f, str(c))
+    assert list(zip(*got[:3])) == want
+
+
+@pytest.mark.parametrize('k', [1, 25, 39])
+def test_tar_walk_names_a_bad_header_in_the_middle_of_a_block(tmp_path, k):
+    from realfake.containers import _tar_members
+    c = _mixed_tar(tmp_path/'m.tar', n=40)
+    off = _patch_header(c, k, lambda h: h[:10] + b'X' + h[11:])          # one byte of the name changed: the checksum is wrong
+    with open(c, 'rb') as f, pytest.raises(ContainerError, match=f'bad header at offset {off:,}'): _tar_members(f, str(c))

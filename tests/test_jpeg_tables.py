@@ -7,7 +7,7 @@ from PIL import Image
 
 from realfake.images import jpeg_info, probe_image
 from realfake.perturb import fakes_jpeg, encode_jpeg
-from realfake.prepare import probe_files, format_table
+from realfake.probe import probe_files, format_table
 
 
 def photo(seed=0):

@@ -9,8 +9,10 @@ from PIL import Image, ImageFile, PngImagePlugin
 from realfake.images import load_image, probe_image, estimate_jpeg_quality
 from realfake.metadata import read_metadata
 from helpers import run_cli_here
-from realfake.prepare import (PrepareError, list_source, prepare, probe_files, sample_balanced, sample_kept_splits,
-                              realfake_prepare, shortcut_warnings)
+from realfake.sources import PrepareError, list_source
+from realfake.sampling import sample_balanced, sample_kept_splits
+from realfake.probe import probe_files, shortcut_warnings
+from realfake.prepare import prepare, realfake_prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,7 +160,7 @@ def test_csv_layout(tmp_path):
         b'imgs/c.jpg,fake,sd,,,\n'
         + str(tmp_path/'data'/'elsewhere'/'d.png').encode() + b',FAKE,sd,TEST,,\n'
         b'imgs/missing.jpg,real,,,,\n\n')
-    from realfake.prepare import _list
+    from realfake.sources import _list
     d, problems = _list(f'auto:csv:{tmp_path}/data/list.csv')
     assert [Path(p).name for p in d.path] == ['a.jpg', 'b.png', latin, 'c.jpg', 'd.png']
     assert d.label.tolist() == ['real', 'fake', 'real', 'fake', 'fake']

@@ -7,9 +7,11 @@ from PIL import Image
 import realfake.metadata as rmeta
 from realfake.metadata import read_metadata
 from helpers import run_cli_here
-from realfake.prepare import (PrepareError, Source, parse_source, list_source, find_duplicates, drop_duplicates,
-                              sample_balanced, parse_quotas, probe_files, shortcut_warnings, find_identical, prepare,
-                              realfake_prepare)
+from realfake.core import VOCABULARY
+from realfake.sources import PrepareError, Source, parse_source, list_source, find_duplicates, drop_duplicates
+from realfake.sampling import sample_balanced, parse_quotas
+from realfake.probe import probe_files, shortcut_warnings, find_identical
+from realfake.prepare import prepare, realfake_prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -303,7 +305,7 @@ def test_cli_help_explains_every_option(tmp_path):
         assert opt in r.stdout, opt
     for layout in ('folder', 'classes', 'img2dataset', 'generators', 'genimage', 'forensynths', 'csv'): assert layout in r.stdout
     assert 'LABEL:LAYOUT:PATH' in r.stdout
-    assert re.search(r'--no_progress\s+hide the progress bars', r.stdout), r.stdout   # the flag and its help agree
+    assert re.search(r'--no_progress\s+' + re.escape(VOCABULARY['no_progress'][:20]), r.stdout), r.stdout   # the flag and its help agree
 
 
 def test_crash_while_writing_leaves_no_partial_file(small_tree, monkeypatch):
@@ -316,3 +318,44 @@ def test_crash_while_writing_leaves_no_partial_file(small_tree, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         realfake_prepare([f'auto:generators:{t}/data'], out=str(t/'m.jsonl'), no_progress=True)
     assert len(calls) == 6 and not (t/'m.jsonl').exists() and not [p for p in t.iterdir() if 'm.jsonl' in p.name]
+
+
+def _a1111_tree(root, n=6, both=False):
+    "n real and n fake PNGs; the fakes (and with `both` the reals too) carry A1111 parameters."
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo(); info.add_text('parameters', 'a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1')
+    for i in range(n):
+        for lab, tagged in (('real', both), ('fake', True)):
+            p = root/lab/f'{lab}{i}.png'; p.parent.mkdir(parents=True, exist_ok=True)
+            Image.new('RGB', (16, 16), (i * 20, 3, 4)).save(p, pnginfo=info if tagged else None)
+    return [f'real:folder:{root}/real', f'fake:folder:{root}/fake']
+
+
+def test_probe_warns_when_one_label_carries_provenance_evidence(tmp_path):
+    "Issue 25: --probe counts each kind of origin evidence per class and warns, with the numbers, when one label carries it alone."
+    res = prepare(_a1111_tree(tmp_path), valid_pct=0.0, probe=True, progress=False)
+    assert res.evidence['text claiming generated'] == {'real': 0, 'fake': 6} and res.evidence['files'] == {'real': 6, 'fake': 6}
+    w = [x for x in res.warnings if x.startswith('text claiming generated')]
+    assert len(w) == 1 and '6 of 6 fake images (100.0%) carry it, 0 of 6 real' in w[0], res.warnings
+    assert 'text claiming generated: 0 of 6 real, 6 of 6 fake' in res.report()
+
+
+def test_probe_is_quiet_when_both_labels_carry_the_evidence(tmp_path):
+    res = prepare(_a1111_tree(tmp_path, both=True), valid_pct=0.0, probe=True, progress=False)
+    assert res.evidence['text claiming generated'] == {'real': 6, 'fake': 6}
+    assert not [x for x in res.warnings if x.startswith('text claiming generated')], res.warnings
+
+
+def test_probe_cli_prints_the_evidence_warning(tmp_path):
+    r = run_cli('--probe', '--dry_run', '--no_progress', *_a1111_tree(tmp_path/'t'), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'WARNING: text claiming generated: 6 of 6 fake images' in r.stdout, r.stdout
+
+
+def test_generators_layout_reads_every_real_name(tmp_path):
+    "--real_names defaults to core.REAL_NAMES, the one list evaluate uses too: a ForenSynths-style 0_real folder is real."
+    from realfake.core import REAL_NAMES
+    for name in REAL_NAMES + ('sd14',):
+        p = tmp_path/name/'x.png'; p.parent.mkdir(); Image.new('RGB', (8, 8)).save(p)
+    d = list_source(f'auto:generators:{tmp_path}', progress=False)
+    assert dict(zip(d.source, d.label)) == {**{n: 'real' for n in REAL_NAMES}, 'sd14': 'fake'}

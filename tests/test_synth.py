@@ -127,14 +127,23 @@ def run_cli(*args, cwd): return run_cli_here('realfake_demo', *args, cwd=cwd)   
 
 
 def test_cli(tmp_path):
-    r = run_cli('--dest', 'demo', '--n', '3', '--size', '32', '--same_format', 'PNG', cwd=tmp_path)
+    r = run_cli('--out', 'demo', '--per_class', '3', '--size', '32', '--same_format', 'PNG', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert 'simulated' in r.stdout and 'valid' in r.stdout
     df = read_metadata(tmp_path/'demo'/'metadata.jsonl')
     assert len(df) == 6 and set(df.format) == {'PNG'}
-    r = run_cli('--dest', 'demo', '--n', '3', cwd=tmp_path)
+    r = run_cli('--out', 'demo', '--per_class', '3', cwd=tmp_path)
     assert r.returncode == 2 and 'already exists' in r.stderr and 'Traceback' not in r.stderr
     r = run_cli('--help', cwd=tmp_path)
-    for opt in ['--dest', '--n', '--size', '--seed', '--difficulty', '--same_format', '--valid_pct', '--test_pct',
+    for opt in ['--out', '--per_class', '--size', '--seed', '--difficulty', '--same_format', '--valid_pct', '--test_pct',
                 '--overwrite', '--verbose']:
         assert opt in r.stdout, opt
+    assert '--dest' not in r.stdout and '--n ' not in r.stdout    # the old spellings are hidden
+
+
+def test_cli_old_spellings_still_work(tmp_path):
+    "--dest and --n are the old spellings of --out and --per_class: accepted for this version, with a one-line notice each."
+    r = run_cli('--dest', 'old', '--n', '2', '--size', '32', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert '--dest is now --out' in r.stderr and '--n is now --per_class' in r.stderr
+    assert len(read_metadata(tmp_path/'old'/'metadata.jsonl')) == 4
