@@ -354,6 +354,18 @@ def _check_args(bs, tile, overlap, img2img, valid_pct, test_pct):
         raise ValueError(f"--valid_pct and --test_pct must be fractions that add up to at most 1, got {valid_pct} and {test_pct}")
 
 # %% ../nbs/09_reconstruct.ipynb #1e3f38b3
+def _drop_own_fakes(items:pd.DataFrame, names:list, out_dir:Path) -> pd.DataFrame:
+    """`items` without the fakes this job wrote (recorded in its ledgers), when OUT is inside an input folder. Any other
+    input inside OUT/NAME, where the fakes of autoencoder NAME go, is refused: it is not ours, and it would be mistaken for ours."""
+    ours = {str(out_dir/n/rel) for (n, rel), r in read_progress(out_dir).items() if n in names and 'error' not in r}
+    inside = items['path'].str.startswith(tuple(str(out_dir/n) + os.sep for n in names))
+    foreign = inside & ~items['path'].isin(ours)
+    if foreign.any():
+        raise RealfakeError(f"{escape_path(items['path'][foreign].iloc[0])} is an input inside {escape_path(out_dir)}, in the folder "
+                            "that an autoencoder's fakes go to (OUT/NAME): choose another --out, or move the input")
+    if inside.any(): _log.info(f"{int(inside.sum()):,} input images are fakes in {escape_path(out_dir)}: not reconstructed again")
+    return items[~inside].reset_index(drop=True)
+
 def reconstruct(paths, ae='CompVis/stable-diffusion-v1-4/vae', out_dir='aligned', out=None, bs:int|None=None,
                 device=None, precision='auto', tile:int=1024, overlap:int=64, max_pixels:int|None=MAX_PIXELS,
                 sample:bool=False, seed:int=0, img2img:float=0.0, prompt:str='', steps:int=50, guidance:float=1.0,
@@ -372,13 +384,7 @@ def reconstruct(paths, ae='CompVis/stable-diffusion-v1-4/vae', out_dir='aligned'
     out = Path(out).absolute() if out else out_dir/'metadata.jsonl'
     import_diffusers()                                          # say how to install it before anything is written
     items = list_inputs(paths, valid_pct, test_pct)
-    inside = items['path'].str.startswith(tuple(str(out_dir/n) + os.sep for n in names))
-    if inside.any():                                      # our own fakes, when OUT_DIR is inside an input folder
-        _log.info(f"{int(inside.sum()):,} input images are fakes in {escape_path(out_dir)}: not reconstructed again")
-        items = items[~inside].reset_index(drop=True)
-    for n in names:
-        same = (str(out_dir/n) + os.sep + items['rel']) == items['path']
-        if same.any(): raise RealfakeError(f"{escape_path(items['path'][same].iloc[0])} would be overwritten by its own fake: choose another --out")
+    items = _drop_own_fakes(items, names, out_dir)
     mine = items[[shard_of(r, world) == rank for r in items['rel']]].to_dict('records')
     stats = dict(images=len(items), shard=len(mine), done=0, skipped=0, errors=0, seconds=0.0, rank=rank, world=world,
                  out_dir=str(out_dir))
@@ -461,4 +467,7 @@ def realfake_reconstruct(
         if s['failed']:
             print(f"{_n(s['failed'], 'failure')}, their real images left out (all listed in {Path(s['out_dir'])/'errors.csv'}), e.g.:")
             for e in s['first_errors']: print('  ' + e)
+        if not s['records']:
+            raise RealfakeError(f"no image could be reconstructed: {_n(s['failed'], 'failure')}, all listed in "
+                                f"{escape_path(Path(s['out_dir'])/'errors.csv')}")
     return s

@@ -231,6 +231,30 @@ def test_old_spellings_of_out(vaes, tmp_path, capsys):
     assert '--out_dir is now --out' in capsys.readouterr().err and s['records'] == 2
     assert read_metadata(tmp_path/'o'/'metadata.jsonl').shape[0] == 2
 
+def test_nothing_reconstructed_is_an_error_not_zero_records(vaes, tmp_path):
+    "Every input missing: the command fails in one line (exit 2 as a command), and errors.csv names each one."
+    kl, _ = vaes
+    write_metadata([dict(path=str(tmp_path/f'gone{i}.png'), label='real', split='train', source='photos') for i in range(2)], tmp_path/'m.jsonl')
+    with pytest.raises(RealfakeError, match='no image could be reconstructed: 2 failures'):
+        R.realfake_reconstruct([str(tmp_path/'m.jsonl')], ae=str(kl), out=str(tmp_path/'o'), workers=1, no_progress=True)
+    errs = pd.read_csv(tmp_path/'o'/'errors.csv')
+    assert len(errs) == 2 and not (tmp_path/'o'/'metadata.jsonl').exists()
+
+def test_an_input_inside_the_fakes_folder_is_refused_not_taken_for_a_fake(vaes, tmp_path):
+    "A real folder that happens to sit at OUT/NAME is not one of our fakes: refused with the reason, never silently skipped."
+    kl, _ = vaes
+    _img(tmp_path/'o'/'tiny-kl'/'photos'/'a.png', 16, 16)
+    with pytest.raises(RealfakeError, match='inside .* in the folder that an autoencoder'):
+        R.reconstruct([tmp_path/'o'/'tiny-kl'/'photos'], ae=str(kl), out_dir=tmp_path/'o', workers=1, progress=False, env=JobEnv())
+
+def test_our_own_fakes_are_skipped_when_out_is_inside_the_input(vaes, tmp_path):
+    "OUT inside the input folder: a second run finds the fakes it wrote (by its ledger) and does not reconstruct them."
+    kl, _ = vaes
+    for i in range(2): _img(tmp_path/'in'/f'{i}.png', 16, 16, seed=i)
+    first = R.reconstruct([tmp_path/'in'], ae=str(kl), out_dir=tmp_path/'in'/'aligned', workers=1, progress=False, env=JobEnv())
+    again = R.reconstruct([tmp_path/'in'], ae=str(kl), out_dir=tmp_path/'in'/'aligned', workers=1, progress=False, env=JobEnv())
+    assert first['records'] == again['records'] == 4 and again['images'] == 2 and again['skipped'] == 2
+
 def test_a_process_does_its_share_only(vaes, tmp_path):
     "Process 1 of 2 (a JobEnv, as torchrun would set it) reconstructs its shard of the pairs and merges nothing."
     kl, _ = vaes
