@@ -14,7 +14,7 @@ from .core import (LABELS, RealfakeError, command, get_logger, escape_path, prog
                            REAL_NAMES)
 from .images import load_image, jpeg_info, open_source, ImageLoadError
 from .metadata import read_metadata
-from .prepare import Source, list_source
+from .sources import Source, list_source
 from .preprocess import image_crops, normalize, combine_logits
 from .metrics import per_source_metrics, ece, selective_metrics
 from .perturb import FAKES_JPEG, REALS_JPEG, Perturbation, fakes_jpeg, reals_jpeg, get_perturbation, perturbation_names, perturb_rng
@@ -111,7 +111,7 @@ class EvalData:
     absent: tuple = ()                   # sources of the data with no record in the evaluated split
 
 def folder_records(root, layout:str='generators', real_names=REAL_NAMES) -> pd.DataFrame:
-    "path/label/source (and split, where the layout has them) of a labelled folder or CSV manifest, by `realfake.prepare`."
+    "path/label/source (and split, where the layout has them) of a labelled folder or CSV manifest, by `realfake.sources`."
     df = list_source(Source('auto', layout, str(root)), real_names=tuple(real_names), progress=False)
     cols = ['path', 'label', 'source'] + (['split'] if df['split'].notna().any() else [])
     return df[cols].reset_index(drop=True)
@@ -572,7 +572,7 @@ def evaluate(model, data, out='eval_report', options:EvalOptions|None=None, vote
     "Evaluate a model directory (or `Classifier`) on `data` with `options` (or their fields as keywords); write the report folder `out`; with `votes` (a `realfake.humans` votes file), compare with the volunteers."
     return _evaluate(model, data, out, (options or EvalOptions()).replace(**changes), votes)[0]
 
-# %% ../nbs/15_evaluate.ipynb #b2f587be
+# %% ../nbs/15_evaluate.ipynb #ada64d75
 def _print_summary(res:dict):
     cols = ['source', 'n', 'n_real', 'n_fake', 'accuracy', 'balanced_accuracy', 'acc_real', 'acc_fake', 'auc', 'ap', 'eer', 'auc_vs', 'judge']
     print(fmt_table(pd.DataFrame(res['per_source'])[cols]).to_string(index=False))
@@ -593,6 +593,7 @@ def _print_summary(res:dict):
               + (f", {a['unreadable']} unreadable" if a['unreadable'] else '') + '; per source: provenance.csv')
         for w in prov.get('warnings') or []: print(f"provenance warning (not part of the verdict): {w}")
 
+# %% ../nbs/15_evaluate.ipynb #15355c3f
 @call_parse
 @command(renamed={'num_workers': 'workers'})
 def realfake_evaluate(

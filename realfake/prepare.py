@@ -12,7 +12,6 @@ from fastcore.script import call_parse, Param
 from .core import SPLITS, REAL_NAMES, SEED, opt, command, escape_path, get_logger
 from .metadata import COLUMNS, write_metadata, summarize
 from .sources import PrepareError, Source, parse_source, list_sources, drop_duplicates, group_by_prompt, safe_text
-from .sources import list_source  # noqa: F401 (realfake.evaluate imports it from here, until it imports realfake.sources)
 from .sampling import sample_balanced, sample_kept_splits
 from .probe import (PROBE_COLUMNS, probe_files, format_table, shortcut_warnings, find_identical, provenance_by_class,
                             evidence_table)
