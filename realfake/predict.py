@@ -189,7 +189,7 @@ def label_of(self:Classifier, prob) -> list:
     return [None if not np.isfinite(p) else 'unsure' if lo <= p <= hi else LABELS[int(p >= self.threshold)]
             for p in np.asarray(prob, np.float64)]
 
-# %% ../nbs/13_predict.ipynb #a404e99d
+# %% ../nbs/13_predict.ipynb #b0dfa709
 def _combine(clf, x, counts, boxes):
     "Per-item fake margins and top-crop boxes of one batch (NaN / None for unreadable items)."
     margins, tops = np.full(len(counts), np.nan), [None] * len(counts)
@@ -214,6 +214,7 @@ def _provenance_of(src) -> str:
     if isinstance(src, (str, os.PathLike, bytes)): return read_provenance(src).summary()
     return read_provenance(b'', rgb=np.asarray(src.convert('RGB') if isinstance(src, Image.Image) else src)).summary()
 
+# %% ../nbs/13_predict.ipynb #880ce0f3
 @patch
 def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
                  provenance:bool=False):
@@ -541,7 +542,7 @@ def heatmaps_dir(heatmaps, out) -> Path|None:
     return Path(out).with_name(Path(out).stem + '_heatmaps') if heatmaps is True else Path(heatmaps)
 
 
-# %% ../nbs/13_predict.ipynb #3045a42e
+# %% ../nbs/13_predict.ipynb #ee575852
 _PATHS = Param("image files and folders (searched recursively), or WebDataset tar shards: .tar files, brace patterns "
                "('data/{00000..00099}.tar') or folders of shards", str, nargs='+')
 _WORKERS = ("decoding processes (default: CPU: min(4, CPUs-1), none with 2 cores or fewer; GPU: this process's share of the "
@@ -552,6 +553,7 @@ _PRECISION = ("on the CPU also int8 where realfake_export --int8 stored a model 
 _HEATMAPS = ("image files: overlay PNGs (torch backend; index in heatmaps.csv) into <out stem>_heatmaps/ beside the CSV, "
              "or into the folder given (--heatmaps DIR)")
 
+# %% ../nbs/13_predict.ipynb #3cd8b789
 @call_parse
 @command(renamed={'num_workers': 'workers'})
 def realfake_predict(

@@ -217,7 +217,7 @@ def collate_shard_batch(items) -> ShardBatch:
                       [0 if it[3] is None else len(it[3]) for it in s], [it[4] for it in s], [it[5] for it in s],
                       [tuple(it[1:]) for it in items if it[0] == 'end'])
 
-# %% ../nbs/13b_shards.ipynb #6375eada
+# %% ../nbs/13b_shards.ipynb #da386502
 SHARD_COLUMNS = ['key', 'shard', 'prob_fake', 'label', 'logit', 'n_crops', 'top_crop', 'error']
 FORMATS = ('parquet', 'csv')
 
@@ -228,6 +228,7 @@ def parse_formats(formats) -> tuple[str, ...]:
     if bad or not fs: raise ValueError(f"--formats must be parquet, csv or parquet,csv, not {formats!r}")
     return tuple(dict.fromkeys(fs))
 
+# %% ../nbs/13b_shards.ipynb #2040cfd5
 def _arrow_table(rows:dict, info:dict):
     pa = import_pyarrow()
     types = dict(key=pa.string(), shard=pa.string(), prob_fake=pa.float64(), label=pa.string(), logit=pa.float64(),
@@ -260,6 +261,7 @@ def _write_csv(path:Path, rows:dict, info:dict):
 
 _WRITERS = dict(parquet=_write_parquet, csv=_write_csv)
 
+# %% ../nbs/13b_shards.ipynb #6b9c0e79
 def clean_partial_outputs(out_dir, name:str):
     "Delete the temporary files a killed process left while writing shard `name`'s outputs (`.<name>.<ext>.*.tmp`)."
     for p in Path(out_dir).glob(f'.{glob_escape(name)}.*.tmp'):
@@ -373,7 +375,7 @@ def summary_line(s:dict) -> str:
     if todo: line += f"; {len(todo)} to do: {names(todo)} (rerun the same realfake_predict command)"
     return line
 
-# %% ../nbs/13b_shards.ipynb #3fef1fa8
+# %% ../nbs/13b_shards.ipynb #2f49db26
 def _damaged(path:Path, where:str, why:str) -> RealfakeError:
     return RealfakeError(f"{escape_path(path)}: {where}{why}: not the output realfake_predict wrote (delete "
                          f"{escape_path(path.with_suffix('.json'))} and rerun realfake_predict to score the shard again)")
@@ -401,6 +403,7 @@ def read_shard_csv(path) -> dict:
     except csv.Error as e: raise _damaged(path, '', str(e)) from None
     return out
 
+# %% ../nbs/13b_shards.ipynb #aac25e3b
 def _shard_rows(out_dir:Path, name:str, formats) -> dict:
     "A finished shard's rows ({column: values}), from its Parquet file, else its CSV; a `RealfakeError` if they are damaged."
     if 'parquet' not in formats: return read_shard_csv(out_dir/f'{name}.csv')
