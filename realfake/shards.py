@@ -158,7 +158,7 @@ def _error_text(e:Exception) -> str:
     msg = str(e) if isinstance(e, OSError) and e.errno is not None else str(e.args[0]) if e.args else ''
     return printable(f"{type(e).__name__}: {' '.join(msg.split(' @ ')[0].split()) or type(e).__name__}")
 
-# %% ../nbs/13b_shards.ipynb #f2a1e7fb
+# %% ../nbs/13b_shards.ipynb #3265ae21
 class _Raised(NamedTuple): error: BaseException
 
 def read_ahead(it, size:int=64):
@@ -183,6 +183,7 @@ def read_ahead(it, size:int=64):
             yield x
     finally: stop.set(); t.join(1)
 
+# %% ../nbs/13b_shards.ipynb #b57da515
 class ShardSamples(torch.utils.data.IterableDataset):
     "Samples of `shards`, decoded by `decode(bytes, label)`, split among DataLoader workers; an 'end' item after each shard; with `provenance(bytes) -> str`, each sample also carries that text of its member ('' for a member not read)."
     def __init__(self, shards:list[Shard], decode, image_exts=IMAGE_EXTS, provenance=None):
