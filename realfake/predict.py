@@ -25,7 +25,7 @@ from .backends import (BACKENDS, PRECISIONS, pick_backend,
 from .modeldir import (ModelConfig, read_config, load_model_dir, resolve_model_dir, ModelNotFound, model_file_sha256)
 from .shards import (Shard, ShardSamples, collate_shard_batch, expand_shards, is_shard_input, UNSCORED,
                              parse_formats, open_job, write_shard_outputs, check_scored_with,
-                             import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS,
+                             import_pyarrow, import_webdataset, clean_partial_outputs, csv_line, printable, SHARD_COLUMNS, shard_columns,
                              shards_todo)
 
 # %% auto #0
@@ -189,7 +189,7 @@ def label_of(self:Classifier, prob) -> list:
     return [None if not np.isfinite(p) else 'unsure' if lo <= p <= hi else LABELS[int(p >= self.threshold)]
             for p in np.asarray(prob, np.float64)]
 
-# %% ../nbs/13_predict.ipynb #a404e99d
+# %% ../nbs/13_predict.ipynb #b0dfa709
 def _combine(clf, x, counts, boxes):
     "Per-item fake margins and top-crop boxes of one batch (NaN / None for unreadable items)."
     margins, tops = np.full(len(counts), np.nan), [None] * len(counts)
@@ -214,6 +214,7 @@ def _provenance_of(src) -> str:
     if isinstance(src, (str, os.PathLike, bytes)): return read_provenance(src).summary()
     return read_provenance(b'', rgb=np.asarray(src.convert('RGB') if isinstance(src, Image.Image) else src)).summary()
 
+# %% ../nbs/13_predict.ipynb #880ce0f3
 @patch
 def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
                  provenance:bool=False):
@@ -431,6 +432,10 @@ def _run_settings(model, bs, num_workers) -> tuple[Classifier, int, int|None]:
     clf, opts = _classifier(model)
     return clf, _check_bs(bs or opts.bs), opts.num_workers if num_workers is None else num_workers
 
+def _scored_with(clf:Classifier, provenance:bool=False) -> dict:
+    "What a CSV or shard job records it was scored with: `scoring_record`, plus `provenance` when that column is asked for (so a rerun with the other choice is refused or rescored like any option)."
+    return scoring_record(clf) | ({'provenance': True} if provenance else {})
+
 # %% ../nbs/13_predict.ipynb #f0d5f7f4
 def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_workers:int|None=None,
                    progress:bool|None=None, rescore:bool=False, provenance:bool=False) -> dict:
@@ -440,7 +445,7 @@ def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_wo
     out = Path(out)
     files, missing = _expand_inputs([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     cols = CSV_COLUMNS + ['provenance'] if provenance else CSV_COLUMNS
-    done = _open_resume(out, scoring_record(clf) | ({'provenance': True} if provenance else {}), rescore, cols)
+    done = _open_resume(out, _scored_with(clf, provenance), rescore, cols)
     todo = [f for f in files if escape_path(f) not in done]
     missing = [m for m in missing if escape_path(m[0]) not in done]
     if num_workers is None: num_workers = _default_workers(clf)
@@ -461,15 +466,15 @@ def predict_to_csv(paths, model, out='predictions.csv', bs:int|None=None, num_wo
 # %% ../nbs/13_predict.ipynb #a906a471
 def _decode_member(data:bytes, name:str, spec:Preprocess): return prepare_input(data, spec, name=name)
 
-def _score_shard_batch(clf:Classifier, b, pending:dict):
-    "Score a `ShardBatch` and add each sample's row to its shard's rows in `pending`."
+def _score_shard_batch(clf:Classifier, b, pending:dict, cols=SHARD_COLUMNS):
+    "Score a `ShardBatch` and add each sample's row (columns `cols`: `shard_columns`) to its shard's rows in `pending`."
     margins, tops = _combine(clf, b.x, b.counts, b.boxes)
     prob = clf.margin_to_prob(margins)
     labels = clf.label_of(prob)
     for j, (name, key) in enumerate(b.keys):
-        rows = pending.setdefault(name, {c: [] for c in SHARD_COLUMNS})
-        for c, v in zip(SHARD_COLUMNS, (key, name, float(prob[j]), labels[j], float(margins[j]), int(b.counts[j]), tops[j], b.errors[j])):
-            rows[c].append(v)
+        rows = pending.setdefault(name, {c: [] for c in cols})
+        vals = (key, name, float(prob[j]), labels[j], float(margins[j]), int(b.counts[j]), tops[j], b.errors[j])
+        for c, v in zip(cols, vals + ((b.provenance[j],) if len(cols) > len(vals) else ())): rows[c].append(v)
 
 def _shards_todo(shards:list[Shard], out, formats, record) -> tuple[list[Shard], list[Shard]]:
     "(shards to score, local shards that do not exist) of `shards`, skipping those done (`realfake.shards.shards_todo`)."
@@ -477,15 +482,15 @@ def _shards_todo(shards:list[Shard], out, formats, record) -> tuple[list[Shard],
 
 # %% ../nbs/13_predict.ipynb #611b4471
 def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:bool=False, progress:bool|None=None,
-                   bs:int|None=None, num_workers:int|None=None) -> dict:
-    "Score WebDataset tar shards into one output per shard in folder `out` (this process's share of them); rerun to resume."
+                   bs:int|None=None, num_workers:int|None=None, provenance:bool=False) -> dict:
+    "Score WebDataset tar shards into one output per shard in folder `out` (this process's share of them); rerun to resume (`provenance`: + that column, read from each member's bytes as `predict` reads a file)."
     clf, bs, num_workers = _run_settings(model, bs, num_workers)
     env, formats, out = job_env(), parse_formats(formats), Path(out)
     if 'parquet' in formats: import_pyarrow()
     import_webdataset()                              # once here, before DataLoader workers fork, not once per worker
     shards = expand_shards(inputs)
     if not shards: raise RealfakeError(f"no tar shards in {', '.join(map(escape_path, inputs))}")
-    record = scoring_record(clf)
+    record, cols = _scored_with(clf, provenance), shard_columns(provenance)
     open_job(out, shards, record, formats, rescore, env.rank)
     mine = env.take(shards)
     todo, missing = _shards_todo(mine, out, formats, record)
@@ -495,15 +500,16 @@ def predict_shards(inputs, model, out='predictions', formats='parquet', rescore:
                  images=0, errors=0, fake=0, unreadable=[], out=str(out), rank=env.rank, world=env.world, seconds=0.0)
     by_name, pending = {s.name: s for s in todo}, {}
     for s in todo: clean_partial_outputs(out, s.name)
-    dl = torch.utils.data.DataLoader(ShardSamples(todo, partial(_decode_member, spec=clf.spec)), batch_size=bs, num_workers=nw,
+    samples = ShardSamples(todo, partial(_decode_member, spec=clf.spec), provenance=_provenance_of if provenance else None)
+    dl = torch.utils.data.DataLoader(samples, batch_size=bs, num_workers=nw,
                                      collate_fn=collate_shard_batch, worker_init_fn=_worker_init if nw else None,
                                      pin_memory=clf.device.type == 'cuda')
     t0 = time.perf_counter()
     with progress_bar(len(todo), 'shards', unit='shard', show=progress) as bar:
         for b in dl:
-            _score_shard_batch(clf, b, pending)
+            _score_shard_batch(clf, b, pending, cols)
             for name, n, err in b.ends:
-                info = write_shard_outputs(out, by_name[name], pending.pop(name, {c: [] for c in SHARD_COLUMNS}), record, formats, err)
+                info = write_shard_outputs(out, by_name[name], pending.pop(name, {c: [] for c in cols}), record, formats, err)
                 stats['scored'] += 1; stats['images'] += n; stats['errors'] += info['n_errors']; stats['fake'] += info['n_fake']
                 if err: stats['unreadable'].append(name); _log.warning(err)
                 bar.update(1)
@@ -541,7 +547,7 @@ def heatmaps_dir(heatmaps, out) -> Path|None:
     return Path(out).with_name(Path(out).stem + '_heatmaps') if heatmaps is True else Path(heatmaps)
 
 
-# %% ../nbs/13_predict.ipynb #3045a42e
+# %% ../nbs/13_predict.ipynb #ee575852
 _PATHS = Param("image files and folders (searched recursively), or WebDataset tar shards: .tar files, brace patterns "
                "('data/{00000..00099}.tar') or folders of shards", str, nargs='+')
 _WORKERS = ("decoding processes (default: CPU: min(4, CPUs-1), none with 2 cores or fewer; GPU: this process's share of the "
@@ -552,6 +558,7 @@ _PRECISION = ("on the CPU also int8 where realfake_export --int8 stored a model 
 _HEATMAPS = ("image files: overlay PNGs (torch backend; index in heatmaps.csv) into <out stem>_heatmaps/ beside the CSV, "
              "or into the folder given (--heatmaps DIR)")
 
+# %% ../nbs/13_predict.ipynb #3cd8b789
 @call_parse
 @command(renamed={'num_workers': 'workers'})
 def realfake_predict(
@@ -573,7 +580,7 @@ def realfake_predict(
     formats:str=None, # tar shards (default parquet): output per shard, 'parquet', 'csv' or 'parquet,csv'
     heatmaps:opt.heatmaps(_HEATMAPS, nargs='?', const=True)=None,
     heatmap_kind:str='cam', # 'cam' (Grad-CAM of the last stage) or 'crops' (each crop's probability of fake, at the image's pixels)
-    provenance:bool=False, # image files: add a 'provenance' column: the C2PA, invisible watermark and generator text found in each (never changes the score)
+    provenance:bool=False, # add a 'provenance' column (to the CSV, or each shard's Parquet/CSV): the C2PA, invisible watermark and generator text found in each image (never changes the score)
     rescore:bool=False, # when --out was scored with other options, score it again instead of refusing
     no_progress:opt.no_progress(type=bool)=False,
     num_workers:hidden()=None,          # old spelling of --workers
@@ -590,9 +597,9 @@ def realfake_predict(
     progress, kinds = False if no_progress else None, {is_shard_input(p) for p in paths}
     if len(kinds) > 1: raise RealfakeError("score image files and tar shards in separate runs (they write different outputs)")
     if kinds == {True} and heatmaps: raise RealfakeError("--heatmaps draws image files, not tar shards: score the shards without it")
-    if kinds == {True} and provenance: raise RealfakeError("--provenance reads image files, not tar shards (yet): score the shards without it")
     if kinds == {True}:
-        s = predict_shards(paths, opts, out=out or 'predictions', formats=formats or 'parquet', rescore=rescore, progress=progress)
+        s = predict_shards(paths, opts, out=out or 'predictions', formats=formats or 'parquet', rescore=rescore, progress=progress,
+                           provenance=provenance)
         print(shards_line(s))
     else:
         if formats is not None: raise RealfakeError("--formats is for tar shards: image files are scored into one CSV (--out)")

@@ -17,12 +17,13 @@ from .jobs import settings_diff, check_settings
 
 
 # %% auto #0
-__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'FORMATS', 'UNSCORED', 'RESCORE_HINT',
-           'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset', 'import_pyarrow', 'Shard', 'is_url', 'shard_name',
-           'is_shard_input', 'expand_shards', 'Member', 'shard_samples', 'read_ahead', 'ShardSamples', 'ShardBatch',
-           'collate_shard_batch', 'parse_formats', 'csv_line', 'clean_partial_outputs', 'one_row_per_key',
-           'write_shard_outputs', 'check_scored_with', 'read_shard_info', 'shard_state', 'shards_todo', 'open_job',
-           'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs', 'realfake_merge']
+__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'PROVENANCE_COLUMN', 'FORMATS',
+           'UNSCORED', 'RESCORE_HINT', 'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset', 'import_pyarrow', 'Shard',
+           'is_url', 'shard_name', 'is_shard_input', 'expand_shards', 'Member', 'shard_samples', 'read_ahead',
+           'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'shard_columns', 'parse_formats', 'csv_line',
+           'clean_partial_outputs', 'one_row_per_key', 'write_shard_outputs', 'check_scored_with', 'read_shard_info',
+           'shard_state', 'shards_todo', 'open_job', 'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs',
+           'realfake_merge']
 
 # %% ../nbs/13b_shards.ipynb #afe6242a
 _log = get_logger('shards')
@@ -157,7 +158,7 @@ def _error_text(e:Exception) -> str:
     msg = str(e) if isinstance(e, OSError) and e.errno is not None else str(e.args[0]) if e.args else ''
     return printable(f"{type(e).__name__}: {' '.join(msg.split(' @ ')[0].split()) or type(e).__name__}")
 
-# %% ../nbs/13b_shards.ipynb #f2a1e7fb
+# %% ../nbs/13b_shards.ipynb #3265ae21
 class _Raised(NamedTuple): error: BaseException
 
 def read_ahead(it, size:int=64):
@@ -182,10 +183,11 @@ def read_ahead(it, size:int=64):
             yield x
     finally: stop.set(); t.join(1)
 
+# %% ../nbs/13b_shards.ipynb #b57da515
 class ShardSamples(torch.utils.data.IterableDataset):
-    "Samples of `shards`, decoded by `decode(bytes, label)`, split among DataLoader workers; an 'end' item after each shard."
-    def __init__(self, shards:list[Shard], decode, image_exts=IMAGE_EXTS):
-        self.shards, self.decode, self.image_exts = list(shards), decode, image_exts
+    "Samples of `shards`, decoded by `decode(bytes, label)`, split among DataLoader workers; an 'end' item after each shard; with `provenance(bytes) -> str`, each sample also carries that text of its member ('' for a member not read)."
+    def __init__(self, shards:list[Shard], decode, image_exts=IMAGE_EXTS, provenance=None):
+        self.shards, self.decode, self.image_exts, self.provenance = list(shards), decode, image_exts, provenance
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -197,7 +199,8 @@ class ShardSamples(torch.utils.data.IterableDataset):
         for key, ext, data, err in (read_ahead(samples) if ahead else samples):
             n += 1
             key = escape_path(key)
-            yield ('sample', sh.name, key, *(self.decode(data, f"{sh.name}:{key}.{ext}") if err is None else (None, [], err)))
+            s = ('sample', sh.name, key, *(self.decode(data, f"{sh.name}:{key}.{ext}") if err is None else (None, [], err)))
+            yield s if self.provenance is None else (*s, '' if data is None else self.provenance(data))
         err = f"cannot read shard {escape_path(sh.url)} after {n} samples: {_error_text(errors[0])}" if errors else None
         yield ('end', sh.name, n, err)
 
@@ -208,6 +211,7 @@ class ShardBatch(NamedTuple):
     boxes: list         # crop boxes per sample
     errors: list        # error message or None per sample
     ends: list          # (shard name, samples read, shard error or None) of the shards that ended in this batch
+    provenance: list|None = None   # with `ShardSamples(provenance=...)`: its text per sample
 
 def collate_shard_batch(items) -> ShardBatch:
     "Stack a batch of `ShardSamples` items."
@@ -215,11 +219,18 @@ def collate_shard_batch(items) -> ShardBatch:
     good = [it[3] for it in s if it[3] is not None]
     return ShardBatch([(it[1], it[2]) for it in s], torch.from_numpy(np.concatenate(good)) if good else None,
                       [0 if it[3] is None else len(it[3]) for it in s], [it[4] for it in s], [it[5] for it in s],
-                      [tuple(it[1:]) for it in items if it[0] == 'end'])
+                      [tuple(it[1:]) for it in items if it[0] == 'end'], [it[6] for it in s] if s and len(s[0]) > 6 else None)
 
-# %% ../nbs/13b_shards.ipynb #6375eada
+# %% ../nbs/13b_shards.ipynb #da386502
 SHARD_COLUMNS = ['key', 'shard', 'prob_fake', 'label', 'logit', 'n_crops', 'top_crop', 'error']
+PROVENANCE_COLUMN = 'provenance'   # the column `realfake_predict --provenance` adds after SHARD_COLUMNS
 FORMATS = ('parquet', 'csv')
+
+def shard_columns(provenance:bool=False) -> list[str]:
+    "The columns of a shard's output: `SHARD_COLUMNS`, then with `provenance` the evidence found in each member (`realfake.provenance`)."
+    return SHARD_COLUMNS + [PROVENANCE_COLUMN] if provenance else list(SHARD_COLUMNS)
+
+def _columns(rows:dict) -> list[str]: return shard_columns(PROVENANCE_COLUMN in rows)
 
 def parse_formats(formats) -> tuple[str, ...]:
     "'parquet', 'csv' or 'parquet,csv' (or a list) -> a tuple of formats, checked."
@@ -228,12 +239,17 @@ def parse_formats(formats) -> tuple[str, ...]:
     if bad or not fs: raise ValueError(f"--formats must be parquet, csv or parquet,csv, not {formats!r}")
     return tuple(dict.fromkeys(fs))
 
+# %% ../nbs/13b_shards.ipynb #2040cfd5
 def _arrow_table(rows:dict, info:dict):
     pa = import_pyarrow()
     types = dict(key=pa.string(), shard=pa.string(), prob_fake=pa.float64(), label=pa.string(), logit=pa.float64(),
-                 n_crops=pa.int32(), top_crop=pa.string(), error=pa.string())
-    return pa.table({c: pa.array(rows[c], type=types[c], from_pandas=True) for c in SHARD_COLUMNS},
+                 n_crops=pa.int32(), top_crop=pa.string(), error=pa.string(), provenance=pa.string())
+    return pa.table({c: pa.array(rows[c], type=types[c], from_pandas=True) for c in _columns(rows)},
                     metadata={'realfake': json.dumps(info)})
+
+def _schema(cols:list):
+    "The Parquet schema of columns `cols` (no metadata)."
+    return _arrow_table({c: [] for c in cols}, {}).schema.remove_metadata()
 
 _QUOTE = re.compile(r'[",\r\n]')
 _NUMBER = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)', re.I)
@@ -255,11 +271,13 @@ def _write_parquet(path:Path, rows:dict, info:dict):
 
 def _write_csv(path:Path, rows:dict, info:dict):
     with atomic_write(path) as f:
-        f.write(csv_line(SHARD_COLUMNS))
-        for r in zip(*(rows[c] for c in SHARD_COLUMNS)): f.write(csv_line(map(_cell, r)))
+        cols = _columns(rows)
+        f.write(csv_line(cols))
+        for r in zip(*(rows[c] for c in cols)): f.write(csv_line(map(_cell, r)))
 
 _WRITERS = dict(parquet=_write_parquet, csv=_write_csv)
 
+# %% ../nbs/13b_shards.ipynb #6b9c0e79
 def clean_partial_outputs(out_dir, name:str):
     "Delete the temporary files a killed process left while writing shard `name`'s outputs (`.<name>.<ext>.*.tmp`)."
     for p in Path(out_dir).glob(f'.{glob_escape(name)}.*.tmp'):
@@ -267,27 +285,27 @@ def clean_partial_outputs(out_dir, name:str):
 
 def one_row_per_key(rows:dict) -> dict:
     "`rows` ({column: values}) with each key once: a key on several rows becomes one error row (the first error given)."
-    keys = rows['key']
-    if len(set(keys)) == len(keys): return {c: list(rows[c]) for c in SHARD_COLUMNS}
+    keys, cols = rows['key'], _columns(rows)
+    if len(set(keys)) == len(keys): return {c: list(rows[c]) for c in cols}
     at, errs = {}, {}
     for i, k in enumerate(keys):
         at.setdefault(k, i)
         if rows['error'][i] is not None: errs.setdefault(k, rows['error'][i])
     dup = {k for k, n in zip(*np.unique(np.array(keys, dtype=object), return_counts=True)) if n > 1}
-    out = {c: [] for c in SHARD_COLUMNS}
+    out = {c: [] for c in cols}
     for k, i in at.items():
         bad = dict(prob_fake=None, label=None, logit=None, n_crops=0, top_crop=None,
                    error=errs.get(k, f"key {k} is read more than once in the shard: not scored")) if k in dup else {}
-        for c in SHARD_COLUMNS: out[c].append(bad.get(c, rows[c][i]))
+        for c in cols: out[c].append(bad.get(c, rows[c][i]))
     return out
 
 def write_shard_outputs(out_dir, shard:Shard, rows:dict, scored_with:dict, formats=('parquet',), shard_error:str|None=None) -> dict:
-    "Write a finished shard's `rows` ({column: values}, one row per key) in each format, then its record `<name>.json` (returned)."
+    "Write a finished shard's `rows` ({column: values}, one row per key; `shard_columns`) in each format, then its record `<name>.json` (returned)."
     rows = one_row_per_key(rows)
     out_dir, n = Path(out_dir), len(rows['key'])
     if shard_error is not None:
-        for c, v in dict(key='', shard=shard.name, prob_fake=None, label=None, logit=None, n_crops=0, top_crop=None, error=shard_error).items():
-            rows[c].append(v)
+        last = dict(key='', shard=shard.name, prob_fake=None, label=None, logit=None, n_crops=0, top_crop=None, error=shard_error, provenance='')
+        for c in rows: rows[c].append(last[c])
     info = dict(format='realfake-shard-predictions', version=1, shard=shard.name, url=escape_path(shard.url),
                 scored_with=scored_with, n_samples=n, n_errors=sum(e is not None for e in rows['error'][:n]),
                 n_fake=sum(lb == 'fake' for lb in rows['label']), shard_error=shard_error, files=[f'{shard.name}.{f}' for f in formats])
@@ -373,7 +391,7 @@ def summary_line(s:dict) -> str:
     if todo: line += f"; {len(todo)} to do: {names(todo)} (rerun the same realfake_predict command)"
     return line
 
-# %% ../nbs/13b_shards.ipynb #3fef1fa8
+# %% ../nbs/13b_shards.ipynb #2f49db26
 def _damaged(path:Path, where:str, why:str) -> RealfakeError:
     return RealfakeError(f"{escape_path(path)}: {where}{why}: not the output realfake_predict wrote (delete "
                          f"{escape_path(path.with_suffix('.json'))} and rerun realfake_predict to score the shard again)")
@@ -384,37 +402,46 @@ def _number(v:str, kind, path, i, c):
     except ValueError: raise _damaged(path, f"record {i}: ", f"{c} is {v[:40]!r}, not a number") from None
 
 def read_shard_csv(path) -> dict:
-    "The rows of a shard's CSV ({column: values}), checked: its header, 8 fields a record, numbers, a complete last line."
-    path, out = Path(path), {c: [] for c in SHARD_COLUMNS}
+    "The rows of a shard's CSV ({column: values}), checked: its header (`shard_columns`), 8 fields a record (9 with provenance), numbers, a complete last line."
+    path, cols = Path(path), SHARD_COLUMNS
+    out = {c: [] for c in cols}
     try: text = path.read_text(encoding='utf-8')
     except UnicodeDecodeError as e: raise _damaged(path, '', f"not UTF-8 ({e.reason} at byte {e.start})") from None
     if not text.endswith('\n'): raise _damaged(path, '', "truncated (its last line is incomplete)")
     try:
         for i, r in enumerate(csv.reader(io.StringIO(text, newline='')), 1):
             if i == 1:
-                if r != SHARD_COLUMNS: raise _damaged(path, 'record 1: ', f"header {','.join(r)[:80]!r}, not {','.join(SHARD_COLUMNS)!r}")
+                if r not in (SHARD_COLUMNS, shard_columns(True)):
+                    raise _damaged(path, 'record 1: ', f"header {','.join(r)[:80]!r}, not {','.join(SHARD_COLUMNS)!r} (then {PROVENANCE_COLUMN!r} with --provenance)")
+                cols = r; out = {c: [] for c in cols}
                 continue
-            if len(r) != len(SHARD_COLUMNS): raise _damaged(path, f"record {i}: ", f"{len(r)} fields, not {len(SHARD_COLUMNS)}")
-            for c, v in zip(SHARD_COLUMNS, r):
+            if len(r) != len(cols): raise _damaged(path, f"record {i}: ", f"{len(r)} fields, not {len(cols)}")
+            for c, v in zip(cols, r):
                 kind = dict(prob_fake=float, logit=float, n_crops=int).get(c)
-                out[c].append(_number(v, kind, path, i, c) if kind else v if c in ('key', 'shard') or v else None)
+                out[c].append(_number(v, kind, path, i, c) if kind else v if c in ('key', 'shard', PROVENANCE_COLUMN) or v else None)
     except csv.Error as e: raise _damaged(path, '', str(e)) from None
     return out
 
+# %% ../nbs/13b_shards.ipynb #aac25e3b
 def _shard_rows(out_dir:Path, name:str, formats) -> dict:
     "A finished shard's rows ({column: values}), from its Parquet file, else its CSV; a `RealfakeError` if they are damaged."
     if 'parquet' not in formats: return read_shard_csv(out_dir/f'{name}.csv')
     pa, path = import_pyarrow(), out_dir/f'{name}.parquet'
     try:
         t = pa.parquet.read_table(path)
-        if t.column_names != SHARD_COLUMNS: raise _damaged(path, '', f"columns {t.column_names[:10]}, not {SHARD_COLUMNS}")
-        return t.cast(_arrow_table({c: [] for c in SHARD_COLUMNS}, {}).schema.remove_metadata()).to_pydict()
+        if t.column_names not in (SHARD_COLUMNS, shard_columns(True)):
+            raise _damaged(path, '', f"columns {t.column_names[:10]}, not {SHARD_COLUMNS} (then {PROVENANCE_COLUMN!r} with --provenance)")
+        return t.cast(_schema(t.column_names)).to_pydict()
     except (pa.ArrowException, OSError) as e: raise _damaged(path, '', f"unreadable ({e})") from None
+
+def _conform(rows:dict, cols:list) -> dict:
+    "`rows` with the columns `cols`: a column it lacks (provenance, in a shard left from a run without it) is empty."
+    return {c: rows.get(c, [None] * len(rows['key'])) for c in cols}
 
 def _inside(dest:Path, folder:Path) -> bool: return dest.resolve().is_relative_to(folder.resolve())
 
 def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
-    "Concatenate the finished shards of `out_dir` into `dest` (.parquet or .csv, outside `out_dir`), checked, atomically; returns the job summary."
+    "Concatenate the finished shards of `out_dir` into `dest` (.parquet or .csv, outside `out_dir`; the job's columns, `shard_columns`), checked, atomically; returns the job summary."
     out_dir, dest = Path(out_dir), Path(dest)
     kind = dest.suffix.lower().lstrip('.')
     if kind not in FORMATS: raise ValueError(f"{escape_path(dest)}: --out must end in .parquet or .csv")
@@ -423,17 +450,19 @@ def merge_outputs(out_dir, dest, partial:bool=False) -> dict:
     s = job_summary(out_dir)
     if (s['todo'] or s['stale']) and not partial:
         raise RealfakeError(f"{summary_line(s)}: finish the job first, or pass --partial to merge what is done")
+    cols = shard_columns(bool(_read_job(out_dir/JOB_FILE)['scored_with'].get(PROVENANCE_COLUMN)))
+    rows_of = lambda n: _conform(_shard_rows(out_dir, n, s['formats']), cols)
     with atomic_path(dest) as tmp:
         if kind == 'csv':
             with open(tmp, 'w', encoding='utf-8', newline='') as f:
-                f.write(csv_line(SHARD_COLUMNS))
+                f.write(csv_line(cols))
                 for n in s['done'] + s['unreadable']:
-                    rows = _shard_rows(out_dir, n, s['formats'])
-                    f.writelines(csv_line(map(_cell, r)) for r in zip(*(rows[c] for c in SHARD_COLUMNS)))
+                    rows = rows_of(n)
+                    f.writelines(csv_line(map(_cell, r)) for r in zip(*(rows[c] for c in cols)))
         else:
             pa = import_pyarrow()
-            with pa.parquet.ParquetWriter(tmp, _arrow_table({c: [] for c in SHARD_COLUMNS}, {}).schema.remove_metadata()) as w:
-                for n in s['done'] + s['unreadable']: w.write_table(_arrow_table(_shard_rows(out_dir, n, s['formats']), {}).replace_schema_metadata(None))
+            with pa.parquet.ParquetWriter(tmp, _schema(cols)) as w:
+                for n in s['done'] + s['unreadable']: w.write_table(_arrow_table(rows_of(n), {}).replace_schema_metadata(None))
     return s
 
 # %% ../nbs/13b_shards.ipynb #916c2453

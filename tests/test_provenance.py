@@ -302,8 +302,6 @@ def test_predict_provenance_column(tiny_model_dir, tmp_path):
     assert len(pd.read_csv(tmp_path/'p.csv')) == 3
     realfake_predict([d], model=clf, out=tmp_path/'q.csv', no_progress=True)
     with pytest.raises(RealfakeError): realfake_predict([d], model=clf, out=tmp_path/'q.csv', provenance=True, no_progress=True)
-    with pytest.raises(RealfakeError, match='--provenance'):
-        realfake_predict([str(tmp_path/'x.tar')], model=clf, provenance=True, no_progress=True)
 
 def test_large_png_decodes_only_the_rows_read():
     "A large PNG: only the top rows the check reads are decoded, with the same answer as from all its pixels."

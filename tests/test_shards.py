@@ -390,3 +390,54 @@ def test_old_spellings_still_work_with_a_notice(model_dir, tmp_path):
     r = run_cli('realfake_merge', tmp_path/'out', '--to', tmp_path/'m.csv')
     assert r.returncode == 0 and '--to is now --out' in r.stderr, r.stderr
     assert len(pd.read_csv(tmp_path/'m.csv')) == 4
+
+
+# ---- --provenance on shards: the evidence in each member's bytes, beside its score ----
+
+A1111 = 'a cat on a sofa\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd_xl_base_1.0, Version: v1.9.0'
+
+def _a1111_png() -> bytes:
+    "A small PNG carrying A1111's `parameters` text chunk, as the web UI saves its images."
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo(); info.add_text('parameters', A1111)
+    b = io.BytesIO()
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(b, 'PNG', pnginfo=info)
+    return b.getvalue()
+
+def test_provenance_column_in_shard_outputs_and_merge(clf, model_dir, tmp_path):
+    """A shard with an A1111 PNG and a plain JPEG, scored with and without provenance: the column (Parquet and CSV) names
+    A1111 for the PNG, is empty for the JPEG, holds the same text `predict` gives the same bytes; the scores are identical;
+    merged files keep it; a job without it keeps its 8 columns; a rerun with the other choice is refused, or rescored."""
+    from realfake.predict import realfake_predict
+    from realfake.shards import realfake_merge
+    png, jpg = _a1111_png(), _jpeg(1)
+    write_members(tmp_path/'s'/'00000.tar', [('gen.png', png), ('photo.jpg', jpg), ('big.jpg', None)])
+    kw = dict(formats='parquet,csv', progress=False, num_workers=0)
+    predict_shards(tmp_path/'s', clf, out=tmp_path/'plain', **kw)
+    s = predict_shards(tmp_path/'s', clf, out=tmp_path/'prov', provenance=True, **kw)
+    assert (s['scored'], s['images']) == (1, 3)
+    plain, prov = _read(tmp_path/'plain', '00000'), _read(tmp_path/'prov', '00000')
+    assert list(plain.columns) == SHARD_COLUMNS and list(prov.columns) == SHARD_COLUMNS + ['provenance']
+    want = ['text/asserted: A1111 parameters (model sd_xl_base_1.0)', '', '']      # the 10 GB member is not read: empty
+    assert prov.provenance.tolist() == want
+    assert want[:2] == clf.predict([png, jpg], provenance=True).provenance.tolist()   # the text the CSV path writes
+    pd.testing.assert_frame_equal(prov.drop(columns='provenance'), plain)          # the scores never change
+    assert pd.read_csv(tmp_path/'prov'/'00000.csv', keep_default_na=False).provenance.tolist() == want
+    assert pd.read_csv(tmp_path/'plain'/'00000.csv').columns.tolist() == SHARD_COLUMNS
+    assert json.loads((tmp_path/'prov'/'00000.json').read_text())['scored_with']['provenance'] is True
+    # merged: the column kept from Parquet and from CSV outputs; a job without it merges as before
+    realfake_merge(tmp_path/'prov', out=tmp_path/'m.parquet'); realfake_merge(tmp_path/'prov', out=tmp_path/'m.csv')
+    assert pd.read_parquet(tmp_path/'m.parquet').provenance.tolist() == want
+    assert pd.read_csv(tmp_path/'m.csv', keep_default_na=False).provenance.tolist() == want
+    predict_shards(tmp_path/'s', clf, out=tmp_path/'prov_csv', provenance=True, formats='csv', progress=False, num_workers=0)
+    merge_outputs(tmp_path/'prov_csv', tmp_path/'from_csv.parquet')                 # read back from the shard's CSV
+    assert pd.read_parquet(tmp_path/'from_csv.parquet').provenance.tolist() == want
+    merge_outputs(tmp_path/'plain', tmp_path/'p.parquet')
+    assert list(pd.read_parquet(tmp_path/'p.parquet').columns) == SHARD_COLUMNS
+    # the other choice on a rerun: refused (nothing touched), or rescored with rescore; the command passes it on
+    with pytest.raises(RealfakeError, match='was scored with provenance'):
+        predict_shards(tmp_path/'s', clf, out=tmp_path/'plain', provenance=True, **kw)
+    assert list(_read(tmp_path/'plain', '00000').columns) == SHARD_COLUMNS
+    realfake_predict([str(tmp_path/'s')], model=str(model_dir), out=str(tmp_path/'plain'), formats='parquet,csv', provenance=True,
+                     rescore=True, workers=1, device='cpu', no_progress=True)      # a decoding process reads the provenance
+    assert _read(tmp_path/'plain', '00000').provenance.tolist() == want
