@@ -140,7 +140,7 @@ def main():
                 sync(dev); self.t_end = self.t_last = time.perf_counter(); self.n += len(self.yb[0])
             def after_epoch(self): self.t_end = None
         dw = DataWait()
-        learn = create_learner(dls, arch=args.arch, pretrained=False, path=d, cbs=[dw])
+        learn = create_learner(dls, spec, arch=args.arch, pretrained=False, path=d, cbs=[dw])
         with contextlib.redirect_stdout(io.StringIO()):
             learn.fit_one_cycle(1, 1e-4)                     # warm-up epoch (cudnn autotune, workers)
             learn.fit_one_cycle(1, 1e-4)

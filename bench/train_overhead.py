@@ -81,6 +81,7 @@ def main():
              f'{args.batches} train + 2 valid batches)')
     if not C.module_available('learner'): sys.exit('needs realfake.learner')
     from realfake.learner import create_learner
+    from realfake.preprocess import Preprocess
     from realfake.modeldir import build_network
     train = make_batches(args.batches, args.bs, args.size, 0)
     valid = make_batches(2, args.bs, args.size, 1)
@@ -94,7 +95,7 @@ def main():
             learn.fit_one_cycle(1, lr_max=1e-3)
     def setup_rf():
         from fastai.losses import CrossEntropyLossFlat   # what fastai infers from get_dls's CategoryBlock
-        learn = create_learner(preloaded_dls(train, valid), arch=ARCH, pretrained=False, path='/tmp',
+        learn = create_learner(preloaded_dls(train, valid), Preprocess(size=args.size), arch=ARCH, pretrained=False, path='/tmp',
                                loss_func=CrossEntropyLossFlat())
         learn.model.load_state_dict(init)
         state['learn'] = learn

@@ -279,7 +279,7 @@ def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, s
     dls = dblock.dataloaders(list(range(len(rows))), **kw)
     if seed is not None:
         for k, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + k)
-    dls.image_items, dls.rows, dls.spec = items, rows, spec
+    dls.image_items, dls.rows = items, rows
     return dls
 
 def skipped_images(dls) -> list[str]:

@@ -76,11 +76,10 @@ def mixed_precision_mode(device=None) -> str|None:
     if device.type != 'cuda': return None
     return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
 
-def create_learner(dls, arch:str='convnext_large', pretrained:bool=True, weights=None, path='.', lr:float=1e-3,
+def create_learner(dls, spec:Preprocess, arch:str='convnext_large', pretrained:bool=True, weights=None, path='.', lr:float=1e-3,
                    wd:float=0.05, allow_pth:bool=False, mixed_precision:str|None='auto', channels_last:bool|None=None,
                    metrics=None, cbs=None, **kw) -> Learner:
-    "`vision_learner` on a timm ConvNeXt, unfrozen, fastai AdamW, realfake metrics, AMP + channels_last on GPU."
-    spec = getattr(dls, 'spec', None) or Preprocess()
+    "`vision_learner` on a timm ConvNeXt for the DataLoaders `dls` made with `spec` (stored with the model), unfrozen, fastai AdamW, realfake metrics, AMP + channels_last on GPU."
     with tempfile.TemporaryDirectory() as td, hub_errors(arch, pretrained and weights is None):
         tkw = timm_weights_kwargs(pretrained, weights, allow_pth, td)
         learn = vision_learner(dls, arch, n_out=len(LABELS), pretrained=tkw.pop('pretrained'), path=path, lr=lr, wd=wd,
@@ -93,14 +92,14 @@ def create_learner(dls, arch:str='convnext_large', pretrained:bool=True, weights
     elif mp == 'fp16': learn.to_fp16()
     elif mp not in (None, 'no', 'fp32'): raise ValueError(f"mixed_precision: {mp!r} (auto|bf16|fp16|None)")
     if channels_last if channels_last is not None else torch.device(dev).type == 'cuda': learn.add_cb(ChannelsLast())
-    learn.arch_name = arch
+    learn.arch_name, learn.spec = arch, spec       # what model_config records with the weights
     return learn
 
 # %% ../nbs/12_learner.ipynb #eeb84f0f
 def model_config(learn, threshold:float=0.5, temperature:float=1.0) -> ModelConfig:
-    "The `ModelConfig` of a learner: its architecture and its DataLoaders' preprocessing spec."
+    "The `ModelConfig` of a learner made by `create_learner`: its architecture and the preprocessing spec it was given."
     return ModelConfig(getattr(learn, 'arch_name', None) or str(learn.arch), n_out=len(LABELS), vocab=list(LABELS),
-                       preprocess=getattr(learn.dls, 'spec', None) or Preprocess(),
+                       preprocess=learn.spec,
                        threshold=float(threshold), temperature=float(temperature))
 
 # %% ../nbs/12_learner.ipynb #5c8018d0

@@ -200,7 +200,7 @@ def train(metadata=None, config:TrainConfig|None=None, out=None, resume:bool=Fal
     set_seed(config.seed)
     dls = get_dls(df, config.spec, bs=config.bs, num_workers=default_workers() if workers is None else workers, aug=config.aug,
                   robust=config.robust or None, align=config.align, seed=config.seed, device=device)
-    learn = create_learner(dls, config.arch, path=out, lr=config.lr, wd=config.wd, allow_pth=allow_pth, **_weights_args(config.weights))
+    learn = create_learner(dls, config.spec, config.arch, path=out, lr=config.lr, wd=config.wd, allow_pth=allow_pth, **_weights_args(config.weights))
     if quiet or rank_distrib() or not sys.stdout.isatty(): learn.remove_cb(ProgressCallback)   # bars are for terminals, not logs
     if quiet or rank_distrib(): learn.logger = noop
     elif not sys.stdout.isatty(): learn.logger = lambda values: print(epoch_line(learn.recorder.metric_names, values), flush=True)

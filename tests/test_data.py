@@ -68,13 +68,13 @@ def test_batch_shapes_default_and_other_sizes(df):
     dls = get_dls(df, S(64), bs=4, num_workers=0, device='cpu', seed=0)
     xb, yb = dls.one_batch()
     assert xb.shape == (4, 3, 64, 64) and yb.shape == (4,) and xb.dtype == torch.float32
-    assert dls.spec.resize == 73
+    assert S(64).resize == 73                                   # the seed's ratio: 256 -> 224
     xb, yb, counts = dls.valid.one_batch()
     assert xb.shape == (4, 3, 64, 64) and counts.tolist() == [1] * 4
     dls = get_dls(df, S(40, 48), bs=3, num_workers=0, device='cpu')
     assert dls.one_batch()[0].shape == (3, 3, 40, 40)
     big = get_dls(df, S(384), bs=2, num_workers=0, device='cpu')  # the seed's weakness: larger inputs must work
-    assert big.spec.resize == 439 and big.one_batch()[0].shape == (2, 3, 384, 384)
+    assert S(384).resize == 439 and big.one_batch()[0].shape == (2, 3, 384, 384)
     native = get_dls(df, S(32, 'native', crops='grid', max_crops=4), bs=4, num_workers=0, device='cpu')   # 48x40: 2x2 crops
     assert native.one_batch()[0].shape == (4, 3, 32, 32)
     xb, yb, counts = native.valid.one_batch()

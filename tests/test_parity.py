@@ -36,7 +36,7 @@ def parity(request, tmp_path_factory):
     df = _data(d)
     torch.manual_seed(0)
     dls = get_dls(df, SPECS[request.param], bs=4, num_workers=0, device='cpu', seed=0)
-    learn = create_learner(dls, 'convnext_atto', pretrained=False, path=d)
+    learn = create_learner(dls, SPECS[request.param], 'convnext_atto', pretrained=False, path=d)
     for m in learn.model.modules():                        # random but not degenerate BatchNorm statistics
         if isinstance(m, torch.nn.BatchNorm1d): m.running_mean.normal_(0, 0.2); m.running_var.uniform_(0.5, 1.5)
     probs, targs = learn.get_preds()
