@@ -532,7 +532,7 @@ def realfake_app(
     admin_token:str=None, # a secret: whoever enters it at /admin sees the truth of every image on the Results page
     new_per_hour:int=60, # new volunteer ids per client address and hour (0: no cap; raise it behind a proxy)
     device:str=None, # torch device for the model, e.g. cpu or cuda (default: cuda when available)
-    backend:str='auto', # 'torch', 'onnx' or 'auto' (onnx when an up-to-date model.onnx exists, on CPU)
+    backend:str='auto', # 'torch', 'onnx', 'openvino' or 'auto' (on CPU, the fastest file realfake_export verified for these weights)
     metadata_file:hidden()=None, # old spelling `--metadata FILE` (argparse takes it as this option's unique prefix)
     verbose:_VERBOSE()=False,
 ):
