@@ -484,7 +484,7 @@ def test_app_backend_option_reaches_the_loader(tiny_model_dir, run_cli):
     "realfake_app --backend onnx on a model without model.onnx fails at once (exit 2, one line), as realfake_predict does."
     r = run_cli('realfake_app', '--model', tiny_model_dir, '--backend', 'onnx', '--port', '0', timeout=120)
     assert r.returncode == 2 and 'onnx' in r.stderr.lower() and len(r.stderr.strip().splitlines()) == 1, r.stderr[-500:]
-    assert "'torch', 'onnx' or 'auto'" in run_cli('realfake_app', '--help', timeout=120).stdout
+    assert "'torch', 'onnx', 'openvino' or 'auto'" in run_cli('realfake_app', '--help', timeout=120).stdout
 
 @pytest.mark.parametrize('https', ['direct', 'proxy', 'no'])
 def test_cookies_secure_over_https_and_admin_cookie_is_a_session_id(app, https):
