@@ -480,6 +480,7 @@ def test_heatmaps_work_when_onnx_scores(tiny_model_dir, tmp_path):
     assert html.count('class="heatwrap"') == 1 and 'need the torch network' not in html
     assert onnx.model is None                             # the scoring classifier is untouched
 
+@pytest.mark.slow
 def test_app_backend_option_reaches_the_loader(tiny_model_dir, run_cli):
     "realfake_app --backend onnx on a model without model.onnx fails at once (exit 2, one line), as realfake_predict does."
     r = run_cli('realfake_app', '--model', tiny_model_dir, '--backend', 'onnx', '--port', '0', timeout=120)

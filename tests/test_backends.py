@@ -93,6 +93,7 @@ def test_bad_files_refused_by_name(exported, tmp_path, backend, fname, defect):
     assert str(d) in str(e.value) or d.name in str(e.value)
     assert Classifier.from_dir(d, device='cpu').backend != backend     # auto never runs it: another good backend, or torch
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backend', ['onnx', 'openvino'])
 def test_export_rebuilds_stale_files(exported, tmp_path, images, backend):
     d = _copy(exported, tmp_path); _stale(d)

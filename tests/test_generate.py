@@ -133,6 +133,7 @@ def test_a_missing_judge_fails_before_generating(pipe_dir, tiny_model_dir, tmp_p
     assert not (tmp_path/'gen').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('how', ['api', 'api, ensemble', 'cli, ensemble'])
 def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
     "The guide's own weights (here a copy in another folder) are refused as the judge before anything is made."

@@ -101,6 +101,7 @@ def test_open_model_file_refuses_without_blocking(tmp_path, kind):
     p = tmp_path/'model.onnx'; p.write_bytes(b'x'); spoil(p, kind)
     with deadline(10, 'open_model_file'), pytest.raises(RealfakeError, match='model.onnx'): open_model_file(p, 'onnx')
 
+@pytest.mark.slow
 def test_cli_exit_2_on_a_fifo_model_onnx(good, tmp_path):
     "Through the console scripts: one line, exit 2, no hang (subprocess timeout)."
     m = tmp_path/'model'; shutil.copytree(good[0], m); spoil(m/'model.onnx', 'fifo')

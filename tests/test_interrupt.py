@@ -223,6 +223,7 @@ def test_prepare_killed_while_writing(tmp_path, hook):
     assert len(df) == 40 and sorted(df.label.value_counts()) == [20, 20]
     assert all(n.endswith('.tmp') and n.startswith('.') for n in leftovers), f'unexpected leftovers {leftovers}'
 
+@pytest.mark.slow
 def test_prepare_killed_from_outside(tmp_path):
     "SIGKILL at several moments: the output path holds nothing or the complete file, never a part of it."
     _pngs(tmp_path / 'real', 150, size=8, prefix='r'); _pngs(tmp_path / 'fake', 150, size=8, prefix='f')

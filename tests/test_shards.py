@@ -279,6 +279,7 @@ def test_repeated_key_gives_one_error_row_and_the_shard_goes_on(clf, tmp_path, c
     assert job_summary(out)['done'] == ['00000']                                                    # not retried on a rerun
     assert predict_shards(tmp_path/'s', clf, out=out, progress=False, num_workers=0)['scored'] == 0
 
+@pytest.mark.slow
 def test_brace_pattern_is_counted_before_expanding_and_todo_is_linear(clf, tmp_path):
     with pytest.raises(RealfakeError, match='more than 2,000,000 shards'):
         expand_shards(str(tmp_path/'{000000..999999}{000000..999999}.tar'))
@@ -315,6 +316,7 @@ def test_merge_cli_exits_2_on_a_damaged_shard(clf, tmp_path):
     r = run_cli('realfake_merge', out, '--out', tmp_path/'m.csv')
     assert r.returncode == 2 and 'record 4: 3 fields, not 8' in r.stderr and '00000.csv' in r.stderr, r.stderr
 
+@pytest.mark.slow
 @pytest.mark.parametrize('formats', ['csv', 'parquet'])
 def test_merge_refuses_to_write_inside_the_job_folder(clf, tmp_path, formats):
     out = _job(clf, tmp_path, formats=formats)
@@ -381,6 +383,7 @@ def test_no_csv_the_project_writes_starts_a_cell_with_a_formula(clf, tmp_path, w
     assert any(FORMULA in c for c in cells)                    # the name is there, made harmless
 
 
+@pytest.mark.slow
 def test_old_spellings_still_work_with_a_notice(model_dir, tmp_path):
     "realfake_predict --num_workers (now --workers) and realfake_merge --to (now --out): accepted, each with a one-line notice."
     make_shards(tmp_path/'s', 2, 2)
