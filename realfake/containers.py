@@ -4,11 +4,11 @@
 
 # %% ../nbs/02b_containers.ipynb #32cf7968
 from __future__ import annotations
-import os, re, io, stat, zlib, struct, hashlib, threading
+import os, re, io, zlib, struct, hashlib, threading
 from collections import OrderedDict
 from dataclasses import dataclass
 import numpy as np
-from .core import RealfakeError, escape_path, get_logger
+from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegularFile
 
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'IMAGE_COLUMNS', 'MAX_OPEN',
@@ -33,20 +33,16 @@ class ContainerError(RealfakeError):
 # %% ../nbs/02b_containers.ipynb #b600d0b3
 def guarded_open(path, max_bytes:int|None=None, what:str='container'):
     "Open `path` for binary reading: a regular file only (never blocks on a FIFO), at most `max_bytes` long."
-    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    try: f = open_regular(path)
     except ValueError: raise ContainerError(path, 'invalid path (contains a NUL character)') from None
+    except NotRegularFile as e: raise ContainerError(path, f'{what} is not a regular file ({e.kind})') from None
     except FileNotFoundError: raise ContainerError(path, f'{what} not found') from None
     except OSError as e: raise ContainerError(path, f'cannot open {what}: {e.strerror or e}') from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        kind = ('a directory' if stat.S_ISDIR(st.st_mode) else 'a FIFO' if stat.S_ISFIFO(st.st_mode)
-                else 'a socket' if stat.S_ISSOCK(st.st_mode) else 'a device')
-        raise ContainerError(path, f'{what} is not a regular file ({kind})')
-    if max_bytes is not None and st.st_size > max_bytes:
-        os.close(fd)
-        raise ContainerError(path, f'{what} too large: {st.st_size:,} bytes > limit {max_bytes:,}')
-    return os.fdopen(fd, 'rb')
+    size = os.fstat(f.fileno()).st_size
+    if max_bytes is not None and size > max_bytes:
+        f.close()
+        raise ContainerError(path, f'{what} too large: {size:,} bytes > limit {max_bytes:,}')
+    return f
 
 # %% ../nbs/02b_containers.ipynb #3751f7e9
 _PTR = re.compile(r'\.(?:tar|zip|parquet)(?=/)', re.I)

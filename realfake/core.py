@@ -13,9 +13,9 @@ from fastcore.script import is_cli
 __all__ = ['LABELS', 'SPLITS', 'REAL_NAMES', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'USER_ERRORS', 'VOCABULARY', 'SEED', 'opt',
            'RealfakeError', 'atomic_path', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json',
            'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path', 'csv_cell', 'printable',
-           'atomic_output', 'check_regular_file', 'open_checked', 'read_small_file', 'StateFileError', 'check_shape',
-           'read_state_json', 'get_logger', 'OneLineFormatter', 'setup_logging', 'progress_bar', 'error_line',
-           'run_command', 'command', 'hidden', 'find_images']
+           'atomic_output', 'file_kind', 'NotRegularFile', 'open_regular', 'check_regular_file', 'open_checked',
+           'read_small_file', 'StateFileError', 'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter',
+           'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command', 'hidden', 'find_images']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -168,9 +168,28 @@ def atomic_output(dest):
         raise RealfakeError(f"cannot write {escape_path(dest)}: {e.strerror or e}") from e
 
 # %% ../nbs/00_core.ipynb #c31adaa4
+def file_kind(mode:int) -> str|None:
+    "None for a regular file (a `st_mode`), else what it is: 'a directory', 'a FIFO', 'a socket' or 'a device'."
+    if stat.S_ISREG(mode): return None
+    return 'a directory' if stat.S_ISDIR(mode) else 'a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else 'a device'
+
+class NotRegularFile(OSError):
+    "What `open_regular` raises for anything but a regular file; `kind` says what it is (`file_kind`)."
+    def __init__(self, kind:str, path): super().__init__(f"{escape_path(path)}: not a regular file ({kind})"); self.kind = kind
+
+def open_regular(path):
+    "`path` opened for binary reading without ever blocking on a FIFO; `NotRegularFile` for anything but a regular file."
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_NOCTTY', 0))
+    try:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind: raise NotRegularFile(kind, path)
+        if hasattr(os, 'set_blocking'): os.set_blocking(fd, True)
+        f = os.fdopen(fd, 'rb'); f.raw.name = os.fspath(path)   # a name, as open() gives, for libraries that want one
+        return f
+    except BaseException: os.close(fd); raise
+
 def _check_stat(st, path, max_bytes:int, what:str) -> int:
-    if not stat.S_ISREG(st.st_mode):
-        kind = 'a folder' if stat.S_ISDIR(st.st_mode) else 'a FIFO' if stat.S_ISFIFO(st.st_mode) else 'a socket' if stat.S_ISSOCK(st.st_mode) else 'a device'
+    if kind := file_kind(st.st_mode):
         raise RealfakeError(f"{escape_path(path)}: the {what} is {kind}, not a regular file")
     if st.st_size > max_bytes: raise RealfakeError(f"{escape_path(path)}: the {what} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed")
     return st.st_size
@@ -185,14 +204,11 @@ def check_regular_file(path, max_bytes:int, what:str) -> int:
 def open_checked(path, max_bytes:int, what:str):
     "`path` open for binary reading, after `check_regular_file` and again on the open file (a swap in between cannot hang us)."
     check_regular_file(path, max_bytes, what)
-    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_NOCTTY', 0))
+    try: f = open_regular(path)
+    except NotRegularFile as e: raise RealfakeError(f"{escape_path(path)}: the {what} is {e.kind}, not a regular file") from None
     except OSError as e: raise RealfakeError(f"{escape_path(path)}: cannot read the {what}: {e.strerror or e}") from None
-    try:
-        _check_stat(os.fstat(fd), path, max_bytes, what)
-        if hasattr(os, 'set_blocking'): os.set_blocking(fd, True)
-        f = os.fdopen(fd, 'rb'); f.raw.name = os.fspath(path)   # a name, as open() gives, for libraries that want one
-        return f
-    except BaseException: os.close(fd); raise
+    try: _check_stat(os.fstat(f.fileno()), path, max_bytes, what); return f
+    except BaseException: f.close(); raise
 
 def read_small_file(path, max_bytes:int, what:str) -> bytes:
     "The bytes of `path` through `open_checked` (at most `max_bytes`, even if it grows meanwhile)."

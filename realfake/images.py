@@ -4,11 +4,11 @@
 
 # %% ../nbs/02_images.ipynb #6033423d
 from __future__ import annotations
-import io, os, re, errno, stat, warnings
+import io, os, re, errno, warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
-from .core import RealfakeError, escape_path
+from .core import RealfakeError, escape_path, open_regular, NotRegularFile
 from .containers import ContainerError, open_member, split_pointer
 
 # %% auto #0
@@ -60,20 +60,14 @@ def _os_reason(e: OSError) -> str:
 
 def _open_file(path):
     "Open `path` for binary reading, turning OS errors into `ImageLoadError`; refuses anything but a regular file."
-    try: fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))   # O_NONBLOCK: a FIFO must not hang us
+    try: return open_regular(path)                        # never blocks on a FIFO
     except ValueError: raise ImageLoadError(path, 'invalid path (contains a NUL character)') from None
+    except NotRegularFile as e: raise ImageLoadError(path, 'is a directory' if e.kind == 'a directory' else f'not a regular file ({e.kind})') from None
     except OSError as e:
         if e.errno in (errno.ENOTDIR, errno.ENOENT) and split_pointer(path) is not None: return _open_member(path)
         reason = _os_reason(e)
         if e.errno == errno.ENOENT and os.path.islink(path): reason = 'file not found (broken symlink)'
         raise ImageLoadError(path, reason) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode): raise ImageLoadError(path, 'is a directory')
-        kind = 'a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else 'a device'
-        raise ImageLoadError(path, f'not a regular file ({kind})')
-    return os.fdopen(fd, 'rb')
 
 def _check_pixels(size, name, max_pixels):
     w, h = size

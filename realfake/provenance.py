@@ -4,10 +4,10 @@
 
 # %% ../nbs/06b_provenance.ipynb #c286d2d6
 from __future__ import annotations
-import io, json, os, re, stat, struct, warnings, zlib
+import io, json, os, re, struct, warnings, zlib
 from dataclasses import dataclass, field, asdict
 import numpy as np
-from .core import LABELS
+from .core import LABELS, open_regular, NotRegularFile
 from .images import MAX_PIXELS   # importing images sets Pillow's pixel limit before any decode here
 
 # %% auto #0
@@ -361,9 +361,9 @@ WM_MAX_PIXELS = 40_000_000   # larger images are not decoded for the watermark c
 
 def _read(src) -> tuple[bytes, str]:
     if isinstance(src, (bytes, bytearray, memoryview)): return bytes(src), '<bytes>'
-    with os.fdopen(os.open(src, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)), 'rb') as f:    # O_NONBLOCK: a FIFO must not hang us
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode): raise ValueError('not a regular file')
-        data = f.read(MAX_FILE_BYTES + 1)
+    try: f = open_regular(src)                            # never blocks on a FIFO
+    except NotRegularFile: raise ValueError('not a regular file') from None
+    with f: data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES: raise ValueError(f'larger than {MAX_FILE_BYTES >> 20} MB')
     return data, str(src)
 
