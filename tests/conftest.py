@@ -58,5 +58,21 @@ def _realfake_warnings_stay_on():
     assert not quieted, "this test left the 'realfake' logger quieter than WARNING"
 
 
+def pytest_sessionstart(session):
+    "Start the fork server in each process that runs tests (not in an xdist controller): its imports overlap the first tests."
+    if os.environ.get('PYTEST_XDIST_WORKER') or not getattr(session.config.option, 'numprocesses', None):
+        import forks; forks.start()
+
+def pytest_sessionfinish(session):
+    "With REALFAKE_TEST_FORK_STATS=FOLDER, each test process writes how many commands were forked or run fresh, and why."
+    import forks, json
+    d = os.environ.get('REALFAKE_TEST_FORK_STATS')
+    if d: Path(d, f"forks-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json").write_text(json.dumps(forks.stats))
+
+def pytest_terminal_summary(terminalreporter):
+    import forks
+    if forks.stats['forked'] or forks.stats['fresh']:
+        terminalreporter.write_line(f"commands: {forks.stats['forked']} forked, {forks.stats['fresh']} fresh {forks.stats['why']}")
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: more than 10 s on a small CPU (deselect with -m "not slow")')

@@ -5,6 +5,7 @@ import them from here."""
 from __future__ import annotations
 import contextlib, io, logging, os, signal, subprocess, sys
 from pathlib import Path
+import forks
 
 __all__ = ['CLI_MODULES', 'cli_cmd', 'cli_env', 'run_cli', 'run_cli_here', 'Hang', 'deadline', 'make_model_dir']
 
@@ -20,16 +21,17 @@ def cli_cmd(name: str) -> list[str]:
     return [sys.executable, '-c', f'import sys; from realfake.cli import main; sys.argv[0] = {name!r}; sys.exit(main({name!r}))']   # as the console script
 
 def cli_env(**extra) -> dict:
-    "The environment for a command under test: one thread, no progress bars, no plotting window."
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', TQDM_DISABLE='1')
+    "The environment for a command under test: one thread, no progress bars, no plotting window (the fork server's)."
+    env = forks.server_env()
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 def run_cli(name: str, *args, timeout: float = 90, cwd=None, env=None) -> subprocess.CompletedProcess:
-    "Run console script `name` with `args`; a run longer than `timeout` s is reported as a hang (rc None)."
+    """Run console script `name` with `args` in a process of its own (forked from `tests/forks.py`'s server when the
+    environment allows); a run longer than `timeout` s is reported as a hang (rc None)."""
     cmd = cli_cmd(name) + [str(a) for a in args]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or cli_env())
+        return forks.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or cli_env())
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(cmd, None, e.stdout or '', f'HANG: killed after {timeout}s\n{e.stderr or ""}')
 

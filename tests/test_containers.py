@@ -2,6 +2,7 @@
 invalidated, each process has its own handles, bad containers give clear errors, and prepare -> train -> evaluate ->
 predict runs on an HF Parquet dataset, img2dataset tar shards and a DiffusionDB zip part."""
 import io, json, os, tarfile, zipfile, multiprocessing as mp
+import forks
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
@@ -293,7 +294,7 @@ def _machine(rank:int, port:int, meta, run, *extra):
            '--master_addr', '127.0.0.1', '--master_port', str(port), str(root/'train.py'), '--metadata', str(meta),
            '--preset', 'demo', '--epochs', str(EPOCHS_2M), '--bs', '8', '--size', '32', '--cpu', '--workers', '0', '--threads', '1',
            '--quiet', '--seed', '1', '--out', str(run), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
+    return forks.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
 
 def _kill_tree(pid:int):
     "SIGKILL `pid` and every process below it (torchrun starts its workers in sessions of their own)."

@@ -1,5 +1,6 @@
 "realfake_generate (realfake.generate) with a tiny random Stable Diffusion pipeline saved to a folder: offline, no weights downloaded."
 import json, os, signal, subprocess, sys, time
+import forks
 import numpy as np
 import pytest
 import torch
@@ -147,7 +148,7 @@ def test_a_guide_cannot_judge_itself(pipe_dir, tmp_path, how):
             generate(pipe_dir, ['a cat'], out, n=1, steps=2, device='cpu', guide=guide, judge=tmp_path/'a_copy')
     else:
         (tmp_path/'p.txt').write_text('a cat\n')
-        r = subprocess.run(cli_cmd('realfake_generate') + [str(tmp_path/'p.txt'), '--pipeline', str(pipe_dir), '--out', str(out),
+        r = forks.run(cli_cmd('realfake_generate') + [str(tmp_path/'p.txt'), '--pipeline', str(pipe_dir), '--out', str(out),
                            '--per_prompt', '1', '--steps', '2', '--device', 'cpu', '--guide', ','.join(map(str, guide if isinstance(guide, list) else [guide])),
                            '--judge', str(tmp_path/'a_copy')], env=cli_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and 'not independent' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -171,7 +172,7 @@ def test_cli_resumes_after_sigkill(pipe_dir, pipe, tmp_path):
     (tmp_path/'prompts.txt').write_text('\n'.join(PROMPTS[:2]) + '\n')
     out, n = tmp_path/'gen', 8
     args = [tmp_path/'prompts.txt', '--pipeline', pipe_dir, '--out', out, '--per_prompt', n, '--bs', 1, '--steps', 4, '--device', 'cpu']
-    proc = subprocess.Popen(cli_cmd('realfake_generate') + [str(a) for a in args], env=cli_env(), stdout=subprocess.PIPE,
+    proc = forks.popen(cli_cmd('realfake_generate') + [str(a) for a in args], env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     progress, t0 = ledger_path(out/'progress', 0), time.monotonic()
     while proc.poll() is None and time.monotonic() - t0 < 120:

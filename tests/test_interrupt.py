@@ -7,6 +7,7 @@ checkpoint file, in the middle of an epoch). After each kill we check what is on
 """
 from __future__ import annotations
 import csv, io, os, re, signal, subprocess, sys, time
+import forks
 from pathlib import Path
 import numpy as np
 import pytest
@@ -104,8 +105,8 @@ def hooked(tmp: Path, name: str, *args, env: dict, timeout=100, popen=False):
     code = f'import sys; sys.argv[0] = {name!r}; import rf_hook; rf_hook.main({name!r}, {CLI_MODULES[name]!r})'
     e = cli_env(PYTHONPATH=str(tmp) + os.pathsep + os.environ.get('PYTHONPATH', ''), **env)
     cmd = [sys.executable, '-c', code] + [str(a) for a in args]
-    if popen: return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
+    if popen: return forks.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    return forks.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
 
 def killed(r) -> bool: return r.returncode == -signal.SIGKILL
 
@@ -231,7 +232,7 @@ def test_prepare_killed_from_outside(tmp_path):
     seen = set()
     for i, delay in enumerate([0.5, 1.0, 1.5, 2.0, 3.0]):
         out = tmp_path / f'out{i}' / 'metadata.jsonl'
-        p = subprocess.Popen(cli_cmd('realfake_prepare') + [str(a) for a in _prepare_args(tmp_path, out)] + ['--probe'],
+        p = forks.popen(cli_cmd('realfake_prepare') + [str(a) for a in _prepare_args(tmp_path, out)] + ['--probe'],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
         time.sleep(delay)
         try: os.kill(p.pid, signal.SIGKILL)

@@ -1,5 +1,6 @@
 "Tests of realfake.predict: Classifier and realfake_predict (CPU, untrained convnext_atto at 32 px)."
 import csv, json, logging, os, signal, subprocess, sys, textwrap, time
+import forks
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
@@ -162,7 +163,7 @@ def test_sigkill_midway_then_rerun(model_dir, clf, counting, tmp_path):
     d = tmp_path/'in'; _write_good(d, 12)
     out = tmp_path/'p.csv'
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get('PYTHONPATH', '')]))
-    proc = subprocess.Popen([sys.executable, '-c', _SLOW_RUN, str(d), str(model_dir), str(out)], env=env,
+    proc = forks.popen([sys.executable, '-c', _SLOW_RUN, str(d), str(model_dir), str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t0 = time.time()
@@ -341,7 +342,7 @@ def test_undecodable_names_end_to_end(model_dir, clf, tmp_path, run_cli):
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b'/r\xe9sultats.csv'))
     args = ['realfake_predict', files[0].parent, '--model', model_dir, '--out', out, '--bs', 2, '--workers', 2,
             '--no_progress', '--device', 'cpu']
-    r = subprocess.run([sys.executable, '-c', 'import sys, os; from fastcore.script import _run_cli; from realfake.predict import '
+    r = forks.run([sys.executable, '-c', 'import sys, os; from fastcore.script import _run_cli; from realfake.predict import '
                         "realfake_predict as f; sys.argv[0] = 'realfake_predict'; _run_cli(f.__wrapped__, False)"] +
                        [os.fsencode(a) if isinstance(a, (str, Path)) else str(a) for a in args[1:]],
                        capture_output=True, timeout=180, env=cli_env())

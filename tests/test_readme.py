@@ -4,6 +4,8 @@ app answering a request, and the Python snippet. A README command that fails fai
 import configparser, os, re, shlex, signal, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
+import forks
+from helpers import CLI_MODULES, cli_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT/'README.md'
@@ -24,11 +26,19 @@ def _free_port() -> int:
 
 def _env():
     bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get('PATH', ''), OMP_NUM_THREADS='1', MPLBACKEND='Agg',
-                PYTHONUNBUFFERED='1')
+    return forks.server_env(PATH=bin_dir + os.pathsep + os.environ.get('PATH', ''))
 
-def _run(cmd:str, cwd:Path, timeout:int=600):
-    r = subprocess.run(cmd, shell=True, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _argv(cmd:str) -> list | None:
+    "The argv of a README line that is one `realfake_*` command (no shell syntax), its script as the venv has it; else None."
+    if re.search(r'[|&;<>$`*?(){}]', cmd): return None
+    argv = shlex.split(cmd)
+    return cli_cmd(argv[0]) + argv[1:] if argv and argv[0] in CLI_MODULES else None
+
+def _run(cmd:str, cwd:Path, timeout:int=600, argv=None):
+    "Run a README line: one `realfake_*` command as its own process (forked by `forks`), anything else through the shell."
+    argv = argv or _argv(cmd)
+    how = dict(cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    r = forks.run(argv, **how) if argv else subprocess.run(cmd, shell=True, **how)
     assert r.returncode == 0, f"README command failed (exit {r.returncode}): {cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return r
 
@@ -36,7 +46,7 @@ def _app_smoke(cmd:str, cwd:Path):
     "Start the README's `realfake_app` command on a free port, upload an image, open the Label page, stop it."
     import httpx
     port = _free_port()
-    p = subprocess.Popen(shlex.split(cmd) + ['--port', str(port)], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+    p = forks.popen(_argv(cmd) + ['--port', str(port)], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         url, t0 = f'http://127.0.0.1:{port}', time.time()
@@ -87,7 +97,7 @@ def test_readme_tour_runs_as_written(tmp_path):
     "Every command of the tested blocks, in order, in an empty folder (the app command is started and queried)."
     for lang, code in readme_blocks():
         if lang == 'python':
-            out = _run(f'{shlex.quote(sys.executable)} -c {shlex.quote(code)}', tmp_path).stdout
+            out = _run(f'python -c {shlex.quote(code)}', tmp_path, argv=[sys.executable, '-c', code]).stdout
             lines = out.splitlines()
             assert 'prob_fake' in lines[0] and 'label' in lines[0] and len(lines) == 3, out   # a header, two images
             assert max(map(len, lines)) <= 80, f"the snippet's output is wider than an 80-column terminal:\n{out}"

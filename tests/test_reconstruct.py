@@ -2,6 +2,7 @@
 split integrity, formats and JPEG tables kept, odd sizes, tiles, corrupt inputs, resume after SIGKILL, two processes
 under torchrun, a missing Hub id offline, img2img plumbing, diffusers kept optional, and training on the result."""
 import json, os, signal, subprocess, sys, time
+import forks
 from pathlib import Path
 
 import numpy as np, pandas as pd
@@ -18,7 +19,7 @@ from realfake.metadata import read_metadata, write_metadata
 pytest.importorskip('diffusers')
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+ENV = forks.server_env(PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
 
 @pytest.fixture(scope='module')
 def vaes(tmp_path_factory):
@@ -272,7 +273,7 @@ def test_sigkill_then_resume(vaes, tmp_path):
     for i in range(60): _img(tmp_path/'in'/f'{i:02d}.png', 64, 48, seed=i)
     cmd = [sys.executable, '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', str(kl), '--out', str(tmp_path/'out'),
            '--bs', '1', '--workers', '1', '--no_progress']
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = forks.popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     prog = ledger_path(tmp_path/'out'/'progress', 0)
     t = time.time()
     while not (prog.exists() and prog.stat().st_size) and p.poll() is None and time.time() - t < 120: time.sleep(0.005)
@@ -280,7 +281,7 @@ def test_sigkill_then_resume(vaes, tmp_path):
     p.send_signal(signal.SIGKILL); p.wait()
     first = [json.loads(l) for l in prog.read_bytes().split(b'\n')[:-1]]
     assert 1 <= len(first) < 60 and not (tmp_path/'out'/'metadata.jsonl').exists()
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = forks.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f'{len(first)} already done' in r.stdout and f'{60 - len(first)} reconstructed' in r.stdout, r.stdout
     df = read_metadata(tmp_path/'out'/'metadata.jsonl')
@@ -297,7 +298,7 @@ def test_torchrun_two_cpu_processes(vaes, tmp_path):
     "torchrun, 2 CPU processes: each its shard (disjoint, complete), one merged metadata file written by rank 0."
     kl, _ = vaes
     for i in range(16): _img(tmp_path/'in'/f'{i:02d}.jpg', 24 + 8 * (i % 3), 16, seed=i, quality=90)
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+    r = forks.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', str(kl), '--out', str(tmp_path/'out'),
                         '--bs', '2', '--workers', '1', '--no_progress'], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -3,6 +3,7 @@
 resume after SIGKILL; two CPU processes under torchrun; options that changed; realfake_merge."""
 from __future__ import annotations
 import io, json, os, re, shutil, signal, subprocess, sys, tarfile, textwrap, time
+import forks
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
@@ -171,7 +172,7 @@ def test_sigkill_then_rerun_completes(model_dir, tmp_path):
     out = tmp_path/'out'
     args = [str(tmp_path/'s'), '--model', str(model_dir), '--out', str(out), '--bs', '2', '--workers', '0', '--no_progress',
             '--formats', 'parquet,csv']
-    p = subprocess.Popen([sys.executable, '-c', _SLOW, *args], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = forks.popen([sys.executable, '-c', _SLOW, *args], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
         while time.time() - t0 < 120 and p.poll() is None and len(list(out.glob('0*.json'))) < 2: time.sleep(0.05)
@@ -204,7 +205,7 @@ def test_two_processes_under_torchrun(model_dir, tmp_path):
                                    "sys.argv[0] = 'realfake_predict'\n_run_cli(f.__wrapped__, False)\n")
     cmd = [torchrun, '--standalone', '--nproc_per_node', '2', str(tmp_path/'run.py'), str(tmp_path/'s'/'{00000..00004}.tar'),
            '--model', str(model_dir), '--out', str(tmp_path/'out'), '--no_progress', '--workers', '0', '--device', 'cpu']
-    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=240)
+    r = forks.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = sorted(l for l in r.stdout.splitlines() if l.startswith('process'))
     assert [l.split(':')[0] for l in lines] == ['process 0 of 2', 'process 1 of 2'], r.stdout

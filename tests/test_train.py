@@ -1,6 +1,7 @@
 """Training tests (CPU, convnext_atto, tiny images): the demo is learnt, resume == uninterrupted, SIGKILL + resume,
 two CPU processes (gloo) with shards / identical weights / only rank 0 writing, unreadable images skipped."""
 import json, logging, os, shutil, signal, subprocess, sys, time
+import forks
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_sigkill_mid_training_then_resume(tiny_demo, tmp_path):
     "SIGKILL during epoch 2 (and possibly mid-checkpoint): the last complete checkpoint loads and --resume finishes."
     out = tmp_path/'run'
     (tmp_path/'k.py').write_text(_KILLED_RUN)
-    p = subprocess.Popen([sys.executable, str(tmp_path/'k.py'), str(tiny_demo), str(out)], env={**os.environ, 'OMP_NUM_THREADS': '1'},
+    p = forks.popen([sys.executable, str(tmp_path/'k.py'), str(tiny_demo), str(out)], env=forks.server_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t0 = time.time()
@@ -189,7 +190,7 @@ def test_two_cpu_processes(tmp_path):
     out, rec = tmp_path/'run', tmp_path/'rec'; rec.mkdir()
     (tmp_path/'driver.py').write_text(_DDP_DRIVER)
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+    r = forks.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         str(tmp_path/'driver.py'), str(out), str(rec)], capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     r0, r1 = [json.loads((rec/f'rank{i}.json').read_text()) for i in (0, 1)]
