@@ -74,5 +74,12 @@ def pytest_terminal_summary(terminalreporter):
     if forks.stats['forked'] or forks.stats['fresh']:
         terminalreporter.write_line(f"commands: {forks.stats['forked']} forked, {forks.stats['fresh']} fresh {forks.stats['why']}")
 
+def pytest_collection_modifyitems(items):
+    """Modules with a `slow` test first (each module kept together, for its fixtures), so that with `-n 2` no long test
+    starts last and runs alone at the end."""
+    slow = {it.module for it in items if it.get_closest_marker('slow')}
+    first = ('test_readme.py', 'test_containers.py', 'test_interrupt.py')      # the longest single tests of a full run
+    items.sort(key=lambda it: (it.module not in slow, it.path.name not in first))
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: more than 10 s on a small CPU (deselect with -m "not slow")')

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import cli_cmd, cli_env, make_model_dir
+import forks
 
 MB = 1 << 20
 
@@ -60,12 +61,12 @@ def post(url, body, ctype, timeout=300):
     except urllib.error.HTTPError as e: return e.code, e.read().decode('utf-8', 'replace')
 
 class Server:
-    "`realfake_app` in a subprocess on a free port."
+    "`realfake_app` in a process of its own (forked by `forks`: RSS growth is measured from its own warm start) on a free port."
     def __init__(self, model, args=(), env=None):
         self.port = _free_port()
         self.url = f'http://127.0.0.1:{self.port}'
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cli_cmd('realfake_app') + ['--model', str(model), '--port', str(self.port), *map(str, args)],
+        self.proc = forks.popen(cli_cmd('realfake_app') + ['--model', str(model), '--port', str(self.port), *map(str, args)],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env or cli_env())
         for _ in range(600):
             if self.proc.poll() is not None: break
