@@ -69,6 +69,19 @@ def pytest_sessionfinish(session):
     d = os.environ.get('REALFAKE_TEST_FORK_STATS')
     if d: Path(d, f"forks-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.json").write_text(json.dumps(forks.stats))
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    "With REALFAKE_TEST_CPU=FILE, each test's CPU seconds (its process, its children, forked commands) go to FILE."
+    path = os.environ.get('REALFAKE_TEST_CPU')
+    if not path: yield; return
+    import forks, resource
+    def cpu():
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime + forks.stats['child_cpu']
+    t = cpu()
+    yield
+    with open(path, 'a') as f: f.write(f'{cpu() - t:.2f}\t{item.nodeid}\n')
+
 def pytest_terminal_summary(terminalreporter):
     import forks
     if forks.stats['forked'] or forks.stats['fresh']:

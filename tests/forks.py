@@ -7,11 +7,11 @@ from __future__ import annotations
 import atexit, io, json, os, select, signal, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
-__all__ = ['popen', 'run', 'server_env', 'stats']
+__all__ = ['popen', 'run', 'family', 'server_env', 'stats']
 
 CLI_NAMES = ('realfake_prepare', 'realfake_demo', 'realfake_train', 'realfake_evaluate', 'realfake_predict',
              'realfake_export', 'realfake_app', 'realfake_generate', 'realfake_reconstruct', 'realfake_push', 'realfake_merge')
-stats = {'forked': 0, 'fresh': 0, 'why': {}}
+stats = {'forked': 0, 'fresh': 0, 'why': {}, 'child_cpu': 0.0}     # child_cpu: CPU seconds of forked children
 _server = None
 _lock = threading.Lock()
 
@@ -42,6 +42,16 @@ class _Server:
         try: self.proc.stdin.close(); self.proc.wait(10)
         except (OSError, subprocess.TimeoutExpired): self.proc.kill()
 
+class _Attached:
+    "The server this process was forked from (its ranks, when it is torchrun, are forked from it too)."
+    def __init__(self, path): self.path, self.dir = path, os.path.dirname(path)
+    def ready(self): return True
+
+def attach(path: str):
+    "In a forked child: use the server at `path` rather than starting one."
+    global _server
+    _server = _Attached(path)
+
 def start():
     "Start the server now (in the background: its imports overlap the first tests)."
     global _server
@@ -54,7 +64,9 @@ def _request(cmd: list[str]) -> dict | None:
     cmd = [os.fsdecode(c) if isinstance(c, bytes) else str(c) for c in cmd]    # undecodable bytes as a fresh Python's argv has them
     exe = Path(cmd[0])
     if exe.name in CLI_NAMES and exe.parent == Path(sys.executable).parent: return dict(kind='cli', target=exe.name, args=cmd[1:])
-    if cmd[0] != sys.executable or len(cmd) < 2 or (cmd[1].startswith('-') and cmd[1] not in ('-c', '-m')): return None
+    if cmd[0] != sys.executable: return None
+    if cmd[1:2] == ['-u']: cmd = cmd[:1] + cmd[2:]             # unbuffered, as the server's children are (torchrun asks for it)
+    if len(cmd) < 2 or (cmd[1].startswith('-') and cmd[1] not in ('-c', '-m')): return None
     if cmd[1] in ('-c', '-m'):
         if len(cmd) < 3: return None
         return dict(kind='code' if cmd[1] == '-c' else 'module', target=cmd[2], args=cmd[3:])
@@ -87,7 +99,8 @@ class Forked:
             chunk = self._conn.recv(4096)
             if not chunk: raise RuntimeError('fork server lost a child')
             self._buf += chunk
-        st = json.loads(self._buf.split(b'\n')[0])['status']
+        msg = json.loads(self._buf.split(b'\n')[0])
+        st, stats['child_cpu'] = msg['status'], stats['child_cpu'] + msg.get('cpu', 0)
         self.returncode = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
         self._conn.close()
 
@@ -127,6 +140,25 @@ class Forked:
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None: f.close()
         self.wait()
+
+def family(pid: int) -> list[int]:
+    """`pid` and every live process below it: its children, and the processes this server forked on their behalf (torchrun's
+    ranks are children of the server, not of torchrun), recursively."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir('/proc'):
+        try: ppid = int(open(f'/proc/{d}/stat').read().rsplit(')', 1)[1].split()[1]) if d.isdigit() else None
+        except (OSError, IndexError, ValueError): continue
+        if ppid is not None: kids.setdefault(ppid, []).append(int(d))
+    sdir = getattr(_server, 'dir', None)
+    for name in os.listdir(sdir) if sdir else []:
+        if name.startswith('parent-'):
+            try: kids.setdefault(int(open(os.path.join(sdir, name)).read()), []).append(int(name[7:]))
+            except (OSError, ValueError): pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p not in out: out.append(p); todo += kids.get(p, [])
+    return [p for p in out if os.path.exists(f'/proc/{p}')]
 
 def popen(cmd, stdin=None, stdout=None, stderr=None, text=False, env=None, cwd=None, start_new_session=False, **kw):
     "`subprocess.Popen(cmd, ...)`, forked from the server when it can be."

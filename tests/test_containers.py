@@ -1,7 +1,7 @@
 """Records inside containers (tar, zip, Parquet): the pointer is read by the one loader, the index is cached and
 invalidated, each process has its own handles, bad containers give clear errors, and prepare -> train -> evaluate ->
 predict runs on an HF Parquet dataset, img2dataset tar shards and a DiffusionDB zip part."""
-import io, json, os, tarfile, zipfile, multiprocessing as mp
+import io, json, os, subprocess, tarfile, zipfile, multiprocessing as mp
 import forks
 from pathlib import Path
 
@@ -296,19 +296,17 @@ def _machine(rank:int, port:int, meta, run, *extra):
            '--quiet', '--seed', '1', '--out', str(run), *extra]
     return forks.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), start_new_session=True)
 
-def _kill_tree(pid:int):
-    "SIGKILL `pid` and every process below it (torchrun starts its workers in sessions of their own)."
-    import psutil, signal
-    try: procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
-    except psutil.NoSuchProcess: return
-    for p in procs:
-        try: p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess: pass
+def _kill_machine(m):
+    """SIGKILL machine `m`'s launcher and every process it started (torchrun starts its workers in sessions of their own;
+    under the tests' fork server they are forked beside it: `forks.family` finds both kinds)."""
+    import signal
+    for p in forks.family(m.pid):
+        try: os.kill(p, signal.SIGKILL)
+        except ProcessLookupError: pass
 
 @pytest.mark.slow
 def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_path):
     import time
-    pytest.importorskip('psutil')
     from realfake.prepare import prepare
     meta = write_metadata(prepare([f"real:hf:{sources['hf']}", f"fake:webdataset:{sources['wds']}", f"fake:zip:{sources['zip']}"],
                                   valid_pct=0.25, seed=0).df, tmp_path/'meta.jsonl')
@@ -320,9 +318,9 @@ def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_pat
         while not (hist.exists() and hist.read_text().count('\n') >= 2):
             assert all(m.poll() is None for m in ms), [m.communicate()[1][-1500:] for m in ms if m.poll() is not None]
             time.sleep(0.2)
-    _kill_tree(ms[1].pid)                                     # machine 1 dies during epoch 1 (its agent and its worker)
+    _kill_machine(ms[1])                                      # machine 1 dies during epoch 1 (its agent and its worker)
     try: ms[0].wait(timeout=20)
-    except Exception: _kill_tree(ms[0].pid)                   # machine 0 would wait for it in gloo
+    except subprocess.TimeoutExpired: _kill_machine(ms[0])    # machine 0 would wait for it in gloo
     for m in ms: m.wait()
     before = hist.read_text().splitlines()[1:]
     assert 1 <= len(before) < EPOCHS_2M                       # the run did stop early

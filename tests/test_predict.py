@@ -223,15 +223,14 @@ def _console(name):
     return str(p)
 
 @pytest.mark.slow
-def test_console_script_exit_codes(model_dir, tmp_path):
-    "Success exits 0 with a summary line; a user error exits 2 with one clean line (no traceback)."
+def test_console_script_exit_codes(model_dir, tmp_path, run_cli):
+    "The installed console script: success exits 0 with a summary line; a user error exits 2 with one clean line (no traceback)."
     _write_good(tmp_path/'in', 2)
     r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(model_dir), '--out',
                         str(tmp_path/'p.csv'), '--no_progress'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
     assert '2 scored' in r.stdout and len(pd.read_csv(tmp_path/'p.csv')) == 2
-    r = subprocess.run([_console('realfake_predict'), str(tmp_path/'in'), '--model', str(tmp_path/'no_model'), '--out',
-                        str(tmp_path/'q.csv'), '--no_progress'], capture_output=True, text=True, timeout=120)
+    r = run_cli('realfake_predict', tmp_path/'in', '--model', tmp_path/'no_model', '--out', tmp_path/'q.csv', '--no_progress')
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'no_model' in r.stderr
 
 

@@ -1,6 +1,6 @@
 """Training tests (CPU, convnext_atto, tiny images): the demo is learnt, resume == uninterrupted, SIGKILL + resume,
 two CPU processes (gloo) with shards / identical weights / only rank 0 writing, unreadable images skipped."""
-import json, logging, os, shutil, signal, subprocess, sys, time
+import json, logging, shutil, signal, subprocess, sys, time
 import forks
 from pathlib import Path
 
@@ -189,7 +189,7 @@ def test_two_cpu_processes(tmp_path):
     "torchrun, 2 processes, gloo: each rank its own shard, identical weights after training, only rank 0 writes."
     out, rec = tmp_path/'run', tmp_path/'rec'; rec.mkdir()
     (tmp_path/'driver.py').write_text(_DDP_DRIVER)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = forks.server_env()
     r = forks.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         str(tmp_path/'driver.py'), str(out), str(rec)], capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -14,15 +14,17 @@ Protocol (one Unix-socket connection per child): the client sends one JSON reque
 (SCM_RIGHTS); the server answers `{"pid": N}` or `{"fallback": "why"}`, then `{"status": S}` (the raw wait status)
 when the child ends.
 """
-import json, os, select, signal, socket, sys
+import json, os, select, signal, socket, struct, sys
 
 RUNTIME_ENV = ('RF_', 'REALFAKE_', 'LOCAL_RANK', 'RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT',
-               'GROUP_RANK', 'ROLE_RANK', 'NODE_RANK', 'TORCHELASTIC_', 'PYTEST_', 'COLUMNS', 'LINES', 'PATH')
+               'GROUP_RANK', 'ROLE_RANK', 'NODE_RANK', 'GROUP_WORLD_SIZE', 'ROLE_NAME', 'ROLE_WORLD_SIZE', 'TORCHELASTIC_',
+               'TORCH_NCCL_ASYNC_ERROR_HANDLING', 'ACCELERATE_', 'PYTEST_', 'COLUMNS', 'LINES', 'PATH')
 PRELOAD = ('numpy', 'pandas', 'PIL.Image', 'torch', 'torchvision', 'timm', 'fastai.vision.all', 'safetensors.torch',
            'accelerate', 'realfake.core', 'realfake.metadata', 'realfake.images', 'realfake.containers',
            'realfake.preprocess', 'realfake.modeldir', 'realfake.backends', 'realfake.jobs', 'realfake.data',
            'realfake.learner', 'realfake.predict', 'realfake.shards', 'realfake.train', 'realfake.evaluate',
-           'realfake.prepare', 'realfake.synth', 'realfake.export', 'realfake.cli')
+           'realfake.prepare', 'realfake.synth', 'realfake.export', 'realfake.cli',
+           'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks')
 
 _keep = []
 
@@ -81,15 +83,17 @@ def serve(path: str) -> tuple[dict, list[int]]:
             return req, fds
         for fd in fds: os.close(fd)
         children[pid] = conn
+        asker = struct.unpack('3i', conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        with open(os.path.join(os.path.dirname(path), f'parent-{pid}'), 'w') as f: f.write(str(asker))   # see forks.family
         _reply(conn, pid=pid)
 
 def _reap(children: dict):
     while children:
-        try: pid, status = os.waitpid(-1, os.WNOHANG)
+        try: pid, status, use = os.wait4(-1, os.WNOHANG)
         except ChildProcessError: return
         if pid == 0: return
         conn = children.pop(pid, None)
-        if conn is not None: _reply(conn, status=status); conn.close()
+        if conn is not None: _reply(conn, status=status, cpu=use.ru_utime + use.ru_stime); conn.close()
 
 def become(req: dict, fds: list[int]):
     "In the child: take the request's stdio, cwd, environment, argv and sys.path, as a fresh interpreter would have them."
@@ -112,9 +116,18 @@ def become(req: dict, fds: list[int]):
     sys.argv = {'code': ['-c'], 'module': [target]}.get(kind, [target]) + args
     first = {'code': '', 'script': os.path.dirname(os.path.abspath(target))}.get(kind, os.getcwd())
     sys.path[:] = [first] + new + [p for p in sys.path[1:] if p not in new]
+    _nest(req)
     import random; random.seed()
     if 'numpy' in sys.modules: sys.modules['numpy'].random.seed()
     if 'torch' in sys.modules: sys.modules['torch'].seed()
+
+def _nest(req: dict):
+    "torchrun and `accelerate launch` in a child start their ranks through this server too (a fresh Python where refused)."
+    elastic = sys.modules.get('torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler')
+    if elastic is None: return
+    import forks
+    forks.attach(req['server'])
+    elastic.Popen = lambda args, **kw: forks.popen(args, **kw)
 
 def run(req: dict):
     "Run the request as `__main__`; exceptions and SystemExit end the process as they would a fresh interpreter."
@@ -164,6 +177,7 @@ if __name__ == '__main__':
             try: importlib.import_module(m)
             except ImportError: pass
     request, child_fds = serve(sys.argv[1])
+    request['server'] = sys.argv[1]
     become(request, child_fds)
     del request['env']
     finish(request)
