@@ -125,23 +125,46 @@ def _pax(data:bytes) -> dict:
         out[k.decode('utf-8', 'replace')] = v
     return out
 
+def _fixed_octal(a:np.ndarray, digits:int) -> tuple[np.ndarray, np.ndarray]:
+    "(values, plain?) of the octal fields in the rows of uint8 array `a`: plain rows are `digits` octal digits, then NULs or spaces (as tar writers write them); other rows need `_octal`."
+    d = a[:, :digits].astype(np.int64) - 48
+    plain = ((d >= 0) & (d <= 7)).all(1) & ((a[:, digits:] == 0) | (a[:, digits:] == 32)).all(1)
+    return d @ (8 ** np.arange(digits - 1, -1, -1, dtype=np.int64)), plain
+
+def _header_table(buf:bytes) -> tuple[list, list, list, list]:
+    "For every 512-byte block of `buf` read as a tar header: lists of (member size, checksum right and both numbers plain?, all zero?, a ustar name prefix?)."
+    a = np.frombuffer(buf, np.uint8, len(buf) // 512 * 512).reshape(-1, 512)
+    size, plain_size = _fixed_octal(a[:, 124:136], 11)
+    chk, plain_chk = _fixed_octal(a[:, 148:156], 6)
+    total = a.sum(1, dtype=np.int64) - a[:, 148:156].sum(1, dtype=np.int64) + 256
+    prefix = (a[:, 257:262] == np.frombuffer(b'ustar', np.uint8)).all(1) & a[:, 345:500].any(1)
+    return size.tolist(), (plain_size & plain_chk & (chk == total)).tolist(), (~a.any(1)).tolist(), prefix.tolist()   # lists: a lookup per header
+
+# %% ../nbs/02b_containers.ipynb #7bc33e59
+def _tar_header(h:bytes, off:int, path) -> int:
+    "The member size of tar header `h` at `off` (any number form), or the error that it is not a header."
+    try: ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256
+    except ValueError: ok = False
+    if not ok:
+        if off == 0 and h[:2] in (b'\x1f\x8b', b'BZ') or h[:6] == b'\xfd7zXZ\0':
+            raise ContainerError(path, 'compressed tar: random access needs an uncompressed .tar')
+        raise ContainerError(path, f'truncated or corrupt tar: bad header at offset {off:,}')
+    return _octal(h[124:136])
+
 def _tar_members(f, path) -> tuple[list, list, list, list]:
     "(names, data offsets, sizes, refused (name, reason)) of the regular members of the uncompressed tar `f`, header by header."
     fd, size = f.fileno(), os.fstat(f.fileno()).st_size
     names, offs, sizes, refused = [], [], [], []
-    off, longname, pax, buf, at = 0, None, {}, b'', 0
+    off, longname, pax, buf, at, table = 0, None, {}, b'', 0, None
     while off + 512 <= size:
-        if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 32 KiB at a time
-            buf, at = os.pread(fd, 32768 if not sizes or sizes[-1] < 16384 else 512, off), off
-        h = buf[off - at:off - at + 512]
-        if h[0] == 0 and not h.strip(b'\0'): return names, offs, sizes, refused    # the end-of-archive marker
-        try: ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256
-        except ValueError: ok = False
-        if not ok:
-            if off == 0 and h[:2] in (b'\x1f\x8b', b'BZ') or h[:6] == b'\xfd7zXZ\0':
-                raise ContainerError(path, 'compressed tar: random access needs an uncompressed .tar')
-            raise ContainerError(path, f'truncated or corrupt tar: bad header at offset {off:,}')
-        n, typ, data = _octal(h[124:136]), h[156:157], off + 512
+        if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 1 MiB at a time
+            buf, at = os.pread(fd, 1 << 20 if not sizes or sizes[-1] < 16384 else 512, off), off
+            table = _header_table(buf) if len(buf) > 4096 else None   # every block's numbers at once (numpy), used where plain
+        o = off - at; b = o >> 9
+        if table is not None and table[1][b]: n = table[0][b]
+        elif (not buf[o:o + 512].strip(b'\0')) if table is None else table[2][b]: return names, offs, sizes, refused   # end of archive
+        else: n = _tar_header(buf[o:o + 512], off, path)
+        typ, data = buf[o + 156:o + 157], off + 512
         end = data + (n + 511) // 512 * 512
         if data + n > size: raise ContainerError(path, f'truncated tar: the member at offset {off:,} runs past the end of the file')
         if typ == b'L': longname = os.pread(fd, n, data).split(b'\0', 1)[0]
@@ -149,8 +172,9 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
         elif typ in (b'0', b'\0', b'7'):
             raw = pax.get('path') or longname
             if raw is None:
-                raw = h[:100].split(b'\0', 1)[0]
-                if h[257:262] == b'ustar' and h[345:500].strip(b'\0'): raw = h[345:500].split(b'\0', 1)[0] + b'/' + raw
+                raw = buf[o:o + 100].split(b'\0', 1)[0]
+                if table[3][b] if table is not None else buf[o + 257:o + 262] == b'ustar' and buf[o + 345:o + 500].strip(b'\0'):
+                    raw = buf[o + 345:o + 500].split(b'\0', 1)[0] + b'/' + raw
             if 'size' in pax: n = int(pax['size']); end = data + (n + 511) // 512 * 512
             name = raw.decode('utf-8', 'surrogateescape')
             why = member_problem(name, 'tar') if '.' in name[:1] or '/.' in name or '//' in name or name[:1] in ('/', '') or '\\' in name or '\0' in name or name[-1] == '/' else None
