@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
 
-def make_sets(d:Path, n:int, w:int=500, h:int=375) -> dict:
-    "The same `n` JPEGs as loose files, tar shards (4), one stored zip and a Parquet file: {layout: [record paths]}."
+def make_sets(d:Path, n:int, w:int=500, h:int=375, shards:int=4) -> dict:
+    "The same `n` JPEGs as loose files, `shards` tar shards, one stored zip and a Parquet file: {layout: [record paths]}."
     import pyarrow as pa, pyarrow.parquet as pq
     from PIL import Image
     blobs = []
@@ -29,8 +29,8 @@ def make_sets(d:Path, n:int, w:int=500, h:int=375) -> dict:
     (d/'loose').mkdir(parents=True)
     out = {'loose': [], 'tar': [], 'zip': [], 'parquet': []}
     for i, b in enumerate(blobs): (d/'loose'/f'{i:06d}.jpg').write_bytes(b); out['loose'].append(str(d/'loose'/f'{i:06d}.jpg'))
-    per = -(-n // 4)
-    for s in range(4):
+    per = -(-n // shards)
+    for s in range(shards):
         with tarfile.open(d/f'{s:05d}.tar', 'w') as tf:
             for i in range(s * per, min(n, (s + 1) * per)):
                 ti = tarfile.TarInfo(f'{i:06d}.jpg'); ti.size = len(blobs[i]); tf.addfile(ti, io.BytesIO(blobs[i]))
@@ -46,11 +46,16 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
     import pandas as pd, realfake.containers as RC
     from realfake.data import get_dls
     from realfake.preprocess import Preprocess
-    rows = []
+    n_train = len(sets['loose']) - 8
+    if n_train < 2 * bs:            # the rate excludes the first batch: at least one more is needed
+        bs = max(1, n_train // 3)
+        print(f'(batch size {bs}: {n_train} training images per layout)')
+    rows, order = [], list(sets)
     for workers in (0, 2):
         rs, fs = {k: [] for k in sets}, {k: [] for k in sets}
-        for r in range(reps):                        # layouts interleaved: a busy machine slows them alike
-            for layout, paths in sets.items():
+        for r in range(reps):                        # layouts interleaved, in a rotating order: a busy machine (or going first) slows them alike
+            for layout in order[r % len(order):] + order[:r % len(order)]:
+                paths = sets[layout]
                 df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
                 df.loc[df.index[-8:], 'split'] = 'valid'
                 RC.close_all()
@@ -95,11 +100,13 @@ def main():
     p = C.parser(__doc__, reps=2)
     p.add_argument('--full', action='store_true', help='part 2 at the seed scale: 2M records over 2,000 shards')
     p.add_argument('--images', type=int, default=192, help='images per layout in part 1 (default 192)')
+    p.add_argument('--shards', type=int, default=4, help='tar shards the images of part 1 are spread over (default 4; more than '
+                   'realfake.containers.MAX_OPEN=64 makes the loader reopen handles as at the seed scale)')
     a = p.parse_args()
     warnings.filterwarnings('ignore')
     print(C.machine())
     with tempfile.TemporaryDirectory() as d:
-        sets = make_sets(Path(d)/'imgs', 32 if a.quick else a.images)
+        sets = make_sets(Path(d)/'imgs', 32 if a.quick else a.images, shards=a.shards)
         print('\nTraining loader, same images (500x375 JPEG q90), Preprocess(224, resize=256), aug, CPU; rate excludes the first batch')
         print(C.table(loader_rows(sets, 1 if a.quick else a.reps, 8 if a.quick else 32),
                       ['layout', 'workers', 'img/s', 'vs loose', 'first batch s (cold index)', 'goal']))

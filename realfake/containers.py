@@ -12,9 +12,10 @@ from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegul
 
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'IMAGE_COLUMNS', 'MAX_OPEN',
-           'MAX_CACHED_BYTES', 'ContainerError', 'guarded_open', 'member_problem', 'kind_of', 'split_pointer',
-           'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file', 'save_index', 'load_index',
-           'container_index', 'scan', 'close_all', 'read_member', 'member_reader', 'member_size', 'open_member']
+           'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open', 'member_problem', 'kind_of',
+           'split_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file', 'save_index',
+           'load_index', 'container_index', 'scan', 'close_all', 'read_member', 'member_reader', 'member_size',
+           'open_member', 'preload']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
 CONTAINER_EXTS = ('.tar', '.zip', '.parquet')   # the containers a record may point into
@@ -329,6 +330,7 @@ def scan(path, column:str|None=None, cache_dir=None) -> tuple[ContainerIndex, li
 # %% ../nbs/02b_containers.ipynb #df3a96b9
 MAX_OPEN = 64                    # open container handles per process (least recently used ones are closed)
 MAX_CACHED_BYTES = 256 << 20     # decoded Parquet row groups kept per process
+MAX_INDEX_MEMORY = 512 << 20     # container indexes kept in memory per process (2M tar members: about 74 MB)
 
 @dataclass(eq=False)
 class _Handle:
@@ -340,14 +342,33 @@ class _Handle:
 _LOCK = threading.Lock()
 _OPEN: OrderedDict = OrderedDict()     # container -> _Handle of *this* process (pid checked on every use)
 _GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> list of bytes, Parquet only
+_INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata): plain memory, so a fork inherits it
+_INDEX_BYTES = [0]
 
 def _sig(st) -> tuple: return int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)
 
 def _drop(h:_Handle) -> None:
     "Forget `h`; its file closes when no thread holds it (closing it here could hand its fd number to another file mid-read)."
 
+def _remember(container:str, sig:tuple, f) -> tuple:
+    "(index, Parquet metadata) of the open container `f` at `sig`: from memory when the same file (size, mtime, inode), else loaded or built and kept."
+    with _LOCK:
+        hit = _INDEXES.get(container)
+        if hit is not None and hit[0] == sig: _INDEXES.move_to_end(container); return hit[1:]
+    idx, md = container_index(container, f=f), None
+    if idx.kind == 'parquet':
+        import pyarrow.parquet as pq
+        md = pq.ParquetFile(f).metadata
+    with _LOCK:
+        old = _INDEXES.pop(container, None)
+        _INDEX_BYTES[0] += idx.nbytes - (old[1].nbytes if old else 0)
+        _INDEXES[container] = (sig, idx, md)
+        while len(_INDEXES) > 1 and _INDEX_BYTES[0] > MAX_INDEX_MEMORY: _INDEX_BYTES[0] -= _INDEXES.popitem(last=False)[1][1].nbytes
+    return idx, md
+
+# %% ../nbs/02b_containers.ipynb #c0a1e7b2
 def _handle(container:str) -> _Handle:
-    "This process's open handle and index of `container`, reopened after a fork or when the file changed."
+    "This process's open handle and index of `container`: reopened after a fork or when the file changed; the index from memory when it still fits."
     try: st = os.stat(container)
     except FileNotFoundError: raise ContainerError(container, 'container not found') from None
     except OSError as e: raise ContainerError(container, f'cannot open container: {e.strerror or e}') from None
@@ -356,25 +377,26 @@ def _handle(container:str) -> _Handle:
         h = _OPEN.get(container)
         if h is not None and h.pid == pid and h.sig == _sig(st): _OPEN.move_to_end(container); return h
         if h is not None: _drop(_OPEN.pop(container))
-    f = guarded_open(container)
+    f = guarded_open(container)     # this process's own file: a forked worker never shares the parent's offset
     try:
-        idx = container_index(container, f=f)
+        sig = _sig(os.fstat(f.fileno()))
+        idx, md = _remember(container, sig, f)
         pf = None
         if idx.kind == 'parquet':
             import pyarrow.parquet as pq
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, metadata=md)
     except BaseException: f.close(); raise
-    h = _Handle(pid, _sig(os.fstat(f.fileno())), f, idx, threading.Lock(), pf)
+    h = _Handle(pid, sig, f, idx, threading.Lock(), pf)
     with _LOCK:
         _OPEN[container] = h
         while len(_OPEN) > MAX_OPEN: _drop(_OPEN.popitem(last=False)[1])
     return h
 
 def close_all() -> None:
-    "Close every container handle this process opened (the next read reopens)."
+    "Close every container handle this process opened and forget the indexes it holds in memory (the next read reopens and reloads)."
     with _LOCK:
         while _OPEN: _drop(_OPEN.popitem()[1])
-        _GROUPS.clear()
+        _GROUPS.clear(); _INDEXES.clear(); _INDEX_BYTES[0] = 0
 
 # %% ../nbs/02b_containers.ipynb #ba484851
 def _pread(h:_Handle, n:int, off:int, path) -> bytes:
@@ -468,3 +490,20 @@ def member_size(path) -> int:
 def open_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> io.BytesIO:
     "A binary file object over what the pointer `path` names."
     return io.BytesIO(read_member(path, max_bytes))
+
+# %% ../nbs/02b_containers.ipynb #e2f41c6d
+def preload(paths) -> int:
+    "Load the indexes of the containers that `paths` point into (one of each) into this process's memory; returns how many it holds. Forked workers inherit them instead of each loading its own; a container that cannot be read is left for its reader to report."
+    first = {}
+    for s in paths:                                   # one regex per path; the folder check (`split_pointer`) once per container
+        m = _PTR.search(s)
+        if m is not None: first.setdefault(s[:m.end()], s)
+    held = 0
+    for s in first.values():
+        sp = split_pointer(s)
+        if sp is None or _INDEX_BYTES[0] >= MAX_INDEX_MEMORY: continue
+        try:
+            with guarded_open(sp[0]) as f: _remember(sp[0], _sig(os.fstat(f.fileno())), f)
+            held += 1
+        except ContainerError: continue
+    return held

@@ -105,11 +105,15 @@ def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
             assert why in str(e.value) and str(tmp_path) in str(e.value)
         with pytest.raises(ContainerError, match=why.replace('(', r'\(').replace(')', r'\)')): read_member(p)
 
-def test_swapped_container_after_indexing(tmp_path):
+@pytest.mark.parametrize('how', ['replaced by another file', 'rewritten in place'])
+def test_swapped_container_after_indexing(tmp_path, how):
+    "Neither the open handle nor the index kept in memory is used for a different file under the same name."
     c = _tar(tmp_path/'a.tar', {'0.jpg': _jpg(0)})
     assert read_member(f'{c}/0.jpg') == _jpg(0)                 # indexed and open
-    _tar(tmp_path/'b.tar', {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})
-    os.replace(tmp_path/'b.tar', c)                             # a different container under the same name
+    if how == 'rewritten in place': _tar(c, {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})      # same inode, new size
+    else:
+        _tar(tmp_path/'b.tar', {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})
+        os.replace(tmp_path/'b.tar', c)                         # a different container under the same name
     with pytest.raises(ContainerError, match="no member '0.jpg'"): read_member(f'{c}/0.jpg')
     assert read_member(f'{c}/other.jpg') == _jpg(5)
 
@@ -147,6 +151,8 @@ def test_metadata_validates_pointers(tmp_path):
     with pytest.raises(MetadataError, match=r"m.jsonl:2: path: points inside a container but 'first' is not a row number"): read_metadata(f)
 
 # ---------------------------------------------------------------- processes
+def _no_index_load(*a, **k): raise AssertionError('an index was loaded again')
+
 def _child_read(args):
     p, want = args
     ok = read_member(p) == want
@@ -158,7 +164,9 @@ def test_forked_workers_open_their_own_handles(boxes):
     ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)]
     for p, want in ptrs: assert read_member(p) == want                     # the parent holds open handles first
     parent = {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()}
-    with mp.get_context('fork').Pool(2) as pool: got = pool.map(_child_read, ptrs * 3, chunksize=2)
+    with pytest.MonkeyPatch.context() as mpatch:                       # the children inherit the indexes: none is loaded again
+        mpatch.setattr(C, 'container_index', _no_index_load)
+        with mp.get_context('fork').Pool(2) as pool: got = pool.map(_child_read, ptrs * 3, chunksize=2)
     assert all(ok for *_, ok in got)
     assert all(pid == hpid for pid, hpid, _ in got) and os.getpid() not in {pid for pid, *_ in got}
     assert {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()} == parent   # the parent's file offsets never moved
@@ -176,6 +184,23 @@ def test_threads_read_right_while_handles_are_evicted(tmp_path, monkeypatch):
     np.random.default_rng(0).shuffle(ptrs)
     with deadline(60, 'threads'), ThreadPoolExecutor(8) as ex: got = list(ex.map(read_member, ptrs))
     assert got == [want[p] for p in ptrs]
+    monkeypatch.setattr(C, 'container_index', _no_index_load)  # a handle closed by the LRU reopens with its index from memory
+    with deadline(60, 'threads'), ThreadPoolExecutor(8) as ex: assert list(ex.map(read_member, ptrs)) == [want[p] for p in ptrs]
+
+def test_indexes_in_memory_stay_under_their_cap(tmp_path, monkeypatch):
+    "Beyond `MAX_INDEX_MEMORY` the least recently used index is dropped (and loaded again when needed): reads stay right."
+    ptrs = {}
+    for k in range(4):
+        _tar(tmp_path/f'{k}.tar', {f'{i}.jpg': bytes([k, i]) * 50 for i in range(30)})
+        ptrs.update({f'{tmp_path}/{k}.tar/{i}.jpg': bytes([k, i]) * 50 for i in range(30)})
+    one = container_index(tmp_path/'0.tar').nbytes
+    monkeypatch.setattr(C, 'MAX_INDEX_MEMORY', 2 * one); monkeypatch.setattr(C, 'MAX_OPEN', 1)
+    loads = []
+    real = C.container_index
+    monkeypatch.setattr(C, 'container_index', lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    for _ in range(2): assert [read_member(p) for p in ptrs] == list(ptrs.values())
+    assert len(C._INDEXES) == 2 and C._INDEX_BYTES[0] == 2 * one
+    assert len(loads) == 8                                      # each container's index loaded again on the second pass
 
 class _Members:
     def __init__(self, ptrs): self.ptrs = ptrs
@@ -198,6 +223,39 @@ def test_dataloader_with_two_workers_reads_every_member_right(boxes):
             seen.update(zip(i.tolist(), s.tolist())); pids |= set(pid.tolist())
     assert seen == {i: int(np.frombuffer(w, np.uint8).sum()) for i, (_, w) in enumerate(ptrs)}
     assert len(pids) == 2 and os.getpid() not in pids
+
+def test_dataloader_workers_inherit_preloaded_indexes(boxes, monkeypatch):
+    "`preload` in the parent (no handle opened): two forked workers read every member right through handles of their own, loading no index."
+    import torch
+    imgs, b = boxes
+    ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)] * 4
+    assert C.preload([p for p, _ in ptrs] + [str(b['tar'][0].parent/'gone.tar/0.jpg')]) == 3 and not C._OPEN
+    monkeypatch.setattr(C, 'container_index', _no_index_load)
+    dl = torch.utils.data.DataLoader(_Members(ptrs), batch_size=3, shuffle=True, num_workers=2,
+                                     multiprocessing_context='fork', generator=torch.Generator().manual_seed(0))
+    seen, pids = {}, set()
+    with deadline(60, 'two workers'):
+        for i, s, pid, hpid in dl:
+            assert (pid == hpid).all()
+            seen.update(zip(i.tolist(), s.tolist())); pids |= set(pid.tolist())
+    assert seen == {i: int(np.frombuffer(w, np.uint8).sum()) for i, (_, w) in enumerate(ptrs)}
+    assert len(pids) == 2 and os.getpid() not in pids and not C._OPEN
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_get_dls_preloads_container_indexes_for_its_workers(boxes, tmp_path, monkeypatch, workers):
+    "get_dls with workers holds every container's index before they fork, and the workers load none; with 0 workers it reads lazily."
+    from realfake.data import get_dls
+    from realfake.preprocess import Preprocess
+    imgs, b = boxes
+    paths = [str(pointer(c, n)) for c, names in b.values() for n in names] * 2
+    df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), split=['train'] * 24 + ['valid'] * 6))
+    dls = get_dls(df, Preprocess(size=16, resize=16), bs=4, num_workers=workers, aug=False, seed=0, device='cpu')
+    held = {os.path.basename(c) for c in C._INDEXES}
+    assert held == ({'s.tar', 's.zip', 's.parquet'} if workers else {os.path.basename(paths[0].rsplit('/', 2)[0])})
+    if workers:
+        monkeypatch.setattr(C, 'container_index', _no_index_load)
+        with deadline(120, 'get_dls workers'): xs = [x for x, _ in dls.train]
+        assert sum(len(x) for x in xs) == 24 and xs[0].shape[1:] == (3, 16, 16)
 
 # ---------------------------------------------------------------- prepare on the three sources
 @pytest.fixture(scope='module')
