@@ -132,14 +132,56 @@ def _fixed_octal(a:np.ndarray, digits:int) -> tuple[np.ndarray, np.ndarray]:
     plain = ((d >= 0) & (d <= 7)).all(1) & ((a[:, digits:] == 0) | (a[:, digits:] == 32)).all(1)
     return d @ (8 ** np.arange(digits - 1, -1, -1, dtype=np.int64)), plain
 
-def _header_table(buf:bytes) -> tuple[list, list, list, list]:
-    "For every 512-byte block of `buf` read as a tar header: lists of (member size, checksum right and both numbers plain?, all zero?, a ustar name prefix?)."
+def _header_table(buf:bytes) -> tuple:
+    "For every 512-byte block of `buf` read as a tar header: lists of (member size, size plain?, type flag), the blocks as an array, the sizes as an array. Checksums are checked where a chain of headers is followed (`_plain_run`)."
     a = np.frombuffer(buf, np.uint8, len(buf) // 512 * 512).reshape(-1, 512)
-    size, plain_size = _fixed_octal(a[:, 124:136], 11)
-    chk, plain_chk = _fixed_octal(a[:, 148:156], 6)
-    total = a.sum(1, dtype=np.int64) - a[:, 148:156].sum(1, dtype=np.int64) + 256
-    prefix = (a[:, 257:262] == np.frombuffer(b'ustar', np.uint8)).all(1) & a[:, 345:500].any(1)
-    return size.tolist(), (plain_size & plain_chk & (chk == total)).tolist(), (~a.any(1)).tolist(), prefix.tolist()   # lists: a lookup per header
+    size, plain = _fixed_octal(a[:, 124:136], 11)
+    return size.tolist(), plain.tolist(), a[:, 156].tolist(), a, size     # lists: a lookup per header
+
+# %% ../nbs/02b_containers.ipynb #d4e8a1f0
+_REGULAR = (48, 0, 55)                                         # type flags '0', NUL and '7': a regular file
+
+def _odd_names(text:str) -> bool:
+    "Could `member_problem` refuse any of the names in `text` (one a line)? A few substring searches over them all."
+    return (text[:1] in ('.', '/', '') or text[-1:] == '/' or '\n\n' in text or any(s in text for s in ('/.', '//', '\\', '\0', '\n.', '\n/', '/\n')))
+
+_BUF = threading.local()
+
+def _block_buffer() -> bytearray:
+    "This thread's 1 MiB read buffer, reused: reading into fresh memory costs more than the read itself."
+    b = getattr(_BUF, 'b', None)
+    if b is None: b = _BUF.b = bytearray(1 << 20)
+    return b
+
+def _plain_run(table, b:int, at:int, size:int, path, out:tuple) -> int:
+    "Follow the chain of plain regular-file headers from block `b` of the buffer read at `at`, appending to `out` = (names, offsets, sizes, refused) in one pass; returns the block of the next header (perhaps past the buffer, or one the exact path must read)."
+    sz, plain, typ, a, sza = table
+    run, nb = [], len(plain)
+    while b < nb and plain[b] and typ[b] in _REGULAR: run.append(b); b += 1 + ((sz[b] + 511) >> 9)
+    r = np.asarray(run)
+    chk, plain_chk = _fixed_octal(a[r, 148:156], 6)       # the checksums of these headers only
+    bad = np.flatnonzero(~plain_chk | (chk != a[r].sum(1, dtype=np.uint32) - a[r, 148:156].sum(1, dtype=np.uint32) + 256))
+    if len(bad):                                           # stop before it: the exact path reads it (an unusual form) or names the error
+        if bad[0] == 0: return -1
+        b, run, r = run[bad[0]], run[:bad[0]], r[:bad[0]]
+    data, n = at + (r + 1) * 512, sza[r]
+    past = np.flatnonzero(data + n > size)
+    if len(past): raise ContainerError(path, f'truncated tar: the member at offset {int(data[past[0]]) - 512:,} runs past the end of the file')
+    raws = a[r, :100].copy().view('S100').ravel().tolist()     # trailing NULs dropped
+    ustar = (a[r, 257:262] == np.frombuffer(b'ustar', np.uint8)).all(1)
+    for k in np.flatnonzero(ustar & a[r, 345:500].any(1)).tolist(): raws[k] = a[run[k], 345:500].tobytes().split(b'\0', 1)[0] + b'/' + raws[k]
+    joined = b'\n'.join(raws)
+    if b'\0' in joined: raws = [x.split(b'\0', 1)[0] for x in raws]; joined = b'\n'.join(raws)     # a NUL ends a name
+    names = joined.decode('utf-8', 'surrogateescape').split('\n') if joined.count(b'\n') == len(raws) - 1 else \
+            [x.decode('utf-8', 'surrogateescape') for x in raws]
+    offs, sizes = data.tolist(), n.tolist()
+    if _odd_names('\n'.join(names)):                      # rare: check each name, keep the good ones
+        why = [member_problem(x, 'tar') for x in names]
+        out[3].extend((x, w) for x, w in zip(names, why) if w)
+        keep = [k for k, w in enumerate(why) if not w]
+        names, offs, sizes = [names[k] for k in keep], [offs[k] for k in keep], [sizes[k] for k in keep]
+    out[0].extend(names); out[1].extend(offs); out[2].extend(sizes)
+    return b
 
 # %% ../nbs/02b_containers.ipynb #7bc33e59
 def _tar_header(h:bytes, off:int, path) -> int:
@@ -159,12 +201,16 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
     off, longname, pax, buf, at, table = 0, None, {}, b'', 0, None
     while off + 512 <= size:
         if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 1 MiB at a time
-            buf, at = os.pread(fd, 1 << 20 if not sizes or sizes[-1] < 16384 else 512, off), off
-            table = _header_table(buf) if len(buf) > 4096 else None   # every block's numbers at once (numpy), used where plain
+            if sizes and sizes[-1] >= 16384: buf = os.pread(fd, 512, off)
+            else: buf = _block_buffer(); got = os.preadv(fd, [buf], off); buf = buf if got == len(buf) else buf[:got]
+            at = off
+            table = _header_table(buf) if len(buf) > 4096 else None   # every block's size and type at once (numpy)
         o = off - at; b = o >> 9
-        if table is not None and table[1][b]: n = table[0][b]
-        elif (not buf[o:o + 512].strip(b'\0')) if table is None else table[2][b]: return names, offs, sizes, refused   # end of archive
-        else: n = _tar_header(buf[o:o + 512], off, path)
+        if table is not None and table[1][b] and table[2][b] in _REGULAR and longname is None and not pax:
+            nxt = _plain_run(table, b, at, size, path, (names, offs, sizes, refused))   # the common case, many at once
+            if nxt >= 0: off = at + 512 * nxt; continue
+        if buf.count(0, o, o + 512) == 512: return names, offs, sizes, refused   # the end-of-archive marker
+        n = _tar_header(buf[o:o + 512], off, path)
         typ, data = buf[o + 156:o + 157], off + 512
         end = data + (n + 511) // 512 * 512
         if data + n > size: raise ContainerError(path, f'truncated tar: the member at offset {off:,} runs past the end of the file')
@@ -174,7 +220,7 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
             raw = pax.get('path') or longname
             if raw is None:
                 raw = buf[o:o + 100].split(b'\0', 1)[0]
-                if table[3][b] if table is not None else buf[o + 257:o + 262] == b'ustar' and buf[o + 345:o + 500].strip(b'\0'):
+                if buf[o + 257:o + 262] == b'ustar' and buf[o + 345:o + 500].strip(b'\0'):
                     raw = buf[o + 345:o + 500].split(b'\0', 1)[0] + b'/' + raw
             if 'size' in pax: n = int(pax['size']); end = data + (n + 511) // 512 * 512
             name = raw.decode('utf-8', 'surrogateescape')

@@ -483,3 +483,25 @@ def test_tar_walk_names_a_bad_header_in_the_middle_of_a_block(tmp_path, k):
     c = _mixed_tar(tmp_path/'m.tar', n=40)
     off = _patch_header(c, k, lambda h: h[:10] + b'X' + h[11:])          # one byte of the name changed: the checksum is wrong
     with open(c, 'rb') as f, pytest.raises(ContainerError, match=f'bad header at offset {off:,}'): _tar_members(f, str(c))
+
+
+@pytest.mark.parametrize('fmt', ['ustar', 'gnu'])
+def test_tar_walk_checks_every_name_as_member_problem_does(tmp_path, fmt):
+    "Runs of plain headers (names sliced, decoded and checked in one pass) keep and refuse exactly what the per-name check would."
+    from realfake.containers import _tar_members, member_problem
+    odd = ['./x.jpg', 'a//b.jpg', 'a/../b.jpg', 'a\\b.jpg', 'new\nline.jpg', '.hidden.jpg', 'tail/', 'ok/é.jpg',
+           'p' * 60 + '/' + 'q' * 80 + '.jpg', 'bad\udcff.jpg']
+    names = [f'{i:04d}.jpg' for i in range(200)]
+    for k, n in enumerate(odd): names.insert(20 * k + 7, n)
+    c = tmp_path/'odd.tar'
+    with tarfile.open(c, 'w', format=tarfile.USTAR_FORMAT if fmt == 'ustar' else tarfile.GNU_FORMAT, encoding='utf-8',
+                      errors='surrogateescape') as tf:
+        for i, n in enumerate(names):
+            ti = tarfile.TarInfo(n); data = bytes([i % 256]) * (i % 900); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+    with tarfile.open(c, encoding='utf-8', errors='surrogateescape') as tf:
+        members = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isfile()]
+    with open(c, 'rb') as f: got, offs, sizes, refused = _tar_members(f, str(c))
+    want = [m for m in members if not member_problem(m[0], 'tar')]
+    assert list(zip(got, offs, sizes)) == want and len(want) >= 200
+    assert {'./x.jpg', 'a//b.jpg', 'a/../b.jpg', 'a\\b.jpg'} <= {n for n, _ in refused}
+    assert sorted(refused) == sorted((m[0], member_problem(m[0], 'tar')) for m in members if member_problem(m[0], 'tar'))
