@@ -328,22 +328,25 @@ def save_index(idx:ContainerIndex, file) -> None:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=d)
     try:   # a cache, so no fsync (2,000 shards would pay 2,000 of them): a torn file fails `load_index` and is rebuilt
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
-                     text=np.array([idx.path, idx.kind, idx.column]))
+        b = io.BytesIO()                  # built in memory, written at once (zipfile's seeks would flush the file many times)
+        np.savez(b, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
+                 text=np.array([idx.path, idx.kind, idx.column]))
+        with os.fdopen(fd, 'wb') as f: f.write(b.getbuffer())
         os.replace(tmp, file)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
 def load_index(file, path, size:int, mtime_ns:int) -> ContainerIndex|None:
-    "The index cached in `file` if it describes `path` at this `size` and `mtime_ns`, else None (stale, foreign or unreadable)."
+    "The index cached in `file` if it describes `path` at this `size` and `mtime_ns`, else None (stale, foreign, torn or unreadable)."
+    import zipfile
     try:
-        with guarded_open(file, MAX_INDEX_BYTES, 'index') as f, np.load(f, allow_pickle=False) as z:
+        with guarded_open(file, MAX_INDEX_BYTES, 'index') as f: data = f.read()     # one read, then parsed in memory
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta, text = z['meta'], z['text']
             if meta.tolist() != [size, mtime_ns, 1] or text[0] != os.fspath(path): return None
             return ContainerIndex(str(text[0]), str(text[1]), size, mtime_ns, *(z[a] for a in _ARRAYS), column=str(text[2]))
-    except (ContainerError, OSError, ValueError, KeyError, IndexError, EOFError): return None
+    except (ContainerError, OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile): return None   # a torn cache: rebuilt
 
 # %% ../nbs/02b_containers.ipynb #52064883
 def container_index(path, column:str|None=None, cache_dir=None, f=None, rebuild:bool=False) -> ContainerIndex:

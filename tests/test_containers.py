@@ -61,6 +61,18 @@ def test_index_is_cached_beside_and_rebuilt_when_the_container_changes(tmp_path)
     os.utime(c, ns=(1, 1))                        # size and mtime both changed
     assert container_index(c).n == 2
 
+@pytest.mark.parametrize('keep', [0, 10, 100, 0.5, -30])
+def test_torn_index_file_is_rebuilt(tmp_path, keep):
+    "A cached index cut short (a crash mid-write: the cache is not fsynced) is ignored and rebuilt, never an error."
+    c = _tar(tmp_path/'a.tar', {f'{i}.jpg': _jpg(i) for i in range(5)})
+    container_index(c)
+    f = Path(index_file(c)); b = f.read_bytes()
+    f.write_bytes(b[:int(len(b) * keep) if isinstance(keep, float) else keep])
+    st = os.stat(c)
+    assert C.load_index(f, str(c), st.st_size, st.st_mtime_ns) is None
+    C.close_all()
+    assert read_member(f'{c}/3.jpg') == _jpg(3) and C.load_index(f, str(c), st.st_size, st.st_mtime_ns).n == 5
+
 def test_read_only_folder_caches_the_index_elsewhere(tmp_path, monkeypatch):
     d = tmp_path/'ro'; d.mkdir(); c = _tar(d/'a.tar', {'0.jpg': _jpg(0)})
     monkeypatch.setenv('REALFAKE_INDEX_DIR', str(tmp_path/'cache'))
