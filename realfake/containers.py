@@ -11,14 +11,15 @@ import numpy as np
 from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegularFile
 
 # %% auto #0
-__all__ = ['CONTAINER_EXTS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'IMAGE_COLUMNS', 'MAX_OPEN',
-           'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open', 'member_problem', 'kind_of',
-           'split_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file', 'save_index',
-           'load_index', 'container_index', 'scan', 'close_all', 'read_member', 'member_reader', 'member_size',
-           'open_member', 'preload']
+__all__ = ['CONTAINER_EXTS', 'ROW_KINDS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'POINTER_RE', 'IMAGE_COLUMNS',
+           'MAX_OPEN', 'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open', 'member_problem',
+           'kind_of', 'split_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file',
+           'save_index', 'load_index', 'container_index', 'scan', 'close_all', 'read_member', 'member_reader',
+           'member_size', 'open_member', 'preload']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
-CONTAINER_EXTS = ('.tar', '.zip', '.parquet')   # the containers a record may point into
+CONTAINER_EXTS = ('.tar', '.zip', '.parquet', '.arrow')   # the containers a record may point into (.arrow: an Arrow IPC stream, as `datasets` saves)
+ROW_KINDS = ('parquet', 'arrow')   # containers whose members are row numbers
 MAX_MEMBER_BYTES = 256 << 20    # the largest member we agree to read
 MAX_INDEX_BYTES = 1 << 30       # the largest cached index file we agree to load
 INDEX_SUFFIX = '.rfidx.npz'     # the cached index beside a container: `shard.tar` -> `shard.tar.rfidx.npz`
@@ -46,32 +47,33 @@ def guarded_open(path, max_bytes:int|None=None, what:str='container'):
     return f
 
 # %% ../nbs/02b_containers.ipynb #3751f7e9
-_PTR = re.compile(r'\.(?:tar|zip|parquet)(?=/)', re.I)
+POINTER_RE = r'\.(?:' + '|'.join(e[1:] for e in CONTAINER_EXTS) + r')(?=/)'   # where a path enters a container (also `realfake.metadata`'s test)
+_PTR = re.compile(POINTER_RE, re.I)
 
 def member_problem(member:str, kind:str) -> str|None:
     "Why `member` cannot name something inside a `kind` container (None when it can)."
     if not member: return 'empty member name'
     if '\x00' in member: return 'member name contains a NUL character'
-    if kind == 'parquet': return None if member.isdecimal() and member.isascii() else f'{member!r} is not a row number'
+    if kind in ROW_KINDS: return None if member.isdecimal() and member.isascii() else f'{member!r} is not a row number'
     if member.startswith('/') or '\\' in member: return f'unsafe member name {member!r} (absolute or backslash)'
     if any(p in ('', '.', '..') for p in member.split('/')): return f"unsafe member name {member!r} (empty, '.' or '..' part)"
     return None
 
 def kind_of(container) -> str:
-    "'tar', 'zip' or 'parquet', from the container's file name."
+    "'tar', 'zip', 'parquet' or 'arrow', from the container's file name."
     ext = os.path.splitext(os.fspath(container))[1].lower()
     if ext not in CONTAINER_EXTS: raise ContainerError(container, f"not a container (expected {', '.join(CONTAINER_EXTS)})")
     return ext[1:]
 
 def split_pointer(path) -> tuple[str, str]|None:
-    "(container, member) of a pointer `CONTAINER/MEMBER` (a row number for Parquet), or None for a loose file's path."
+    "(container, member) of a pointer `CONTAINER/MEMBER` (a row number for Parquet and Arrow), or None for a loose file's path."
     s = os.fspath(path)
     for m in _PTR.finditer(s):
         if not os.path.isdir(s[:m.end()]): return s[:m.end()], s[m.end()+1:]
     return None
 
 def pointer(container, member) -> str:
-    "The record path of `member` (a name, or a row number for Parquet) inside `container`."
+    "The record path of `member` (a name, or a row number for Parquet and Arrow) inside `container`."
     c, m = os.fspath(container), str(member)
     why = member_problem(m, kind_of(c))
     if why: raise ContainerError(c, why)
@@ -94,7 +96,8 @@ class ContainerIndex:
     "Where each member of one container lives: sorted name keys and, per member, `offset`, `length`, `csize`, `method`, `crc`."
     path: str; kind: str; size: int; mtime_ns: int
     keys: np.ndarray; offset: np.ndarray; length: np.ndarray; csize: np.ndarray; method: np.ndarray; crc: np.ndarray
-    column: str = ''    # Parquet: the image column; `offset` holds each row group's first row (and the row count last)
+    column: str = ''    # Parquet/Arrow: the image column; `offset` holds each row group's (record batch's) first row and the row count last;
+                        # Arrow: `length` and `csize` hold each record batch message's byte offset and size
 
     def find(self, member:str) -> int:
         "The position of `member` in the arrays (tar/zip), or -1 when absent."
@@ -103,7 +106,7 @@ class ContainerIndex:
         return i if i < len(self.keys) and self.keys[i] == k else -1
 
     @property
-    def n(self) -> int: return int(self.offset[-1]) if self.kind == 'parquet' else len(self.keys)
+    def n(self) -> int: return int(self.offset[-1]) if self.kind in ROW_KINDS else len(self.keys)
 
     @property
     def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in ('keys', 'offset', 'length', 'csize', 'method', 'crc'))
@@ -276,15 +279,41 @@ def _parquet_groups(f, path, column=None) -> tuple[list, str]:
     starts = np.concatenate([[0], np.cumsum([md.row_group(i).num_rows for i in range(md.num_row_groups)])]).astype(np.int64)
     return starts.tolist(), _image_column(pf.schema_arrow, path, column)
 
+def _arrow_schema(reader, path):
+    "The schema that opens an Arrow IPC stream (`reader`: a `pyarrow.ipc.MessageReader`)."
+    import pyarrow as pa
+    m = reader.read_next_message()
+    if m.type != 'schema': raise ContainerError(path, f'corrupt Arrow stream: it starts with a {m.type} message, not a schema')
+    return pa.ipc.read_schema(m)
+
+def _arrow_batches(f, path, column=None) -> tuple[list, list, list, str]:
+    "(first row of each record batch + the row count, each batch message's byte offset and size, image column) of the Arrow IPC stream `f`."
+    import pyarrow as pa
+    f.seek(0)
+    src = pa.PythonFile(f, mode='r')
+    starts, offs, sizes = [0], [], []
+    try:
+        reader = pa.ipc.MessageReader.open_stream(src)
+        schema = _arrow_schema(reader, path)
+        while True:
+            pos = src.tell()
+            try: m = reader.read_next_message()
+            except StopIteration: break
+            if m.type == 'dictionary batch': raise ContainerError(path, 'dictionary-encoded Arrow stream: not supported (save it as Parquet)')
+            if m.type != 'record batch': continue
+            starts.append(starts[-1] + pa.ipc.read_record_batch(m, schema).num_rows); offs.append(pos); sizes.append(src.tell() - pos)
+    except (pa.ArrowException, OSError, ValueError) as e: raise ContainerError(path, f'truncated or corrupt Arrow stream ({e})') from None
+    return starts, offs, sizes, _image_column(schema, path, column)
+
 # %% ../nbs/02b_containers.ipynb #53597aa3
 _ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc')
 
 def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, list, list]:
     "(index, member names in container order, refused (name, reason)) of the container at `path`, read once."
     path, kind = os.fspath(path), kind_of(path)
-    if kind == 'parquet':
+    if kind in ROW_KINDS:
         try: import pyarrow.parquet  # noqa: F401 (only checks the extra is there)
-        except ImportError: raise ContainerError(path, "reading Parquet needs pyarrow: pip install 'realfake[shards]'") from None
+        except ImportError: raise ContainerError(path, "reading Parquet or Arrow needs pyarrow: pip install 'realfake[shards]'") from None
     own = f is None
     f = guarded_open(path) if own else f
     try:
@@ -293,7 +322,8 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
         if kind == 'tar':
             names, off, ln, refused = _tar_members(f, path); cs, meth, crc = ln, [0] * len(ln), [0] * len(ln)
         elif kind == 'zip': names, off, ln, cs, meth, crc, refused = _zip_members(f, path)
-        else: off, col = _parquet_groups(f, path, column); ln = cs = meth = crc = []
+        elif kind == 'parquet': off, col = _parquet_groups(f, path, column); ln = cs = meth = crc = []
+        else: off, ln, cs, col = _arrow_batches(f, path, column); meth = crc = []
     finally:
         if own: f.close()
     keys = _keys(names)
@@ -301,8 +331,8 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     last = np.ones(len(order), bool); last[:-1] = keys[order][1:] != keys[order][:-1]   # a repeated name: its last copy wins
     for i in np.flatnonzero(~last):
         if names[order[i]] != names[order[i+1]]: raise ContainerError(path, f'member names {names[order[i]]!r} and {names[order[i+1]]!r} share an index key')
-    order = order[last] if kind != 'parquet' else order
-    arr = lambda v, t: np.asarray(v, t)[order] if kind != 'parquet' else np.asarray(v, t)
+    order = order[last] if kind not in ROW_KINDS else order
+    arr = lambda v, t: np.asarray(v, t)[order] if kind not in ROW_KINDS else np.asarray(v, t)
     idx = ContainerIndex(path, kind, int(st.st_size), int(st.st_mtime_ns), keys[order], arr(off, np.int64), arr(ln, np.int64),
                          arr(cs, np.int64), arr(meth, np.uint8), arr(crc, np.uint32), col)
     return idx, names, refused
@@ -391,7 +421,7 @@ class _Handle:
 _LOCK = threading.Lock()
 _OPEN: OrderedDict = OrderedDict()     # container -> _Handle of *this* process (pid checked on every use)
 _GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> list of bytes, Parquet only
-_INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata): plain memory, so a fork inherits it
+_INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata or Arrow schema): plain memory, so a fork inherits it
 _INDEX_BYTES = [0]
 
 def _sig(st) -> tuple: return int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)
@@ -400,14 +430,12 @@ def _drop(h:_Handle) -> None:
     "Forget `h`; its file closes when no thread holds it (closing it here could hand its fd number to another file mid-read)."
 
 def _remember(container:str, sig:tuple, f) -> tuple:
-    "(index, Parquet metadata) of the open container `f` at `sig`: from memory when the same file (size, mtime, inode), else loaded or built and kept."
+    "(index, Parquet metadata or Arrow schema) of the open container `f` at `sig`: from memory when the same file (size, mtime, inode), else loaded or built and kept."
     with _LOCK:
         hit = _INDEXES.get(container)
         if hit is not None and hit[0] == sig: _INDEXES.move_to_end(container); return hit[1:]
-    idx, md = container_index(container, f=f), None
-    if idx.kind == 'parquet':
-        import pyarrow.parquet as pq
-        md = pq.ParquetFile(f).metadata
+    idx = container_index(container, f=f)
+    md = _row_reader(idx, f).metadata if idx.kind == 'parquet' else _row_reader(idx, f) if idx.kind == 'arrow' else None
     with _LOCK:
         old = _INDEXES.pop(container, None)
         _INDEX_BYTES[0] += idx.nbytes - (old[1].nbytes if old else 0)
@@ -430,10 +458,7 @@ def _handle(container:str) -> _Handle:
     try:
         sig = _sig(os.fstat(f.fileno()))
         idx, md = _remember(container, sig, f)
-        pf = None
-        if idx.kind == 'parquet':
-            import pyarrow.parquet as pq
-            pf = pq.ParquetFile(f, metadata=md)
+        pf = _row_reader(idx, f, md) if idx.kind == 'parquet' else md
     except BaseException: f.close(); raise
     h = _Handle(pid, sig, f, idx, threading.Lock(), pf)
     with _LOCK:
@@ -469,15 +494,32 @@ def _zip_data(h:_Handle, i:int, path) -> bytes:
     if len(data) != n or zlib.crc32(data) != int(idx.crc[i]): raise ContainerError(path, 'corrupt zip member (size or CRC mismatch)')
     return data
 
+def _row_reader(idx:ContainerIndex, f, md=None):
+    "What reads rows of the open file `f`: a `ParquetFile` (given its metadata `md`, not parsed again), or an Arrow stream's schema."
+    import pyarrow as pa, pyarrow.parquet as pq
+    if idx.kind == 'parquet': return pq.ParquetFile(f, metadata=md)
+    f.seek(0)
+    try: return _arrow_schema(pa.ipc.MessageReader.open_stream(pa.PythonFile(f, mode='r')), idx.path)
+    except (pa.ArrowException, OSError, ValueError, StopIteration) as e: raise ContainerError(idx.path, f'truncated or corrupt Arrow stream ({e})') from None
+
+def _group(h:_Handle, g:int, path):
+    "The image column of row group (Parquet) or record batch (Arrow) `g`, as one Arrow array."
+    import pyarrow as pa
+    if h.index.kind == 'parquet':
+        with h.lock: return h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
+    data = _pread(h, int(h.index.csize[g]), int(h.index.length[g]), path)     # one batch message, wherever the index says
+    try: return pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), h.pq).column(h.index.column)
+    except (pa.ArrowException, ValueError) as e: raise ContainerError(path, f'corrupt Arrow record batch ({e})') from None
+
 def _row(h:_Handle, row:int, path, key) -> bytes:
-    "The image bytes of Parquet `row`, reading (and caching) its whole row group once."
+    "The image bytes of Parquet or Arrow `row`, reading (and caching) its whole row group or record batch once."
     starts = h.index.offset
     if row >= int(starts[-1]): raise ContainerError(path, f'row {row:,} is beyond the end ({int(starts[-1]):,} rows)')
     g = int(np.searchsorted(starts, row, 'right')) - 1
     k = (key, h.sig, g)
     with _LOCK: hit = _GROUPS.get(k)
     if hit is None:
-        with h.lock: col = h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
+        col = _group(h, g, path)
         import pyarrow as pa
         if pa.types.is_struct(col.type): col = col.field('bytes')
         hit = (col.to_pylist(), col.nbytes)
@@ -501,10 +543,10 @@ def _locate(path) -> tuple[str, str, str]:
     return c, m, kind
 
 def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
-    "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet row's image."
+    "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet or Arrow row's image."
     c, m, kind = _locate(path)
     h = _handle(c)
-    if kind == 'parquet': data = _row(h, int(m), path, c)
+    if kind in ROW_KINDS: data = _row(h, int(m), path, c)
     else:
         i = h.index.find(m)
         if i < 0: raise ContainerError(path, f'no member {m!r} in {escape_path(c)}')
@@ -530,7 +572,7 @@ def member_reader(container, max_bytes:int=MAX_MEMBER_BYTES):
 def member_size(path) -> int:
     "The size in bytes of what the pointer `path` names (tar/zip from the index, Parquet by reading the row)."
     c, m, kind = _locate(path)
-    if kind == 'parquet': return len(read_member(path))
+    if kind in ROW_KINDS: return len(read_member(path))
     h = _handle(c)
     i = h.index.find(m)
     if i < 0: raise ContainerError(path, f'no member {m!r} in {escape_path(c)}')

@@ -13,7 +13,7 @@ from realfake.images import ImageLoadError, load_image, probe_image
 from realfake.metadata import read_metadata, write_metadata, MetadataError
 from realfake.prepare import prepare
 from realfake.sources import list_source
-from container_data import demo_images, write_hf, write_wds, write_zip
+from container_data import demo_images, write_arrow_stream, write_hf, write_saved, write_wds, write_zip
 from helpers import deadline, run_cli
 
 def _jpg(i, size=(24, 16)):
@@ -104,8 +104,18 @@ def _fifo(tmp_path):
 def _corrupt_zip(tmp_path):
     (tmp_path/'c.zip').write_bytes(b'PK\x03\x04' + b'\0' * 40); return tmp_path/'c.zip', 'a.jpg', 'corrupt zip'
 
+def _truncated_arrow(tmp_path):
+    write_arrow_stream(tmp_path/'a.arrow', [_jpg(i, (400, 300)) for i in range(6)], [0] * 6, batch=2)
+    b = (tmp_path/'a.arrow').read_bytes(); (tmp_path/'a.arrow').write_bytes(b[:len(b) * 2 // 3]); return tmp_path/'a.arrow', '1', 'truncated or corrupt Arrow stream'
+def _arrow_no_image(tmp_path):
+    import pyarrow as pa
+    t = pa.table({'text': ['a'], 'label': [1]})
+    with pa.OSFile(str(tmp_path/'t.arrow'), 'wb') as sink, pa.ipc.new_stream(sink, t.schema) as w: w.write_table(t)
+    return tmp_path/'t.arrow', '0', 'no image column'
+
 BAD = {'missing container': _missing, 'truncated tar': _truncated, 'absent member': _absent, 'row beyond the end': _beyond,
-       'no image column': _no_image_column, 'zip slip': _zip_slip, 'fifo': _fifo, 'corrupt zip': _corrupt_zip}
+       'no image column': _no_image_column, 'zip slip': _zip_slip, 'fifo': _fifo, 'corrupt zip': _corrupt_zip,
+       'truncated arrow': _truncated_arrow, 'arrow without images': _arrow_no_image}
 
 @pytest.mark.parametrize('case', list(BAD))
 def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
@@ -129,14 +139,15 @@ def test_swapped_container_after_indexing(tmp_path, how):
     with pytest.raises(ContainerError, match="no member '0.jpg'"): read_member(f'{c}/0.jpg')
     assert read_member(f'{c}/other.jpg') == _jpg(5)
 
-@pytest.mark.parametrize('case', ['truncated tar', 'no image column', 'fifo', 'corrupt zip', 'missing container'])
+@pytest.mark.parametrize('case', ['truncated tar', 'no image column', 'fifo', 'corrupt zip', 'missing container', 'truncated arrow'])
 def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
     c, _, why = BAD[case](tmp_path)
-    kind = {'.tar': 'webdataset', '.zip': 'zip', '.parquet': 'hf'}[c.suffix]
+    kind = {'.tar': 'webdataset', '.zip': 'zip', '.parquet': 'hf', '.arrow': 'hf'}[c.suffix]
     good = tmp_path/'good'; good.mkdir()
     if kind == 'webdataset': _tar(good/'ok.tar', {'0.jpg': _jpg(0)})
     elif kind == 'zip':
         with zipfile.ZipFile(good/'ok.zip', 'w') as z: z.writestr('0.jpg', _jpg(0))
+    elif c.suffix == '.arrow': write_arrow_stream(good/'ok.arrow', [_jpg(0)], [0])
     else:
         import pyarrow as pa, pyarrow.parquet as pq
         pq.write_table(pa.table({'image': [_jpg(0)]}), good/'ok.parquet')
@@ -297,6 +308,21 @@ def test_prepare_balances_splits_by_group_probes_and_hashes_container_records(so
     assert df.groupby('group')['split'].nunique().max() == 1                      # group-disjoint splits
     assert df['format'].notna().all() and df['width'].notna().all()               # --probe read every member
     assert len(r.identical) == 2 and r.identical['path'].str.endswith('copy.tar/dup.jpg').any()
+
+@pytest.mark.parametrize('splits', [('train',), ('train', 'test')])
+def test_hf_source_reads_a_save_to_disk_folder(sources, tmp_path, splits):
+    "A `save_to_disk` folder (a Dataset, or a DatasetDict's split folders): its Arrow streams' rows are records, the cache file is not."
+    imgs = sources['images']['real']
+    d = write_saved(tmp_path/'saved', imgs, splits=splits)
+    df = list_source(f"real:hf:{d}:saved")
+    assert len(df) == 24 and not df['path'].str.contains('cache-').any()
+    assert df['path'].str.contains(r'/data-0000[01]-of-00002\.arrow/\d+$').all() and set(df['group']) == {'label-0', 'label-1', 'label-2'}
+    assert sorted(read_member(p) for p in df['path']) == sorted(imgs)          # every row, each image once
+    p = df['path'].iloc[-1]
+    assert probe_image(p)['format'] in ('JPEG', 'PNG') and np.array_equal(np.asarray(load_image(p)), np.asarray(load_image(read_member(p))))
+    meta = write_metadata([dict(path=q, label='real', split='train', source='saved') for q in df['path']], tmp_path/'m.jsonl')
+    assert read_metadata(meta)['path'].tolist() == df['path'].tolist()
+    with pytest.raises(ContainerError, match=rf'row 99 is beyond the end \({24 // len(splits) // 2} rows\)'): read_member(p.rsplit('/', 1)[0] + '/99')
 
 def test_hub_id_is_read_offline_from_the_cache(tmp_path, monkeypatch):
     pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
