@@ -282,7 +282,8 @@ def _parquet_groups(f, path, column=None) -> tuple[list, str]:
 def _arrow_schema(reader, path):
     "The schema that opens an Arrow IPC stream (`reader`: a `pyarrow.ipc.MessageReader`)."
     import pyarrow as pa
-    m = reader.read_next_message()
+    try: m = reader.read_next_message()
+    except StopIteration: raise ContainerError(path, 'truncated or corrupt Arrow stream (no schema: empty)') from None
     if m.type != 'schema': raise ContainerError(path, f'corrupt Arrow stream: it starts with a {m.type} message, not a schema')
     return pa.ipc.read_schema(m)
 

@@ -107,6 +107,7 @@ def _corrupt_zip(tmp_path):
 def _truncated_arrow(tmp_path):
     write_arrow_stream(tmp_path/'a.arrow', [_jpg(i, (400, 300)) for i in range(6)], [0] * 6, batch=2)
     b = (tmp_path/'a.arrow').read_bytes(); (tmp_path/'a.arrow').write_bytes(b[:len(b) * 2 // 3]); return tmp_path/'a.arrow', '1', 'truncated or corrupt Arrow stream'
+def _empty_arrow(tmp_path): (tmp_path/'e.arrow').write_bytes(b''); return tmp_path/'e.arrow', '0', 'truncated or corrupt Arrow stream'
 def _arrow_no_image(tmp_path):
     import pyarrow as pa
     t = pa.table({'text': ['a'], 'label': [1]})
@@ -115,7 +116,7 @@ def _arrow_no_image(tmp_path):
 
 BAD = {'missing container': _missing, 'truncated tar': _truncated, 'absent member': _absent, 'row beyond the end': _beyond,
        'no image column': _no_image_column, 'zip slip': _zip_slip, 'fifo': _fifo, 'corrupt zip': _corrupt_zip,
-       'truncated arrow': _truncated_arrow, 'arrow without images': _arrow_no_image}
+       'truncated arrow': _truncated_arrow, 'empty arrow': _empty_arrow, 'arrow without images': _arrow_no_image}
 
 @pytest.mark.parametrize('case', list(BAD))
 def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
