@@ -1,9 +1,10 @@
 """Bench: training from containers against loose files, side by side in one run on the same images.
 
 1. Training loader images/s (`realfake.data.get_dls`, Preprocess(224, resize=256), aug on) reading the same JPEGs as
-   loose files, from uncompressed tar shards, from a zip (stored) and from Parquet (HF layout: an `image` struct
-   column, row groups of 100), with 0 and 2 workers; and the first-batch latency (loader creation + first batch,
-   cold index cache). Goal: containers >= 1.0x loose files.
+   loose files, from uncompressed tar shards (`--shards`, default 4), from a zip (stored) and from Parquet (HF layout: an
+   `image` struct column, row groups of 100), with 0 and 2 workers: the rate of a whole second epoch (with workers,
+   their start included: fastai starts them each epoch), layouts in a rotating order; and the first-batch latency
+   (loader creation + first batch, cold index cache). Goal: containers >= 1.0x loose files.
 2. Index build time and memory: N records over S tar shards (the full run simulates 2M records over 2,000 shards; the
    default --small run 40,000 over 40 and scales per million): `prepare`'s listing of the shards (`list_source`,
    `fake:webdataset:`) against the listing of the same number of loose files (`fake:folder:`), and the resident size of
@@ -19,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
 
-def make_sets(d:Path, n:int, w:int=500, h:int=375) -> dict:
-    "The same `n` JPEGs as loose files, tar shards (4), one stored zip and a Parquet file: {layout: [record paths]}."
+def make_sets(d:Path, n:int, w:int=500, h:int=375, shards:int=4) -> dict:
+    "The same `n` JPEGs as loose files, `shards` tar shards, one stored zip and a Parquet file: {layout: [record paths]}."
     import pyarrow as pa, pyarrow.parquet as pq
     from PIL import Image
     blobs = []
@@ -29,8 +30,8 @@ def make_sets(d:Path, n:int, w:int=500, h:int=375) -> dict:
     (d/'loose').mkdir(parents=True)
     out = {'loose': [], 'tar': [], 'zip': [], 'parquet': []}
     for i, b in enumerate(blobs): (d/'loose'/f'{i:06d}.jpg').write_bytes(b); out['loose'].append(str(d/'loose'/f'{i:06d}.jpg'))
-    per = -(-n // 4)
-    for s in range(4):
+    per = -(-n // shards)
+    for s in range(shards):
         with tarfile.open(d/f'{s:05d}.tar', 'w') as tf:
             for i in range(s * per, min(n, (s + 1) * per)):
                 ti = tarfile.TarInfo(f'{i:06d}.jpg'); ti.size = len(blobs[i]); tf.addfile(ti, io.BytesIO(blobs[i]))
@@ -46,11 +47,16 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
     import pandas as pd, realfake.containers as RC
     from realfake.data import get_dls
     from realfake.preprocess import Preprocess
-    rows = []
+    n_train = len(sets['loose']) - 8
+    if n_train < 2 * bs:            # a few batches per epoch at least
+        bs = max(1, n_train // 3)
+        print(f'(batch size {bs}: {n_train} training images per layout)')
+    rows, order = [], list(sets)
     for workers in (0, 2):
         rs, fs = {k: [] for k in sets}, {k: [] for k in sets}
-        for r in range(reps):                        # layouts interleaved: a busy machine slows them alike
-            for layout, paths in sets.items():
+        for r in range(reps):                        # layouts interleaved, in a rotating order: a busy machine (or going first) slows them alike
+            for layout in order[r % len(order):] + order[:r % len(order)]:
+                paths = sets[layout]
                 df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
                 df.loc[df.index[-8:], 'split'] = 'valid'
                 RC.close_all()
@@ -58,8 +64,9 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
                 t0 = time.perf_counter()
                 dls = get_dls(df, Preprocess(size=224, resize=256), bs=bs, num_workers=workers, aug=True, seed=r, device='cpu')
                 it = iter(dls.train); next(it); t1 = time.perf_counter()
-                n = sum(len(xb) for xb, _ in it); t2 = time.perf_counter()
-                rs[layout].append(n / (t2 - t1)); fs[layout].append(t1 - t0)
+                for _ in it: pass                            # the rest of the first (cold) epoch, untimed
+                t2 = time.perf_counter(); n = sum(len(xb) for xb, _ in dls.train); t3 = time.perf_counter()
+                rs[layout].append(n / (t3 - t2)); fs[layout].append(t1 - t0)   # the second epoch whole, its workers' start included
         rate, first = {k: C.med(v) for k, v in rs.items()}, {k: C.med(v) for k, v in fs.items()}
         for layout in sets:
             ratio = rate[layout] / rate['loose']
@@ -79,7 +86,10 @@ def index_rows(d:Path, records:int, shards:int) -> list:
                 ti = tarfile.TarInfo(f'{s:05d}{i:05d}.jpg'); ti.size = 1; tf.addfile(ti, io.BytesIO(b'x'))
         sub = d/'files'/f'{s:05d}'; sub.mkdir()
         for i in range(per): (sub/f'{s:05d}{i:05d}.jpg').write_bytes(b'x')
-    t0 = time.perf_counter(); n_c = len(list_source(f"fake:webdataset:{d/'shards'}")); t_c = time.perf_counter() - t0
+    (d/'warm').mkdir(); (d/'warm'/'f').mkdir(); (d/'warm'/'f'/'0.jpg').write_bytes(b'x')   # untimed: both code paths imported and warm
+    with tarfile.open(d/'warm'/'0.tar', 'w') as tf: ti = tarfile.TarInfo('0.jpg'); ti.size = 1; tf.addfile(ti, io.BytesIO(b'x'))
+    list_source(f"fake:webdataset:{d/'warm'/'0.tar'}"); list_source(f"fake:folder:{d/'warm'/'f'}")
+    t0 = time.perf_counter(); n_c = len(list_source(f"fake:webdataset:{d/'shards'}")); t_c = time.perf_counter() - t0   # cold: no index cached
     t0 = time.perf_counter(); n_f = len(list_source(f"fake:folder:{d/'files'}")); t_f = time.perf_counter() - t0
     RC.close_all()
     tracemalloc.start()
@@ -95,12 +105,14 @@ def main():
     p = C.parser(__doc__, reps=2)
     p.add_argument('--full', action='store_true', help='part 2 at the seed scale: 2M records over 2,000 shards')
     p.add_argument('--images', type=int, default=192, help='images per layout in part 1 (default 192)')
+    p.add_argument('--shards', type=int, default=4, help='tar shards the images of part 1 are spread over (default 4; more than '
+                   'realfake.containers.MAX_OPEN=64 makes the loader reopen handles as at the seed scale)')
     a = p.parse_args()
     warnings.filterwarnings('ignore')
     print(C.machine())
     with tempfile.TemporaryDirectory() as d:
-        sets = make_sets(Path(d)/'imgs', 32 if a.quick else a.images)
-        print('\nTraining loader, same images (500x375 JPEG q90), Preprocess(224, resize=256), aug, CPU; rate excludes the first batch')
+        sets = make_sets(Path(d)/'imgs', 32 if a.quick else a.images, shards=a.shards)
+        print('\nTraining loader, same images (500x375 JPEG q90), Preprocess(224, resize=256), aug, CPU; rate of the whole second epoch')
         print(C.table(loader_rows(sets, 1 if a.quick else a.reps, 8 if a.quick else 32),
                       ['layout', 'workers', 'img/s', 'vs loose', 'first batch s (cold index)', 'goal']))
         records, shards = (2_000_000, 2000) if a.full else (2000, 4) if a.quick else (40_000, 40)

@@ -11,13 +11,15 @@ import numpy as np
 from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegularFile
 
 # %% auto #0
-__all__ = ['CONTAINER_EXTS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'IMAGE_COLUMNS', 'MAX_OPEN',
-           'MAX_CACHED_BYTES', 'ContainerError', 'guarded_open', 'member_problem', 'kind_of', 'split_pointer',
-           'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file', 'save_index', 'load_index',
-           'container_index', 'scan', 'close_all', 'read_member', 'member_reader', 'member_size', 'open_member']
+__all__ = ['CONTAINER_EXTS', 'ROW_KINDS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'POINTER_RE', 'IMAGE_COLUMNS',
+           'MAX_OPEN', 'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open', 'member_problem',
+           'kind_of', 'split_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file',
+           'save_index', 'load_index', 'container_index', 'scan', 'close_all', 'read_member', 'member_reader',
+           'member_size', 'open_member', 'preload']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
-CONTAINER_EXTS = ('.tar', '.zip', '.parquet')   # the containers a record may point into
+CONTAINER_EXTS = ('.tar', '.zip', '.parquet', '.arrow')   # the containers a record may point into (.arrow: an Arrow IPC stream, as `datasets` saves)
+ROW_KINDS = ('parquet', 'arrow')   # containers whose members are row numbers
 MAX_MEMBER_BYTES = 256 << 20    # the largest member we agree to read
 MAX_INDEX_BYTES = 1 << 30       # the largest cached index file we agree to load
 INDEX_SUFFIX = '.rfidx.npz'     # the cached index beside a container: `shard.tar` -> `shard.tar.rfidx.npz`
@@ -45,32 +47,33 @@ def guarded_open(path, max_bytes:int|None=None, what:str='container'):
     return f
 
 # %% ../nbs/02b_containers.ipynb #3751f7e9
-_PTR = re.compile(r'\.(?:tar|zip|parquet)(?=/)', re.I)
+POINTER_RE = r'\.(?:' + '|'.join(e[1:] for e in CONTAINER_EXTS) + r')(?=/)'   # where a path enters a container (also `realfake.metadata`'s test)
+_PTR = re.compile(POINTER_RE, re.I)
 
 def member_problem(member:str, kind:str) -> str|None:
     "Why `member` cannot name something inside a `kind` container (None when it can)."
     if not member: return 'empty member name'
     if '\x00' in member: return 'member name contains a NUL character'
-    if kind == 'parquet': return None if member.isdecimal() and member.isascii() else f'{member!r} is not a row number'
+    if kind in ROW_KINDS: return None if member.isdecimal() and member.isascii() else f'{member!r} is not a row number'
     if member.startswith('/') or '\\' in member: return f'unsafe member name {member!r} (absolute or backslash)'
     if any(p in ('', '.', '..') for p in member.split('/')): return f"unsafe member name {member!r} (empty, '.' or '..' part)"
     return None
 
 def kind_of(container) -> str:
-    "'tar', 'zip' or 'parquet', from the container's file name."
+    "'tar', 'zip', 'parquet' or 'arrow', from the container's file name."
     ext = os.path.splitext(os.fspath(container))[1].lower()
     if ext not in CONTAINER_EXTS: raise ContainerError(container, f"not a container (expected {', '.join(CONTAINER_EXTS)})")
     return ext[1:]
 
 def split_pointer(path) -> tuple[str, str]|None:
-    "(container, member) of a pointer `CONTAINER/MEMBER` (a row number for Parquet), or None for a loose file's path."
+    "(container, member) of a pointer `CONTAINER/MEMBER` (a row number for Parquet and Arrow), or None for a loose file's path."
     s = os.fspath(path)
     for m in _PTR.finditer(s):
         if not os.path.isdir(s[:m.end()]): return s[:m.end()], s[m.end()+1:]
     return None
 
 def pointer(container, member) -> str:
-    "The record path of `member` (a name, or a row number for Parquet) inside `container`."
+    "The record path of `member` (a name, or a row number for Parquet and Arrow) inside `container`."
     c, m = os.fspath(container), str(member)
     why = member_problem(m, kind_of(c))
     if why: raise ContainerError(c, why)
@@ -93,7 +96,8 @@ class ContainerIndex:
     "Where each member of one container lives: sorted name keys and, per member, `offset`, `length`, `csize`, `method`, `crc`."
     path: str; kind: str; size: int; mtime_ns: int
     keys: np.ndarray; offset: np.ndarray; length: np.ndarray; csize: np.ndarray; method: np.ndarray; crc: np.ndarray
-    column: str = ''    # Parquet: the image column; `offset` holds each row group's first row (and the row count last)
+    column: str = ''    # Parquet/Arrow: the image column; `offset` holds each row group's (record batch's) first row and the row count last;
+                        # Arrow: `length` and `csize` hold each record batch message's byte offset and size
 
     def find(self, member:str) -> int:
         "The position of `member` in the arrays (tar/zip), or -1 when absent."
@@ -102,7 +106,7 @@ class ContainerIndex:
         return i if i < len(self.keys) and self.keys[i] == k else -1
 
     @property
-    def n(self) -> int: return int(self.offset[-1]) if self.kind == 'parquet' else len(self.keys)
+    def n(self) -> int: return int(self.offset[-1]) if self.kind in ROW_KINDS else len(self.keys)
 
     @property
     def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in ('keys', 'offset', 'length', 'csize', 'method', 'crc'))
@@ -125,23 +129,92 @@ def _pax(data:bytes) -> dict:
         out[k.decode('utf-8', 'replace')] = v
     return out
 
+def _fixed_octal(a:np.ndarray, digits:int) -> tuple[np.ndarray, np.ndarray]:
+    "(values, plain?) of the octal fields in the rows of uint8 array `a`: plain rows are `digits` octal digits, then NULs or spaces (as tar writers write them); other rows need `_octal`."
+    d = a[:, :digits].astype(np.int64) - 48
+    plain = ((d >= 0) & (d <= 7)).all(1) & ((a[:, digits:] == 0) | (a[:, digits:] == 32)).all(1)
+    return d @ (8 ** np.arange(digits - 1, -1, -1, dtype=np.int64)), plain
+
+def _header_table(buf:bytes) -> tuple:
+    "For every 512-byte block of `buf` read as a tar header: lists of (member size, size plain?, type flag), the blocks as an array, the sizes as an array. Checksums are checked where a chain of headers is followed (`_plain_run`)."
+    a = np.frombuffer(buf, np.uint8, len(buf) // 512 * 512).reshape(-1, 512)
+    size, plain = _fixed_octal(a[:, 124:136], 11)
+    return size.tolist(), plain.tolist(), a[:, 156].tolist(), a, size     # lists: a lookup per header
+
+# %% ../nbs/02b_containers.ipynb #d4e8a1f0
+_REGULAR = (48, 0, 55)                                         # type flags '0', NUL and '7': a regular file
+
+def _odd_names(text:str) -> bool:
+    "Could `member_problem` refuse any of the names in `text` (one a line)? A few substring searches over them all."
+    return (text[:1] in ('.', '/', '') or text[-1:] == '/' or '\n\n' in text or any(s in text for s in ('/.', '//', '\\', '\0', '\n.', '\n/', '/\n')))
+
+_BUF = threading.local()
+
+def _block_buffer() -> bytearray:
+    "This thread's 1 MiB read buffer, reused: reading into fresh memory costs more than the read itself."
+    b = getattr(_BUF, 'b', None)
+    if b is None: b = _BUF.b = bytearray(1 << 20)
+    return b
+
+def _plain_run(table, b:int, at:int, size:int, path, out:tuple) -> int:
+    "Follow the chain of plain regular-file headers from block `b` of the buffer read at `at`, appending to `out` = (names, offsets, sizes, refused) in one pass; returns the block of the next header (perhaps past the buffer, or one the exact path must read)."
+    sz, plain, typ, a, sza = table
+    run, nb = [], len(plain)
+    while b < nb and plain[b] and typ[b] in _REGULAR: run.append(b); b += 1 + ((sz[b] + 511) >> 9)
+    r = np.asarray(run)
+    chk, plain_chk = _fixed_octal(a[r, 148:156], 6)       # the checksums of these headers only
+    bad = np.flatnonzero(~plain_chk | (chk != a[r].sum(1, dtype=np.uint32) - a[r, 148:156].sum(1, dtype=np.uint32) + 256))
+    if len(bad):                                           # stop before it: the exact path reads it (an unusual form) or names the error
+        if bad[0] == 0: return -1
+        b, run, r = run[bad[0]], run[:bad[0]], r[:bad[0]]
+    data, n = at + (r + 1) * 512, sza[r]
+    past = np.flatnonzero(data + n > size)
+    if len(past): raise ContainerError(path, f'truncated tar: the member at offset {int(data[past[0]]) - 512:,} runs past the end of the file')
+    raws = a[r, :100].copy().view('S100').ravel().tolist()     # trailing NULs dropped
+    ustar = (a[r, 257:262] == np.frombuffer(b'ustar', np.uint8)).all(1)
+    for k in np.flatnonzero(ustar & a[r, 345:500].any(1)).tolist(): raws[k] = a[run[k], 345:500].tobytes().split(b'\0', 1)[0] + b'/' + raws[k]
+    joined = b'\n'.join(raws)
+    if b'\0' in joined: raws = [x.split(b'\0', 1)[0] for x in raws]; joined = b'\n'.join(raws)     # a NUL ends a name
+    names = joined.decode('utf-8', 'surrogateescape').split('\n') if joined.count(b'\n') == len(raws) - 1 else \
+            [x.decode('utf-8', 'surrogateescape') for x in raws]
+    offs, sizes = data.tolist(), n.tolist()
+    if _odd_names('\n'.join(names)):                      # rare: check each name, keep the good ones
+        why = [member_problem(x, 'tar') for x in names]
+        out[3].extend((x, w) for x, w in zip(names, why) if w)
+        keep = [k for k, w in enumerate(why) if not w]
+        names, offs, sizes = [names[k] for k in keep], [offs[k] for k in keep], [sizes[k] for k in keep]
+    out[0].extend(names); out[1].extend(offs); out[2].extend(sizes)
+    return b
+
+# %% ../nbs/02b_containers.ipynb #7bc33e59
+def _tar_header(h:bytes, off:int, path) -> int:
+    "The member size of tar header `h` at `off` (any number form), or the error that it is not a header."
+    try: ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256
+    except ValueError: ok = False
+    if not ok:
+        if off == 0 and h[:2] in (b'\x1f\x8b', b'BZ') or h[:6] == b'\xfd7zXZ\0':
+            raise ContainerError(path, 'compressed tar: random access needs an uncompressed .tar')
+        raise ContainerError(path, f'truncated or corrupt tar: bad header at offset {off:,}')
+    return _octal(h[124:136])
+
 def _tar_members(f, path) -> tuple[list, list, list, list]:
     "(names, data offsets, sizes, refused (name, reason)) of the regular members of the uncompressed tar `f`, header by header."
     fd, size = f.fileno(), os.fstat(f.fileno()).st_size
     names, offs, sizes, refused = [], [], [], []
-    off, longname, pax, buf, at = 0, None, {}, b'', 0
+    off, longname, pax, buf, at, table = 0, None, {}, b'', 0, None
     while off + 512 <= size:
-        if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 32 KiB at a time
-            buf, at = os.pread(fd, 32768 if not sizes or sizes[-1] < 16384 else 512, off), off
-        h = buf[off - at:off - at + 512]
-        if h[0] == 0 and not h.strip(b'\0'): return names, offs, sizes, refused    # the end-of-archive marker
-        try: ok = _octal(h[148:156]) == sum(h) - sum(h[148:156]) + 256
-        except ValueError: ok = False
-        if not ok:
-            if off == 0 and h[:2] in (b'\x1f\x8b', b'BZ') or h[:6] == b'\xfd7zXZ\0':
-                raise ContainerError(path, 'compressed tar: random access needs an uncompressed .tar')
-            raise ContainerError(path, f'truncated or corrupt tar: bad header at offset {off:,}')
-        n, typ, data = _octal(h[124:136]), h[156:157], off + 512
+        if not (at <= off and off + 512 <= at + len(buf)):     # headers of small members come 1 MiB at a time
+            if sizes and sizes[-1] >= 16384: buf = os.pread(fd, 512, off)
+            else: buf = _block_buffer(); got = os.preadv(fd, [buf], off); buf = buf if got == len(buf) else buf[:got]
+            at = off
+            table = _header_table(buf) if len(buf) > 4096 else None   # every block's size and type at once (numpy)
+        o = off - at; b = o >> 9
+        if table is not None and table[1][b] and table[2][b] in _REGULAR and longname is None and not pax:
+            nxt = _plain_run(table, b, at, size, path, (names, offs, sizes, refused))   # the common case, many at once
+            if nxt >= 0: off = at + 512 * nxt; continue
+        if buf.count(0, o, o + 512) == 512: return names, offs, sizes, refused   # the end-of-archive marker
+        n = _tar_header(buf[o:o + 512], off, path)
+        typ, data = buf[o + 156:o + 157], off + 512
         end = data + (n + 511) // 512 * 512
         if data + n > size: raise ContainerError(path, f'truncated tar: the member at offset {off:,} runs past the end of the file')
         if typ == b'L': longname = os.pread(fd, n, data).split(b'\0', 1)[0]
@@ -149,8 +222,9 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
         elif typ in (b'0', b'\0', b'7'):
             raw = pax.get('path') or longname
             if raw is None:
-                raw = h[:100].split(b'\0', 1)[0]
-                if h[257:262] == b'ustar' and h[345:500].strip(b'\0'): raw = h[345:500].split(b'\0', 1)[0] + b'/' + raw
+                raw = buf[o:o + 100].split(b'\0', 1)[0]
+                if buf[o + 257:o + 262] == b'ustar' and buf[o + 345:o + 500].strip(b'\0'):
+                    raw = buf[o + 345:o + 500].split(b'\0', 1)[0] + b'/' + raw
             if 'size' in pax: n = int(pax['size']); end = data + (n + 511) // 512 * 512
             name = raw.decode('utf-8', 'surrogateescape')
             why = member_problem(name, 'tar') if '.' in name[:1] or '/.' in name or '//' in name or name[:1] in ('/', '') or '\\' in name or '\0' in name or name[-1] == '/' else None
@@ -205,15 +279,42 @@ def _parquet_groups(f, path, column=None) -> tuple[list, str]:
     starts = np.concatenate([[0], np.cumsum([md.row_group(i).num_rows for i in range(md.num_row_groups)])]).astype(np.int64)
     return starts.tolist(), _image_column(pf.schema_arrow, path, column)
 
+def _arrow_schema(reader, path):
+    "The schema that opens an Arrow IPC stream (`reader`: a `pyarrow.ipc.MessageReader`)."
+    import pyarrow as pa
+    try: m = reader.read_next_message()
+    except StopIteration: raise ContainerError(path, 'truncated or corrupt Arrow stream (no schema: empty)') from None
+    if m.type != 'schema': raise ContainerError(path, f'corrupt Arrow stream: it starts with a {m.type} message, not a schema')
+    return pa.ipc.read_schema(m)
+
+def _arrow_batches(f, path, column=None) -> tuple[list, list, list, str]:
+    "(first row of each record batch + the row count, each batch message's byte offset and size, image column) of the Arrow IPC stream `f`."
+    import pyarrow as pa
+    f.seek(0)
+    src = pa.PythonFile(f, mode='r')
+    starts, offs, sizes = [0], [], []
+    try:
+        reader = pa.ipc.MessageReader.open_stream(src)
+        schema = _arrow_schema(reader, path)
+        while True:
+            pos = src.tell()
+            try: m = reader.read_next_message()
+            except StopIteration: break
+            if m.type == 'dictionary batch': raise ContainerError(path, 'dictionary-encoded Arrow stream: not supported (save it as Parquet)')
+            if m.type != 'record batch': continue
+            starts.append(starts[-1] + pa.ipc.read_record_batch(m, schema).num_rows); offs.append(pos); sizes.append(src.tell() - pos)
+    except (pa.ArrowException, OSError, ValueError) as e: raise ContainerError(path, f'truncated or corrupt Arrow stream ({e})') from None
+    return starts, offs, sizes, _image_column(schema, path, column)
+
 # %% ../nbs/02b_containers.ipynb #53597aa3
 _ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc')
 
 def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, list, list]:
     "(index, member names in container order, refused (name, reason)) of the container at `path`, read once."
     path, kind = os.fspath(path), kind_of(path)
-    if kind == 'parquet':
+    if kind in ROW_KINDS:
         try: import pyarrow.parquet  # noqa: F401 (only checks the extra is there)
-        except ImportError: raise ContainerError(path, "reading Parquet needs pyarrow: pip install 'realfake[shards]'") from None
+        except ImportError: raise ContainerError(path, "reading Parquet or Arrow needs pyarrow: pip install 'realfake[shards]'") from None
     own = f is None
     f = guarded_open(path) if own else f
     try:
@@ -222,7 +323,8 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
         if kind == 'tar':
             names, off, ln, refused = _tar_members(f, path); cs, meth, crc = ln, [0] * len(ln), [0] * len(ln)
         elif kind == 'zip': names, off, ln, cs, meth, crc, refused = _zip_members(f, path)
-        else: off, col = _parquet_groups(f, path, column); ln = cs = meth = crc = []
+        elif kind == 'parquet': off, col = _parquet_groups(f, path, column); ln = cs = meth = crc = []
+        else: off, ln, cs, col = _arrow_batches(f, path, column); meth = crc = []
     finally:
         if own: f.close()
     keys = _keys(names)
@@ -230,8 +332,8 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     last = np.ones(len(order), bool); last[:-1] = keys[order][1:] != keys[order][:-1]   # a repeated name: its last copy wins
     for i in np.flatnonzero(~last):
         if names[order[i]] != names[order[i+1]]: raise ContainerError(path, f'member names {names[order[i]]!r} and {names[order[i+1]]!r} share an index key')
-    order = order[last] if kind != 'parquet' else order
-    arr = lambda v, t: np.asarray(v, t)[order] if kind != 'parquet' else np.asarray(v, t)
+    order = order[last] if kind not in ROW_KINDS else order
+    arr = lambda v, t: np.asarray(v, t)[order] if kind not in ROW_KINDS else np.asarray(v, t)
     idx = ContainerIndex(path, kind, int(st.st_size), int(st.st_mtime_ns), keys[order], arr(off, np.int64), arr(ln, np.int64),
                          arr(cs, np.int64), arr(meth, np.uint8), arr(crc, np.uint32), col)
     return idx, names, refused
@@ -257,22 +359,25 @@ def save_index(idx:ContainerIndex, file) -> None:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=d)
     try:   # a cache, so no fsync (2,000 shards would pay 2,000 of them): a torn file fails `load_index` and is rebuilt
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
-                     text=np.array([idx.path, idx.kind, idx.column]))
+        b = io.BytesIO()                  # built in memory, written at once (zipfile's seeks would flush the file many times)
+        np.savez(b, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
+                 text=np.array([idx.path, idx.kind, idx.column]))
+        with os.fdopen(fd, 'wb') as f: f.write(b.getbuffer())
         os.replace(tmp, file)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
 def load_index(file, path, size:int, mtime_ns:int) -> ContainerIndex|None:
-    "The index cached in `file` if it describes `path` at this `size` and `mtime_ns`, else None (stale, foreign or unreadable)."
+    "The index cached in `file` if it describes `path` at this `size` and `mtime_ns`, else None (stale, foreign, torn or unreadable)."
+    import zipfile
     try:
-        with guarded_open(file, MAX_INDEX_BYTES, 'index') as f, np.load(f, allow_pickle=False) as z:
+        with guarded_open(file, MAX_INDEX_BYTES, 'index') as f: data = f.read()     # one read, then parsed in memory
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta, text = z['meta'], z['text']
             if meta.tolist() != [size, mtime_ns, 1] or text[0] != os.fspath(path): return None
             return ContainerIndex(str(text[0]), str(text[1]), size, mtime_ns, *(z[a] for a in _ARRAYS), column=str(text[2]))
-    except (ContainerError, OSError, ValueError, KeyError, IndexError, EOFError): return None
+    except (ContainerError, OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile): return None   # a torn cache: rebuilt
 
 # %% ../nbs/02b_containers.ipynb #52064883
 def container_index(path, column:str|None=None, cache_dir=None, f=None, rebuild:bool=False) -> ContainerIndex:
@@ -305,6 +410,7 @@ def scan(path, column:str|None=None, cache_dir=None) -> tuple[ContainerIndex, li
 # %% ../nbs/02b_containers.ipynb #df3a96b9
 MAX_OPEN = 64                    # open container handles per process (least recently used ones are closed)
 MAX_CACHED_BYTES = 256 << 20     # decoded Parquet row groups kept per process
+MAX_INDEX_MEMORY = 512 << 20     # container indexes kept in memory per process (2M tar members: about 74 MB)
 
 @dataclass(eq=False)
 class _Handle:
@@ -316,14 +422,31 @@ class _Handle:
 _LOCK = threading.Lock()
 _OPEN: OrderedDict = OrderedDict()     # container -> _Handle of *this* process (pid checked on every use)
 _GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> list of bytes, Parquet only
+_INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata or Arrow schema): plain memory, so a fork inherits it
+_INDEX_BYTES = [0]
 
 def _sig(st) -> tuple: return int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)
 
 def _drop(h:_Handle) -> None:
     "Forget `h`; its file closes when no thread holds it (closing it here could hand its fd number to another file mid-read)."
 
+def _remember(container:str, sig:tuple, f) -> tuple:
+    "(index, Parquet metadata or Arrow schema) of the open container `f` at `sig`: from memory when the same file (size, mtime, inode), else loaded or built and kept."
+    with _LOCK:
+        hit = _INDEXES.get(container)
+        if hit is not None and hit[0] == sig: _INDEXES.move_to_end(container); return hit[1:]
+    idx = container_index(container, f=f)
+    md = _row_reader(idx, f).metadata if idx.kind == 'parquet' else _row_reader(idx, f) if idx.kind == 'arrow' else None
+    with _LOCK:
+        old = _INDEXES.pop(container, None)
+        _INDEX_BYTES[0] += idx.nbytes - (old[1].nbytes if old else 0)
+        _INDEXES[container] = (sig, idx, md)
+        while len(_INDEXES) > 1 and _INDEX_BYTES[0] > MAX_INDEX_MEMORY: _INDEX_BYTES[0] -= _INDEXES.popitem(last=False)[1][1].nbytes
+    return idx, md
+
+# %% ../nbs/02b_containers.ipynb #c0a1e7b2
 def _handle(container:str) -> _Handle:
-    "This process's open handle and index of `container`, reopened after a fork or when the file changed."
+    "This process's open handle and index of `container`: reopened after a fork or when the file changed; the index from memory when it still fits."
     try: st = os.stat(container)
     except FileNotFoundError: raise ContainerError(container, 'container not found') from None
     except OSError as e: raise ContainerError(container, f'cannot open container: {e.strerror or e}') from None
@@ -332,25 +455,23 @@ def _handle(container:str) -> _Handle:
         h = _OPEN.get(container)
         if h is not None and h.pid == pid and h.sig == _sig(st): _OPEN.move_to_end(container); return h
         if h is not None: _drop(_OPEN.pop(container))
-    f = guarded_open(container)
+    f = guarded_open(container)     # this process's own file: a forked worker never shares the parent's offset
     try:
-        idx = container_index(container, f=f)
-        pf = None
-        if idx.kind == 'parquet':
-            import pyarrow.parquet as pq
-            pf = pq.ParquetFile(f)
+        sig = _sig(os.fstat(f.fileno()))
+        idx, md = _remember(container, sig, f)
+        pf = _row_reader(idx, f, md) if idx.kind == 'parquet' else md
     except BaseException: f.close(); raise
-    h = _Handle(pid, _sig(os.fstat(f.fileno())), f, idx, threading.Lock(), pf)
+    h = _Handle(pid, sig, f, idx, threading.Lock(), pf)
     with _LOCK:
         _OPEN[container] = h
         while len(_OPEN) > MAX_OPEN: _drop(_OPEN.popitem(last=False)[1])
     return h
 
 def close_all() -> None:
-    "Close every container handle this process opened (the next read reopens)."
+    "Close every container handle this process opened and forget the indexes it holds in memory (the next read reopens and reloads)."
     with _LOCK:
         while _OPEN: _drop(_OPEN.popitem()[1])
-        _GROUPS.clear()
+        _GROUPS.clear(); _INDEXES.clear(); _INDEX_BYTES[0] = 0
 
 # %% ../nbs/02b_containers.ipynb #ba484851
 def _pread(h:_Handle, n:int, off:int, path) -> bytes:
@@ -374,15 +495,32 @@ def _zip_data(h:_Handle, i:int, path) -> bytes:
     if len(data) != n or zlib.crc32(data) != int(idx.crc[i]): raise ContainerError(path, 'corrupt zip member (size or CRC mismatch)')
     return data
 
+def _row_reader(idx:ContainerIndex, f, md=None):
+    "What reads rows of the open file `f`: a `ParquetFile` (given its metadata `md`, not parsed again), or an Arrow stream's schema."
+    import pyarrow as pa, pyarrow.parquet as pq
+    if idx.kind == 'parquet': return pq.ParquetFile(f, metadata=md)
+    f.seek(0)
+    try: return _arrow_schema(pa.ipc.MessageReader.open_stream(pa.PythonFile(f, mode='r')), idx.path)
+    except (pa.ArrowException, OSError, ValueError, StopIteration) as e: raise ContainerError(idx.path, f'truncated or corrupt Arrow stream ({e})') from None
+
+def _group(h:_Handle, g:int, path):
+    "The image column of row group (Parquet) or record batch (Arrow) `g`, as one Arrow array."
+    import pyarrow as pa
+    if h.index.kind == 'parquet':
+        with h.lock: return h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
+    data = _pread(h, int(h.index.csize[g]), int(h.index.length[g]), path)     # one batch message, wherever the index says
+    try: return pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), h.pq).column(h.index.column)
+    except (pa.ArrowException, ValueError) as e: raise ContainerError(path, f'corrupt Arrow record batch ({e})') from None
+
 def _row(h:_Handle, row:int, path, key) -> bytes:
-    "The image bytes of Parquet `row`, reading (and caching) its whole row group once."
+    "The image bytes of Parquet or Arrow `row`, reading (and caching) its whole row group or record batch once."
     starts = h.index.offset
     if row >= int(starts[-1]): raise ContainerError(path, f'row {row:,} is beyond the end ({int(starts[-1]):,} rows)')
     g = int(np.searchsorted(starts, row, 'right')) - 1
     k = (key, h.sig, g)
     with _LOCK: hit = _GROUPS.get(k)
     if hit is None:
-        with h.lock: col = h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
+        col = _group(h, g, path)
         import pyarrow as pa
         if pa.types.is_struct(col.type): col = col.field('bytes')
         hit = (col.to_pylist(), col.nbytes)
@@ -406,10 +544,10 @@ def _locate(path) -> tuple[str, str, str]:
     return c, m, kind
 
 def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
-    "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet row's image."
+    "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet or Arrow row's image."
     c, m, kind = _locate(path)
     h = _handle(c)
-    if kind == 'parquet': data = _row(h, int(m), path, c)
+    if kind in ROW_KINDS: data = _row(h, int(m), path, c)
     else:
         i = h.index.find(m)
         if i < 0: raise ContainerError(path, f'no member {m!r} in {escape_path(c)}')
@@ -435,7 +573,7 @@ def member_reader(container, max_bytes:int=MAX_MEMBER_BYTES):
 def member_size(path) -> int:
     "The size in bytes of what the pointer `path` names (tar/zip from the index, Parquet by reading the row)."
     c, m, kind = _locate(path)
-    if kind == 'parquet': return len(read_member(path))
+    if kind in ROW_KINDS: return len(read_member(path))
     h = _handle(c)
     i = h.index.find(m)
     if i < 0: raise ContainerError(path, f'no member {m!r} in {escape_path(c)}')
@@ -444,3 +582,20 @@ def member_size(path) -> int:
 def open_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> io.BytesIO:
     "A binary file object over what the pointer `path` names."
     return io.BytesIO(read_member(path, max_bytes))
+
+# %% ../nbs/02b_containers.ipynb #e2f41c6d
+def preload(paths) -> int:
+    "Load the indexes of the containers that `paths` point into (one of each) into this process's memory; returns how many it holds. Forked workers inherit them instead of each loading its own; a container that cannot be read is left for its reader to report."
+    first = {}
+    for s in paths:                                   # one regex per path; the folder check (`split_pointer`) once per container
+        m = _PTR.search(s)
+        if m is not None: first.setdefault(s[:m.end()], s)
+    held = 0
+    for s in first.values():
+        sp = split_pointer(s)
+        if sp is None or _INDEX_BYTES[0] >= MAX_INDEX_MEMORY: continue
+        try:
+            with guarded_open(sp[0]) as f: _remember(sp[0], _sig(os.fstat(f.fileno())), f)
+            held += 1
+        except ContainerError: continue
+    return held

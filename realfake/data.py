@@ -20,6 +20,7 @@ from fastai.vision.augment import aug_transforms, RandomErasing
 try: from fasttransform import Transform  # fastai >= 2.8
 except ImportError: from fastcore.transform import Transform  # fastai 2.7
 from .images import ImageLoadError, MAX_PIXELS, load_image, jpeg_info, open_source
+from .containers import preload
 from .preprocess import Preprocess, train_crop, image_crops
 from .perturb import encode_jpeg, blur, down_up
 
@@ -261,7 +262,8 @@ def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, s
     rows = np.concatenate([train, valid])
     lab = pd.Categorical(df['label'].astype(str).to_numpy()[rows], categories=LABELS).codes.astype(np.int8)
     spl = pd.Categorical(split[rows], categories=SPLITS).codes.astype(np.int16)
-    items = ImageItems(df['path'].astype(str).to_numpy()[rows], lab, spl * len(LABELS) + lab, n_train=len(train), spec=spec,
+    paths = df['path'].astype(str).to_numpy()[rows]
+    items = ImageItems(paths, lab, spl * len(LABELS) + lab, n_train=len(train), spec=spec,
                        robust=rob if rob is not None and rob.active else None, align_tables=_align_tables(df, align),
                        max_pixels=max_pixels)
     dblock = DataBlock(blocks=(TransformBlock(batch_tfms=IntToFloatTensor), CategoryBlock(vocab=LABELS, sort=False)),
@@ -276,6 +278,7 @@ def get_dls(df:pd.DataFrame, # metadata (read_metadata's output): path, label, s
         _log.warning('only %d training images for batch size %d: keeping the partial batch', len(train), bs)
         kw['drop_last'] = False
     if num_workers is not None: kw['num_workers'] = num_workers
+    if num_workers != 0: preload(paths)   # container indexes in memory before the workers fork
     dls = dblock.dataloaders(list(range(len(rows))), **kw)
     if seed is not None:
         for k, dl in enumerate(dls.loaders): dl.rng = random.Random(seed + k)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, re, json
 from pathlib import Path
 import numpy as np, pandas as pd
-from .containers import pointer_problem
+from .containers import pointer_problem, POINTER_RE
 from .core import LABELS, SPLITS, RealfakeError, atomic_write, escape_path, get_logger, unescape_path
 
 try: import orjson
@@ -38,7 +38,7 @@ class MetadataError(RealfakeError, ValueError):
     def __reduce__(self): return (MetadataError, (self.file, self.line, self.field, self.reason, self.more))
 
 # %% ../nbs/01_metadata.ipynb #cab1b99b
-_POINTER = r'\.(?:tar|zip|parquet)/'
+_POINTER = POINTER_RE
 
 def _check_pointers(paths:pd.Series, ok:np.ndarray, add) -> None:
     "Report the paths that point inside a container (`realfake.containers`) with an unusable member name or row."

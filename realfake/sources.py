@@ -283,21 +283,33 @@ def _resolve_each(paths:pd.Series, linked:np.ndarray) -> pd.Series:
     return pd.Series(out, index=paths.index, dtype=object)
 
 # %% ../nbs/07a_sources.ipynb #e5c17cb9
-CONTAINER_LAYOUTS = {'hf': ('.parquet',), 'webdataset': ('.tar',), 'zip': ('.zip',)}
+CONTAINER_LAYOUTS = {'hf': ('.parquet', '.arrow'), 'webdataset': ('.tar',), 'zip': ('.zip',)}
 MAX_SIDECAR_BYTES = 1 << 20    # captions and JSON read from inside a container
 
 def _container_files(src:Source, path:str, exts) -> list[str]:
     "The containers a source names: a file, a folder (recursively), a glob or brace pattern, or an HF Hub id in the local cache."
     p = os.path.expanduser(path)
-    if os.path.isdir(p): return sorted(str(f) for f in Path(p).rglob('*') if f.suffix.lower() in exts and f.is_file())
+    if os.path.isdir(p): return _saved_data_files(sorted(str(f) for f in Path(p).rglob('*') if f.suffix.lower() in exts and f.is_file()))
     if os.path.exists(p) or os.path.islink(p): return [os.path.abspath(p)]
     if any(c in p for c in '*?[{'):
         import glob
         try: from braceexpand import braceexpand     # installed with webdataset
         except ImportError: braceexpand = lambda s: [s]
         return sorted({os.path.abspath(f) for q in braceexpand(p) for f in glob.glob(q)})
-    if exts == ('.parquet',) and re.fullmatch(r'[\w.-]+(/[\w.-]+)?(@[\w./-]+)?', path): return _hub_files(src, path)
+    if '.parquet' in exts and re.fullmatch(r'[\w.-]+(/[\w.-]+)?(@[\w./-]+)?', path): return _hub_files(src, path)
     raise PrepareError(f"source {src}: no such file or folder: {escape_path(p)}")
+
+def _saved_data_files(files:list) -> list[str]:
+    "`files` less the Arrow files that a `save_to_disk` folder's `state.json` does not list as data (cache files of `map` and the like)."
+    listed = {}
+    def data_of(d):
+        if d not in listed:
+            try:
+                with guarded_open(os.path.join(d, 'state.json'), 1 << 20, 'state.json') as f: st = json.load(f)
+                listed[d] = {os.path.join(d, x['filename']) for x in st['_data_files']}
+            except (ContainerError, ValueError, KeyError, TypeError): listed[d] = None   # no (readable) state.json: every Arrow file is data
+        return listed[d]
+    return [f for f in files if not f.lower().endswith('.arrow') or f in (data_of(os.path.dirname(f)) or (f,))]
 
 def _hub_files(src:Source, spec:str) -> list[str]:
     "Parquet files of the Hub dataset `ID[@CONFIG/SPLIT]` from the local Hugging Face cache (never downloads)."
@@ -381,17 +393,27 @@ def _records_zip(c:str, opts:dict) -> tuple[dict, list]:
 # %% ../nbs/07a_sources.ipynb #add34334
 PROMPT_COLUMNS = ('prompt', 'caption', 'text')
 
+def _columns(c:str, cols:list|None=None):
+    "The schema of the Parquet or Arrow stream file `c` (`cols` None), else a table of just `cols` (an Arrow stream read batch by batch)."
+    import pyarrow as pa, pyarrow.parquet as pq
+    with guarded_open(c) as f:
+        if c.lower().endswith('.parquet'): return pq.ParquetFile(f).schema_arrow if cols is None else pq.read_table(f, columns=cols)
+        try:
+            r = pa.ipc.open_stream(f)
+            if cols is None: return r.schema
+            return pa.Table.from_batches([b.select(cols) for b in r], pa.schema([r.schema.field(x) for x in cols]))
+        except (pa.ArrowException, OSError, ValueError) as e: raise ContainerError(c, f'truncated or corrupt Arrow stream ({e})') from None
+
 def _records_hf(c:str, opts:dict) -> tuple[dict, list]:
-    "Records of one Parquet file of an HF dataset: each row a pointer; prompt and group from their columns."
-    import pyarrow.parquet as pq
+    "Records of one Parquet or Arrow file of an HF dataset: each row a pointer; prompt and group from their columns."
     idx, _, _ = scan(c, opts.get('image'))
-    with guarded_open(c) as f: names = pq.ParquetFile(f).schema_arrow.names
+    names = _columns(c).names
     pcol = opts.get('prompt') or next((n for n in PROMPT_COLUMNS if n in names), None)
     gcol = opts.get('group') or ('label' if 'label' in names else None)
     for what, col in (('prompt', pcol), ('group', gcol)):
         if col is not None and col not in names: raise ContainerError(c, f"no {what} column {col!r} (columns: {', '.join(names)})")
     cols = [x for x in dict.fromkeys((pcol, gcol)) if x]
-    with guarded_open(c) as f: t = pq.read_table(f, columns=cols) if cols else None
+    t = _columns(c, cols) if cols else None
     n = idx.n
     val = lambda col: t.column(col).to_pylist() if col else [None] * n
     ps = [p.strip() or None if isinstance(p, str) else None for p in val(pcol)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io, json, tarfile, zipfile
 from pathlib import Path
 
-__all__ = ['demo_images', 'write_hf', 'write_wds', 'write_zip']
+__all__ = ['demo_images', 'write_hf', 'write_saved', 'write_wds', 'write_zip']
 
 def demo_images(dest, n:int=24, size:int=32, seed:int=1) -> dict:
     "{'real': [bytes...], 'fake': [bytes...]}: the demo's encoded images, `n` per class."
@@ -25,6 +25,35 @@ def write_hf(dest, images:list, parts:int=2, row_group_size:int=5, ext:str='jpg'
                       'label': [i % 3 for i in range(len(chunk))]})
         pq.write_table(t, d/f'train-{k:05d}-of-{parts:05d}.parquet', row_group_size=row_group_size)
     return Path(dest)
+
+def write_arrow_stream(path, images:list, labels:list, batch:int=4):
+    "One Arrow IPC stream file as `datasets` writes it (`image` struct {bytes, path}, ClassLabel `label`, features in the schema metadata)."
+    import pyarrow as pa
+    feats = {'image': {'_type': 'Image'}, 'label': {'names': ['a', 'b', 'c'], '_type': 'ClassLabel'}}
+    schema = pa.schema([('image', pa.struct([('bytes', pa.binary()), ('path', pa.string())])), ('label', pa.int64())],
+                       metadata={'huggingface': json.dumps({'info': {'features': feats}})})
+    t = pa.table({'image': [{'bytes': b, 'path': None} for b in images], 'label': labels}, schema=schema)
+    with pa.OSFile(str(path), 'wb') as sink, pa.ipc.new_stream(sink, schema) as w:
+        for rb in t.to_batches(max_chunksize=batch): w.write_batch(rb)
+    return feats
+
+def write_saved(dest, images:list, splits=('train',), shards:int=2) -> Path:
+    """What `datasets.Dataset.save_to_disk` writes (a `DatasetDict`'s when several `splits`: one folder each and `dataset_dict.json`):
+    `data-0000K-of-0000N.arrow` Arrow streams, `dataset_info.json`, `state.json` listing them; plus a `cache-*.arrow` that is not data."""
+    dest = Path(dest); per_split = -(-len(images) // len(splits))
+    for s, split in enumerate(splits):
+        d = dest/split if len(splits) > 1 else dest; d.mkdir(parents=True, exist_ok=True)
+        chunk = images[s*per_split:(s+1)*per_split]; per = -(-len(chunk) // shards); files = []
+        for k in range(shards):
+            part = chunk[k*per:(k+1)*per]; files.append(f'data-{k:05d}-of-{shards:05d}.arrow')
+            feats = write_arrow_stream(d/files[-1], part, [i % 3 for i in range(len(part))])
+        write_arrow_stream(d/'cache-0123456789abcdef.arrow', chunk[:2], [0, 0])      # a `map` cache beside the data
+        (d/'dataset_info.json').write_text(json.dumps({'features': feats, 'splits': {split: {'num_examples': len(chunk)}}}))
+        (d/'state.json').write_text(json.dumps({'_data_files': [{'filename': f} for f in files], '_fingerprint': 'f' * 16,
+                                                '_format_columns': None, '_format_kwargs': {}, '_format_type': None,
+                                                '_output_all_columns': False, '_split': split}))
+    if len(splits) > 1: (dest/'dataset_dict.json').write_text(json.dumps({'splits': list(splits)}))
+    return dest
 
 def _add(tf, name, data:bytes):
     ti = tarfile.TarInfo(name); ti.size = len(data); ti.mtime = 0; tf.addfile(ti, io.BytesIO(data))

@@ -14,7 +14,7 @@ from realfake.images import ImageLoadError, load_image, probe_image
 from realfake.metadata import read_metadata, write_metadata, MetadataError
 from realfake.prepare import prepare
 from realfake.sources import list_source
-from container_data import demo_images, write_hf, write_wds, write_zip
+from container_data import demo_images, write_arrow_stream, write_hf, write_saved, write_wds, write_zip
 from helpers import deadline, run_cli
 
 def _jpg(i, size=(24, 16)):
@@ -62,6 +62,18 @@ def test_index_is_cached_beside_and_rebuilt_when_the_container_changes(tmp_path)
     os.utime(c, ns=(1, 1))                        # size and mtime both changed
     assert container_index(c).n == 2
 
+@pytest.mark.parametrize('keep', [0, 10, 100, 0.5, -30])
+def test_torn_index_file_is_rebuilt(tmp_path, keep):
+    "A cached index cut short (a crash mid-write: the cache is not fsynced) is ignored and rebuilt, never an error."
+    c = _tar(tmp_path/'a.tar', {f'{i}.jpg': _jpg(i) for i in range(5)})
+    container_index(c)
+    f = Path(index_file(c)); b = f.read_bytes()
+    f.write_bytes(b[:int(len(b) * keep) if isinstance(keep, float) else keep])
+    st = os.stat(c)
+    assert C.load_index(f, str(c), st.st_size, st.st_mtime_ns) is None
+    C.close_all()
+    assert read_member(f'{c}/3.jpg') == _jpg(3) and C.load_index(f, str(c), st.st_size, st.st_mtime_ns).n == 5
+
 def test_read_only_folder_caches_the_index_elsewhere(tmp_path, monkeypatch):
     d = tmp_path/'ro'; d.mkdir(); c = _tar(d/'a.tar', {'0.jpg': _jpg(0)})
     monkeypatch.setenv('REALFAKE_INDEX_DIR', str(tmp_path/'cache'))
@@ -93,8 +105,19 @@ def _fifo(tmp_path):
 def _corrupt_zip(tmp_path):
     (tmp_path/'c.zip').write_bytes(b'PK\x03\x04' + b'\0' * 40); return tmp_path/'c.zip', 'a.jpg', 'corrupt zip'
 
+def _truncated_arrow(tmp_path):
+    write_arrow_stream(tmp_path/'a.arrow', [_jpg(i, (400, 300)) for i in range(6)], [0] * 6, batch=2)
+    b = (tmp_path/'a.arrow').read_bytes(); (tmp_path/'a.arrow').write_bytes(b[:len(b) * 2 // 3]); return tmp_path/'a.arrow', '1', 'truncated or corrupt Arrow stream'
+def _empty_arrow(tmp_path): (tmp_path/'e.arrow').write_bytes(b''); return tmp_path/'e.arrow', '0', 'truncated or corrupt Arrow stream'
+def _arrow_no_image(tmp_path):
+    import pyarrow as pa
+    t = pa.table({'text': ['a'], 'label': [1]})
+    with pa.OSFile(str(tmp_path/'t.arrow'), 'wb') as sink, pa.ipc.new_stream(sink, t.schema) as w: w.write_table(t)
+    return tmp_path/'t.arrow', '0', 'no image column'
+
 BAD = {'missing container': _missing, 'truncated tar': _truncated, 'absent member': _absent, 'row beyond the end': _beyond,
-       'no image column': _no_image_column, 'zip slip': _zip_slip, 'fifo': _fifo, 'corrupt zip': _corrupt_zip}
+       'no image column': _no_image_column, 'zip slip': _zip_slip, 'fifo': _fifo, 'corrupt zip': _corrupt_zip,
+       'truncated arrow': _truncated_arrow, 'empty arrow': _empty_arrow, 'arrow without images': _arrow_no_image}
 
 @pytest.mark.parametrize('case', list(BAD))
 def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
@@ -106,22 +129,27 @@ def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
             assert why in str(e.value) and str(tmp_path) in str(e.value)
         with pytest.raises(ContainerError, match=why.replace('(', r'\(').replace(')', r'\)')): read_member(p)
 
-def test_swapped_container_after_indexing(tmp_path):
+@pytest.mark.parametrize('how', ['replaced by another file', 'rewritten in place'])
+def test_swapped_container_after_indexing(tmp_path, how):
+    "Neither the open handle nor the index kept in memory is used for a different file under the same name."
     c = _tar(tmp_path/'a.tar', {'0.jpg': _jpg(0)})
     assert read_member(f'{c}/0.jpg') == _jpg(0)                 # indexed and open
-    _tar(tmp_path/'b.tar', {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})
-    os.replace(tmp_path/'b.tar', c)                             # a different container under the same name
+    if how == 'rewritten in place': _tar(c, {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})      # same inode, new size
+    else:
+        _tar(tmp_path/'b.tar', {'other.jpg': _jpg(5), 'x.jpg': _jpg(6)})
+        os.replace(tmp_path/'b.tar', c)                         # a different container under the same name
     with pytest.raises(ContainerError, match="no member '0.jpg'"): read_member(f'{c}/0.jpg')
     assert read_member(f'{c}/other.jpg') == _jpg(5)
 
-@pytest.mark.parametrize('case', ['truncated tar', 'no image column', 'fifo', 'corrupt zip', 'missing container'])
+@pytest.mark.parametrize('case', ['truncated tar', 'no image column', 'fifo', 'corrupt zip', 'missing container', 'truncated arrow'])
 def test_prepare_reports_a_bad_container_and_keeps_the_rest(tmp_path, case):
     c, _, why = BAD[case](tmp_path)
-    kind = {'.tar': 'webdataset', '.zip': 'zip', '.parquet': 'hf'}[c.suffix]
+    kind = {'.tar': 'webdataset', '.zip': 'zip', '.parquet': 'hf', '.arrow': 'hf'}[c.suffix]
     good = tmp_path/'good'; good.mkdir()
     if kind == 'webdataset': _tar(good/'ok.tar', {'0.jpg': _jpg(0)})
     elif kind == 'zip':
         with zipfile.ZipFile(good/'ok.zip', 'w') as z: z.writestr('0.jpg', _jpg(0))
+    elif c.suffix == '.arrow': write_arrow_stream(good/'ok.arrow', [_jpg(0)], [0])
     else:
         import pyarrow as pa, pyarrow.parquet as pq
         pq.write_table(pa.table({'image': [_jpg(0)]}), good/'ok.parquet')
@@ -148,6 +176,8 @@ def test_metadata_validates_pointers(tmp_path):
     with pytest.raises(MetadataError, match=r"m.jsonl:2: path: points inside a container but 'first' is not a row number"): read_metadata(f)
 
 # ---------------------------------------------------------------- processes
+def _no_index_load(*a, **k): raise AssertionError('an index was loaded again')
+
 def _child_read(args):
     p, want = args
     ok = read_member(p) == want
@@ -159,7 +189,9 @@ def test_forked_workers_open_their_own_handles(boxes):
     ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)]
     for p, want in ptrs: assert read_member(p) == want                     # the parent holds open handles first
     parent = {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()}
-    with mp.get_context('fork').Pool(2) as pool: got = pool.map(_child_read, ptrs * 3, chunksize=2)
+    with pytest.MonkeyPatch.context() as mpatch:                       # the children inherit the indexes: none is loaded again
+        mpatch.setattr(C, 'container_index', _no_index_load)
+        with mp.get_context('fork').Pool(2) as pool: got = pool.map(_child_read, ptrs * 3, chunksize=2)
     assert all(ok for *_, ok in got)
     assert all(pid == hpid for pid, hpid, _ in got) and os.getpid() not in {pid for pid, *_ in got}
     assert {c: C._OPEN[str(c)].f.tell() for c, _ in b.values()} == parent   # the parent's file offsets never moved
@@ -177,6 +209,23 @@ def test_threads_read_right_while_handles_are_evicted(tmp_path, monkeypatch):
     np.random.default_rng(0).shuffle(ptrs)
     with deadline(60, 'threads'), ThreadPoolExecutor(8) as ex: got = list(ex.map(read_member, ptrs))
     assert got == [want[p] for p in ptrs]
+    monkeypatch.setattr(C, 'container_index', _no_index_load)  # a handle closed by the LRU reopens with its index from memory
+    with deadline(60, 'threads'), ThreadPoolExecutor(8) as ex: assert list(ex.map(read_member, ptrs)) == [want[p] for p in ptrs]
+
+def test_indexes_in_memory_stay_under_their_cap(tmp_path, monkeypatch):
+    "Beyond `MAX_INDEX_MEMORY` the least recently used index is dropped (and loaded again when needed): reads stay right."
+    ptrs = {}
+    for k in range(4):
+        _tar(tmp_path/f'{k}.tar', {f'{i}.jpg': bytes([k, i]) * 50 for i in range(30)})
+        ptrs.update({f'{tmp_path}/{k}.tar/{i}.jpg': bytes([k, i]) * 50 for i in range(30)})
+    one = container_index(tmp_path/'0.tar').nbytes
+    monkeypatch.setattr(C, 'MAX_INDEX_MEMORY', 2 * one); monkeypatch.setattr(C, 'MAX_OPEN', 1)
+    loads = []
+    real = C.container_index
+    monkeypatch.setattr(C, 'container_index', lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    for _ in range(2): assert [read_member(p) for p in ptrs] == list(ptrs.values())
+    assert len(C._INDEXES) == 2 and C._INDEX_BYTES[0] == 2 * one
+    assert len(loads) == 8                                      # each container's index loaded again on the second pass
 
 class _Members:
     def __init__(self, ptrs): self.ptrs = ptrs
@@ -199,6 +248,39 @@ def test_dataloader_with_two_workers_reads_every_member_right(boxes):
             seen.update(zip(i.tolist(), s.tolist())); pids |= set(pid.tolist())
     assert seen == {i: int(np.frombuffer(w, np.uint8).sum()) for i, (_, w) in enumerate(ptrs)}
     assert len(pids) == 2 and os.getpid() not in pids
+
+def test_dataloader_workers_inherit_preloaded_indexes(boxes, monkeypatch):
+    "`preload` in the parent (no handle opened): two forked workers read every member right through handles of their own, loading no index."
+    import torch
+    imgs, b = boxes
+    ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)] * 4
+    assert C.preload([p for p, _ in ptrs] + [str(b['tar'][0].parent/'gone.tar/0.jpg')]) == 3 and not C._OPEN
+    monkeypatch.setattr(C, 'container_index', _no_index_load)
+    dl = torch.utils.data.DataLoader(_Members(ptrs), batch_size=3, shuffle=True, num_workers=2,
+                                     multiprocessing_context='fork', generator=torch.Generator().manual_seed(0))
+    seen, pids = {}, set()
+    with deadline(60, 'two workers'):
+        for i, s, pid, hpid in dl:
+            assert (pid == hpid).all()
+            seen.update(zip(i.tolist(), s.tolist())); pids |= set(pid.tolist())
+    assert seen == {i: int(np.frombuffer(w, np.uint8).sum()) for i, (_, w) in enumerate(ptrs)}
+    assert len(pids) == 2 and os.getpid() not in pids and not C._OPEN
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_get_dls_preloads_container_indexes_for_its_workers(boxes, tmp_path, monkeypatch, workers):
+    "get_dls with workers holds every container's index before they fork, and the workers load none; with 0 workers it reads lazily."
+    from realfake.data import get_dls
+    from realfake.preprocess import Preprocess
+    imgs, b = boxes
+    paths = [str(pointer(c, n)) for c, names in b.values() for n in names] * 2
+    df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), split=['train'] * 24 + ['valid'] * 6))
+    dls = get_dls(df, Preprocess(size=16, resize=16), bs=4, num_workers=workers, aug=False, seed=0, device='cpu')
+    held = {os.path.basename(c) for c in C._INDEXES}
+    assert held == ({'s.tar', 's.zip', 's.parquet'} if workers else {os.path.basename(paths[0].rsplit('/', 2)[0])})
+    if workers:
+        monkeypatch.setattr(C, 'container_index', _no_index_load)
+        with deadline(120, 'get_dls workers'): xs = [x for x, _ in dls.train]
+        assert sum(len(x) for x in xs) == 24 and xs[0].shape[1:] == (3, 16, 16)
 
 # ---------------------------------------------------------------- prepare on the three sources
 @pytest.fixture(scope='module')
@@ -228,6 +310,21 @@ def test_prepare_balances_splits_by_group_probes_and_hashes_container_records(so
     assert df.groupby('group')['split'].nunique().max() == 1                      # group-disjoint splits
     assert df['format'].notna().all() and df['width'].notna().all()               # --probe read every member
     assert len(r.identical) == 2 and r.identical['path'].str.endswith('copy.tar/dup.jpg').any()
+
+@pytest.mark.parametrize('splits', [('train',), ('train', 'test')])
+def test_hf_source_reads_a_save_to_disk_folder(sources, tmp_path, splits):
+    "A `save_to_disk` folder (a Dataset, or a DatasetDict's split folders): its Arrow streams' rows are records, the cache file is not."
+    imgs = sources['images']['real']
+    d = write_saved(tmp_path/'saved', imgs, splits=splits)
+    df = list_source(f"real:hf:{d}:saved")
+    assert len(df) == 24 and not df['path'].str.contains('cache-').any()
+    assert df['path'].str.contains(r'/data-0000[01]-of-00002\.arrow/\d+$').all() and set(df['group']) == {'label-0', 'label-1', 'label-2'}
+    assert sorted(read_member(p) for p in df['path']) == sorted(imgs)          # every row, each image once
+    p = df['path'].iloc[-1]
+    assert probe_image(p)['format'] in ('JPEG', 'PNG') and np.array_equal(np.asarray(load_image(p)), np.asarray(load_image(read_member(p))))
+    meta = write_metadata([dict(path=q, label='real', split='train', source='saved') for q in df['path']], tmp_path/'m.jsonl')
+    assert read_metadata(meta)['path'].tolist() == df['path'].tolist()
+    with pytest.raises(ContainerError, match=rf'row 99 is beyond the end \({24 // len(splits) // 2} rows\)'): read_member(p.rsplit('/', 1)[0] + '/99')
 
 def test_hub_id_is_read_offline_from_the_cache(tmp_path, monkeypatch):
     pytest.importorskip('huggingface_hub'); import huggingface_hub.constants as hh_constants
@@ -424,3 +521,25 @@ def test_tar_walk_names_a_bad_header_in_the_middle_of_a_block(tmp_path, k):
     c = _mixed_tar(tmp_path/'m.tar', n=40)
     off = _patch_header(c, k, lambda h: h[:10] + b'X' + h[11:])          # one byte of the name changed: the checksum is wrong
     with open(c, 'rb') as f, pytest.raises(ContainerError, match=f'bad header at offset {off:,}'): _tar_members(f, str(c))
+
+
+@pytest.mark.parametrize('fmt', ['ustar', 'gnu'])
+def test_tar_walk_checks_every_name_as_member_problem_does(tmp_path, fmt):
+    "Runs of plain headers (names sliced, decoded and checked in one pass) keep and refuse exactly what the per-name check would."
+    from realfake.containers import _tar_members, member_problem
+    odd = ['./x.jpg', 'a//b.jpg', 'a/../b.jpg', 'a\\b.jpg', 'new\nline.jpg', '.hidden.jpg', 'tail/', 'ok/é.jpg',
+           'p' * 60 + '/' + 'q' * 80 + '.jpg', 'bad\udcff.jpg']
+    names = [f'{i:04d}.jpg' for i in range(200)]
+    for k, n in enumerate(odd): names.insert(20 * k + 7, n)
+    c = tmp_path/'odd.tar'
+    with tarfile.open(c, 'w', format=tarfile.USTAR_FORMAT if fmt == 'ustar' else tarfile.GNU_FORMAT, encoding='utf-8',
+                      errors='surrogateescape') as tf:
+        for i, n in enumerate(names):
+            ti = tarfile.TarInfo(n); data = bytes([i % 256]) * (i % 900); ti.size = len(data); tf.addfile(ti, io.BytesIO(data))
+    with tarfile.open(c, encoding='utf-8', errors='surrogateescape') as tf:
+        members = [(m.name, m.offset_data, m.size) for m in tf.getmembers() if m.isfile()]
+    with open(c, 'rb') as f: got, offs, sizes, refused = _tar_members(f, str(c))
+    want = [m for m in members if not member_problem(m[0], 'tar')]
+    assert list(zip(got, offs, sizes)) == want and len(want) >= 200
+    assert {'./x.jpg', 'a//b.jpg', 'a/../b.jpg', 'a\\b.jpg'} <= {n for n, _ in refused}
+    assert sorted(refused) == sorted((m[0], member_problem(m[0], 'tar')) for m in members if member_problem(m[0], 'tar'))
