@@ -130,7 +130,7 @@ class OrtSession:
         x = np.ascontiguousarray(x, np.float32)
         n = self.max_batch or max(1, len(x))
         outs = [self.sess.run(None, {self.input: x[i:i + n]})[0] for i in range(0, len(x), n)]
-        return np.concatenate(outs) if outs else self.sess.run(None, {self.input: x})[0]
+        return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
 
 def _chunk_sizes(n:int, chunks:tuple) -> list:
     "`n` split greedily into sizes from `chunks` (largest first); what no size fits is one last piece of its own size."
