@@ -141,7 +141,7 @@ def _chunk_sizes(n:int, chunks:tuple) -> list:
 
 class OpenVINOSession:
     "An OpenVINO CPU model compiled in f32 from IR (xml + bin bytes) or ONNX bytes: `session(x) -> logits`, run in static-shape `chunks`."
-    def __init__(self, xml:bytes, weights:bytes|None=None, threads:int|None=None, chunks:tuple=(8, 1)):
+    def __init__(self, xml:bytes, weights:bytes|None=None, threads:int|None=None, chunks:tuple=(4, 1)):
         ov = import_openvino()
         self.core, self.threads, self.chunks = ov.Core(), _threads(threads), tuple(chunks)
         self.model = self.core.read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8))) if weights is not None else self.core.read_model(xml)
