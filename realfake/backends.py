@@ -4,7 +4,7 @@
 
 # %% ../nbs/04b_backends.ipynb #c1a31303
 from __future__ import annotations
-import json, time
+import json, threading, time
 from pathlib import Path
 import numpy as np
 from .core import RealfakeError, atomic_write_json, escape_path, get_logger
@@ -147,6 +147,7 @@ class OpenVINOSession:
         self.model = self.core.read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8))) if weights is not None else self.core.read_model(xml)
         self.cfg = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': self.threads}
         self.requests = {}                   # input shape -> infer request of the model compiled for exactly that shape
+        self.lock = threading.Lock()        # one call at a time: infer requests are not shared across threads
     def request(self, shape:tuple):
         "The infer request compiled for the static input `shape` (compiled on first use, then kept)."
         shape = tuple(int(s) for s in shape)
@@ -155,7 +156,9 @@ class OpenVINOSession:
             self.requests[shape] = self.core.compile_model(m, 'CPU', self.cfg).create_infer_request()
         return self.requests[shape]
     def __call__(self, x) -> np.ndarray:
-        x, outs, i = np.ascontiguousarray(x, np.float32), [], 0
+        with self.lock: return self._run(np.ascontiguousarray(x, np.float32))
+    def _run(self, x) -> np.ndarray:
+        outs, i = [], 0
         for n in _chunk_sizes(len(x), self.chunks):
             r = self.request((n, *x.shape[1:]))
             r.infer({0: x[i:i + n]}, share_inputs=True)      # the chunk is read in place: no copy into OpenVINO's tensor

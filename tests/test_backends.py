@@ -232,3 +232,14 @@ def test_batches_run_in_pieces_with_the_same_logits(exported, backend):
         assert np.abs(s(x[:9]) - ref[:9]).max() <= 1e-4
         assert s.requests == reqs                       # no new compilation for another batch size
     assert s(x[:0]).shape == (0, 2)
+
+def test_openvino_session_shared_by_threads(exported):
+    "Calls from several threads on one session (the app with score_slots > 1) each get their own batch's logits."
+    from concurrent.futures import ThreadPoolExecutor
+    from realfake.backends import open_session
+    s = open_session(exported, 'openvino', threads=1)
+    S = Classifier.from_dir(exported, backend='torch', device='cpu').spec.size
+    xs = [np.random.default_rng(k).standard_normal((1 + k % 3, 3, S, S)).astype(np.float32) for k in range(8)]
+    ref = [s(x) for x in xs]
+    with ThreadPoolExecutor(4) as ex: got = list(ex.map(s, xs))
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref)) and len({r.tobytes() for r in ref}) == 8
