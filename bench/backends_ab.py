@@ -1,6 +1,6 @@
 """A/B of the CPU-runtime scoring path (issue 24): the runtimes' sessions and `Classifier.predict` as they were before
-the static-shape pieces and decode-ahead ('before': OpenVINO compiled for a dynamic batch and run on the whole batch,
-ONNX Runtime on the whole batch, decoding in series) against now ('after'), interleaved with the naive per-image
+the static-shape pieces ('before': OpenVINO compiled for a dynamic batch and run on the whole batch, ONNX Runtime on
+the whole batch) against now ('after'; '+ahead': with `decode_ahead=True`, 2 threads only), interleaved with the naive per-image
 PyTorch loop (= 1.00x) in one process, same images, end to end through `Classifier.predict` (decode included).
 
     python bench/backends_ab.py [--n_per_set 2] [--reps 2] [--threads 1 2] [--bs 1 32] [--policies resize native]
@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
 import numpy as np
 from inference import SETS, ARCH, naive_loop, naive_native
+
+COLS = ['ort fp32 before', 'ort fp32 after', 'ov fp32 before', 'ov fp32 after', 'ov fp32 +ahead', 'ov int8 before', 'ov int8 after', 'ov int8 +ahead']
 
 class BeforeOV:
     "OpenVINOSession as it was: one model compiled for a dynamic batch, the whole batch in one call, input copied."
@@ -72,20 +74,23 @@ def main():
                     for k in after:
                         fns[f'{k} before'] = lambda k=k: res.__setitem__(f'{k} before', pol(before[k]).predict(paths, bs=bs, decode_ahead=False))
                         fns[f'{k} after'] = lambda k=k: res.__setitem__(f'{k} after', pol(after[k]).predict(paths, bs=bs))
+                        if t >= 2 and k.startswith('ov'):     # + decoding the next batch on one more thread (opt-in)
+                            fns[f'{k} +ahead'] = lambda k=k: res.__setitem__(f'{k} +ahead', pol(after[k]).predict(paths, bs=bs, decode_ahead=True))
                     cpu = {}
                     ts = C.interleaved(fns, reps=args.reps, warmup=1, cpu=cpu)
                     nv, nc = C.med(ts['naive']), C.med(cpu['naive'])
                     cells = []
-                    for k in [f'{k} {w}' for k in after for w in ('before', 'after')]:
+                    for k in COLS:
+                        if k not in res: cells.append('-'); continue
                         dp = np.abs(res[k].prob_fake.to_numpy() - res['torch'].prob_fake.to_numpy()).max()
                         cells.append(f"{nv / C.med(ts[k]):.2f}x / {nc / C.med(cpu[k]):.2f}x" + ('' if 'int8' in k else f" ({dp:.0e})"))
                     rows.append([t, bs, policy, f"{n / nv:.1f}"] + cells)
-                    print(C.table(rows[-1:], ['threads', 'bs', 'policy', 'naive img/s'] + [f'{k} {w}' for k in after for w in ('before', 'after')]), flush=True)
+                    print(C.table(rows[-1:], ['threads', 'bs', 'policy', 'naive img/s'] + COLS), flush=True)
     print()
-    print(C.table(rows, ['threads', 'bs', 'policy', 'naive img/s'] + [f'{k} {w}' for k in after for w in ('before', 'after')]))
+    print(C.table(rows, ['threads', 'bs', 'policy', 'naive img/s'] + COLS))
     print(f"\n{n} images ({args.n_per_set} each of {', '.join(s[0] for s in SETS)}); each cell: wall-clock ratio / CPU-time ratio "
           f"(naive time / variant time; medians of {args.reps} interleaved repetitions after one warm-up); (x) = max |dprob| against "
-          "realfake torch fp32. On a loaded machine the 1-thread CPU-time ratio is the steadier figure (at 1 thread every variant "
+          "realfake torch fp32; '+ahead' (2 threads only) = after with decode_ahead=True. On a loaded machine the 1-thread CPU-time ratio is the steadier figure (at 1 thread every variant "
           "runs on one thread, so CPU time = the work); at 2 threads only the wall-clock ratio says what overlap gains.")
     if C.load_note(): print(C.load_note())
 

@@ -182,10 +182,8 @@ def backends_grid(d:Path, paths, reps:int, threads=(1, 2), batches=(1, 32)) -> l
     """Side by side on the same images: naive loop = 1.00, realfake torch fp32 / bf16, ONNX Runtime tuned, OpenVINO fp32,
     int8 on both runtimes; for each thread count, batch size and policy. Returns table rows.
     Threads, per row of `threads` t: torch.set_num_threads(t) sets the naive loop's and torch's intra-op threads, and
-    each runtime session opens with t inference threads. With t >= 2 the runtime variants also decode the next batch on
-    ONE more thread while the runtime runs this one (`Classifier.uses_decode_ahead`), so up to t + 1 threads are busy
-    (on this 2-core machine the t = 2 rows use the 2 cores the naive loop uses); with t = 1 everything runs on the
-    calling thread: decoding and inference in series, as in the naive loop."""
+    each runtime session opens with t inference threads; decoding runs on the calling thread, in series with inference,
+    as in the naive loop (`predict`'s `decode_ahead` is off by default: bench/backends_ab.py measures it)."""
     import torch
     from realfake.modeldir import load_model_dir
     from realfake.metadata import write_metadata

@@ -225,23 +225,18 @@ def _one_ahead(it):
             nxt = ex.submit(next, it, end)
             yield cur
 
-@patch
-def uses_decode_ahead(self:Classifier, num_workers:int=0, decode_ahead:bool|None=None) -> bool:
-    "Whether scoring decodes the next batch on one more thread while the runtime runs this one (`decode_ahead=None`: only for a runtime backend with 2 or more threads and no decoding workers)."
-    if decode_ahead is not None: return bool(decode_ahead) and not num_workers
-    return not num_workers and self.session is not None and getattr(self.session, 'threads', 1) >= 2
 
 # %% ../nbs/13_predict.ipynb #880ce0f3
 @patch
 def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
-                 provenance:bool=False, decode_ahead:bool|None=None):
-    "Yield one DataFrame per batch of `items` (see `predict` for the columns; `decode_ahead`: see `uses_decode_ahead`)."
+                 provenance:bool=False, decode_ahead:bool=False):
+    "Yield one DataFrame per batch of `items` (see `predict` for the columns; `decode_ahead`: decode the next batch on one more thread meanwhile, without workers)."
     items = _as_items(items)
     dl = torch.utils.data.DataLoader(_Items(items, self.spec, transform), batch_size=bs or self.bs, shuffle=False,
                                      num_workers=num_workers, collate_fn=_collate, pin_memory=self.device.type == 'cuda',
                                      worker_init_fn=_worker_init if num_workers else None)
     with progress_bar(len(items), 'predict', show=progress) as bar:
-        for idx, x, counts, boxes, errs in (_one_ahead(dl) if self.uses_decode_ahead(num_workers, decode_ahead) else dl):
+        for idx, x, counts, boxes, errs in (_one_ahead(dl) if decode_ahead and not num_workers else dl):
             margins, tops = _combine(self, x, counts, boxes)
             prob = self.margin_to_prob(margins)
             df = pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=self.label_of(prob),
@@ -252,7 +247,7 @@ def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, tr
 
 @patch
 def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
-            provenance:bool=False, decode_ahead:bool|None=None) -> pd.DataFrame:
+            provenance:bool=False, decode_ahead:bool=False) -> pd.DataFrame:
     "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error (`provenance`: + the evidence found, beside the score)."
     dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress, provenance=provenance,
                                  decode_ahead=decode_ahead))

@@ -422,13 +422,14 @@ def test_decode_ahead_at_most_one_batch_ahead(clf, monkeypatch):
         assert len(df) == 2 and len(decoded) <= 2 * (j + 2), (j, len(decoded))
     assert len(decoded) == 10
 
-def test_decode_ahead_default_only_for_multithreaded_runtimes(clf):
-    "On by default only for a runtime backend with >= 2 threads and no decoding workers; never with workers."
-    sess = lambda t: type('S', (), {'threads': t, '__call__': lambda self, x: np.zeros((len(x), 2), np.float32)})()
-    rt = lambda t: Classifier(None, clf.config, device='cpu', backend='onnx', session=sess(t))
-    assert rt(2).uses_decode_ahead() and not rt(1).uses_decode_ahead() and not rt(2).uses_decode_ahead(num_workers=2)
-    assert not clf.uses_decode_ahead() and clf.uses_decode_ahead(decode_ahead=True)
-    assert not rt(2).uses_decode_ahead(num_workers=2, decode_ahead=True) and not rt(4).uses_decode_ahead(decode_ahead=False)
+def test_decode_ahead_off_by_default_and_with_workers(clf, monkeypatch):
+    "Decoding stays on the calling thread unless asked for; asked for with workers, it is not used (workers decode)."
+    import realfake.predict as P
+    where, prep = [], P.prepare_input
+    monkeypatch.setattr(P, 'prepare_input', lambda *a, **k: where.append(threading.current_thread().name) or prep(*a, **k))
+    imgs = [_rand_img(i) for i in range(3)]
+    clf.predict(imgs, bs=1); assert where == ['MainThread'] * 3
+    where.clear(); clf.predict(imgs, bs=1, decode_ahead=True); assert len(where) == 3 and all(w.startswith('realfake-decode') for w in where)
 
 def test_one_ahead_raises_in_place():
     def gen():
