@@ -1,6 +1,6 @@
 """A/B of the CPU-runtime scoring path (issue 24): the runtimes' sessions and `Classifier.predict` as they were before
 the static-shape pieces ('before': OpenVINO compiled for a dynamic batch and run on the whole batch, ONNX Runtime on
-the whole batch) against now ('after'; '+ahead': with `decode_ahead=True`, 2 threads only), interleaved with the naive per-image
+the whole batch, as it still does by default: a control column) against now ('after'; '+ahead': with `decode_ahead=True`, 2 threads only), interleaved with the naive per-image
 PyTorch loop (= 1.00x) in one process, same images, end to end through `Classifier.predict` (decode included).
 
     python bench/backends_ab.py [--n_per_set 2] [--reps 2] [--threads 1 2] [--bs 1 32] [--policies resize native]

@@ -115,8 +115,8 @@ def _threads(threads:int|None) -> int:
     return torch.get_num_threads()
 
 class OrtSession:
-    "A tuned onnxruntime CPU session over ONNX bytes: `session(x) -> logits`, run `max_batch` images at a time."
-    def __init__(self, data:bytes, threads:int|None=None, max_batch:int|None=8):
+    "A tuned onnxruntime CPU session over ONNX bytes: `session(x) -> logits` (`max_batch`: run that many images at a time; None: the whole batch)."
+    def __init__(self, data:bytes, threads:int|None=None, max_batch:int|None=None):
         ort = import_onnxruntime()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
