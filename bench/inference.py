@@ -38,6 +38,8 @@ def _backends_parser():
     p = C.parser(__doc__.split('\n')[0], reps=2)
     p.add_argument('--backends', action='store_true', help='the CPU-backend grid (issue 24) instead of the realfake_predict rows')
     p.add_argument('--n_per_set', type=int, default=4, help='images of each kind (1500x1000 JPEG, 500x375 JPEG, 512 PNG)')
+    p.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='rows: thread counts')
+    p.add_argument('--bs', type=int, nargs='+', default=[1, 32], help='rows: batch sizes')
     p.add_argument('--demo', default=str(C.ROOT / 'runs/demo/model'), help='the demo model (python train.py) for the int8 agreement rows')
     p.add_argument('--demo_metadata', default=str(C.ROOT / 'runs/demo/demo_data/metadata.jsonl'))
     return p
@@ -178,7 +180,10 @@ def naive_native(paths, model, mean, std):
 
 def backends_grid(d:Path, paths, reps:int, threads=(1, 2), batches=(1, 32)) -> list:
     """Side by side on the same images: naive loop = 1.00, realfake torch fp32 / bf16, ONNX Runtime tuned, OpenVINO fp32,
-    int8 on both runtimes; for each thread count, batch size and policy. Returns table rows."""
+    int8 on both runtimes; for each thread count, batch size and policy. Returns table rows.
+    Threads, per row of `threads` t: torch.set_num_threads(t) sets the naive loop's and torch's intra-op threads, and
+    each runtime session opens with t inference threads; decoding runs on the calling thread, in series with inference,
+    as in the naive loop (`predict`'s `decode_ahead` is off by default: bench/backends_ab.py measures it)."""
     import torch
     from realfake.modeldir import load_model_dir
     from realfake.metadata import write_metadata
@@ -266,7 +271,7 @@ def main_backends(args):
         paths = [q for v in imgs.values() for q in v]
         torch.manual_seed(0)
         save_model_dir(build_network(ARCH), ModelConfig(arch=ARCH, preprocess=Preprocess(size=224, resize=256)), d / 'model')
-        rows, names = backends_grid(d, paths, 1 if args.quick else args.reps)
+        rows, names = backends_grid(d, paths, 1 if args.quick else args.reps, threads=tuple(args.threads), batches=tuple(args.bs))
         print(C.table(rows, ['threads', 'bs', 'policy', 'naive img/s'] + names))
         print(f"\n{len(paths)} images ({', '.join(f'{s[4]} {s[0]}' for s in sets)}), end to end through Classifier.predict (decode included);"
               " ratio = naive time / variant time, interleaved; dp / dl = max |delta prob| / |delta logit| against realfake torch fp32"

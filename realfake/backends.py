@@ -4,7 +4,7 @@
 
 # %% ../nbs/04b_backends.ipynb #c1a31303
 from __future__ import annotations
-import json, time
+import json, threading, time
 from pathlib import Path
 import numpy as np
 from .core import RealfakeError, atomic_write_json, escape_path, get_logger
@@ -115,31 +115,55 @@ def _threads(threads:int|None) -> int:
     return torch.get_num_threads()
 
 class OrtSession:
-    "A tuned onnxruntime CPU session over ONNX bytes: `session(x) -> logits`."
-    def __init__(self, data:bytes, threads:int|None=None):
+    "A tuned onnxruntime CPU session over ONNX bytes: `session(x) -> logits` (`max_batch`: run that many images at a time; None: the whole batch)."
+    def __init__(self, data:bytes, threads:int|None=None, max_batch:int|None=None):
         ort = import_onnxruntime()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads, so.inter_op_num_threads = _threads(threads), 1
+        self.threads, self.max_batch = _threads(threads), max_batch
+        so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
         so.execution_mode, so.enable_cpu_mem_arena = ort.ExecutionMode.ORT_SEQUENTIAL, True
         so.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads sleep: they do not take the cores decoding needs
         self.sess = ort.InferenceSession(data, so, providers=['CPUExecutionProvider'])
         self.input = self.sess.get_inputs()[0].name
     def __call__(self, x) -> np.ndarray:
-        return self.sess.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
+        x = np.ascontiguousarray(x, np.float32)
+        n = self.max_batch or max(1, len(x))
+        outs = [self.sess.run(None, {self.input: x[i:i + n]})[0] for i in range(0, len(x), n)]
+        return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
+
+def _chunk_sizes(n:int, chunks:tuple) -> list:
+    "`n` split greedily into sizes from `chunks` (largest first); what no size fits is one last piece of its own size."
+    out = []
+    for c in sorted(set(chunks), reverse=True):
+        while n >= c > 0: out.append(c); n -= c
+    return out + ([n] if n else [])
 
 class OpenVINOSession:
-    "An OpenVINO CPU model compiled in f32 from IR (xml + bin bytes) or ONNX bytes: `session(x) -> logits`."
-    def __init__(self, xml:bytes, weights:bytes|None=None, threads:int|None=None):
+    "An OpenVINO CPU model compiled in f32 from IR (xml + bin bytes) or ONNX bytes: `session(x) -> logits`, run in static-shape `chunks`."
+    def __init__(self, xml:bytes, weights:bytes|None=None, threads:int|None=None, chunks:tuple=(4, 1)):
         ov = import_openvino()
-        core = ov.Core()
-        m = core.read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8))) if weights is not None else core.read_model(xml)
-        cfg = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': _threads(threads)}
-        self.compiled = core.compile_model(m, 'CPU', cfg)
-        self.req = self.compiled.create_infer_request()
+        self.core, self.threads, self.chunks = ov.Core(), _threads(threads), tuple(chunks)
+        self.model = self.core.read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8))) if weights is not None else self.core.read_model(xml)
+        self.cfg = {'INFERENCE_PRECISION_HINT': 'f32', 'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': self.threads}
+        self.requests = {}                   # input shape -> infer request of the model compiled for exactly that shape
+        self.lock = threading.Lock()        # one call at a time: infer requests are not shared across threads
+    def request(self, shape:tuple):
+        "The infer request compiled for the static input `shape` (compiled on first use, then kept)."
+        shape = tuple(int(s) for s in shape)
+        if shape not in self.requests:
+            m = self.model.clone(); m.reshape({0: list(shape)})
+            self.requests[shape] = self.core.compile_model(m, 'CPU', self.cfg).create_infer_request()
+        return self.requests[shape]
     def __call__(self, x) -> np.ndarray:
-        self.req.infer({0: np.ascontiguousarray(x, np.float32)})
-        return np.array(self.req.get_output_tensor(0).data, np.float32)
+        with self.lock: return self._run(np.ascontiguousarray(x, np.float32))
+    def _run(self, x) -> np.ndarray:
+        outs, i = [], 0
+        for n in _chunk_sizes(len(x), self.chunks):
+            r = self.request((n, *x.shape[1:]))
+            r.infer({0: x[i:i + n]}, share_inputs=True)      # the chunk is read in place: no copy into OpenVINO's tensor
+            outs.append(np.array(r.get_output_tensor(0).data, np.float32)); i += n
+        return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
 
 # %% ../nbs/04b_backends.ipynb #9ce931b7
 def open_session(model_dir, backend:str, precision:str='fp32', threads:int|None=None, force_int8:bool=False):

@@ -214,17 +214,29 @@ def _provenance_of(src) -> str:
     if isinstance(src, (str, os.PathLike, bytes)): return read_provenance(src).summary()
     return read_provenance(b'', rgb=np.asarray(src.convert('RGB') if isinstance(src, Image.Image) else src)).summary()
 
+# %% ../nbs/13_predict.ipynb #d7e3a9c1b5f2
+def _one_ahead(it):
+    "The items of `it` in order, the next one made on one background thread while the caller works on this one (never more than one ahead); an error making an item is raised in its place."
+    from concurrent.futures import ThreadPoolExecutor
+    it, end = iter(it), object()
+    with ThreadPoolExecutor(1, thread_name_prefix='realfake-decode') as ex:     # on early exit: waits for the one item in flight
+        nxt = ex.submit(next, it, end)
+        while (cur := nxt.result()) is not end:
+            nxt = ex.submit(next, it, end)
+            yield cur
+
+
 # %% ../nbs/13_predict.ipynb #880ce0f3
 @patch
 def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
-                 provenance:bool=False):
-    "Yield one DataFrame per batch of `items` (see `predict` for the columns)."
+                 provenance:bool=False, decode_ahead:bool=False):
+    "Yield one DataFrame per batch of `items` (see `predict` for the columns; `decode_ahead`: decode the next batch on one more thread meanwhile, without workers)."
     items = _as_items(items)
     dl = torch.utils.data.DataLoader(_Items(items, self.spec, transform), batch_size=bs or self.bs, shuffle=False,
                                      num_workers=num_workers, collate_fn=_collate, pin_memory=self.device.type == 'cuda',
                                      worker_init_fn=_worker_init if num_workers else None)
     with progress_bar(len(items), 'predict', show=progress) as bar:
-        for idx, x, counts, boxes, errs in dl:
+        for idx, x, counts, boxes, errs in (_one_ahead(dl) if decode_ahead and not num_workers else dl):
             margins, tops = _combine(self, x, counts, boxes)
             prob = self.margin_to_prob(margins)
             df = pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=self.label_of(prob),
@@ -235,9 +247,10 @@ def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, tr
 
 @patch
 def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
-            provenance:bool=False) -> pd.DataFrame:
+            provenance:bool=False, decode_ahead:bool=False) -> pd.DataFrame:
     "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error (`provenance`: + the evidence found, beside the score)."
-    dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress, provenance=provenance))
+    dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress, provenance=provenance,
+                                 decode_ahead=decode_ahead))
     return pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame(columns=PREDICT_COLUMNS)
 
 @patch

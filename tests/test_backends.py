@@ -208,3 +208,39 @@ def test_cli_refuses_a_corrupt_file_in_one_line(exported, tmp_path, images, run_
     assert r.returncode == 0 and 'model.openvino.xml' in r.stdout, r.stderr
     r = run_cli('realfake_predict', images[0], '--model', d, '--backend', 'openvino', '--out', tmp_path/'p.csv', timeout=120)
     assert r.returncode == 0 and '1 scored' in r.stdout, r.stderr
+
+@pytest.mark.parametrize('backend', ['onnx', 'openvino'])
+def test_batches_run_in_pieces_with_the_same_logits(exported, backend):
+    "A batch runs as pieces (OpenVINO: models compiled once for static batches 4 and 1; ONNX Runtime with max_batch=8: slices of 8) and gives torch's logits in order."
+    from realfake.backends import open_session, OrtSession
+    from realfake.modeldir import read_model_file
+    from realfake.modeldir import load_model_dir
+    model, cfg = load_model_dir(exported, device='cpu')
+    S = cfg.preprocess.size
+    s = open_session(exported, backend) if backend == 'openvino' else OrtSession(read_model_file(exported/'model.onnx', 'onnx'), max_batch=8)
+    x = np.random.default_rng(0).standard_normal((11, 3, S, S)).astype(np.float32)
+    calls = []
+    if backend == 'onnx':
+        run = s.sess.run
+        s.sess = type('Rec', (), {'run': lambda self, o, feed: calls.append(len(feed[s.input])) or run(o, feed)})()
+    with torch.inference_mode(): ref = model.eval()(torch.from_numpy(x)).numpy()
+    got = s(x)
+    assert got.shape == (11, 2) and np.abs(got - ref).max() <= 1e-4
+    if backend == 'onnx': assert calls == [8, 3]
+    else:
+        assert set(s.requests) == {(4, 3, S, S), (1, 3, S, S)}
+        reqs = dict(s.requests)
+        assert np.abs(s(x[:9]) - ref[:9]).max() <= 1e-4
+        assert s.requests == reqs                       # no new compilation for another batch size
+    assert s(x[:0]).shape == (0, 2)
+
+def test_openvino_session_shared_by_threads(exported):
+    "Calls from several threads on one session (the app with score_slots > 1) each get their own batch's logits."
+    from concurrent.futures import ThreadPoolExecutor
+    from realfake.backends import open_session
+    s = open_session(exported, 'openvino', threads=1)
+    S = Classifier.from_dir(exported, backend='torch', device='cpu').spec.size
+    xs = [np.random.default_rng(k).standard_normal((1 + k % 3, 3, S, S)).astype(np.float32) for k in range(8)]
+    ref = [s(x) for x in xs]
+    with ThreadPoolExecutor(4) as ex: got = list(ex.map(s, xs))
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref)) and len({r.tobytes() for r in ref}) == 8

@@ -389,3 +389,52 @@ def test_cli_heatmaps(model_dir, tmp_path, run_cli):
     shard = tmp_path/'s.tar'; shard.write_bytes(b'\0' * 1024)
     r = run_cli('realfake_predict', shard, '--model', model_dir, '--heatmaps', maps, '--no_progress')
     assert r.returncode == 2 and 'not tar shards' in r.stderr and 'Traceback' not in r.stderr
+
+# ---- decoding one batch ahead on a thread (issue 24)
+from realfake.predict import _one_ahead
+import threading
+
+@pytest.mark.parametrize('bs', [1, 2, 3])
+def test_decode_ahead_same_rows_in_order(clf, tmp_path, monkeypatch, bs):
+    "Decoding ahead on a thread gives the rows of decoding in series, in order, each unreadable file's error in its place."
+    import realfake.predict as P
+    d = tmp_path/'in'; _write_good(d, 5); _bad_files(d)
+    files = sorted(d.iterdir())
+    where, prep = [], P.prepare_input
+    monkeypatch.setattr(P, 'prepare_input', lambda *a, **k: where.append(threading.current_thread().name) or prep(*a, **k))
+    a = clf.predict(files, bs=bs, decode_ahead=True)
+    assert len(where) == 9 and all(w.startswith('realfake-decode') for w in where)
+    where.clear()
+    b = clf.predict(files, bs=bs, decode_ahead=False)
+    assert where == ['MainThread'] * 9
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.path) == [escape_path(f) for f in files] and a.error.notna().sum() == 4
+    assert all('cannot read image' in e for e in a.error.dropna())
+
+def test_decode_ahead_at_most_one_batch_ahead(clf, monkeypatch):
+    "While the caller holds batch j, at most batch j+1 has been decoded (memory of one more batch)."
+    import realfake.predict as P
+    decoded, prep = [], P.prepare_input
+    monkeypatch.setattr(P, 'prepare_input', lambda *a, **k: decoded.append(1) or prep(*a, **k))
+    imgs = [_rand_img(i) for i in range(10)]
+    for j, df in enumerate(clf.iter_predict(imgs, bs=2, decode_ahead=True)):
+        time.sleep(0.05)                                   # a slow caller: the decoder must wait, not run on
+        assert len(df) == 2 and len(decoded) <= 2 * (j + 2), (j, len(decoded))
+    assert len(decoded) == 10
+
+def test_decode_ahead_off_by_default_and_with_workers(clf, monkeypatch):
+    "Decoding stays on the calling thread unless asked for; asked for with workers, it is not used (workers decode)."
+    import realfake.predict as P
+    where, prep = [], P.prepare_input
+    monkeypatch.setattr(P, 'prepare_input', lambda *a, **k: where.append(threading.current_thread().name) or prep(*a, **k))
+    imgs = [_rand_img(i) for i in range(3)]
+    clf.predict(imgs, bs=1); assert where == ['MainThread'] * 3
+    where.clear(); clf.predict(imgs, bs=1, decode_ahead=True); assert len(where) == 3 and all(w.startswith('realfake-decode') for w in where)
+
+def test_one_ahead_raises_in_place():
+    def gen():
+        yield 1; yield 2; raise OSError('disk gone')
+    got = []
+    with pytest.raises(OSError, match='disk gone'):
+        for v in _one_ahead(gen()): got.append(v)
+    assert got == [1, 2]
