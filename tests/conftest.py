@@ -78,9 +78,10 @@ def pytest_runtest_protocol(item):
     def cpu():
         a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime + forks.stats['child_cpu']
-    t = cpu()
+    import time
+    t, w = cpu(), time.time()
     yield
-    with open(path, 'a') as f: f.write(f'{cpu() - t:.2f}\t{item.nodeid}\n')
+    with open(path, 'a') as f: f.write(f'{cpu() - t:.2f}\t{item.nodeid}\t{w:.2f}\t{time.time():.2f}\t{os.environ.get("PYTEST_XDIST_WORKER")}\n')
 
 def pytest_terminal_summary(terminalreporter):
     import forks

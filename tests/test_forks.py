@@ -42,10 +42,27 @@ def test_a_timeout_kills_the_child():
 def test_what_a_fork_cannot_give_runs_fresh(tmp_path, what):
     "A variable that imported modules have read, or a PYTHONPATH module that would not shadow an imported one: fresh."
     (tmp_path/'torch.py').write_text('NOT_TORCH = 1\n')
-    env = (forks.server_env(HF_ENDPOINT='http://elsewhere') if what == 'import-time variable' else
+    env = (forks.server_env(MPLBACKEND='pdf') if what == 'import-time variable' else
            forks.server_env(PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', '')))
     before = dict(forks.stats)
-    code = 'import os, torch; print(os.environ.get("HF_ENDPOINT"), hasattr(torch, "NOT_TORCH"))'
+    code = 'import os, torch, matplotlib; print(matplotlib.get_backend(), hasattr(torch, "NOT_TORCH"))'
     r = forks.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
     assert forks.stats['fresh'] == before['fresh'] + 1 and forks.stats['forked'] == before['forked']
-    assert r.stdout.split() == (['http://elsewhere', 'False'] if what == 'import-time variable' else ['None', 'True'])
+    assert r.stdout.split() == (['pdf', 'False'] if what == 'import-time variable' else ['Agg', 'True'])
+
+def test_huggingface_hub_constants_as_a_fresh_python_reads_them(tmp_path):
+    "HF_* variables differ: the fork reloads huggingface_hub's constants, and every module sees what a fresh import gives."
+    env = forks.server_env(HF_ENDPOINT='http://127.0.0.1:9', HF_HUB_OFFLINE='1', HF_HOME=tmp_path/'home',
+                           HF_HUB_CACHE=tmp_path/'cache', HF_HUB_DISABLE_PROGRESS_BARS='1')
+    code = ('import huggingface_hub, sys, json\nfrom huggingface_hub import constants as c\n'
+            'def s(v): return str(sorted(v)) if isinstance(v, (set, frozenset)) else str(v)\n'
+            'mods = {n: {k: s(v) for k, v in vars(m).items() if k.isupper() and k in vars(c)} for n, m in list(sys.modules.items())'
+            ' if n.startswith("huggingface_hub") and m is not None}\nprint(json.dumps(mods, sort_keys=True))')
+    before = forks.stats['forked']
+    got = forks.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    want = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    assert forks.stats['forked'] == before + 1
+    import json
+    g, w = json.loads(got.stdout), json.loads(want.stdout)
+    assert 'http://127.0.0.1:9' in g['huggingface_hub.constants']['ENDPOINT'] and g['huggingface_hub.constants']['HF_HUB_OFFLINE'] == 'True'
+    assert {n: g[n] for n in w} == w

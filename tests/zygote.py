@@ -6,9 +6,13 @@ hundred commands. A forked child is still a process of its own: its own pid, exi
 (SIGKILL mid-write included), cwd, environment and argv; only the imports are shared. What a fork cannot give, it
 refuses, and the caller (`tests/helpers.py`) runs a fresh Python instead:
 - an environment that differs from the server's in a variable read at import time (anything but `RF_*`, `REALFAKE_*`,
-  the rank/world variables and `PYTHONPATH` additions), since the imported modules have already read it;
+  the rank/world variables and `PYTHONPATH` additions), since the imported modules have already read it; `HF_*` is the
+  exception: huggingface_hub reads it into one module of constants, which the child reloads (`_reload_hub_constants`);
 - a `PYTHONPATH` addition that holds a module the server has already imported (it would not shadow it).
-Tests about what a command imports must use a fresh Python (`subprocess`), never this.
+What the server imported stays imported, side effects included (fastcore's and fastai's patches of pathlib and torch):
+a command that would need them and not import them itself passes here and fails fresh. The tests of what each command
+imports (`test_modeldir`, `test_cli`, `test_generate`, `test_reconstruct`) and of the installed console script
+(`test_predict`) use a fresh Python (`subprocess`) for that reason; `REALFAKE_TEST_FRESH=1` runs every command fresh.
 
 Protocol (one Unix-socket connection per child): the client sends one JSON request and the child's fds 0, 1, 2
 (SCM_RIGHTS); the server answers `{"pid": N}` or `{"fallback": "why"}`, then `{"status": S}` (the raw wait status)
@@ -24,7 +28,8 @@ PRELOAD = ('numpy', 'pandas', 'PIL.Image', 'torch', 'torchvision', 'timm', 'fast
            'realfake.preprocess', 'realfake.modeldir', 'realfake.backends', 'realfake.jobs', 'realfake.data',
            'realfake.learner', 'realfake.predict', 'realfake.shards', 'realfake.train', 'realfake.evaluate',
            'realfake.prepare', 'realfake.synth', 'realfake.export', 'realfake.cli',
-           'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks')
+           'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks',
+           'sklearn.metrics', 'cv2')     # these two set variables at import (cv2: LD_LIBRARY_PATH, QT_*) as the tests' own imports do
 
 _keep = []
 
@@ -33,11 +38,13 @@ def _runtime(key: str) -> bool: return any(key == p or (p.endswith('_') and key.
 HERE, RUNPY = os.path.abspath(__file__), os.path.join(os.path.dirname(os.__file__), 'runpy.py')
 START_ENV = dict(os.environ)      # before the imports: some of them set variables, as they would in a fresh Python
 
+RELOADED = ('HF_', 'HUGGINGFACE_')    # read at import by huggingface_hub.constants: reloaded in a child whose values differ
+
 def refusal(req: dict) -> str | None:
     "Why this server cannot run `req` as a fresh Python would, or None when it can."
     env, here = req['env'], START_ENV
     for k in sorted(set(env) | set(here)):
-        if k == 'PYTHONPATH' or _runtime(k) or env.get(k) == here.get(k): continue
+        if k == 'PYTHONPATH' or _runtime(k) or k.startswith(RELOADED) or env.get(k) == here.get(k): continue
         if k not in here and env.get(k) == os.environ.get(k): continue     # set by the same imports in the caller
         return f'environment variable {k} differs and may be read at import time'
     for d in _new_paths(env):
@@ -116,10 +123,24 @@ def become(req: dict, fds: list[int]):
     sys.argv = {'code': ['-c'], 'module': [target]}.get(kind, [target]) + args
     first = {'code': '', 'script': os.path.dirname(os.path.abspath(target))}.get(kind, os.getcwd())
     sys.path[:] = [first] + new + [p for p in sys.path[1:] if p not in new]
+    if any(os.environ.get(k) != START_ENV.get(k) for k in set(os.environ) | set(START_ENV) if k.startswith(RELOADED)):
+        _reload_hub_constants()
     _nest(req)
     import random; random.seed()
     if 'numpy' in sys.modules: sys.modules['numpy'].random.seed()
     if 'torch' in sys.modules: sys.modules['torch'].seed()
+
+def _reload_hub_constants():
+    """Re-read huggingface_hub's constants (endpoint, cache folders, offline mode...) from this child's environment, and
+    update the modules that imported a constant by name (`from .constants import X`): what a fresh import would give."""
+    c = sys.modules.get('huggingface_hub.constants')
+    if c is None: return
+    import importlib
+    old = dict(vars(c)); importlib.reload(c); new = vars(c)
+    for name, mod in list(sys.modules.items()):
+        if mod is None or mod is c or not name.startswith('huggingface_hub'): continue
+        d = vars(mod)
+        for k in [k for k in d if k in old and k in new and not k.startswith('__') and d[k] is old[k]]: d[k] = new[k]
 
 def _nest(req: dict):
     "torchrun and `accelerate launch` in a child start their ranks through this server too (a fresh Python where refused)."
