@@ -58,10 +58,15 @@ def _realfake_warnings_stay_on():
     assert not quieted, "this test left the 'realfake' logger quieter than WARNING"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
-    "Start the fork server in each process that runs tests (not in an xdist controller): its imports overlap the first tests."
-    if os.environ.get('PYTEST_XDIST_WORKER') or not getattr(session.config.option, 'numprocesses', None):
-        import forks; forks.start()
+    """Start the tests' fork server once, in the process that starts the others (before xdist starts its workers, which
+    find it through REALFAKE_TEST_FORK_SERVER): its imports overlap the workers' collection."""
+    import forks
+    where = os.environ.get('REALFAKE_TEST_FORK_SERVER')
+    if where and os.environ.get('PYTEST_XDIST_WORKER'): forks.attach(where); return
+    server = forks.start()
+    if server is not None: os.environ['REALFAKE_TEST_FORK_SERVER'] = server.path
 
 def pytest_sessionfinish(session):
     "With REALFAKE_TEST_FORK_STATS=FOLDER, each test process writes how many commands were forked or run fresh, and why."

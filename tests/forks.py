@@ -43,9 +43,16 @@ class _Server:
         except (OSError, subprocess.TimeoutExpired): self.proc.kill()
 
 class _Attached:
-    "The server this process was forked from (its ranks, when it is torchrun, are forked from it too)."
-    def __init__(self, path): self.path, self.dir = path, os.path.dirname(path)
-    def ready(self): return True
+    "A server another process started (pytest's xdist controller, or the server this process was forked from)."
+    def __init__(self, path): self.path, self.dir, self.ok = path, os.path.dirname(path), None
+    def ready(self) -> bool:
+        "Wait until the server listens (its socket appears once it has imported everything)."
+        end = time.monotonic() + 300
+        while self.ok is None:
+            if os.path.exists(self.path): self.ok = True
+            elif time.monotonic() > end or not os.path.isdir(self.dir): self.ok = False
+            else: time.sleep(0.05)
+        return self.ok
 
 def attach(path: str):
     "In a forked child: use the server at `path` rather than starting one."

@@ -67,7 +67,8 @@ def _reply(conn, **msg):
 
 def serve(path: str) -> tuple[dict, list[int]]:
     "Accept requests on Unix socket `path` until stdin closes; in a forked child, return its request and fds."
-    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lsock.bind(path); lsock.listen(64)
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lsock.bind(path + '.new'); lsock.listen(64)
+    os.rename(path + '.new', path)                          # clients wait for `path`: it appears listening
     children: dict[int, socket.socket] = {}
     print('ready', flush=True)
     while True:
