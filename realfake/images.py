@@ -13,8 +13,8 @@ from .containers import ContainerError, open_member, split_pointer
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS',
-           'GEN_SIGNATURES', 'ImageLoadError', 'open_source', 'to_rgb', 'load_image', 'estimate_jpeg_quality',
-           'jpeg_info', 'generator_text', 'probe_image', 'thumbnail']
+           'GEN_SIGNATURES', 'ImageLoadError', 'open_source', 'open_image', 'to_rgb', 'load_image',
+           'estimate_jpeg_quality', 'jpeg_info', 'generator_text', 'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
 MAX_PIXELS = 100_000_000  # largest image (width*height) we agree to decode
@@ -141,6 +141,14 @@ def _size(f) -> int:
 def open_source(path):
     "A binary file object for `path`: a loose file or a member inside a tar, zip or Parquet container; errors -> `ImageLoadError`."
     return _open_file(path)
+
+# %% ../nbs/02_images.ipynb #1b017e41
+from contextlib import contextmanager
+
+@contextmanager
+def open_image(path, max_pixels:int|None=MAX_PIXELS):
+    "The PIL image of the file or container member at `path`, header read only (`FORMATS`, pixel limit), closed on exit; errors -> `ImageLoadError`."
+    with open_source(path) as f, _open(f, str(path), max_pixels) as im: yield im
 
 # %% ../nbs/02_images.ipynb #c84fae28
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

@@ -17,7 +17,7 @@ from .core import (opt, hidden, SEED, RealfakeError, IMAGE_EXTS, atomic_path, at
                            csv_cell, error_line, get_logger, progress_bar, command, find_images,
                            read_state_json, check_shape, printable)
 from .metadata import read_metadata, write_metadata
-from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info, open_source
+from .images import MAX_PIXELS, ImageLoadError, load_image, probe_image, jpeg_info, open_source, open_image
 from .autoencoders import AESpec, parse_ae, import_diffusers, load_autoencoder, Autoencoder, Img2Img, load_img2img
 from .tiling import round_up, reconstruct_arrays, reconstruct_tiled, BATCH_SIDE, plan_batches, needs_tiles
 
@@ -57,7 +57,7 @@ def source_info(path) -> dict:
     if fmt == 'JPEG':
         j = jpeg_info(path)
         info.update(jpeg=j, grey=bool(j) and j['subsampling'] == 'gray')
-    with Image.open(path) as im:                          # the header: nothing decoded (an animated file: its frame count)
+    with open_image(path) as im:                          # the header through the one opener: nothing decoded (an animated file: its frame count)
         if fmt != 'JPEG': info['grey'] = im.mode in _GREY_MODES
         info.update(path=str(path), alpha=im.mode in _ALPHA_MODES or 'transparency' in im.info, icc=im.info.get('icc_profile'),
                     exif=im.info.get('exif'), progressive=bool(im.info.get('progressive') or im.info.get('progression')),
@@ -73,7 +73,7 @@ def _upright_exif(b:bytes) -> bytes:
 
 def _source_alpha(path, size) -> Image.Image|None:
     "The alpha channel of the image at `path`, EXIF-rotated like `load_image`; None when its size is not `size`."
-    with Image.open(path) as s: a = ImageOps.exif_transpose(s).convert('RGBA').getchannel('A')
+    with open_image(path) as s: a = ImageOps.exif_transpose(s).convert('RGBA').getchannel('A')
     return a if a.size == size else None
 
 def _carry(im:Image.Image, fmt:str, info:dict) -> tuple[Image.Image, dict, list[str]]:

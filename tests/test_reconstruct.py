@@ -388,3 +388,30 @@ def test_realfake_train_trains_on_the_aligned_set(vaes, tmp_path):
     res = train(str(tmp_path/'aligned'/'metadata.jsonl'), PRESETS['demo'].override(epochs=1, size=32, bs=8, lr=2e-3),
                 out=tmp_path/'run', workers=0, cpu=True, quiet=True)
     assert np.isfinite(res['values']['valid_loss']) and (Path(res['model_dir'])/'model.safetensors').is_file()
+
+# ---------------------------------------------------------------- records inside containers (issue 20)
+def test_records_inside_a_tar_and_a_zip_are_reconstructed(vaes, tmp_path):
+    """Metadata records pointing into a tar shard and a zip archive (`CONTAINER/MEMBER`) are read by the one image loader:
+    each real gets its fake, the real record keeps its pointer, and a member that is not there is an error row."""
+    import io, tarfile, zipfile
+    from realfake.containers import pointer
+    kl, _ = vaes
+    blobs = [_img(tmp_path/'src'/f'{i}.png', 40 + 8 * i, 32, seed=i).read_bytes() for i in range(4)]
+    d = tmp_path/'data'; d.mkdir()
+    with tarfile.open(d/'000.tar', 'w') as tf:
+        for i in (0, 1):
+            ti = tarfile.TarInfo(f'k/{i}.png'); ti.size = len(blobs[i]); tf.addfile(ti, io.BytesIO(blobs[i]))
+    with zipfile.ZipFile(d/'part.zip', 'w') as zf:
+        for i in (2, 3): zf.writestr(f'{i}.png', blobs[i])
+    recs = [dict(path=str(pointer(d/'000.tar', f'k/{i}.png')), label='real', split='train', source='tar') for i in (0, 1)]
+    recs += [dict(path=str(pointer(d/'part.zip', f'{i}.png')), label='real', split='valid', source='zip') for i in (2, 3)]
+    recs.append(dict(path=str(pointer(d/'000.tar', 'k/9.png')), label='real', split='train', source='tar'))   # not in the tar
+    write_metadata(recs, d/'metadata.jsonl')
+    res = R.reconstruct([d/'metadata.jsonl'], ae=str(kl), out_dir=tmp_path/'out', bs=2, workers=1, progress=False, env=JobEnv())
+    assert (res['done'], res['errors']) == (4, 1), res
+    df = read_metadata(tmp_path/'out'/'metadata.jsonl')
+    real, fake = df[df.label == 'real'], df[df.label == 'fake']
+    assert sorted(real.path) == sorted(r['path'] for r in recs[:4]) and len(fake) == 4
+    for r in real.itertuples():                                   # each fake has its real's size and pair group
+        f = fake[fake.group == r.group]
+        assert len(f) == 1 and Image.open(f.path.iloc[0]).size == load_image(r.path).size

@@ -213,3 +213,17 @@ def test_max_pixels_argument(tmp_path):
     with pytest.raises(images.ImageLoadError): images.load_image(p, max_pixels=1000)
     with pytest.raises(images.ImageLoadError): images.load_image(np.zeros((100, 100, 3), np.uint8), max_pixels=1000)
     with pytest.raises(images.ImageLoadError): images.load_image(Image.new('RGB', (100, 100)), max_pixels=1000)
+
+def test_no_module_opens_an_image_by_its_path():
+    """`Image.open` outside `realfake.images` gets bytes in memory or a file object, never a path: a path would bypass the
+    one opener (container members, the FIFO/device guard, the format list). `images.open_image` is the way to a header."""
+    bad = []
+    for py in sorted(PKG.glob('*.py')):
+        if py.name == 'images.py': continue
+        for name, base, n in _calls(ast.parse(py.read_text())):
+            if name != 'open' or base not in ('Image', 'PIL.Image'): continue
+            arg = n.args[0] if n.args else None
+            in_memory = isinstance(arg, ast.Call) and getattr(arg.func, 'attr', getattr(arg.func, 'id', '')) == 'BytesIO'
+            if not (in_memory or (isinstance(arg, ast.Name) and arg.id in ('buf', 'f', 'fp'))):
+                bad.append(f'{py.name}:{n.lineno}: Image.open({ast.unparse(arg) if arg else ""})')
+    assert not bad, bad
