@@ -20,39 +20,42 @@ def server_env(**extra) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', TQDM_DISABLE='1')
     return {**env, **{k: str(v) for k, v in extra.items()}}
 
-class _Server:
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix='rf_zygote_')
-        self.path = os.path.join(self.dir, 'sock')
-        self.log = open(os.path.join(self.dir, 'log'), 'w+')
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name('zygote.py')), self.path],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     env=server_env(), cwd=self.dir)
-        self.ok = None
-        atexit.register(self.close)
-
-    def ready(self) -> bool:
-        if self.ok is None:
-            r, _, _ = select.select([self.proc.stdout], [], [], 300)
-            self.ok = bool(r) and self.proc.stdout.readline().strip() == b'ready'
-            if not self.ok: self.log.seek(0); print('fork server did not start:\n' + self.log.read()[-2000:], file=sys.stderr)
-        return self.ok
-
-    def close(self):
-        try: self.proc.stdin.close(); self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired): self.proc.kill()
-
 class _Attached:
     "A server another process started (pytest's xdist controller, or the server this process was forked from)."
     def __init__(self, path): self.path, self.dir, self.ok = path, os.path.dirname(path), None
+
+    def alive(self) -> bool: return os.path.isdir(self.dir)
+
     def ready(self) -> bool:
         "Wait until the server listens (its socket appears once it has imported everything)."
         end = time.monotonic() + 300
         while self.ok is None:
             if os.path.exists(self.path): self.ok = True
-            elif time.monotonic() > end or not os.path.isdir(self.dir): self.ok = False
+            elif time.monotonic() > end or not self.alive(): self.ok = False
             else: time.sleep(0.05)
         return self.ok
+
+class _Server(_Attached):
+    "The server this process started and owns: it ends when this process closes its stdin (or exits)."
+    def __init__(self):
+        super().__init__(os.path.join(tempfile.mkdtemp(prefix='rf_zygote_'), 'sock'))
+        self.log = open(os.path.join(self.dir, 'log'), 'w+')
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name('zygote.py')), self.path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.log,
+                                     env=server_env(), cwd=self.dir)
+        atexit.register(self.close)
+
+    def alive(self) -> bool: return self.proc.poll() is None
+
+    def ready(self) -> bool:
+        if not super().ready() and self.ok is False:
+            self.log.seek(0); print('fork server did not start:\n' + self.log.read()[-2000:], file=sys.stderr)
+        return self.ok
+
+    def close(self):
+        try: self.proc.stdin.close(); self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired): self.proc.kill()
+        self.log.close()
 
 def attach(path: str):
     "In a forked child: use the server at `path` rather than starting one."

@@ -20,11 +20,7 @@ def cli_cmd(name: str) -> list[str]:
     if exe.exists(): return [str(exe)]
     return [sys.executable, '-c', f'import sys; from realfake.cli import main; sys.argv[0] = {name!r}; sys.exit(main({name!r}))']   # as the console script
 
-def cli_env(**extra) -> dict:
-    "The environment for a command under test: one thread, no progress bars, no plotting window (the fork server's)."
-    env = forks.server_env()
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+cli_env = forks.server_env     # the environment of a command under test: one thread, no progress bars, no plotting window
 
 def run_cli(name: str, *args, timeout: float = 90, cwd=None, env=None) -> subprocess.CompletedProcess:
     """Run console script `name` with `args` in a process of its own (forked from `tests/forks.py`'s server when the

@@ -1,6 +1,7 @@
 "Tests of realfake.modeldir: config validation (old and new layouts), model directories, the network, local weights, untrusted files."
 import json, os, pickle, signal, subprocess, sys, time
 import forks
+from helpers import cli_env
 
 import pytest
 import torch
@@ -146,7 +147,7 @@ def test_sigkill_during_model_dir_write_never_leaves_half_dir(tmp_path):
     "Kill -9 a process while it rewrites a model directory: what is there always loads and is consistent."
     script = tmp_path/'w.py'; script.write_text(_KILL_WRITER)
     dest = tmp_path/'out'/'model'
-    p = forks.popen([sys.executable, str(script), str(dest)], stdout=subprocess.PIPE, text=True, env=forks.server_env())
+    p = forks.popen([sys.executable, str(script), str(dest)], stdout=subprocess.PIPE, text=True, env=cli_env())
     try:
         n = 0
         for line in p.stdout:  # kill inside the write window, after a few complete writes

@@ -162,7 +162,7 @@ def test_sigkill_midway_then_rerun(model_dir, clf, counting, tmp_path):
     "A run killed with SIGKILL leaves a CSV valid up to its last complete row; a rerun completes it, no file twice."
     d = tmp_path/'in'; _write_good(d, 12)
     out = tmp_path/'p.csv'
-    env = forks.server_env(PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get('PYTHONPATH', '')]))
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get('PYTHONPATH', '')]))
     proc = forks.popen([sys.executable, '-c', _SLOW_RUN, str(d), str(model_dir), str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -5,7 +5,7 @@ import configparser, os, re, shlex, signal, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
 import forks
-from helpers import CLI_MODULES, cli_cmd
+from helpers import CLI_MODULES, cli_cmd, cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT/'README.md'
@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 def _env():
     bin_dir = str(Path(sys.executable).parent)
-    return forks.server_env(PATH=bin_dir + os.pathsep + os.environ.get('PATH', ''))
+    return cli_env(PATH=bin_dir + os.pathsep + os.environ.get('PATH', ''))
 
 def _argv(cmd:str) -> list | None:
     "The argv of a README line that is one `realfake_*` command (no shell syntax), its script as the venv has it; else None."

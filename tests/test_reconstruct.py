@@ -3,6 +3,7 @@ split integrity, formats and JPEG tables kept, odd sizes, tiles, corrupt inputs,
 under torchrun, a missing Hub id offline, img2img plumbing, diffusers kept optional, and training on the result."""
 import json, os, signal, subprocess, sys, time
 import forks
+from helpers import cli_env
 from pathlib import Path
 
 import numpy as np, pandas as pd
@@ -19,7 +20,7 @@ from realfake.metadata import read_metadata, write_metadata
 pytest.importorskip('diffusers')
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 ROOT = Path(__file__).resolve().parents[1]
-ENV = forks.server_env(PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+ENV = cli_env(PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
 
 @pytest.fixture(scope='module')
 def vaes(tmp_path_factory):

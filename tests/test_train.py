@@ -2,6 +2,7 @@
 two CPU processes (gloo) with shards / identical weights / only rank 0 writing, unreadable images skipped."""
 import json, logging, shutil, signal, subprocess, sys, time
 import forks
+from helpers import cli_env
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,7 @@ def test_sigkill_mid_training_then_resume(tiny_demo, tmp_path):
     "SIGKILL during epoch 2 (and possibly mid-checkpoint): the last complete checkpoint loads and --resume finishes."
     out = tmp_path/'run'
     (tmp_path/'k.py').write_text(_KILLED_RUN)
-    p = forks.popen([sys.executable, str(tmp_path/'k.py'), str(tiny_demo), str(out)], env=forks.server_env(),
+    p = forks.popen([sys.executable, str(tmp_path/'k.py'), str(tiny_demo), str(out)], env=cli_env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t0 = time.time()
@@ -189,7 +190,7 @@ def test_two_cpu_processes(tmp_path):
     "torchrun, 2 processes, gloo: each rank its own shard, identical weights after training, only rank 0 writes."
     out, rec = tmp_path/'run', tmp_path/'rec'; rec.mkdir()
     (tmp_path/'driver.py').write_text(_DDP_DRIVER)
-    env = forks.server_env()
+    env = cli_env()
     r = forks.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         str(tmp_path/'driver.py'), str(out), str(rec)], capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -31,7 +31,7 @@ PRELOAD = ('numpy', 'pandas', 'PIL.Image', 'torch', 'torchvision', 'timm', 'fast
            'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks',
            'sklearn.metrics', 'cv2')     # these two set variables at import (cv2: LD_LIBRARY_PATH, QT_*) as the tests' own imports do
 
-_keep = []
+_keep = []        # the server's own __main__ module, kept alive once a child's `-c` code becomes __main__
 
 def _runtime(key: str) -> bool: return any(key == p or (p.endswith('_') and key.startswith(p)) for p in RUNTIME_ENV)
 
@@ -70,7 +70,6 @@ def serve(path: str) -> tuple[dict, list[int]]:
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); lsock.bind(path + '.new'); lsock.listen(64)
     os.rename(path + '.new', path)                          # clients wait for `path`: it appears listening
     children: dict[int, socket.socket] = {}
-    print('ready', flush=True)
     while True:
         r, _, _ = select.select([lsock, sys.stdin], [], [], 0.02)
         _reap(children)
