@@ -21,19 +21,40 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def trained_demo(tmp_path_factory):
-    """A convnext_atto trained once per session on the simulated demo, both classes PNG (so only the simulated decoder
-    trace tells them apart), 32-pixel native crops: `train`'s result dict (`model_dir`, `values`, `learn`, ...) plus
-    `metadata`. Tests that need a model that learned something share it instead of training their own."""
-    import torch
+    """A convnext_atto trained once per test run on the simulated demo, both classes PNG (so only the simulated decoder
+    trace tells them apart), 32-pixel native crops: `model_dir`, `values`, `log`, `checkpoints`, `seconds`, `metadata`,
+    and `batch` (a validation batch and the learner's logits for it, to check the saved model against). Tests that need a
+    model that learned something share it instead of training their own; with xdist the first worker to ask trains it
+    (under a file lock) and the others read what it wrote."""
+    import fcntl, json
+    from safetensors.torch import load_file
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'): root = root.parent            # shared by the workers of this run
+    d = root/'trained_demo'
+    with open(root/'trained_demo.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (d/'result.json').exists(): _train_demo(d)
+    res = json.loads((d/'result.json').read_text())
+    return {**res, 'batch': load_file(d/'batch.safetensors')}
+
+def _train_demo(d):
+    import json, torch
+    from safetensors.torch import save_file
     from realfake.synth import make_demo
     from realfake.train import train, PRESETS
-    d = tmp_path_factory.mktemp('trained_demo')
     meta = make_demo(d/'demo', n=200, size=32, seed=0, same_format='PNG')
     n = torch.get_num_threads(); torch.set_num_threads(1)
     try: res = train(str(meta), PRESETS['demo'].override(size=32, bs=16, epochs=5, lr=3e-3, max_crops=4), out=d/'run',
                      workers=0, cpu=True, quiet=True, threads=1)
     finally: torch.set_num_threads(n)
-    return {**res, 'metadata': meta}
+    learn = res['learn']
+    xb = learn.dls.valid.one_batch()[0]
+    learn.model.eval()
+    with torch.no_grad(): logits = learn.model(xb)
+    save_file({'xb': xb.contiguous(), 'logits': logits.contiguous()}, d/'batch.safetensors')
+    keep = {k: str(res[k]) for k in ('model_dir', 'log', 'checkpoints')}
+    rec = dict(keep, values=res['values'], seconds=res['seconds'], metadata=str(meta))
+    (d/'result.json.tmp').write_text(json.dumps(rec)); (d/'result.json.tmp').rename(d/'result.json')
 
 @pytest.fixture(scope='session')
 def run_cli():
@@ -66,7 +87,21 @@ def pytest_sessionstart(session):
     where = os.environ.get('REALFAKE_TEST_FORK_SERVER')
     if where and os.environ.get('PYTEST_XDIST_WORKER'): forks.attach(where); return
     server = forks.start()
-    if server is not None: os.environ['REALFAKE_TEST_FORK_SERVER'] = server.path
+    if server is None: return
+    os.environ['REALFAKE_TEST_FORK_SERVER'] = server.path
+    _fork_xdist_workers()
+
+def _fork_xdist_workers():
+    """xdist's workers are forked from the server too (execnet starts each as `python -u -c BOOTSTRAP`): they begin with
+    torch, fastai and realfake imported instead of importing them again each. Their environment is the server's
+    (`forks.server_env`: one OpenMP thread per worker, no progress bars, the Agg backend)."""
+    try: import execnet.gateway_io as gio
+    except ImportError: return
+    import forks, subprocess
+    def start(self, args, execmodel):
+        self.popen = forks.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=forks.server_env())
+        super(gio.Popen2IOMaster, self).__init__(self.popen.stdin, self.popen.stdout, execmodel=execmodel)
+    gio.Popen2IOMaster.__init__ = start
 
 def pytest_sessionfinish(session):
     "With REALFAKE_TEST_FORK_STATS=FOLDER, each test process writes how many commands were forked or run fresh, and why."
@@ -99,6 +134,3 @@ def pytest_collection_modifyitems(items):
     slow = {it.module for it in items if it.get_closest_marker('slow')}
     first = ('test_readme.py', 'test_containers.py', 'test_interrupt.py')      # the longest single tests of a full run
     items.sort(key=lambda it: (it.module not in slow, it.path.name not in first))
-
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: more than 10 s on a small CPU (deselect with -m "not slow")')

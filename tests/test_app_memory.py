@@ -6,7 +6,7 @@ Run as a script to print the figures for any checkout (e.g. before and after a c
     PYTHONPATH=/path/to/checkout python tests/test_app_memory.py --requests 3 --files 16 --mpix 40
 """
 from __future__ import annotations
-import argparse, io, json, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
+import argparse, functools, io, json, socket, subprocess, sys, tempfile, threading, time, urllib.request, uuid
 from pathlib import Path
 import pytest
 
@@ -29,8 +29,9 @@ def _status(pid) -> dict:
         if k in ('VmRSS', 'VmHWM'): out[k] = int(v.split()[0]) * 1024
     return out
 
+@functools.lru_cache(maxsize=32)
 def bomb_png(w:int, h:int, seed:int=0, fmt:str='PNG', mode:str='RGB') -> bytes:
-    "A `w` x `h` image of one colour: a PNG is about 1/1000 of its decoded size (a 40-megapixel one is ~120 kB)."
+    "A `w` x `h` image of one colour: a PNG is about 1/1000 of its decoded size (a 40-megapixel one is ~120 kB). Made once."
     from PIL import Image
     b = io.BytesIO(); Image.new(mode, (w, h), (seed * 37 % 256, 90, 160, 200)[:len(mode)]).save(b, fmt, **({'compress_level': 9} if fmt == 'PNG' else {'lossless': True}))
     return b.getvalue()

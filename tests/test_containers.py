@@ -416,8 +416,8 @@ def test_two_machines_killed_mid_epoch_resume_on_container_data(sources, tmp_pat
             assert all(m.poll() is None for m in ms), [m.communicate()[1][-1500:] for m in ms if m.poll() is not None]
             time.sleep(0.2)
     _kill_machine(ms[1])                                      # machine 1 dies during epoch 1 (its agent and its worker)
-    try: ms[0].wait(timeout=20)
-    except subprocess.TimeoutExpired: _kill_machine(ms[0])    # machine 0 would wait for it in gloo
+    try: ms[0].wait(timeout=3)
+    except subprocess.TimeoutExpired: _kill_machine(ms[0])    # machine 0 may wait for it in gloo: the job is lost, as a preempted one
     for m in ms: m.wait()
     before = hist.read_text().splitlines()[1:]
     assert 1 <= len(before) < EPOCHS_2M                       # the run did stop early

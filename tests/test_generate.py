@@ -207,8 +207,8 @@ def test_without_the_extra(tmp_path):
     code = ("import sys; sys.modules['diffusers'] = None; sys.modules['transformers'] = None; "
             "from fastcore.script import _run_cli; import realfake.guidance; from realfake.generate import realfake_generate as f; "
             "sys.argv[0] = 'realfake_generate'; _run_cli(f.__wrapped__, False)")
-    r = subprocess.run([sys.executable, '-c', code, str(tmp_path/'prompts.txt'), '--pipeline', str(tmp_path/'nowhere')],
-                       env=cli_env(), capture_output=True, text=True, timeout=120)
+    r = forks.run([sys.executable, '-c', code, str(tmp_path/'prompts.txt'), '--pipeline', str(tmp_path/'nowhere')],
+                  env=cli_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "realfake_generate: error:" in r.stderr and "pip install 'realfake[generate]'" in r.stderr
 

@@ -15,6 +15,8 @@ from urllib.parse import urlparse, unquote
 import numpy as np, pandas as pd, pytest, torch, yaml
 from PIL import Image
 
+import sys
+import forks
 from helpers import cli_env, make_model_dir
 from realfake.core import RealfakeError
 from realfake.hub import card_from_folders, model_facts, write_model_card, push_model, read_report
@@ -353,8 +355,7 @@ def test_push_to_branch_with_reviewed_card(model_dir, report, tmp_path, fake_hub
     env = hub_env(tmp_path, fake_hub)
     code = ('import sys; from realfake.hub import push_model; '
             f'print(push_model({str(model_dir)!r}, "org/tiny2", card={str(card)!r}, revision="v2")["commit"])')
-    import subprocess, sys
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    r = forks.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-1500:]
     repo = fake_hub.repos['org/tiny2']
     assert repo['branches']['v2'] == r.stdout.strip() and 'README.md' not in repo['commits'][repo['branches']['main']]

@@ -1,7 +1,12 @@
-"The notebooks read like fastai's: no exported cell longer than 60 lines, and every exported function or class has a `show_doc`."
-import ast, json, re
+"""The notebooks: they read like fastai's (no exported cell longer than 60 lines, every exported function or class has a
+`show_doc`), and their own tests pass. Each notebook runs as one pytest test through nbdev's `test_nb`, with the files,
+skip flags (`tst_flags`) and working folder that `nbdev_test` uses, in a process of its own forked from the tests' server
+(`tests/forks.py`): the notebooks share the suite's workers instead of a separate `nbdev_test` pass that imports torch
+and fastai again. A failing notebook fails its test with the cell's traceback."""
+import ast, json, re, sys
 from pathlib import Path
 import pytest
+import forks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(ROOT.glob('nbs/*.ipynb'))
@@ -76,3 +81,50 @@ def test_the_check_can_fail():
     assert problems(_nb(('code', ok), ('markdown', long), ('code', 'show_doc(f)\nshow_doc( C)')), src) == []
     assert missing_show_doc(_nb(('code', 'show_doc(ff)')), ['f']) == ['f']   # a longer name is not the name
     assert missing_show_doc(_nb(('markdown', 'show_doc(f)')), ['f']) == ['f'] # only code cells count
+
+# ---------------------------------------------------------------- the notebooks' own tests
+def notebooks() -> list[Path]:
+    "The notebooks `nbdev_test` would run: nbdev's own glob (settings.ini's nbs_path, recursive), minus `.notest` folders."
+    from nbdev.config import get_config
+    from nbdev.doclinks import nbglob
+    nbs = Path(get_config(path=ROOT).nbs_path)
+    found = [p.absolute() for p in nbglob(nbs, as_path=True) if not (p.parent/'.notest').exists()]
+    return sorted(found, key=lambda p: -p.stat().st_size)         # the largest (slowest) first, so none runs alone at the end
+
+RUN = """import sys
+from pathlib import Path
+from nbdev.config import get_config
+from nbdev.test import test_nb
+cfg = get_config()
+ok, _ = test_nb(Path(sys.argv[1]), skip_flags=cfg.tst_flags.split(), basepath=cfg.config_path, showerr=True)
+sys.exit(0 if ok else 1)
+"""
+
+def test_every_notebook_is_collected():
+    "The glob finds the source notebooks (a wrong nbs_path or a stray .notest would silently test nothing)."
+    names = {p.name for p in notebooks()}
+    assert len(names) >= 40 and {'index.ipynb', '13_predict.ipynb', '90_walkthrough.ipynb'} <= names, sorted(names)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('nb', notebooks(), ids=lambda p: p.name)
+def test_notebook(nb):
+    "Every code cell runs without error, but those flagged `notest` or `slow` (settings.ini's tst_flags), as nbdev_test does."
+    r = forks.run([sys.executable, '-c', RUN, str(nb)], cwd=ROOT/'nbs', env=forks.server_env(), capture_output=True,
+                  text=True, timeout=600)
+    assert r.returncode == 0, f'{nb.name} failed:\n{r.stderr[-6000:]}'
+
+def test_a_failing_cell_fails_its_notebook(tmp_path):
+    "The runner is not a formality: an error in a cell fails the notebook, with the traceback; a `notest` cell is skipped."
+    cell = lambda src: {'cell_type': 'code', 'execution_count': None, 'id': str(abs(hash(src)))[:8], 'metadata': {},
+                        'outputs': [], 'source': src}
+    nb = {'cells': [], 'metadata': {'kernelspec': {'language': 'python', 'name': 'python3', 'display_name': 'Python 3'}},
+          'nbformat': 4, 'nbformat_minor': 5}
+    def run(*srcs):
+        nb['cells'] = [cell(s) for s in srcs]
+        (tmp_path/'t.ipynb').write_text(json.dumps(nb))
+        return forks.run([sys.executable, '-c', RUN, str(tmp_path/'t.ipynb')], cwd=ROOT/'nbs', env=forks.server_env(),
+                         capture_output=True, text=True, timeout=120)
+    r = run('x = 1', "assert x == 2, 'the cell fails'")
+    assert r.returncode == 1 and 'the cell fails' in r.stderr, r.stderr[-2000:]
+    r = run('x = 1', "#| notest\nraise RuntimeError('not run')", 'assert x == 1')
+    assert r.returncode == 0, r.stderr[-2000:]

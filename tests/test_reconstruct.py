@@ -318,8 +318,8 @@ def test_missing_hub_id_offline_fails_fast_with_advice(tmp_path):
     env = {**ENV, 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path/'hf')}
     _img(tmp_path/'in'/'a.png', 16, 16)
     t = time.time()
-    r = subprocess.run([sys.executable, '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', 'stabilityai/sd-vae-ft-mse',
-                        '--out', str(tmp_path/'out')], env=env, capture_output=True, text=True, timeout=120)
+    r = forks.run([sys.executable, '-m', 'realfake.reconstruct', str(tmp_path/'in'), '--ae', 'stabilityai/sd-vae-ft-mse',
+                   '--out', str(tmp_path/'out')], env=env, capture_output=True, text=True, timeout=120)
     print(f"failed after {time.time() - t:.1f} s (process start and imports included)")
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
@@ -343,8 +343,8 @@ try: R.reconstruct([sys.argv[1]], ae=sys.argv[1], out_dir=sys.argv[2]); print('n
 except ImportError as e: print('ImportError:', e)
 """
     _img(tmp_path/'m'/'a.png', 8, 8)
-    r = subprocess.run([sys.executable, '-c', code, str(tmp_path/'m'), str(tmp_path/'out')], env=ENV, capture_output=True,
-                       text=True, timeout=300)
+    r = forks.run([sys.executable, '-c', code, str(tmp_path/'m'), str(tmp_path/'out')], env=ENV, capture_output=True,
+                  text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'imported diffusers: False' in r.stdout, r.stdout
     assert "ImportError: realfake_reconstruct needs diffusers: pip install 'realfake[reconstruct]'" in r.stdout, r.stdout

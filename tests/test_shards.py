@@ -198,12 +198,10 @@ def test_sigkill_then_rerun_completes(model_dir, tmp_path):
 @pytest.mark.slow
 def test_two_processes_under_torchrun(model_dir, tmp_path):
     "torchrun --nproc_per_node 2 on the CPU: each process scores its own shards; together every sample exactly once."
-    torchrun = shutil.which('torchrun') or str(Path(sys.executable).parent/'torchrun')
-    if not Path(torchrun).exists(): pytest.skip('torchrun not installed')
     shards = make_shards(tmp_path/'s', 5, 3)
     (tmp_path/'run.py').write_text('import sys\nfrom fastcore.script import _run_cli\nfrom realfake.predict import realfake_predict as f\n'
                                    "sys.argv[0] = 'realfake_predict'\n_run_cli(f.__wrapped__, False)\n")
-    cmd = [torchrun, '--standalone', '--nproc_per_node', '2', str(tmp_path/'run.py'), str(tmp_path/'s'/'{00000..00004}.tar'),
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'run.py'), str(tmp_path/'s'/'{00000..00004}.tar'),
            '--model', str(model_dir), '--out', str(tmp_path/'out'), '--no_progress', '--workers', '0', '--device', 'cpu']
     r = forks.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -10,9 +10,16 @@ refuses, and the caller (`tests/helpers.py`) runs a fresh Python instead:
   exception: huggingface_hub reads it into one module of constants, which the child reloads (`_reload_hub_constants`);
 - a `PYTHONPATH` addition that holds a module the server has already imported (it would not shadow it).
 What the server imported stays imported, side effects included (fastcore's and fastai's patches of pathlib and torch):
-a command that would need them and not import them itself passes here and fails fresh. The tests of what each command
-imports (`test_modeldir`, `test_cli`, `test_generate`, `test_reconstruct`) and of the installed console script
-(`test_predict`) use a fresh Python (`subprocess`) for that reason; `REALFAKE_TEST_FRESH=1` runs every command fresh.
+a command that would need them and not import them itself passes here and fails fresh. The tests that a module does
+not import something the server has imported (torch, training code: `test_modeldir`, `test_cli`, `test_humans`,
+`test_provenance`) and of the installed console script (`test_predict`) use a fresh Python (`subprocess`) for that
+reason; a test that a module does not import what the server has not imported either (diffusers) can use a fork, which
+still sees any import the preloaded modules made. `REALFAKE_TEST_FRESH=1` runs every command fresh.
+
+pytest-xdist's workers are forked from it too (`conftest._fork_xdist_workers`), so they start with everything imported.
+After its imports the server freezes its objects out of the garbage collector (`gc.freeze`): a child's collections
+would otherwise walk, and so copy, the whole inherited heap (a small notebook run took 0.46 s of CPU forked, 0.10 s
+after).
 
 Protocol (one Unix-socket connection per child): the client sends one JSON request and the child's fds 0, 1, 2
 (SCM_RIGHTS); the server answers `{"pid": N}` or `{"fallback": "why"}`, then `{"status": S}` (the raw wait status)
@@ -29,7 +36,7 @@ PRELOAD = ('numpy', 'pandas', 'PIL.Image', 'torch', 'torchvision', 'timm', 'fast
            'realfake.learner', 'realfake.predict', 'realfake.shards', 'realfake.train', 'realfake.evaluate',
            'realfake.prepare', 'realfake.synth', 'realfake.export', 'realfake.cli',
            'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks',
-           'sklearn.metrics', 'cv2')     # these two set variables at import (cv2: LD_LIBRARY_PATH, QT_*) as the tests' own imports do
+           'sklearn.metrics', 'cv2', 'nbdev.test')     # these two set variables at import (cv2: LD_LIBRARY_PATH, QT_*) as the tests' own imports do
 
 _keep = []        # the server's own __main__ module, kept alive once a child's `-c` code becomes __main__
 
@@ -197,6 +204,8 @@ if __name__ == '__main__':
         for m in PRELOAD:
             try: importlib.import_module(m)
             except ImportError: pass
+    import gc
+    gc.freeze()
     request, child_fds = serve(sys.argv[1])
     request['server'] = sys.argv[1]
     become(request, child_fds)
