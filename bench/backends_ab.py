@@ -1,6 +1,6 @@
 """A/B of the CPU-runtime scoring path (issue 24): the runtimes' sessions and `Classifier.predict` as they were before
 the static-shape pieces ('before': OpenVINO compiled for a dynamic batch and run on the whole batch, ONNX Runtime on
-the whole batch, as it still does by default: a control column) against now ('after'; '+ahead': with `decode_ahead=True`, 2 threads only), interleaved with the naive per-image
+the whole batch, as it still does by default: a control column) against now ('after'; '+ahead': with `decode_ahead=True`), interleaved with the naive per-image
 PyTorch loop (= 1.00x) in one process, same images, end to end through `Classifier.predict` (decode included).
 
     python bench/backends_ab.py [--n_per_set 2] [--reps 2] [--threads 1 2] [--bs 1 32] [--policies resize native]
@@ -74,7 +74,7 @@ def main():
                     for k in after:
                         fns[f'{k} before'] = lambda k=k: res.__setitem__(f'{k} before', pol(before[k]).predict(paths, bs=bs, decode_ahead=False))
                         fns[f'{k} after'] = lambda k=k: res.__setitem__(f'{k} after', pol(after[k]).predict(paths, bs=bs))
-                        if t >= 2 and k.startswith('ov'):     # + decoding the next batch on one more thread (opt-in)
+                        if k.startswith('ov'):     # + decoding the next batch on one more thread (opt-in)
                             fns[f'{k} +ahead'] = lambda k=k: res.__setitem__(f'{k} +ahead', pol(after[k]).predict(paths, bs=bs, decode_ahead=True))
                     cpu = {}
                     ts = C.interleaved(fns, reps=args.reps, warmup=1, cpu=cpu)
@@ -90,7 +90,7 @@ def main():
     print(C.table(rows, ['threads', 'bs', 'policy', 'naive img/s'] + COLS))
     print(f"\n{n} images ({args.n_per_set} each of {', '.join(s[0] for s in SETS)}); each cell: wall-clock ratio / CPU-time ratio "
           f"(naive time / variant time; medians of {args.reps} interleaved repetitions after one warm-up); (x) = max |dprob| against "
-          "realfake torch fp32; '+ahead' (2 threads only) = after with decode_ahead=True. On a loaded machine the 1-thread CPU-time ratio is the steadier figure (at 1 thread every variant "
+          "realfake torch fp32; '+ahead' = after with decode_ahead=True. On a loaded machine the 1-thread CPU-time ratio is the steadier figure (at 1 thread every variant "
           "runs on one thread, so CPU time = the work); at 2 threads only the wall-clock ratio says what overlap gains.")
     if C.load_note(): print(C.load_note())
 

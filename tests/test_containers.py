@@ -286,9 +286,9 @@ def test_get_dls_preloads_container_indexes_for_its_workers(boxes, tmp_path, mon
 @pytest.fixture(scope='module')
 def sources(tmp_path_factory):
     d = tmp_path_factory.mktemp('sources')
-    im = demo_images(d, n=24)
+    im, more = demo_images(d, n=24), demo_images(d/'more', n=12, seed=2)
     return dict(hf=write_hf(d/'imagenet', im['real']), wds=write_wds(d/'laion', im['fake'][:12], per_shard=5),
-                zip=write_zip(d/'diffusiondb', im['fake'][12:]), images=im)
+                zip=write_zip(d/'diffusiondb', im['fake'][12:]), saved=write_saved(d/'saved', more['real']), images=im)
 
 def test_list_sources_in_their_real_schemas(sources):
     hf = list_source(f"real:hf:{sources['hf']}:imagenet")
@@ -350,12 +350,14 @@ def test_hub_id_with_split_from_a_cached_snapshot(tmp_path, monkeypatch, sources
 @pytest.mark.slow
 def test_prepare_train_evaluate_predict_on_containers(sources, tmp_path):
     meta = tmp_path/'meta.jsonl'
-    r = run_cli('realfake_prepare', f"real:hf:{sources['hf']}:imagenet", f"fake:webdataset:{sources['wds']}:laion",
-                f"fake:zip:{sources['zip']}:diffusiondb", '--valid_pct', 0.25, '--test_pct', 0.25, '--probe', '--content_hash',
-                '--prompt_groups', '--out', meta, timeout=120)
+    r = run_cli('realfake_prepare', f"real:hf:{sources['hf']}:imagenet", f"real:hf:{sources['saved']}:saved",
+                f"fake:webdataset:{sources['wds']}:laion", f"fake:zip:{sources['zip']}:diffusiondb", '--valid_pct', 0.25,
+                '--test_pct', 0.25, '--probe', '--content_hash', '--prompt_groups', '--out', meta, timeout=120)
     assert r.returncode == 0, r.stderr
     df = read_metadata(meta)
-    assert df['path'].str.contains(r'\.(?:parquet|tar|zip)/').all() and set(df['split']) == {'train', 'valid', 'test'}
+    assert df['path'].str.contains(r'\.(?:parquet|tar|zip|arrow)/').all() and set(df['split']) == {'train', 'valid', 'test'}
+    kinds = df.groupby(df['path'].str.extract(r'\.(parquet|tar|zip|arrow)/', expand=False))['split'].agg(set)
+    assert set(kinds.index) == {'parquet', 'arrow', 'tar', 'zip'} and {'train', 'test'} <= kinds['arrow'], kinds   # a save_to_disk folder too
     from realfake.train import train, PRESETS
     res = train(str(meta), PRESETS['demo'].override(size=32, bs=8, epochs=1), out=tmp_path/'run', workers=2, cpu=True, quiet=True)
     assert (tmp_path/'run'/'history.csv').read_text().count('\n') == 2
