@@ -197,7 +197,8 @@ def test_sigkill_then_rerun_completes(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_under_torchrun(model_dir, tmp_path):
-    "torchrun --nproc_per_node 2 on the CPU: each process scores its own shards; together every sample exactly once."
+    """torchrun --nproc_per_node 2 on the CPU (as `python -m torch.distributed.run`, what the `torchrun` script runs, so the
+    launcher and its ranks are forked): each process scores its own shards; together every sample exactly once."""
     shards = make_shards(tmp_path/'s', 5, 3)
     (tmp_path/'run.py').write_text('import sys\nfrom fastcore.script import _run_cli\nfrom realfake.predict import realfake_predict as f\n'
                                    "sys.argv[0] = 'realfake_predict'\n_run_cli(f.__wrapped__, False)\n")
