@@ -195,7 +195,11 @@ def _combine(clf, x, counts, boxes):
     margins, tops = np.full(len(counts), np.nan), [None] * len(counts)
     ok = [j for j, c in enumerate(counts) if c]
     if x is None: return margins, tops
-    z, top = combine_logits(torch.from_numpy(clf.logits(x)), [counts[j] for j in ok], clf.spec.combine)
+    lg = clf.logits(x)
+    if all(counts[j] == 1 for j in ok):          # one crop an image (resize policy, one native crop): its margin as it is
+        margins[ok] = (lg[:, 1] - lg[:, 0]).astype(np.float64)
+        return margins, tops
+    z, top = combine_logits(torch.from_numpy(lg), [counts[j] for j in ok], clf.spec.combine)
     margins[ok] = (z[:, 1] - z[:, 0]).double().numpy()
     for j, t in zip(ok, top.tolist()):
         if counts[j] > 1: tops[j] = ','.join(map(str, boxes[j][t]))
@@ -227,31 +231,37 @@ def _one_ahead(it):
 
 
 # %% ../nbs/13_predict.ipynb #880ce0f3
+def _columns(clf, items, bs=None, num_workers=0, transform=None, progress=False, provenance=False, decode_ahead=False):
+    "The columns of each batch of `items`, as a dict of equal-length lists and arrays: the one loop behind `iter_predict` and `predict`."
+    items = _as_items(items)
+    dl = torch.utils.data.DataLoader(_Items(items, clf.spec, transform), batch_size=bs or clf.bs, shuffle=False,
+                                     num_workers=num_workers, collate_fn=_collate, pin_memory=clf.device.type == 'cuda',
+                                     worker_init_fn=_worker_init if num_workers else None)
+    with progress_bar(len(items), 'predict', show=progress) as bar:
+        for idx, x, counts, boxes, errs in (_one_ahead(dl) if decode_ahead and not num_workers else dl):
+            margins, tops = _combine(clf, x, counts, boxes)
+            prob = clf.margin_to_prob(margins)
+            cols = dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=clf.label_of(prob),
+                        logit=margins, n_crops=counts, top_crop=tops, error=errs)
+            if provenance: cols['provenance'] = [_provenance_of(items[i]) for i in idx]
+            yield cols
+            bar.update(len(idx))
+
 @patch
 def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
                  provenance:bool=False, decode_ahead:bool=False):
     "Yield one DataFrame per batch of `items` (see `predict` for the columns; `decode_ahead`: decode the next batch on one more thread meanwhile, without workers)."
-    items = _as_items(items)
-    dl = torch.utils.data.DataLoader(_Items(items, self.spec, transform), batch_size=bs or self.bs, shuffle=False,
-                                     num_workers=num_workers, collate_fn=_collate, pin_memory=self.device.type == 'cuda',
-                                     worker_init_fn=_worker_init if num_workers else None)
-    with progress_bar(len(items), 'predict', show=progress) as bar:
-        for idx, x, counts, boxes, errs in (_one_ahead(dl) if decode_ahead and not num_workers else dl):
-            margins, tops = _combine(self, x, counts, boxes)
-            prob = self.margin_to_prob(margins)
-            df = pd.DataFrame(dict(index=idx, path=[_src_name(items[i]) for i in idx], prob_fake=prob, label=self.label_of(prob),
-                                   logit=margins, n_crops=counts, top_crop=tops, error=errs))
-            if provenance: df['provenance'] = [_provenance_of(items[i]) for i in idx]
-            yield df
-            bar.update(len(idx))
+    for cols in _columns(self, items, bs, num_workers, transform, progress, provenance, decode_ahead): yield pd.DataFrame(cols)
 
 @patch
 def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
             provenance:bool=False, decode_ahead:bool=False) -> pd.DataFrame:
     "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error (`provenance`: + the evidence found, beside the score)."
-    dfs = list(self.iter_predict(items, bs=bs, num_workers=num_workers, transform=transform, progress=progress, provenance=provenance,
-                                 decode_ahead=decode_ahead))
-    return pd.concat(dfs, ignore_index=True) if dfs else pd.DataFrame(columns=PREDICT_COLUMNS)
+    out = {}                                    # one DataFrame at the end: at batch 1, one per image cost ~0.3 ms each
+    for cols in _columns(self, items, bs, num_workers, transform, progress, provenance, decode_ahead):
+        for k, v in cols.items(): out.setdefault(k, []).append(v)
+    if not out: return pd.DataFrame(columns=PREDICT_COLUMNS)
+    return pd.DataFrame({k: np.concatenate(v) if isinstance(v[0], np.ndarray) else [e for part in v for e in part] for k, v in out.items()})
 
 @patch
 def prob_fake(self:Classifier, items, **kw) -> np.ndarray:
