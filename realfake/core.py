@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2f93550c
 from __future__ import annotations
-import os, re, json, stat, logging, tempfile, contextlib, functools, warnings, sys
+import os, re, json, stat, logging, tempfile, contextlib, functools, itertools, warnings, sys
 from pathlib import Path
 from typing import Iterable
 from fastcore.script import is_cli
@@ -15,7 +15,8 @@ __all__ = ['LABELS', 'SPLITS', 'REAL_NAMES', 'IMAGE_EXTS', 'MAX_STATE_BYTES', 'U
            'write_dir_atomic', 'to_jsonable', 'file_sha256', 'escape_path', 'unescape_path', 'csv_cell', 'printable',
            'atomic_output', 'file_kind', 'NotRegularFile', 'open_regular', 'check_regular_file', 'open_checked',
            'read_small_file', 'StateFileError', 'check_shape', 'read_state_json', 'get_logger', 'OneLineFormatter',
-           'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command', 'hidden', 'find_images']
+           'setup_logging', 'progress_bar', 'error_line', 'run_command', 'command', 'hidden', 'find_images',
+           'brace_count', 'expand_braces']
 
 # %% ../nbs/00_core.ipynb #c98b6957
 LABELS = ['real', 'fake']
@@ -384,3 +385,30 @@ def find_images(root, exts:Iterable[str]=IMAGE_EXTS, progress:bool|None=None) ->
                         found.append(Path(e.path)); bar.update(1)
                 except OSError as err: _log.warning(f"skipping {escape_path(e.path)}: {err.strerror or err}")
     return sorted(found)
+
+# %% ../nbs/00_core.ipynb #10518e06
+_RANGE = re.compile(r'(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?|([A-Za-z])\.\.([A-Za-z])(?:\.\.(-?\d+))?')
+
+def brace_count(s:str) -> int|None:
+    "How many names brace pattern `s` expands to, by arithmetic (groups multiply); None for what it does not parse (nesting, escapes)."
+    if '\\' in s or re.sub(r'\{[^{}]*\}', '', s).count('{'): return None    # an escape, or a brace left after the groups: nesting
+    n = 1
+    for m in re.finditer(r'\{([^{}]*)\}', s):
+        r = _RANGE.fullmatch(m.group(1))
+        if r:
+            a, b = (int(r[1]), int(r[2])) if r[1] is not None else (ord(r[4]), ord(r[5]))
+            n *= abs(b - a) // (abs(int(r[3] or r[6] or 1)) or 1) + 1
+        elif ',' in m.group(1): n *= m.group(1).count(',') + 1
+    return n
+
+def expand_braces(s:str, limit:int, too_many) -> list[str]:
+    """The names of brace pattern `s`, at most `limit`: past it, the exception `too_many()` is raised, before anything is
+    expanded when `brace_count` can count it. Unbalanced braces: a `RealfakeError`."""
+    try: from braceexpand import braceexpand, UnbalancedBracesError
+    except ImportError as e: raise ImportError("brace patterns need braceexpand: pip install 'realfake[shards]'") from e
+    if (brace_count(s) or 0) > limit: raise too_many()
+    try: out = list(itertools.islice(braceexpand(s), limit + 1))
+    except UnbalancedBracesError: raise RealfakeError(f"the pattern {escape_path(s)} has unbalanced braces") from None
+    if len(out) > limit: raise too_many()
+    return out
+

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastcore.script import call_parse, Param
 from .core import (opt, hidden, IMAGE_EXTS, RealfakeError, atomic_path, atomic_write, atomic_write_json, escape_path, command,
-                           get_logger, read_state_json, check_shape, StateFileError, csv_cell, printable)
+                           get_logger, read_state_json, check_shape, StateFileError, csv_cell, printable, expand_braces)
 from .jobs import settings_diff, check_settings
 
 
@@ -82,31 +82,9 @@ MAX_SHARDS = 2_000_000     # most shards one job may name (2e6 shards of 10k ima
 def _too_many(what:str, limit:int) -> RealfakeError:
     return RealfakeError(f"{what} names more than {limit:,} shards: split the job into several --out folders")
 
-_RANGE = re.compile(r'(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?|([A-Za-z])\.\.([A-Za-z])(?:\.\.(-?\d+))?')
-
-def _brace_count(s:str) -> int|None:
-    "How many names brace pattern `s` expands to, by arithmetic (groups multiply), or None for what it does not parse (nesting, escapes)."
-    if '\\' in s: return None
-    n = 1
-    for m in re.finditer(r'\{([^{}]*)\}', s):
-        body, r = m.group(1), _RANGE.fullmatch(m.group(1))
-        if r and r.group(1) is not None: a, b, step = int(r.group(1)), int(r.group(2)), int(r.group(3) or 1)
-        elif r: a, b, step = ord(r.group(4)), ord(r.group(5)), int(r.group(6) or 1)
-        if r: n *= abs(b - a) // (abs(step) or 1) + 1
-        elif ',' in body: n *= body.count(',') + 1
-    return None if re.sub(r'\{[^{}]*\}', '', s).count('{') else n     # a brace left after the groups: nesting
-
 def _braceexpand(s:str, limit:int=MAX_SHARDS) -> list[str]:
-    """The names of brace pattern `s`, or a `RealfakeError` past `limit` names: counted by `_brace_count` before anything
-    is expanded (a pattern it cannot count is expanded lazily, stopping at `limit + 1` names)."""
-    try: from braceexpand import braceexpand, UnbalancedBracesError
-    except ImportError as e: raise ImportError("brace patterns need braceexpand: pip install 'realfake[shards]'") from e
-    from itertools import islice
-    if (_brace_count(s) or 0) > limit: raise _too_many(f"the pattern {escape_path(s)}", limit)
-    try: out = list(islice(braceexpand(s), limit + 1))
-    except UnbalancedBracesError: raise RealfakeError(f"the pattern {escape_path(s)} has unbalanced braces") from None
-    if len(out) > limit: raise _too_many(f"the pattern {escape_path(s)}", limit)
-    return out
+    "The names of brace pattern `s` (`core.expand_braces`), or a `RealfakeError` past `limit` shards."
+    return expand_braces(s, limit, lambda: _too_many(f"the pattern {escape_path(s)}", limit))
 
 def _check_names(shards:list[Shard]):
     "A `RealfakeError` when two shards would write the same outputs."

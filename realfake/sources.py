@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'AUTO_LAYOUTS', 'MAX_ROUTES', 'NO_DEVICE', 'SPLIT_FOLDERS', 'LABEL_FOLDERS', 'CSV_LABELS',
-           'CONTAINER_LAYOUTS', 'MAX_SIDECAR_BYTES', 'PROMPT_COLUMNS', 'PrepareError', 'Source', 'parse_source',
-           'walk_images', 'safe_text', 'list_source', 'find_duplicates', 'drop_duplicates', 'list_sources',
-           'group_by_prompt']
+           'CONTAINER_LAYOUTS', 'MAX_SIDECAR_BYTES', 'MAX_CONTAINERS', 'PROMPT_COLUMNS', 'PrepareError', 'Source',
+           'parse_source', 'walk_images', 'safe_text', 'list_source', 'find_duplicates', 'drop_duplicates',
+           'list_sources', 'group_by_prompt']
 
 # %% ../nbs/07a_sources.ipynb #ac1e4faa
 import os, re, csv, stat, json, hashlib
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import LABELS, IMAGE_EXTS, REAL_NAMES, RealfakeError, escape_path, get_logger, progress_bar, unescape_path
+from .core import LABELS, IMAGE_EXTS, REAL_NAMES, RealfakeError, escape_path, expand_braces, get_logger, progress_bar, unescape_path
 from .containers import ContainerError, guarded_open, member_reader, pointer, read_member, scan
 
 # %% ../nbs/07a_sources.ipynb #0e2632a5
@@ -285,6 +285,7 @@ def _resolve_each(paths:pd.Series, linked:np.ndarray) -> pd.Series:
 # %% ../nbs/07a_sources.ipynb #e5c17cb9
 CONTAINER_LAYOUTS = {'hf': ('.parquet', '.arrow'), 'webdataset': ('.tar',), 'zip': ('.zip',)}
 MAX_SIDECAR_BYTES = 1 << 20    # captions and JSON read from inside a container
+MAX_CONTAINERS = 2_000_000     # containers one source's brace pattern may name
 
 def _container_files(src:Source, path:str, exts) -> list[str]:
     "The containers a source names: a file, a folder (recursively), a glob or brace pattern, or an HF Hub id in the local cache."
@@ -293,9 +294,9 @@ def _container_files(src:Source, path:str, exts) -> list[str]:
     if os.path.exists(p) or os.path.islink(p): return [os.path.abspath(p)]
     if any(c in p for c in '*?[{'):
         import glob
-        try: from braceexpand import braceexpand     # installed with webdataset
-        except ImportError: braceexpand = lambda s: [s]
-        return sorted({os.path.abspath(f) for q in braceexpand(p) for f in glob.glob(q)})
+        too_many = lambda: PrepareError(f"source {src}: the pattern {escape_path(p)} names more than {MAX_CONTAINERS:,} containers")
+        names = expand_braces(p, MAX_CONTAINERS, too_many) if '{' in p else [p]
+        return sorted({os.path.abspath(f) for q in names for f in glob.glob(q)})
     if '.parquet' in exts and re.fullmatch(r'[\w.-]+(/[\w.-]+)?(@[\w./-]+)?', path): return _hub_files(src, path)
     raise PrepareError(f"source {src}: no such file or folder: {escape_path(p)}")
 

@@ -227,3 +227,19 @@ def test_no_module_opens_an_image_by_its_path():
             if not (in_memory or (isinstance(arg, ast.Name) and arg.id in ('buf', 'f', 'fp'))):
                 bad.append(f'{py.name}:{n.lineno}: Image.open({ast.unparse(arg) if arg else ""})')
     assert not bad, bad
+
+def _imports(tree) -> set:
+    "Top-level package names a module imports, anywhere in it."
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import): out |= {a.name.split('.')[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module and not n.level: out.add(n.module.split('.')[0])
+    return out
+
+def test_brace_patterns_expand_in_one_place():
+    """Every command that takes a brace pattern (the shards `realfake_predict` scores, the containers `realfake_prepare`
+    lists) expands it through `core.expand_braces`: counted before it is expanded, one limit, one unbalanced-brace error.
+    No other module imports braceexpand."""
+    bad = [py.name for py in sorted(PKG.glob('*.py')) if py.name != 'core.py' and 'braceexpand' in _imports(ast.parse(py.read_text()))]
+    assert bad == [], f'{bad} expand brace patterns themselves: use realfake.core.expand_braces'
+    assert _imports(ast.parse('from braceexpand import braceexpand\ndef f():\n    import braceexpand as b')) == {'braceexpand'}   # the check sees both forms
