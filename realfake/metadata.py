@@ -38,11 +38,9 @@ class MetadataError(RealfakeError, ValueError):
     def __reduce__(self): return (MetadataError, (self.file, self.line, self.field, self.reason, self.more))
 
 # %% ../nbs/01_metadata.ipynb #cab1b99b
-_POINTER = POINTER_RE
-
 def _check_pointers(paths:pd.Series, ok:np.ndarray, add) -> None:
     "Report the paths that point inside a container (`realfake.containers`) with an unusable member name or row."
-    looks = ok & _text(paths.where(ok, '')).str.contains(_POINTER, case=False, regex=True).to_numpy(bool)
+    looks = ok & _text(paths.where(ok, '')).str.contains(POINTER_RE, case=False, regex=True).to_numpy(bool)
     bad = {i: why for i in np.flatnonzero(looks) if (why := pointer_problem(paths.iloc[i]))}
     if bad: add(np.isin(np.arange(len(paths)), list(bad)), 'path', lambda i: f"points inside a container but {bad[i]}")
 

@@ -100,6 +100,11 @@ ok, _ = test_nb(Path(sys.argv[1]), skip_flags=cfg.tst_flags.split(), basepath=cf
 sys.exit(0 if ok else 1)
 """
 
+def run_notebook(nb: Path):
+    "Run notebook `nb` as `nbdev_test` would, in a process of its own (forked when the server can): the finished process."
+    return forks.run([sys.executable, '-c', RUN, str(nb)], cwd=ROOT/'nbs', env=forks.server_env(), capture_output=True,
+                     text=True, timeout=600)
+
 def test_every_notebook_is_collected():
     "The glob finds the source notebooks (a wrong nbs_path or a stray .notest would silently test nothing)."
     names = {p.name for p in notebooks()}
@@ -109,8 +114,7 @@ def test_every_notebook_is_collected():
 @pytest.mark.parametrize('nb', notebooks(), ids=lambda p: p.name)
 def test_notebook(nb):
     "Every code cell runs without error, but those flagged `notest` or `slow` (settings.ini's tst_flags), as nbdev_test does."
-    r = forks.run([sys.executable, '-c', RUN, str(nb)], cwd=ROOT/'nbs', env=forks.server_env(), capture_output=True,
-                  text=True, timeout=600)
+    r = run_notebook(nb)
     assert r.returncode == 0, f'{nb.name} failed:\n{r.stderr[-6000:]}'
 
 def test_a_failing_cell_fails_its_notebook(tmp_path):
@@ -122,8 +126,7 @@ def test_a_failing_cell_fails_its_notebook(tmp_path):
     def run(*srcs):
         nb['cells'] = [cell(s) for s in srcs]
         (tmp_path/'t.ipynb').write_text(json.dumps(nb))
-        return forks.run([sys.executable, '-c', RUN, str(tmp_path/'t.ipynb')], cwd=ROOT/'nbs', env=forks.server_env(),
-                         capture_output=True, text=True, timeout=120)
+        return run_notebook(tmp_path/'t.ipynb')
     r = run('x = 1', "assert x == 2, 'the cell fails'")
     assert r.returncode == 1 and 'the cell fails' in r.stderr, r.stderr[-2000:]
     r = run('x = 1', "#| notest\nraise RuntimeError('not run')", 'assert x == 1')

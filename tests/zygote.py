@@ -35,8 +35,8 @@ PRELOAD = ('numpy', 'pandas', 'PIL.Image', 'torch', 'torchvision', 'timm', 'fast
            'realfake.preprocess', 'realfake.modeldir', 'realfake.backends', 'realfake.jobs', 'realfake.data',
            'realfake.learner', 'realfake.predict', 'realfake.shards', 'realfake.train', 'realfake.evaluate',
            'realfake.prepare', 'realfake.synth', 'realfake.export', 'realfake.cli',
-           'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks',
-           'sklearn.metrics', 'cv2', 'nbdev.test')     # these two set variables at import (cv2: LD_LIBRARY_PATH, QT_*) as the tests' own imports do
+           'torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler', 'forks', 'nbdev.test',
+           'sklearn.metrics', 'cv2')     # these two set variables at import (cv2: LD_LIBRARY_PATH, QT_*) as the tests' own imports do
 
 _keep = []        # the server's own __main__ module, kept alive once a child's `-c` code becomes __main__
 
