@@ -257,7 +257,7 @@ def iter_predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, tr
 def predict(self:Classifier, items, bs:int|None=None, num_workers:int=0, transform=None, progress:bool|None=False,
             provenance:bool=False, decode_ahead:bool=False) -> pd.DataFrame:
     "Score `items`: DataFrame with index, path, prob_fake, label, logit (fake margin), n_crops, top_crop, error (`provenance`: + the evidence found, beside the score)."
-    out = {}                                    # one DataFrame at the end: at batch 1, one per image cost ~0.3 ms each
+    out = {}                                    # one DataFrame at the end, not one per batch (bench/README 4b, batch-1 rows)
     for cols in _columns(self, items, bs, num_workers, transform, progress, provenance, decode_ahead):
         for k, v in cols.items(): out.setdefault(k, []).append(v)
     if not out: return pd.DataFrame(columns=PREDICT_COLUMNS)

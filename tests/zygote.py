@@ -18,8 +18,7 @@ still sees any import the preloaded modules made. `REALFAKE_TEST_FRESH=1` runs e
 
 pytest-xdist's workers are forked from it too (`conftest._fork_xdist_workers`), so they start with everything imported.
 After its imports the server freezes its objects out of the garbage collector (`gc.freeze`): a child's collections
-would otherwise walk, and so copy, the whole inherited heap (a small notebook run took 0.46 s of CPU forked, 0.10 s
-after).
+would otherwise walk, and so copy, the whole inherited heap.
 
 Protocol (one Unix-socket connection per child): the client sends one JSON request and the child's fds 0, 1, 2
 (SCM_RIGHTS); the server answers `{"pid": N}` or `{"fallback": "why"}`, then `{"status": S}` (the raw wait status)
