@@ -2,9 +2,11 @@
 
 1. Training loader images/s (`realfake.data.get_dls`, Preprocess(224, resize=256), aug on) reading the same JPEGs as
    loose files, from uncompressed tar shards (`--shards`, default 4), from a zip (stored) and from Parquet (HF layout: an
-   `image` struct column, row groups of 100), with 0 and 2 workers: the rate of a whole second epoch (with workers,
-   their start included: fastai starts them each epoch), layouts in a rotating order; and the first-batch latency
-   (loader creation + first batch, cold index cache). Goal: containers >= 1.0x loose files.
+   `image` struct column, row groups of 100), with 0 and 2 workers: the rate of the second epoch after its first batch
+   (the loader's throughput), and beside it the whole second epoch (with workers, their start included: fastai starts
+   them each epoch), layouts in a rotating order; and the first-batch latency (loader creation + first batch, cold
+   index cache). Goal: containers >= 1.0x loose files. Beside the rates, the CPU time per image of the second epoch:
+   of this process with 0 workers, of the workers with 2 (what reading and decoding cost, whatever else runs).
 2. Index build time and memory: N records over S tar shards (the full run simulates 2M records over 2,000 shards; the
    default --small run 40,000 over 40 and scales per million): `prepare`'s listing of the shards (`list_source`,
    `fake:webdataset:`) against the listing of the same number of loose files (`fake:folder:`), and the resident size of
@@ -15,7 +17,7 @@
     python bench/containers.py --full     # 2M records over 2,000 shards for part 2 (about 3 GB of disk)
 """
 from __future__ import annotations
-import io, os, sys, time, tarfile, zipfile, tempfile, tracemalloc, warnings
+import io, os, sys, time, resource, tarfile, zipfile, tempfile, tracemalloc, warnings
 from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
@@ -43,6 +45,9 @@ def make_sets(d:Path, n:int, w:int=500, h:int=375, shards:int=4) -> dict:
     out['parquet'] = [f'{d}/train-00000-of-00001.parquet/{i}' for i in range(n)]
     return out
 
+def _cpu(who) -> float:
+    r = resource.getrusage(who); return r.ru_utime + r.ru_stime
+
 def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
     import pandas as pd, realfake.containers as RC
     from realfake.data import get_dls
@@ -53,7 +58,8 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
         print(f'(batch size {bs}: {n_train} training images per layout)')
     rows, order = [], list(sets)
     for workers in (0, 2):
-        rs, fs = {k: [] for k in sets}, {k: [] for k in sets}
+        rs, ws, fs, cs = ({k: [] for k in sets} for _ in range(4))
+        who = resource.RUSAGE_CHILDREN if workers else resource.RUSAGE_SELF   # fastai joins its workers at the end of each epoch
         for r in range(reps):                        # layouts interleaved, in a rotating order: a busy machine (or going first) slows them alike
             for layout in order[r % len(order):] + order[:r % len(order)]:
                 paths = sets[layout]
@@ -65,13 +71,17 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
                 dls = get_dls(df, Preprocess(size=224, resize=256), bs=bs, num_workers=workers, aug=True, seed=r, device='cpu')
                 it = iter(dls.train); next(it); t1 = time.perf_counter()
                 for _ in it: pass                            # the rest of the first (cold) epoch, untimed
-                t2 = time.perf_counter(); n = sum(len(xb) for xb, _ in dls.train); t3 = time.perf_counter()
-                rs[layout].append(n / (t3 - t2)); fs[layout].append(t1 - t0)   # the second epoch whole, its workers' start included
-        rate, first = {k: C.med(v) for k, v in rs.items()}, {k: C.med(v) for k, v in fs.items()}
+                c2 = _cpu(who); t2 = time.perf_counter(); it = iter(dls.train); n0 = len(next(it)[0]); t2b = time.perf_counter()
+                n = n0 + sum(len(xb) for xb, _ in it); t3 = time.perf_counter(); del it
+                cs[layout].append((_cpu(who) - c2) / n * 1e3)
+                rs[layout].append((n - n0) / (t3 - t2b))     # the second epoch after its first batch: the loader's throughput
+                ws[layout].append(n / (t3 - t2)); fs[layout].append(t1 - t0)   # the whole second epoch, its workers' start included
+        rate, whole, first, cpu = ({k: C.med(v) for k, v in x.items()} for x in (rs, ws, fs, cs))
         for layout in sets:
-            ratio = rate[layout] / rate['loose']
+            ratio, wr = rate[layout] / rate['loose'], whole[layout] / whole['loose']
             rows.append([layout, workers, f'{rate[layout]:.1f}', f'**{ratio:.2f}x**' if layout != 'loose' else '1.00x',
-                         f'{first[layout]:.2f}', '' if layout == 'loose' else ('>=1.0x met' if ratio >= 1.0 else 'NOT met')])
+                         f'{whole[layout]:.1f} ({wr:.2f}x)', f"{cpu[layout]:.2f} ({cpu['loose'] / cpu[layout]:.2f}x)", f'{first[layout]:.2f}',
+                         '' if layout == 'loose' else ('>=1.0x met' if ratio >= 1.0 else 'NOT met')])
     return rows
 
 def index_rows(d:Path, records:int, shards:int) -> list:
@@ -112,9 +122,14 @@ def main():
     print(C.machine())
     with tempfile.TemporaryDirectory() as d:
         sets = make_sets(Path(d)/'imgs', 32 if a.quick else a.images, shards=a.shards)
-        print('\nTraining loader, same images (500x375 JPEG q90), Preprocess(224, resize=256), aug, CPU; rate of the whole second epoch')
+        print('\nTraining loader, same images (500x375 JPEG q90), Preprocess(224, resize=256), aug, CPU; img/s = the second epoch after its first batch')
         print(C.table(loader_rows(sets, 1 if a.quick else a.reps, 8 if a.quick else 32),
-                      ['layout', 'workers', 'img/s', 'vs loose', 'first batch s (cold index)', 'goal']))
+                      ['layout', 'workers', 'img/s', 'vs loose', 'whole epoch img/s (vs loose)', 'CPU ms per image (loose / this)',
+                       'first batch s (cold index)', 'goal']))
+        print('(img/s: medians over the repetitions; the whole-epoch column includes starting the workers, which fastai does '
+              'every epoch and which a 2M-image epoch spreads over far more batches; CPU ms per image: of this process with 0 workers '
+              '(augmentation included), of the workers with 2; first batch: loader creation + first batch)')
+
         records, shards = (2_000_000, 2000) if a.full else (2000, 4) if a.quick else (40_000, 40)
         print(f'\nIndex and listing: {records:,} records over {shards:,} tar shards vs as many loose files')
         print(C.table(index_rows(Path(d)/'scale', records, shards),

@@ -13,9 +13,9 @@ from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegul
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'ROW_KINDS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'POINTER_RE', 'IMAGE_COLUMNS',
            'MAX_OPEN', 'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open', 'member_problem',
-           'kind_of', 'split_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index', 'index_file',
-           'save_index', 'load_index', 'container_index', 'scan', 'close_all', 'read_member', 'member_reader',
-           'member_size', 'open_member', 'preload']
+           'kind_of', 'split_pointer', 'held_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index',
+           'index_file', 'save_index', 'load_index', 'container_index', 'scan', 'close_all', 'read_member',
+           'member_reader', 'member_size', 'open_member', 'preload']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
 CONTAINER_EXTS = ('.tar', '.zip', '.parquet', '.arrow')   # the containers a record may point into (.arrow: an Arrow IPC stream, as `datasets` saves)
@@ -49,6 +49,7 @@ def guarded_open(path, max_bytes:int|None=None, what:str='container'):
 # %% ../nbs/02b_containers.ipynb #3751f7e9
 POINTER_RE = r'\.(?:' + '|'.join(e[1:] for e in CONTAINER_EXTS) + r')(?=/)'   # where a path enters a container (also `realfake.metadata`'s test)
 _PTR = re.compile(POINTER_RE, re.I)
+_OPEN: OrderedDict = OrderedDict()     # container -> _Handle of *this* process (pid checked on every use; see the handles below)
 
 def member_problem(member:str, kind:str) -> str|None:
     "Why `member` cannot name something inside a `kind` container (None when it can)."
@@ -66,11 +67,19 @@ def kind_of(container) -> str:
     return ext[1:]
 
 def split_pointer(path) -> tuple[str, str]|None:
-    "(container, member) of a pointer `CONTAINER/MEMBER` (a row number for Parquet and Arrow), or None for a loose file's path."
+    """(container, member) of a pointer `CONTAINER/MEMBER` (a row number for Parquet and Arrow), or None for a loose file's path.
+    A container this process holds open is taken without asking the file system again: every read of it checks it anyway."""
     s = os.fspath(path)
     for m in _PTR.finditer(s):
-        if not os.path.isdir(s[:m.end()]): return s[:m.end()], s[m.end()+1:]
+        c = s[:m.end()]
+        if c in _OPEN or not os.path.isdir(c): return c, s[m.end()+1:]
     return None
+
+def held_pointer(path) -> bool:
+    "Whether `path` points into a container this process holds open (opening it as a loose file could only fail)."
+    s = os.fspath(path)
+    m = _PTR.search(s) if isinstance(s, str) else None
+    return m is not None and s[:m.end()] in _OPEN
 
 def pointer(container, member) -> str:
     "The record path of `member` (a name, or a row number for Parquet and Arrow) inside `container`."
@@ -86,10 +95,11 @@ def pointer_problem(path) -> str|None:
     return None if m is None else member_problem(s[m.end()+1:], s[m.start()+1:m.end()].lower())
 
 # %% ../nbs/02b_containers.ipynb #c2e47b8f
-def _keys(names) -> np.ndarray:
-    "64-bit keys of member names (what the index stores instead of the names: 8 bytes a member)."
-    return np.array([int.from_bytes(hashlib.blake2b(n.encode('utf-8', 'surrogateescape'), digest_size=8).digest(), 'little')
-                     for n in names], dtype=np.uint64)
+def _key(name:str) -> int:
+    "The 64-bit key of a member name (what the index stores instead of the name: 8 bytes a member)."
+    return int.from_bytes(hashlib.blake2b(name.encode('utf-8', 'surrogateescape'), digest_size=8).digest(), 'little')
+
+def _keys(names) -> np.ndarray: return np.array([_key(n) for n in names], dtype=np.uint64)
 
 @dataclass
 class ContainerIndex:
@@ -101,9 +111,9 @@ class ContainerIndex:
 
     def find(self, member:str) -> int:
         "The position of `member` in the arrays (tar/zip), or -1 when absent."
-        k = _keys([member])[0]
-        i = int(np.searchsorted(self.keys, k))
-        return i if i < len(self.keys) and self.keys[i] == k else -1
+        k = _key(member)
+        i = int(self.keys.searchsorted(k))
+        return i if i < len(self.keys) and int(self.keys[i]) == k else -1
 
     @property
     def n(self) -> int: return int(self.offset[-1]) if self.kind in ROW_KINDS else len(self.keys)
@@ -420,7 +430,6 @@ class _Handle:
         except Exception: pass
 
 _LOCK = threading.Lock()
-_OPEN: OrderedDict = OrderedDict()     # container -> _Handle of *this* process (pid checked on every use)
 _GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> list of bytes, Parquet only
 _INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata or Arrow schema): plain memory, so a fork inherits it
 _INDEX_BYTES = [0]

@@ -54,6 +54,22 @@ def test_every_member_reads_back_through_the_one_loader(boxes, kind):
         assert probe_image(p) == dict(width=24, height=16, format='JPEG')
         assert np.array_equal(np.asarray(load_image(p)), np.asarray(load_image(imgs[i])))
 
+@pytest.mark.parametrize('kind', ['tar', 'zip', 'parquet'])
+def test_a_held_container_is_read_without_trying_a_loose_open(boxes, kind, monkeypatch):
+    "Once a container is open in this process its members skip the loose-file open (which could only fail); loose paths still take it."
+    import realfake.images as I
+    imgs, b = boxes
+    c, names = b[kind]
+    first = np.asarray(load_image(pointer(c, names[0])))
+    tried = []
+    real = I.open_regular
+    monkeypatch.setattr(I, 'open_regular', lambda p: tried.append(str(p)) or real(p))
+    for i, n in enumerate(names):
+        assert np.array_equal(np.asarray(load_image(pointer(c, n))), np.asarray(load_image(imgs[i])))
+    assert tried == [] and np.array_equal(first, np.asarray(load_image(imgs[0])))
+    loose = Path(c).parent/'loose.jpg'; loose.write_bytes(imgs[1])
+    load_image(loose); assert tried == [str(loose)]
+
 def test_index_is_cached_beside_and_rebuilt_when_the_container_changes(tmp_path):
     c = _tar(tmp_path/'a.tar', {'0.jpg': _jpg(0)})
     idx = container_index(c)
