@@ -90,14 +90,16 @@ def _provenance(path, max_pixels:int|None) -> dict:
 
 # %% ../nbs/19_app.ipynb #9344fc34
 def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=160, lock=None, heat:bool=False) -> dict:
-    "Decode the image at `path` once as `clf` wants it, score it, add crop scores, a thumbnail (and a heatmap); errors -> `error`."
+    """Decode the image at `path` once, score it from every pixel (as `realfake_predict` scores the file), add crop scores,
+    a thumbnail (and a heatmap, from the image resized as the spec says: never at full resolution); errors -> `error`."""
     out = dict(name=name, prob_fake=None, label=None, error=None, details={})
     spec = clf.spec
-    try: im = load_image(path, short_side=None if spec.native else spec.resize, max_pixels=max_pixels)
+    try: im = load_image(path, max_pixels=max_pixels)
     except ImageLoadError as e: return {**out, 'error': f"{name}: {e.reason}"}
     try:
         with lock or nullcontext():
             row = clf.predict([im]).iloc[0]
+            if not spec.native and (heat or spec.crops != 'center'): im = load_image(im, short_side=spec.resize)
             out.update(_row_result(clf, row, im))
     except Exception as e:
         _log.exception(f"the model failed on {name}")
@@ -116,10 +118,9 @@ def score_image(clf, path, name:str, max_pixels:int|None=None, thumb_side:int=16
 # %% ../nbs/19_app.ipynb #da2a1a45
 def label_image(path, side:int=512, max_pixels:int|None=None) -> bytes:
     "The PNG volunteers see for the image at `path`: its central square at `side` x `side` pixels, no metadata."
-    im = load_image(path, short_side=side, max_pixels=max_pixels)
-    w, h = im.size
-    l, t = (w - side) // 2, (h - side) // 2
-    b = io.BytesIO(); im.crop((l, t, l + side, t + side)).save(b, 'PNG', compress_level=6)
+    def centre(w, h): return (w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side
+    im = load_image(path, short_side=side, max_pixels=max_pixels, crop=centre)     # only the square is resampled
+    b = io.BytesIO(); im.save(b, 'PNG', compress_level=6)
     return b.getvalue()
 
 # %% ../nbs/19_app.ipynb #f9a84e5b

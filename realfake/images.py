@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from .core import RealfakeError, escape_path, open_regular, NotRegularFile
-from .containers import ContainerError, open_member, split_pointer
+from .containers import ContainerError, open_member, split_pointer, held_pointer
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS',
@@ -60,6 +60,7 @@ def _os_reason(e: OSError) -> str:
 
 def _open_file(path):
     "Open `path` for binary reading, turning OS errors into `ImageLoadError`; refuses anything but a regular file."
+    if held_pointer(path): return _open_member(path)         # inside a container already open here: no failed open first
     try: return open_regular(path)                        # never blocks on a FIFO
     except ValueError: raise ImageLoadError(path, 'invalid path (contains a NUL character)') from None
     except NotRegularFile as e: raise ImageLoadError(path, 'is a directory' if e.kind == 'a directory' else f'not a regular file ({e.kind})') from None
@@ -190,6 +191,21 @@ def _target(w: int, h: int, short_side: int):
     ow, oh = (s, max(1, round(ch * s / cw))) if cw <= ch else (max(1, round(cw * s / ch)), s)
     return (ow, oh), (x0, y0, x0 + cw, y0 + ch)
 
+# %% ../nbs/02_images.ipynb #e2c211ae
+def _resize(im: Image.Image, out:tuple, box:tuple, cut:tuple|None=None) -> Image.Image:
+    """`box` of `im` resized to `out` by one filter (`RESAMPLE`, Pillow's `REDUCING_GAP`), then the box `cut` of that taken.
+    Where Pillow resizes in one step (no `reduce` first: shrinking at most 6x), only the cut is computed: the same filter
+    on the same source positions, so equal to resizing all and cutting up to a rounding step (tests/test_images.py)."""
+    if out == im.size and box == (0, 0, *im.size): return im if cut is None else im.crop(cut)     # nothing to resample
+    sx, sy = (box[2] - box[0]) / out[0], (box[3] - box[1]) / out[1]
+    if cut is not None and int(sx / REDUCING_GAP) <= 1 and int(sy / REDUCING_GAP) <= 1:
+        l, t, r, b = cut
+        return im.resize((r - l, b - t), RESAMPLE, box=(box[0] + l * sx, box[1] + t * sy, box[0] + r * sx, box[1] + b * sy),
+                         reducing_gap=REDUCING_GAP)
+    im = im.resize(out, RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    return im if cut is None else im.crop(cut)
+
+
 # %% ../nbs/02_images.ipynb #7eac15c5
 def _raw_box(box, w:int, h:int, orient:int):
     "The box (left, top, right, bottom) of the *displayed* image as a box of the stored `w` x `h` pixels."
@@ -210,7 +226,7 @@ def _decode(im: Image.Image, name, short_side, draft:bool=False, crop=None, max_
             if r is not None and r[1][2] != decl[0]: s = r[1][2] / decl[0]
         im.load()
         orient = _orientation(im)
-        if crop is not None:
+        if crop is not None and short_side is None:
             w, h = im.size
             shown = (h, w) if orient in (5, 6, 7, 8) else (w, h)
             im = to_rgb(im.crop(_raw_box(_check_box(crop(*shown), *shown), w, h, orient)))
@@ -220,8 +236,7 @@ def _decode(im: Image.Image, name, short_side, draft:bool=False, crop=None, max_
             im.info.pop('exif', None)  # already applied: loading the result again must not rotate it twice
         if short_side is not None:
             out, box = _target(*(decl[::-1] if orient in (5, 6, 7, 8) else decl), short_side)  # declared size: drafts never change it
-            box = tuple(v * s for v in box)
-            if out != im.size or box != (0, 0, *im.size): im = im.resize(out, RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+            im = _resize(im, out, tuple(v * s for v in box), None if crop is None else _check_box(crop(*out), *out))
             if im.mode != 'RGB': im = im.convert('RGB')
         return im
     except ImageLoadError: raise
@@ -247,14 +262,13 @@ def _from_array(a: np.ndarray) -> Image.Image:
 def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
                short_side:int|None=None, # shorter side of the result; None keeps the full resolution
                max_pixels:int|None=MAX_PIXELS, # refuse images with more pixels than this (checked before decoding)
-               crop=None, # callable (width, height) -> (left, top, right, bottom): cut this box at full resolution
+               crop=None, # callable (width, height) -> (left, top, right, bottom): keep this box of the result (native or resized)
                draft:bool=False, # opt-in, scoring only: decode JPEGs at 1/2-1/8 scale (faster; a filter only JPEGs get)
               ) -> Image.Image:
-    "Load `src` as an RGB PIL image: decoded in full, EXIF-rotated, shorter side resized to `short_side` by one filter."
+    "Load `src` as an RGB PIL image: decoded in full, EXIF-rotated, shorter side resized to `short_side` by one filter; `crop` keeps one box of that."
     if short_side is not None:
         if isinstance(short_side, bool) or int(short_side) != short_side or short_side < 1:
             raise ValueError(f'short_side must be a positive int, got {short_side!r}')
-        if crop is not None: raise ValueError('load_image: pass short_side (resize) or crop (native pixels), not both')
         short_side = int(short_side)
     kw = dict(crop=crop, draft=bool(draft), max_pixels=max_pixels)
     if isinstance(src, (str, os.PathLike)):
@@ -394,10 +408,10 @@ def probe_image(path, details:bool=False) -> dict:
 def thumbnail(src, max_side:int=160, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
     "An RGB image of `src` that fits in `max_side` x `max_side` (never enlarged), for display."
     im = load_image(src, max_pixels=max_pixels) if isinstance(src, Image.Image) else _thumb_decode(src, max_side, max_pixels)
-    if max(im.size) > max_side:
-        im = im.copy() if im is src else im            # never shrink the caller's image in place
-        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return im
+    w, h = im.size
+    if max(w, h) <= max_side: return im
+    s = max_side / max(w, h)                            # a new image: the caller's is neither copied nor shrunk in place
+    return im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 def _thumb_decode(src, max_side, max_pixels):
     "`load_image` with a shorter side that makes the longer side about `max_side` (one decode, one resize)."

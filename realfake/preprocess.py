@@ -132,17 +132,26 @@ class Crops(NamedTuple):
     boxes: list
     image_size: tuple
 
-def decode(src, spec:Preprocess, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
-    "`src` decoded as the spec's policy wants it: resized (shorter side `spec.resize`) or at native resolution."
-    if spec.native: return load_image(src, max_pixels=max_pixels)
-    return load_image(src, short_side=spec.resize, max_pixels=max_pixels, draft=spec.decode == 'draft')
+def decode(src, spec:Preprocess, max_pixels:int|None=MAX_PIXELS, crop=None) -> Image.Image:
+    "`src` decoded as the spec's policy wants it: resized (shorter side `spec.resize`) or at native resolution (`crop`: keep one box of that, see `load_image`)."
+    if spec.native: return load_image(src, max_pixels=max_pixels, crop=crop)
+    return load_image(src, short_side=spec.resize, max_pixels=max_pixels, crop=crop, draft=spec.decode == 'draft')
 
 def image_crops(src, spec:Preprocess, max_pixels:int|None=MAX_PIXELS) -> Crops:
-    "Decode `src` once and cut the spec's evaluation crops (padded by reflection when the image is smaller)."
-    img = decode(src, spec, max_pixels)
-    a = pad_reflect(np.asarray(img), spec.size)
-    boxes = crop_boxes(a.shape[1], a.shape[0], spec)
-    return Crops(np.stack([a[t:b, l:r] for l, t, r, b in boxes]), boxes, img.size)
+    "Decode `src` once and cut the spec's evaluation crops (padded by reflection when the image is smaller); a centre crop is cut while decoding."
+    if spec.crops != 'center':
+        img = decode(src, spec, max_pixels)
+        a = pad_reflect(np.asarray(img), spec.size)
+        boxes = crop_boxes(a.shape[1], a.shape[0], spec)
+        return Crops(np.stack([a[t:b, l:r] for l, t, r, b in boxes]), boxes, img.size)
+    frame = []
+    def center(w, h):                  # the centre box of the padded frame, clipped to the image: padding is added after
+        frame.append((w, h))
+        l, t, r, b = crop_boxes(max(w, spec.size), max(h, spec.size), spec)[0]
+        return l, t, min(r, w), min(b, h)
+    a = pad_reflect(np.asarray(decode(src, spec, max_pixels, crop=center)), spec.size)
+    w, h = frame[0]
+    return Crops(a[None], crop_boxes(max(w, spec.size), max(h, spec.size), spec), (w, h))
 
 def normalize(pixels:np.ndarray, spec:Preprocess) -> np.ndarray:
     "uint8 crops (`k x H x W x 3`) -> normalised float32 `k x 3 x H x W`."
@@ -181,10 +190,8 @@ def random_box(w:int, h:int, size:int, rng=random) -> tuple:
     return l, t, l + cw, t + ch
 
 def train_crop(src, spec:Preprocess, rng=random, max_pixels:int|None=MAX_PIXELS) -> Image.Image:
-    "One random `spec.size` crop of `src` for training, by the spec's resize policy."
-    if spec.native: img = load_image(src, crop=lambda w, h: random_box(w, h, spec.size, rng), max_pixels=max_pixels)
-    else:
-        img = load_image(src, short_side=spec.resize, max_pixels=max_pixels)
-        img = img.crop(random_box(*img.size, spec.size, rng))
+    "One random `spec.size` crop of `src` for training, by the spec's resize policy (cut while decoding, as `image_crops` cuts its centre)."
+    box = lambda w, h: random_box(w, h, spec.size, rng)
+    img = load_image(src, crop=box, max_pixels=max_pixels) if spec.native else load_image(src, short_side=spec.resize, crop=box, max_pixels=max_pixels)
     if img.size != (spec.size, spec.size): img = Image.fromarray(pad_reflect(np.asarray(img), spec.size))
     return img
