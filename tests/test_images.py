@@ -335,3 +335,23 @@ def test_fifo_and_nul_path_are_errors_not_hangs(tmp_path):
     with pytest.raises(ImageLoadError, match='not a regular file'): load_image(fifo)
     with pytest.raises(ImageLoadError, match='not a regular file'): probe_image(fifo)
     with pytest.raises(ImageLoadError, match='NUL'): load_image(str(tmp_path/'bad\0name.png'))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_a_box_cut_while_resizing_equals_the_box_of_the_whole_resize(seed):
+    "Any box, any size (upscaled, beyond MAX_ASPECT, shrunk past the block reduction), drafted or not: within one grey level."
+    import io
+    rng = np.random.default_rng(seed)
+    for trial in range(6):
+        w, h = int(rng.integers(40, 1400)), int(rng.integers(40, 1400))
+        if trial == 0: w = h * 5                                  # cut to MAX_ASPECT first
+        im = Image.fromarray(rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+        b = io.BytesIO(); im.save(b, 'JPEG', quality=90)
+        s, draft = int(rng.integers(16, 300)), bool(trial % 2)
+        whole = np.asarray(load_image(b.getvalue(), short_side=s, draft=draft)).astype(int)
+        H, W = whole.shape[:2]
+        cw, ch = int(rng.integers(1, W + 1)), int(rng.integers(1, H + 1))
+        l, t = int(rng.integers(0, W - cw + 1)), int(rng.integers(0, H - ch + 1))
+        cut = np.asarray(load_image(b.getvalue(), short_side=s, draft=draft, crop=lambda *_: (l, t, l + cw, t + ch))).astype(int)
+        assert cut.shape == (ch, cw, 3)
+        assert np.abs(cut - whole[t:t + ch, l:l + cw]).max() <= 1, (w, h, s, draft, (l, t, cw, ch))
