@@ -144,14 +144,13 @@ def image_crops(src, spec:Preprocess, max_pixels:int|None=MAX_PIXELS) -> Crops:
         a = pad_reflect(np.asarray(img), spec.size)
         boxes = crop_boxes(a.shape[1], a.shape[0], spec)
         return Crops(np.stack([a[t:b, l:r] for l, t, r, b in boxes]), boxes, img.size)
-    frame = []
+    seen = {}
     def center(w, h):                  # the centre box of the padded frame, clipped to the image: padding is added after
-        frame.append((w, h))
-        l, t, r, b = crop_boxes(max(w, spec.size), max(h, spec.size), spec)[0]
+        seen.update(size=(w, h), boxes=crop_boxes(max(w, spec.size), max(h, spec.size), spec))
+        l, t, r, b = seen['boxes'][0]
         return l, t, min(r, w), min(b, h)
     a = pad_reflect(np.asarray(decode(src, spec, max_pixels, crop=center)), spec.size)
-    w, h = frame[0]
-    return Crops(a[None], crop_boxes(max(w, spec.size), max(h, spec.size), spec), (w, h))
+    return Crops(a[None], seen['boxes'], seen['size'])
 
 def normalize(pixels:np.ndarray, spec:Preprocess) -> np.ndarray:
     "uint8 crops (`k x H x W x 3`) -> normalised float32 `k x 3 x H x W`."
