@@ -6,16 +6,16 @@
 from __future__ import annotations
 import os, re, io, zlib, struct, hashlib, threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import numpy as np
 from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegularFile
 
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'ROW_KINDS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'POINTER_RE', 'IMAGE_COLUMNS',
-           'MAX_OPEN', 'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open', 'member_problem',
-           'kind_of', 'split_pointer', 'held_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index',
-           'index_file', 'save_index', 'load_index', 'container_index', 'scan', 'close_all', 'read_member',
-           'member_reader', 'member_size', 'open_member', 'preload']
+           'INDEX_VERSION', 'MAX_OPEN', 'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open',
+           'member_problem', 'kind_of', 'split_pointer', 'held_pointer', 'pointer', 'pointer_problem', 'ContainerIndex',
+           'build_index', 'index_file', 'save_index', 'load_index', 'container_index', 'scan', 'close_all',
+           'read_member', 'member_reader', 'member_size', 'open_member', 'preload']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
 CONTAINER_EXTS = ('.tar', '.zip', '.parquet', '.arrow')   # the containers a record may point into (.arrow: an Arrow IPC stream, as `datasets` saves)
@@ -101,6 +101,8 @@ def _key(name:str) -> int:
 
 def _keys(names) -> np.ndarray: return np.array([_key(n) for n in names], dtype=np.uint64)
 
+_ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc', 'row_off', 'row_len')
+
 @dataclass
 class ContainerIndex:
     "Where each member of one container lives: sorted name keys and, per member, `offset`, `length`, `csize`, `method`, `crc`."
@@ -108,6 +110,8 @@ class ContainerIndex:
     keys: np.ndarray; offset: np.ndarray; length: np.ndarray; csize: np.ndarray; method: np.ndarray; crc: np.ndarray
     column: str = ''    # Parquet/Arrow: the image column; `offset` holds each row group's (record batch's) first row and the row count last;
                         # Arrow: `length` and `csize` hold each record batch message's byte offset and size
+    row_off: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # Arrow, uncompressed: where each row's image bytes are in the file
+    row_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # ... and how many (-1: none); empty otherwise
 
     def find(self, member:str) -> int:
         "The position of `member` in the arrays (tar/zip), or -1 when absent."
@@ -119,7 +123,7 @@ class ContainerIndex:
     def n(self) -> int: return int(self.offset[-1]) if self.kind in ROW_KINDS else len(self.keys)
 
     @property
-    def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in ('keys', 'offset', 'length', 'csize', 'method', 'crc'))
+    def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in _ARRAYS)
 
 # %% ../nbs/02b_containers.ipynb #19ce1802
 def _octal(field:bytes) -> int:
@@ -297,28 +301,43 @@ def _arrow_schema(reader, path):
     if m.type != 'schema': raise ContainerError(path, f'corrupt Arrow stream: it starts with a {m.type} message, not a schema')
     return pa.ipc.read_schema(m)
 
-def _arrow_batches(f, path, column=None) -> tuple[list, list, list, str]:
-    "(first row of each record batch + the row count, each batch message's byte offset and size, image column) of the Arrow IPC stream `f`."
+def _arrow_batches(f, path, column=None) -> tuple[list, list, list, str, list, list]:
+    """(first row of each record batch + the row count, each batch message's byte offset and size, image column, and where
+    each row's image bytes lie in the file and how many there are: empty when the stream is compressed) of the Arrow IPC stream `f`."""
     import pyarrow as pa
     f.seek(0)
     src = pa.PythonFile(f, mode='r')
-    starts, offs, sizes = [0], [], []
+    starts, offs, sizes, spans = [0], [], [], []
     try:
         reader = pa.ipc.MessageReader.open_stream(src)
         schema = _arrow_schema(reader, path)
+        col = _image_column(schema, path, column)
         while True:
             pos = src.tell()
             try: m = reader.read_next_message()
             except StopIteration: break
             if m.type == 'dictionary batch': raise ContainerError(path, 'dictionary-encoded Arrow stream: not supported (save it as Parquet)')
             if m.type != 'record batch': continue
-            starts.append(starts[-1] + pa.ipc.read_record_batch(m, schema).num_rows); offs.append(pos); sizes.append(src.tell() - pos)
+            b = pa.ipc.read_record_batch(m, schema)
+            starts.append(starts[-1] + b.num_rows); offs.append(pos); sizes.append(src.tell() - pos)
+            if spans is not None: spans = _row_spans(b.column(col), m.body, src.tell() - m.body.size, spans)
     except (pa.ArrowException, OSError, ValueError) as e: raise ContainerError(path, f'truncated or corrupt Arrow stream ({e})') from None
-    return starts, offs, sizes, _image_column(schema, path, column)
+    o, n = (np.concatenate([s[0] for s in spans]), np.concatenate([s[1] for s in spans])) if spans else ([], [])
+    return starts, offs, sizes, col, o, n
+
+# %% ../nbs/02b_containers.ipynb #9d8c0999
+def _row_spans(col, body, at:int, spans:list) -> list|None:
+    "`spans` + (file offsets, lengths; -1 where null) of the image bytes of `col`, one record batch read from a message body that starts at byte `at`; None when a value's bytes are not where the file keeps them (a compressed body)."
+    import pyarrow as pa
+    vals = col.field('bytes') if pa.types.is_struct(col.type) else col
+    _, ob, data = vals.buffers()[:3]
+    if len(vals) == 0: return spans + [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    if data is None or not body.address <= data.address <= body.address + body.size: return None
+    o = np.frombuffer(ob, np.int64 if pa.types.is_large_binary(vals.type) else np.int32)[vals.offset:vals.offset + len(vals) + 1].astype(np.int64)
+    null = col.is_null().to_numpy(zero_copy_only=False) | vals.is_null().to_numpy(zero_copy_only=False)
+    return spans + [(at + (data.address - body.address) + o[:-1], np.where(null, -1, np.diff(o)))]
 
 # %% ../nbs/02b_containers.ipynb #53597aa3
-_ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc')
-
 def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, list, list]:
     "(index, member names in container order, refused (name, reason)) of the container at `path`, read once."
     path, kind = os.fspath(path), kind_of(path)
@@ -329,12 +348,12 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     f = guarded_open(path) if own else f
     try:
         st = os.fstat(f.fileno())
-        names, refused, col = [], [], ''
+        names, refused, col, ro, rl = [], [], '', [], []
         if kind == 'tar':
             names, off, ln, refused = _tar_members(f, path); cs, meth, crc = ln, [0] * len(ln), [0] * len(ln)
         elif kind == 'zip': names, off, ln, cs, meth, crc, refused = _zip_members(f, path)
         elif kind == 'parquet': off, col = _parquet_groups(f, path, column); ln = cs = meth = crc = []
-        else: off, ln, cs, col = _arrow_batches(f, path, column); meth = crc = []
+        else: off, ln, cs, col, ro, rl = _arrow_batches(f, path, column); meth = crc = []
     finally:
         if own: f.close()
     keys = _keys(names)
@@ -345,7 +364,7 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     order = order[last] if kind not in ROW_KINDS else order
     arr = lambda v, t: np.asarray(v, t)[order] if kind not in ROW_KINDS else np.asarray(v, t)
     idx = ContainerIndex(path, kind, int(st.st_size), int(st.st_mtime_ns), keys[order], arr(off, np.int64), arr(ln, np.int64),
-                         arr(cs, np.int64), arr(meth, np.uint8), arr(crc, np.uint32), col)
+                         arr(cs, np.int64), arr(meth, np.uint8), arr(crc, np.uint32), col, np.asarray(ro, np.int64), np.asarray(rl, np.int64))
     return idx, names, refused
 
 # %% ../nbs/02b_containers.ipynb #f1440eab
@@ -362,6 +381,8 @@ def _cache_dirs(cache_dir=None) -> list:
     user = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'realfake', 'index')
     return ([first] if first else []) + [None, user]
 
+INDEX_VERSION = 2     # 2: Arrow rows' byte ranges; a cache of another version is rebuilt
+
 def save_index(idx:ContainerIndex, file) -> None:
     "Write `idx` to `file` atomically (plain arrays: loading it never unpickles)."
     import tempfile
@@ -370,7 +391,7 @@ def save_index(idx:ContainerIndex, file) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=d)
     try:   # a cache, so no fsync (2,000 shards would pay 2,000 of them): a torn file fails `load_index` and is rebuilt
         b = io.BytesIO()                  # built in memory, written at once (zipfile's seeks would flush the file many times)
-        np.savez(b, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, 1], np.int64),
+        np.savez(b, **{a: getattr(idx, a) for a in _ARRAYS}, meta=np.array([idx.size, idx.mtime_ns, INDEX_VERSION], np.int64),
                  text=np.array([idx.path, idx.kind, idx.column]))
         with os.fdopen(fd, 'wb') as f: f.write(b.getbuffer())
         os.replace(tmp, file)
@@ -385,8 +406,8 @@ def load_index(file, path, size:int, mtime_ns:int) -> ContainerIndex|None:
         with guarded_open(file, MAX_INDEX_BYTES, 'index') as f: data = f.read()     # one read, then parsed in memory
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta, text = z['meta'], z['text']
-            if meta.tolist() != [size, mtime_ns, 1] or text[0] != os.fspath(path): return None
-            return ContainerIndex(str(text[0]), str(text[1]), size, mtime_ns, *(z[a] for a in _ARRAYS), column=str(text[2]))
+            if meta.tolist() != [size, mtime_ns, INDEX_VERSION] or text[0] != os.fspath(path): return None
+            return ContainerIndex(str(text[0]), str(text[1]), size, mtime_ns, column=str(text[2]), **{a: z[a] for a in _ARRAYS})
     except (ContainerError, OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile): return None   # a torn cache: rebuilt
 
 # %% ../nbs/02b_containers.ipynb #52064883
@@ -424,13 +445,15 @@ MAX_INDEX_MEMORY = 512 << 20     # container indexes kept in memory per process 
 
 @dataclass(eq=False)
 class _Handle:
-    pid: int; sig: tuple; f: object; index: ContainerIndex; lock: threading.Lock; pq: object = None
+    pid: int; sig: tuple; f: object; index: ContainerIndex; lock: threading.Lock
+    pq: object = None     # Arrow: the stream's schema; Parquet: a `ParquetFile`, made when this handle first decodes a row group
+    meta: object = None   # Parquet: the file's metadata (from the index in memory)
     def __del__(self):        # closed when the last reader lets go: an evicted handle stays valid for a thread still using it
         try: self.f.close()
         except Exception: pass
 
 _LOCK = threading.Lock()
-_GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> list of bytes, Parquet only
+_GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> (list of image bytes, their size): Parquet and Arrow; a fork inherits it
 _INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata or Arrow schema): plain memory, so a fork inherits it
 _INDEX_BYTES = [0]
 
@@ -468,9 +491,8 @@ def _handle(container:str) -> _Handle:
     try:
         sig = _sig(os.fstat(f.fileno()))
         idx, md = _remember(container, sig, f)
-        pf = _row_reader(idx, f, md) if idx.kind == 'parquet' else md
     except BaseException: f.close(); raise
-    h = _Handle(pid, sig, f, idx, threading.Lock(), pf)
+    h = _Handle(pid, sig, f, idx, threading.Lock(), md if idx.kind == 'arrow' else None, md)
     with _LOCK:
         _OPEN[container] = h
         while len(_OPEN) > MAX_OPEN: _drop(_OPEN.popitem(last=False)[1])
@@ -516,50 +538,60 @@ def _group(h:_Handle, g:int, path):
     "The image column of row group (Parquet) or record batch (Arrow) `g`, as one Arrow array."
     import pyarrow as pa
     if h.index.kind == 'parquet':
-        with h.lock: return h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
+        with h.lock:
+            if h.pq is None: h.pq = _row_reader(h.index, h.f, h.meta)   # not before: a worker whose row groups were preloaded never makes one
+            return h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
     data = _pread(h, int(h.index.csize[g]), int(h.index.length[g]), path)     # one batch message, wherever the index says
     try: return pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), h.pq).column(h.index.column)
     except (pa.ArrowException, ValueError) as e: raise ContainerError(path, f'corrupt Arrow record batch ({e})') from None
 
-def _row(h:_Handle, row:int, path, key) -> bytes:
-    "The image bytes of Parquet or Arrow `row`, reading (and caching) its whole row group or record batch once."
-    starts = h.index.offset
-    if row >= int(starts[-1]): raise ContainerError(path, f'row {row:,} is beyond the end ({int(starts[-1]):,} rows)')
-    g = int(np.searchsorted(starts, row, 'right')) - 1
+# %% ../nbs/02b_containers.ipynb #5fad9c90
+def _cached_group(h:_Handle, g:int, path, key) -> list:
+    "The image bytes of row group (record batch) `g` of `h`, one per row: from this process's cache (or the one a fork inherited), else decoded once and kept."
     k = (key, h.sig, g)
     with _LOCK: hit = _GROUPS.get(k)
     if hit is None:
         col = _group(h, g, path)
         import pyarrow as pa
-        if pa.types.is_struct(col.type): col = col.field('bytes')
+        if pa.types.is_struct(col.type): col = col.flatten()[col.type.get_field_index('bytes')]   # a null struct is a null image, whatever its child holds
         hit = (col.to_pylist(), col.nbytes)
         with _LOCK:
             _GROUPS[k] = hit
             while len(_GROUPS) > 1 and sum(n for _, n in _GROUPS.values()) > MAX_CACHED_BYTES: _GROUPS.popitem(last=False)
-    vals = hit[0]
-    v = vals[row - int(starts[g])]
+    return hit[0]
+
+def _row(h:_Handle, row:int, path, key) -> bytes:
+    "The image bytes of Parquet or Arrow `row`: its own bytes where the index knows them (uncompressed Arrow), else from its whole row group or record batch, read and cached once."
+    starts = h.index.offset
+    if row >= int(starts[-1]): raise ContainerError(path, f'row {row:,} is beyond the end ({int(starts[-1]):,} rows)')
+    if len(h.index.row_len):                        # an uncompressed Arrow stream: the row's bytes alone, as a tar member's
+        n = int(h.index.row_len[row])
+        v = None if n < 0 else _pread(h, n, int(h.index.row_off[row]), path)
+    else:
+        g = int(np.searchsorted(starts, row, 'right')) - 1
+        v = _cached_group(h, g, path, key)[row - int(starts[g])]
     if v is None: raise ContainerError(path, f'row {row:,} has no image bytes in column {h.index.column!r}')
     return v
 
 # %% ../nbs/02b_containers.ipynb #a6a0ac77
-def _locate(path) -> tuple[str, str, str]:
-    "(container, member, kind) of the pointer `path`, with the member name checked."
+def _locate(path, check:bool=True) -> tuple[str, str, str]:
+    "(container, member, kind) of the pointer `path`, with the member name checked (a tar or zip name only when `check`)."
     sp = split_pointer(path)
     if sp is None: raise ContainerError(path, f"not a container pointer (expected CONTAINER{{{','.join(CONTAINER_EXTS)}}}/MEMBER)")
     c, m = sp
     kind = kind_of(c)
-    why = member_problem(m, kind)
+    why = member_problem(m, kind) if check or kind in ROW_KINDS else None
     if why: raise ContainerError(path, why)
     return c, m, kind
 
 def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
     "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet or Arrow row's image."
-    c, m, kind = _locate(path)
+    c, m, kind = _locate(path, check=False)   # a tar or zip name is checked when the index lacks it: each name it holds passed when it was built
     h = _handle(c)
     if kind in ROW_KINDS: data = _row(h, int(m), path, c)
     else:
         i = h.index.find(m)
-        if i < 0: raise ContainerError(path, f'no member {m!r} in {escape_path(c)}')
+        if i < 0: raise ContainerError(path, member_problem(m, kind) or f'no member {m!r} in {escape_path(c)}')
         data = _member(h, i, path, max_bytes)
     if len(data) > max_bytes: raise ContainerError(path, f'member too large: {len(data):,} bytes > limit {max_bytes:,}')
     return data
@@ -594,17 +626,47 @@ def open_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> io.BytesIO:
 
 # %% ../nbs/02b_containers.ipynb #e2f41c6d
 def preload(paths) -> int:
-    "Load the indexes of the containers that `paths` point into (one of each) into this process's memory; returns how many it holds. Forked workers inherit them instead of each loading its own; a container that cannot be read is left for its reader to report."
-    first = {}
+    """Load the indexes of the containers that `paths` point into (one of each) into this process's memory; returns how many it holds.
+    Forked workers inherit them instead of each loading its own. The Parquet row groups and Arrow record batches that `paths`
+    name are decoded here too, while they fit the row-group cache (`MAX_CACHED_BYTES` in all), so that workers read those rows
+    from memory they inherit instead of each decoding them again every epoch. A container that cannot be read is left for its reader to report."""
+    first, rows = {}, {}
     for s in paths:                                   # one regex per path; the folder check (`split_pointer`) once per container
         m = _PTR.search(s)
-        if m is not None: first.setdefault(s[:m.end()], s)
+        if m is None: continue
+        first.setdefault(s[:m.end()], s)
+        if s[m.start()+1:m.end()].lower() in ROW_KINDS and s[m.end()+1:].isdigit(): rows.setdefault(s[:m.end()], []).append(int(s[m.end()+1:]))
     held = 0
-    for s in first.values():
+    for key, s in first.items():
         sp = split_pointer(s)
         if sp is None or _INDEX_BYTES[0] >= MAX_INDEX_MEMORY: continue
         try:
-            with guarded_open(sp[0]) as f: _remember(sp[0], _sig(os.fstat(f.fileno())), f)
+            with guarded_open(sp[0]) as f:
+                sig = _sig(os.fstat(f.fileno()))
+                idx, md = _remember(sp[0], sig, f)
+                if key in rows: _decode_ahead(_Handle(os.getpid(), sig, f, idx, threading.Lock(), md if idx.kind == 'arrow' else None, md), rows[key], sp[0])
             held += 1
         except ContainerError: continue
     return held
+
+def _group_bytes(h:_Handle, g:int) -> int:
+    "About how many bytes row group (record batch) `g` takes once decoded: its image column's uncompressed size (Parquet), its message size (Arrow)."
+    if h.index.kind != 'parquet': return int(h.index.csize[g])
+    rg, col = h.meta.row_group(g), h.index.column
+    return sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+               if rg.column(j).path_in_schema == col or rg.column(j).path_in_schema.startswith(col + '.'))
+
+def _decode_ahead(h:_Handle, rows:list, container:str) -> None:
+    "Decode into the row-group cache the groups of `rows` that fit it, in file order; a group that fails is left for its reader."
+    if len(h.index.row_len): return                 # rows read by their own byte range: nothing to decode
+    n = int(h.index.offset[-1])
+    groups = np.unique(np.searchsorted(h.index.offset, [r for r in rows if r < n], 'right') - 1)
+    with _LOCK: used = sum(b for _, b in _GROUPS.values())
+    for g in groups.tolist():
+        with _LOCK:
+            if (container, h.sig, g) in _GROUPS: continue
+        need = _group_bytes(h, g)
+        if used + need > MAX_CACHED_BYTES: break
+        try: _cached_group(h, g, container, container)
+        except Exception: continue        # corrupt, truncated: the reader of that row reports it, with its name
+        used += need

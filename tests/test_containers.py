@@ -54,6 +54,28 @@ def test_every_member_reads_back_through_the_one_loader(boxes, kind):
         assert probe_image(p) == dict(width=24, height=16, format='JPEG')
         assert np.array_equal(np.asarray(load_image(p)), np.asarray(load_image(imgs[i])))
 
+@pytest.mark.parametrize('compression', [None, 'zstd', 'lz4'])
+@pytest.mark.parametrize('column', ['struct', 'binary', 'large_binary'])
+def test_arrow_rows_are_read_by_their_own_byte_range(tmp_path, column, compression):
+    "Every row of an Arrow stream reads back as pyarrow reads it (nulls refused), from a sliced table in uneven batches; uncompressed, each by its own byte range without decoding a batch."
+    import pyarrow as pa
+    rng = np.random.default_rng(3)
+    vals = [None if i % 7 == 3 else rng.bytes(int(rng.integers(1, 400))) for i in range(60)]
+    arr = (pa.array([None if v is None and i % 2 else {'bytes': v, 'path': f'{i}.jpg'} for i, v in enumerate(vals)])
+           if column == 'struct' else pa.array(vals, getattr(pa, column)()))
+    t = pa.table({'label': list(range(60)), 'image': arr}).slice(5, 50)      # a slice: the arrays start at an offset
+    opts = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.OSFile(str(tmp_path/'d.arrow'), 'wb') as sink, pa.ipc.new_stream(sink, t.schema, options=opts) as w:
+        for n, b in zip([7, 1, 20, 22], [t.slice(0, 7), t.slice(7, 1), t.slice(8, 20), t.slice(28, 22)]): w.write_batch(b.to_batches()[0])
+    idx = container_index(tmp_path/'d.arrow')
+    assert len(idx.row_len) == (50 if compression is None else 0)
+    for i in np.random.default_rng(0).permutation(50).tolist():
+        want = vals[5 + i]
+        if want is None:
+            with pytest.raises(ContainerError, match='no image bytes'): read_member(f'{tmp_path}/d.arrow/{i}')
+        else: assert read_member(f'{tmp_path}/d.arrow/{i}') == want
+    assert (len(C._GROUPS) == 0) == (compression is None)
+
 @pytest.mark.parametrize('kind', ['tar', 'zip', 'parquet'])
 def test_a_held_container_is_read_without_trying_a_loose_open(boxes, kind, monkeypatch):
     "Once a container is open in this process its members skip the loose-file open (which could only fail); loose paths still take it."
@@ -194,6 +216,8 @@ def test_metadata_validates_pointers(tmp_path):
 # ---------------------------------------------------------------- processes
 def _no_index_load(*a, **k): raise AssertionError('an index was loaded again')
 
+def _no_group_decode(*a, **k): raise AssertionError('a preloaded row group was decoded again')
+
 def _child_read(args):
     p, want = args
     ok = read_member(p) == want
@@ -266,12 +290,14 @@ def test_dataloader_with_two_workers_reads_every_member_right(boxes):
     assert len(pids) == 2 and os.getpid() not in pids
 
 def test_dataloader_workers_inherit_preloaded_indexes(boxes, monkeypatch):
-    "`preload` in the parent (no handle opened): two forked workers read every member right through handles of their own, loading no index."
+    "`preload` in the parent (no handle opened): two forked workers read every member right through handles of their own, loading no index and decoding no row group."
     import torch
     imgs, b = boxes
     ptrs = [(pointer(c, n), imgs[i]) for c, names in b.values() for i, n in enumerate(names)] * 4
     assert C.preload([p for p, _ in ptrs] + [str(b['tar'][0].parent/'gone.tar/0.jpg')]) == 3 and not C._OPEN
+    assert sorted(g for _, _, g in C._GROUPS) == [0, 1, 2]      # the Parquet rows' three row groups, decoded in the parent
     monkeypatch.setattr(C, 'container_index', _no_index_load)
+    monkeypatch.setattr(C, '_group', _no_group_decode)
     dl = torch.utils.data.DataLoader(_Members(ptrs), batch_size=3, shuffle=True, num_workers=2,
                                      multiprocessing_context='fork', generator=torch.Generator().manual_seed(0))
     seen, pids = {}, set()
@@ -284,7 +310,7 @@ def test_dataloader_workers_inherit_preloaded_indexes(boxes, monkeypatch):
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_get_dls_preloads_container_indexes_for_its_workers(boxes, tmp_path, monkeypatch, workers):
-    "get_dls with workers holds every container's index before they fork, and the workers load none; with 0 workers it reads lazily."
+    "get_dls with workers holds every container's index and the Parquet rows' row groups before they fork, and the workers load or decode none; with 0 workers it reads lazily."
     from realfake.data import get_dls
     from realfake.preprocess import Preprocess
     imgs, b = boxes
@@ -295,6 +321,7 @@ def test_get_dls_preloads_container_indexes_for_its_workers(boxes, tmp_path, mon
     assert held == ({'s.tar', 's.zip', 's.parquet'} if workers else {os.path.basename(paths[0].rsplit('/', 2)[0])})
     if workers:
         monkeypatch.setattr(C, 'container_index', _no_index_load)
+        monkeypatch.setattr(C, '_group', _no_group_decode)
         with deadline(120, 'get_dls workers'): xs = [x for x, _ in dls.train]
         assert sum(len(x) for x in xs) == 24 and xs[0].shape[1:] == (3, 16, 16)
 
