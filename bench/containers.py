@@ -1,12 +1,15 @@
 """Bench: training from containers against loose files, side by side in one run on the same images.
 
 1. Training loader images/s (`realfake.data.get_dls`, Preprocess(224, resize=256), aug on) reading the same JPEGs as
-   loose files, from uncompressed tar shards (`--shards`, default 4), from a zip (stored) and from Parquet (HF layout: an
-   `image` struct column, row groups of 100), with 0 and 2 workers: the rate of the second epoch after its first batch
+   loose files, from uncompressed tar shards (`--shards`, default 4), from a zip (stored), from Parquet (HF layout: an
+   `image` struct column, row groups of 100) and from an Arrow stream (`datasets`' `save_to_disk`, batches of 100), with
+   0 and 2 workers: the rate of the second epoch after its first batch
    (the loader's throughput), and beside it the whole second epoch (with workers, their start included: fastai starts
    them each epoch), layouts in a rotating order; and the first-batch latency (loader creation + first batch, cold
-   index cache). Goal: containers >= 1.0x loose files. Beside the rates, the CPU time per image of the second epoch:
-   of this process with 0 workers, of the workers with 2 (what reading and decoding cost, whatever else runs).
+   index cache). Goal: containers >= 1.0x loose files, on the median of the per-repetition ratios (each layout against
+   loose files timed in the same repetition). Beside the rates, the CPU time per image of the second epoch: of this
+   process with 0 workers, of the workers with 2 (what reading and decoding cost, whatever else runs). Then what one
+   read costs through the loader's `open_source`, per layout, and for Parquet also past its row-group cache.
 2. Index build time and memory: N records over S tar shards (the full run simulates 2M records over 2,000 shards; the
    default --small run 40,000 over 40 and scales per million): `prepare`'s listing of the shards (`list_source`,
    `fake:webdataset:`) against the listing of the same number of loose files (`fake:folder:`), and the resident size of
@@ -23,14 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C
 
 def make_sets(d:Path, n:int, w:int=500, h:int=375, shards:int=4) -> dict:
-    "The same `n` JPEGs as loose files, `shards` tar shards, one stored zip and a Parquet file: {layout: [record paths]}."
+    "The same `n` JPEGs as loose files, `shards` tar shards, one stored zip, a Parquet file and an Arrow stream (`datasets`' `save_to_disk`): {layout: [record paths]}."
     import pyarrow as pa, pyarrow.parquet as pq
     from PIL import Image
     blobs = []
     for i in range(n):
         b = io.BytesIO(); Image.fromarray(C.synth_image(w, h, seed=i)).save(b, 'JPEG', quality=90); blobs.append(b.getvalue())
     (d/'loose').mkdir(parents=True)
-    out = {'loose': [], 'tar': [], 'zip': [], 'parquet': []}
+    out = {'loose': [], 'tar': [], 'zip': [], 'parquet': [], 'arrow': []}
     for i, b in enumerate(blobs): (d/'loose'/f'{i:06d}.jpg').write_bytes(b); out['loose'].append(str(d/'loose'/f'{i:06d}.jpg'))
     per = -(-n // shards)
     for s in range(shards):
@@ -43,10 +46,24 @@ def make_sets(d:Path, n:int, w:int=500, h:int=375, shards:int=4) -> dict:
     pq.write_table(pa.table({'image': [{'bytes': b, 'path': f'{i}.jpg'} for i, b in enumerate(blobs)], 'label': [0] * n}),
                    d/'train-00000-of-00001.parquet', row_group_size=100)
     out['parquet'] = [f'{d}/train-00000-of-00001.parquet/{i}' for i in range(n)]
+    t = pa.table({'image': [{'bytes': b, 'path': None} for b in blobs], 'label': [0] * n})     # as `datasets` save_to_disk writes
+    with pa.OSFile(str(d/'data-00000-of-00001.arrow'), 'wb') as sink, pa.ipc.new_stream(sink, t.schema) as w:
+        for rb in t.to_batches(max_chunksize=100): w.write_batch(rb)
+    out['arrow'] = [f'{d}/data-00000-of-00001.arrow/{i}' for i in range(n)]
     return out
 
 def _cpu(who) -> float:
     r = resource.getrusage(who); return r.ru_utime + r.ru_stime
+
+def _same_draws(seed:int) -> None:
+    "Seed the generators the augmentation draws from (fastai's `random.random() < p`, torch for the parameters and the workers' seeds)."
+    import random, torch
+    random.seed(seed); torch.manual_seed(seed)
+
+def _paired(rates:dict, layout:str) -> tuple[float, float, float]:
+    "Median, lowest and highest of the per-repetition ratios `layout` / loose (each ratio from the same repetition)."
+    r = sorted(a / b for a, b in zip(rates[layout], rates['loose']))
+    return C.med(r), r[0], r[-1]
 
 def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
     import pandas as pd, realfake.containers as RC
@@ -71,18 +88,132 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
                 dls = get_dls(df, Preprocess(size=224, resize=256), bs=bs, num_workers=workers, aug=True, seed=r, device='cpu')
                 it = iter(dls.train); next(it); t1 = time.perf_counter()
                 for _ in it: pass                            # the rest of the first (cold) epoch, untimed
+                _same_draws(r)                               # every layout of a repetition gets the same augmentation (and worker seeds)
                 c2 = _cpu(who); t2 = time.perf_counter(); it = iter(dls.train); n0 = len(next(it)[0]); t2b = time.perf_counter()
                 n = n0 + sum(len(xb) for xb, _ in it); t3 = time.perf_counter(); del it
                 cs[layout].append((_cpu(who) - c2) / n * 1e3)
                 rs[layout].append((n - n0) / (t3 - t2b))     # the second epoch after its first batch: the loader's throughput
                 ws[layout].append(n / (t3 - t2)); fs[layout].append(t1 - t0)   # the whole second epoch, its workers' start included
-        rate, whole, first, cpu = ({k: C.med(v) for k, v in x.items()} for x in (rs, ws, fs, cs))
+        rate, first, cpu = ({k: C.med(v) for k, v in x.items()} for x in (rs, fs, cs))
         for layout in sets:
-            ratio, wr = rate[layout] / rate['loose'], whole[layout] / whole['loose']
-            rows.append([layout, workers, f'{rate[layout]:.1f}', f'**{ratio:.2f}x**' if layout != 'loose' else '1.00x',
-                         f'{whole[layout]:.1f} ({wr:.2f}x)', f"{cpu[layout]:.2f} ({cpu['loose'] / cpu[layout]:.2f}x)", f'{first[layout]:.2f}',
-                         '' if layout == 'loose' else ('>=1.0x met' if ratio >= 1.0 else 'NOT met')])
+            (ratio, lo, hi), wr = _paired(rs, layout), _paired(ws, layout)[0]
+            rows.append([layout, workers, f'{rate[layout]:.1f}', f'**{ratio:.2f}x** ({lo:.2f}-{hi:.2f})' if layout != 'loose' else '1.00x',
+                         f'{wr:.2f}x', f"{cpu[layout]:.2f} ({cpu['loose'] / cpu[layout]:.2f}x)", f'{first[layout]:.2f}',
+                         '' if layout == 'loose' else _verdict(ratio, lo, hi)])
     return rows
+
+def _verdict(ratio:float, lo:float, hi:float) -> str:
+    "The goal (>= 1.0x) on the median ratio; when it is below but some repetitions were not, the repetitions cannot tell."
+    return '>=1.0x met' if ratio >= 1.0 else 'NOT met' if hi < 1.0 else 'below, within noise'
+
+def _items(dls:dict, images:list, seed:int, start:int=0) -> dict:
+    """Seconds per layout to run the loader's item pipeline on `images`, alternating the layouts image by image in a random
+    order: [the first `start` images, the rest]."""
+    import random
+    rng, order, tot = random.Random(seed), list(dls), {k: [0.0, 0.0] for k in dls}
+    for n, i in enumerate(rng.sample(images, len(images))):
+        rng.shuffle(order)
+        for k in order:
+            t = time.perf_counter(); dls[k].create_item(i); tot[k][n >= start] += time.perf_counter() - t
+    return tot
+
+def _forked_items(dls:dict, images:list, seed:int, workers:int, start:int) -> dict:
+    "`_items` in `workers` processes forked now (as fastai forks its workers every epoch), each on its share of `images`; their seconds summed."
+    import json
+    kids = []
+    for w in range(workers):
+        r, wfd = os.pipe(); pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try: os.write(wfd, json.dumps(_items(dls, images[w::workers], seed * 100 + w, start)).encode())
+            finally: os._exit(0)
+        os.close(wfd); kids.append((pid, r))
+    tot = {k: [0.0, 0.0] for k in dls}
+    for pid, r in kids:
+        with os.fdopen(r, 'rb') as f: got = json.loads(f.read() or b'{}')
+        os.waitpid(pid, 0)
+        if set(got) != set(tot): raise RuntimeError('a forked worker of the item bench failed')
+        for k, (a, b) in got.items(): tot[k][0] += a; tot[k][1] += b
+    return tot
+
+def _batches(dls:dict, epochs:int) -> tuple[dict, dict]:
+    "Seconds and images per layout for `epochs` epochs of whole batches, the loaders stepped in turn (a random order each step), each drawing its augmentation from generators of its own seeded alike."
+    import random, torch
+    tot, order, n = {k: [] for k in dls}, list(dls), {k: 0 for k in dls}
+    for e in range(epochs):
+        state, its = {}, {}
+        for k, dl in dls.items():
+            _same_draws(e); its[k] = iter(dl); state[k] = (random.getstate(), torch.get_rng_state())
+        t_e, live = {k: 0.0 for k in dls}, set(dls)
+        while live:
+            random.Random(len(live) + e).shuffle(order)
+            for k in [k for k in order if k in live]:
+                random.setstate(state[k][0]); torch.set_rng_state(state[k][1])
+                t = time.perf_counter()
+                try: n[k] += len(next(its[k])[0])
+                except StopIteration: live.discard(k); continue
+                t_e[k] += time.perf_counter() - t
+                state[k] = (random.getstate(), torch.get_rng_state())
+        for k in dls: tot[k].append(t_e[k])
+    return tot, n
+
+def item_rows(sets:dict, passes:int, start:int=4) -> list:
+    """The training loader's item pipeline (read, decode, crop, flip: what a worker runs per image; collation and the batch
+    augmentation are the same code for every layout) timed image by image with the layouts alternated, so that the machine's
+    drift hits them alike: in this process (0 workers), and in 2 processes forked anew for every pass (2 workers, as fastai's).
+    With workers, each one's first `start` images are timed apart: a fresh process faults in the code and memory it touches
+    again, once per worker per epoch, which the bench's epochs (188 images a worker) weigh far more than a 2M-image epoch."""
+    import pandas as pd
+    from realfake.data import get_dls
+    from realfake.preprocess import Preprocess
+    dls = {}
+    for layout, paths in sets.items():
+        df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
+        df.loc[df.index[-8:], 'split'] = 'valid'
+        dls[layout] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train  # preloads, as for workers
+    images = list(range(len(sets['loose']) - 8))
+    _items(dls, images[:16], -1)                      # warm: handles, caches (0 workers keeps them from epoch to epoch)
+    rows = []
+    whole, seen = _batches(dls, max(2, passes // 2))
+    for layout in dls:
+        r = sorted(a / b for a, b in zip(whole['loose'], whole[layout]))
+        ratio = sum(whole['loose']) / sum(whole[layout])
+        rows.append([layout, '0, whole batches', f'{sum(whole[layout]) / seen[layout] * 1e6:.0f}',
+                     '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({r[0]:.3f}-{r[-1]:.3f})', '',
+                     '' if layout == 'loose' else _verdict(ratio, r[0], r[-1])])
+    for workers in (0, 2):
+        ts = [_items(dls, images, p) if workers == 0 else _forked_items(dls, images, p, workers, start) for p in range(passes)]
+        n = len(images) - workers * start if workers else len(images)
+        steady = {k: [t[k][1] for t in ts] for k in dls}
+        for layout in dls:
+            r = sorted(a / b for a, b in zip(steady['loose'], steady[layout]))
+            ratio, per = sum(steady['loose']) / sum(steady[layout]), sum(steady[layout]) / (passes * n)
+            first = (sum(t[layout][0] for t in ts) / (passes * workers) - start * per) * 1e3 if workers else None
+            rows.append([layout, workers, f'{per * 1e6:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({r[0]:.3f}-{r[-1]:.3f})',
+                         '' if first is None else f'{first:.2f}', '' if layout == 'loose' else _verdict(ratio, r[0], r[-1])])
+    return rows
+
+def read_rows(sets:dict, reps:int) -> list:
+    "Microseconds to open and read one image's bytes through the loader's `open_source`, shuffled, each layout in turn; Parquet and Arrow also with a row-group cache of one group, as when the data is much larger than the cache."
+    import random, realfake.containers as RC
+    from realfake.images import open_source
+    def read_all(paths):
+        for p in paths:
+            with open_source(p) as f: f.read()
+    shuffled = {k: random.Random(0).sample(v, len(v)) for k, v in sets.items()}
+    keep = RC.MAX_CACHED_BYTES
+    def beyond(paths):
+        held = dict(RC._GROUPS); RC._GROUPS.clear()
+        RC.MAX_CACHED_BYTES = 1                     # one row group kept: shuffled rows decode a group each, as past the cache at scale
+        try: read_all(paths)
+        finally: RC.MAX_CACHED_BYTES = keep; RC._GROUPS.clear(); RC._GROUPS.update(held)   # the plain Parquet row stays warm
+    fns = {k: (lambda v=v: read_all(v)) for k, v in shuffled.items()}
+    for k in ('parquet', 'arrow'): fns[f'{k}, past the cache'] = lambda k=k: beyond(shuffled[k])
+    RC.close_all()
+    ts = C.interleaved(fns, reps=reps, warmup=1)     # the warm-up decodes the plain Parquet row's groups once, as `preload` does for the loader
+    n = len(sets['loose'])
+    loose = C.med(ts['loose']) / n * 1e6
+    return [[k, f'{C.med(t) / n * 1e6:.1f}', f'{loose / (C.med(t) / n * 1e6):.2f}x'] for k, t in ts.items()]
 
 def index_rows(d:Path, records:int, shards:int) -> list:
     "Listing time of `records` container records over `shards` tar shards against as many loose files; index memory."
@@ -117,6 +248,7 @@ def main():
     p.add_argument('--images', type=int, default=192, help='images per layout in part 1 (default 192)')
     p.add_argument('--shards', type=int, default=4, help='tar shards the images of part 1 are spread over (default 4; more than '
                    'realfake.containers.MAX_OPEN=64 makes the loader reopen handles as at the seed scale)')
+    p.add_argument('--passes', type=int, default=10, help='passes over the images in the item-by-item comparison (default 10)')
     a = p.parse_args()
     warnings.filterwarnings('ignore')
     print(C.machine())
@@ -124,11 +256,25 @@ def main():
         sets = make_sets(Path(d)/'imgs', 32 if a.quick else a.images, shards=a.shards)
         print('\nTraining loader, same images (500x375 JPEG q90), Preprocess(224, resize=256), aug, CPU; img/s = the second epoch after its first batch')
         print(C.table(loader_rows(sets, 1 if a.quick else a.reps, 8 if a.quick else 32),
-                      ['layout', 'workers', 'img/s', 'vs loose', 'whole epoch img/s (vs loose)', 'CPU ms per image (loose / this)',
+                      ['layout', 'workers', 'img/s', 'vs loose (lowest-highest)', 'whole epoch vs loose', 'CPU ms per image (loose / this)',
                        'first batch s (cold index)', 'goal']))
-        print('(img/s: medians over the repetitions; the whole-epoch column includes starting the workers, which fastai does '
+        print('(img/s: median over the repetitions; vs loose: the median of the per-repetition ratios, each against loose files '
+              'timed in the same repetition, with the lowest and highest; the whole-epoch column includes starting the workers, which fastai does '
               'every epoch and which a 2M-image epoch spreads over far more batches; CPU ms per image: of this process with 0 workers '
               '(augmentation included), of the workers with 2; first batch: loader creation + first batch)')
+        print('\nThe same loaders interleaved (resolves what the epochs above cannot): whole batches stepped in turn, and the item pipeline image by image, us per image')
+        print(C.table(item_rows(sets, 2 if a.quick else a.passes), ['layout', 'workers', 'us per image', 'loose / this (lowest-highest pass)',
+                                                                      'a fresh worker\'s start, ms', 'goal']))
+        print('(whole batches: the training loader with 0 workers, collation and augmentation included, each layout drawing the same '
+              'augmentation, lowest-highest over epochs; the rows below: the item pipeline alone (read, decode, crop), as a worker runs it; '
+              'loose / this: total time over all passes; lowest-highest: the ratio of single passes; 2 workers: two processes forked anew '
+              'for each pass, each on half of the images, as fastai starts its workers every epoch; their first 4 images are left out of '
+              'the rate and give the start column: their time beyond 4 images at the rate)')
+        print('\nOne read: open and read one image\'s bytes through the loader (`realfake.images.open_source`), shuffled order, us')
+        print(C.table(read_rows(sets, 3 if a.quick else max(5, a.reps)), ['layout', 'us per read', 'loose / this']))
+        print('(informational, no goal: "past the cache" keeps one decoded row group, as a shuffled epoch over a Parquet file '
+              'much larger than realfake.containers.MAX_CACHED_BYTES does; an uncompressed Arrow stream reads each row\'s own bytes '
+              'and keeps no row group)')
 
         records, shards = (2_000_000, 2000) if a.full else (2000, 4) if a.quick else (40_000, 40)
         print(f'\nIndex and listing: {records:,} records over {shards:,} tar shards vs as many loose files')
