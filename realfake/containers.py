@@ -627,8 +627,8 @@ def open_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> io.BytesIO:
 # %% ../nbs/02b_containers.ipynb #e2f41c6d
 def preload(paths) -> int:
     """Load the indexes of the containers that `paths` point into (one of each) into this process's memory; returns how many it holds.
-    Forked workers inherit them instead of each loading its own. The Parquet row groups and Arrow record batches that `paths`
-    name are decoded here too, while they fit the row-group cache (`MAX_CACHED_BYTES` in all), so that workers read those rows
+    Forked workers inherit them instead of each loading its own. The Parquet row groups (and compressed Arrow streams' record
+    batches) that `paths` name are decoded here too, while they fit the row-group cache (`MAX_CACHED_BYTES` in all), so that workers read those rows
     from memory they inherit instead of each decoding them again every epoch. A container that cannot be read is left for its reader to report."""
     first, rows = {}, {}
     for s in paths:                                   # one regex per path; the folder check (`split_pointer`) once per container
