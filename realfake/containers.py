@@ -330,10 +330,12 @@ def _row_spans(col, body, at:int, spans:list) -> list|None:
     "`spans` + (file offsets, lengths; -1 where null) of the image bytes of `col`, one record batch read from a message body that starts at byte `at`; None when a value's bytes are not where the file keeps them (a compressed body)."
     import pyarrow as pa
     vals = col.field('bytes') if pa.types.is_struct(col.type) else col
+    wide = pa.types.is_large_binary(vals.type) or pa.types.is_large_string(vals.type)
+    if not (wide or pa.types.is_binary(vals.type) or pa.types.is_string(vals.type)): return None   # views and the like: by batch
     _, ob, data = vals.buffers()[:3]
     if len(vals) == 0: return spans + [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
     if data is None or not body.address <= data.address <= body.address + body.size: return None
-    o = np.frombuffer(ob, np.int64 if pa.types.is_large_binary(vals.type) else np.int32)[vals.offset:vals.offset + len(vals) + 1].astype(np.int64)
+    o = np.frombuffer(ob, np.int64 if wide else np.int32)[vals.offset:vals.offset + len(vals) + 1].astype(np.int64)
     null = col.is_null().to_numpy(zero_copy_only=False) | vals.is_null().to_numpy(zero_copy_only=False)
     return spans + [(at + (data.address - body.address) + o[:-1], np.where(null, -1, np.diff(o)))]
 
