@@ -28,16 +28,20 @@ def cpu_model() -> str:
 def machine() -> str:
     "One line describing where the numbers were taken."
     import torch
+    if not _START_LOAD: _START_LOAD.append(os.getloadavg()[0])
     load = ' '.join(f'{x:.1f}' for x in os.getloadavg())
     return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | {os.cpu_count()} cores (nproc) | "
             f"{cpu_model()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | Python {platform.python_version()} | "
             f"load average at start {load}")
 
+_START_LOAD: list = []
+
 def load_note():
-    "A warning line when other jobs were competing for the CPU during the run."
-    l1 = os.getloadavg()[0]
+    """A warning line when other jobs were competing for the CPU: judged on the load average when the run started
+    (`machine()` notes it), since at the end it counts the bench's own processes (workers, forks) too."""
+    l1 = _START_LOAD[0] if _START_LOAD else os.getloadavg()[0]
     if l1 > (os.cpu_count() or 1) * 0.75:
-        return (f"WARNING: load average {l1:.1f} on {os.cpu_count()} cores at the end: other jobs shared the CPU, "
+        return (f"WARNING: load average {l1:.1f} on {os.cpu_count()} cores at the start: other jobs shared the CPU, "
                 "wall-clock rates are pessimistic and noisy; ratios of interleaved runs and CPU-time rates hold better.")
     return ''
 
