@@ -4,7 +4,8 @@
 
 # %% ../nbs/13b_shards.ipynb #c259b674
 from __future__ import annotations
-import os, re, csv, io, json, tarfile, queue, threading
+import os, re, csv, io, json, tarfile, threading
+from collections import deque
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import NamedTuple
@@ -17,9 +18,9 @@ from .jobs import settings_diff, check_settings
 
 
 # %% auto #0
-__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'SHARD_COLUMNS', 'PROVENANCE_COLUMN', 'FORMATS',
-           'UNSCORED', 'RESCORE_HINT', 'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset', 'import_pyarrow', 'Shard',
-           'is_url', 'shard_name', 'is_shard_input', 'expand_shards', 'Member', 'shard_samples', 'read_ahead',
+__all__ = ['SHARD_EXTS', 'JOB_FILE', 'MAX_SHARDS', 'MAX_MEMBER_BYTES', 'READ_AHEAD_BYTES', 'SHARD_COLUMNS', 'PROVENANCE_COLUMN',
+           'FORMATS', 'UNSCORED', 'RESCORE_HINT', 'RECORD_SHAPE', 'JOB_SHAPE', 'import_webdataset', 'import_pyarrow',
+           'Shard', 'is_url', 'shard_name', 'is_shard_input', 'expand_shards', 'Member', 'shard_samples', 'read_ahead',
            'ShardSamples', 'ShardBatch', 'collate_shard_batch', 'shard_columns', 'parse_formats', 'csv_line',
            'clean_partial_outputs', 'one_row_per_key', 'write_shard_outputs', 'check_scored_with', 'read_shard_info',
            'shard_state', 'shards_todo', 'open_job', 'job_summary', 'summary_line', 'read_shard_csv', 'merge_outputs',
@@ -156,29 +157,41 @@ def _error_text(e:Exception) -> str:
 # %% ../nbs/13b_shards.ipynb #3265ae21
 class _Raised(NamedTuple): error: BaseException
 
-def read_ahead(it, size:int=64):
-    "Iterate `it` in a background thread, up to `size` items ahead of the consumer."
-    q, stop, end = queue.Queue(size), threading.Event(), object()
-    def put(x):
-        while not stop.is_set():
-            try: q.put(x, timeout=0.1); return True
-            except queue.Full: pass
-        return False
+READ_AHEAD_BYTES = 64 << 20    # what `read_ahead` holds at most for its consumer (one item, however large, always passes)
+
+def read_ahead(it, size:int=64, max_bytes:int=READ_AHEAD_BYTES, nbytes=None):
+    "Iterate `it` in a background thread, up to `size` items and `max_bytes` (each item weighs `nbytes(item)`, 0 without it) ahead of the consumer."
+    cv, buf, stop, end, held = threading.Condition(), deque(), threading.Event(), object(), [0]
+    def put(x, n:int) -> bool:
+        with cv:
+            while buf and (len(buf) >= size or held[0] + n > max_bytes) and not stop.is_set(): cv.wait(0.1)
+            if stop.is_set(): return False
+            buf.append((x, n)); held[0] += n; cv.notify_all()
+            return True
     def run():
         try:
             for x in it:
-                if not put(x): return
-            put(end)
-        except BaseException as e: put(_Raised(e))
+                if not put(x, nbytes(x) if nbytes else 0): return
+            put(end, 0)
+        except BaseException as e: put(_Raised(e), 0)
     t = threading.Thread(target=run, daemon=True, name='realfake-read-ahead')
     t.start()
     try:
-        while (x := q.get()) is not end:
+        while True:
+            with cv:
+                while not buf: cv.wait()
+                x, n = buf.popleft(); held[0] -= n; cv.notify_all()
+            if x is end: return
             if isinstance(x, _Raised): raise x.error
             yield x
-    finally: stop.set(); t.join(1)
+    finally:
+        stop.set()
+        with cv: cv.notify_all()
+        t.join(1)
 
 # %% ../nbs/13b_shards.ipynb #b57da515
+def _member_bytes(sample) -> int: return 0 if sample[2] is None else len(sample[2])
+
 class ShardSamples(torch.utils.data.IterableDataset):
     "Samples of `shards`, decoded by `decode(bytes, label)`, split among DataLoader workers; an 'end' item after each shard; with `provenance(bytes) -> str`, each sample also carries that text of its member ('' for a member not read)."
     def __init__(self, shards:list[Shard], decode, image_exts=IMAGE_EXTS, provenance=None):
@@ -191,7 +204,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
     def _shard(self, sh:Shard, ahead:bool):
         errors, n = [], 0
         samples = shard_samples(sh.url, errors, self.image_exts)
-        for key, ext, data, err in (read_ahead(samples) if ahead else samples):
+        for key, ext, data, err in (read_ahead(samples, nbytes=_member_bytes) if ahead else samples):
             n += 1
             key = escape_path(key)
             s = ('sample', sh.name, key, *(self.decode(data, f"{sh.name}:{key}.{ext}") if err is None else (None, [], err)))
