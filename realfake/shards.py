@@ -161,12 +161,14 @@ READ_AHEAD_BYTES = 64 << 20    # what `read_ahead` holds at most for its consume
 
 def read_ahead(it, size:int=64, max_bytes:int=READ_AHEAD_BYTES, nbytes=None):
     "Iterate `it` in a background thread, up to `size` items and `max_bytes` (each item weighs `nbytes(item)`, 0 without it) ahead of the consumer."
-    cv, buf, stop, end, held = threading.Condition(), deque(), threading.Event(), object(), [0]
+    lock = threading.Lock()
+    room, ready = threading.Condition(lock), threading.Condition(lock)     # as `queue.Queue`, with a byte count beside the item count
+    buf, stop, end, held = deque(), threading.Event(), object(), [0]
     def put(x, n:int) -> bool:
-        with cv:
-            while buf and (len(buf) >= size or held[0] + n > max_bytes) and not stop.is_set(): cv.wait(0.1)
+        with lock:
+            while buf and (len(buf) >= size or held[0] + n > max_bytes) and not stop.is_set(): room.wait(0.1)
             if stop.is_set(): return False
-            buf.append((x, n)); held[0] += n; cv.notify_all()
+            buf.append((x, n)); held[0] += n; ready.notify()
             return True
     def run():
         try:
@@ -178,15 +180,15 @@ def read_ahead(it, size:int=64, max_bytes:int=READ_AHEAD_BYTES, nbytes=None):
     t.start()
     try:
         while True:
-            with cv:
-                while not buf: cv.wait()
-                x, n = buf.popleft(); held[0] -= n; cv.notify_all()
+            with lock:
+                while not buf: ready.wait()
+                x, n = buf.popleft(); held[0] -= n; room.notify()
             if x is end: return
             if isinstance(x, _Raised): raise x.error
             yield x
     finally:
         stop.set()
-        with cv: cv.notify_all()
+        with lock: room.notify()
         t.join(1)
 
 # %% ../nbs/13b_shards.ipynb #b57da515
