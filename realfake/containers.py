@@ -101,17 +101,21 @@ def _key(name:str) -> int:
 
 def _keys(names) -> np.ndarray: return np.array([_key(n) for n in names], dtype=np.uint64)
 
-_ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc', 'row_off', 'row_len')
+_ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc', 'starts', 'batch_off', 'batch_size', 'row_off', 'row_len')
 
 @dataclass
 class ContainerIndex:
-    "Where each member of one container lives: sorted name keys and, per member, `offset`, `length`, `csize`, `method`, `crc`."
+    """Where each member of one container lives. Tar and zip: sorted name keys and, per member, `offset`, `length`, `csize`,
+    `method`, `crc`. Parquet and Arrow: `starts`, the first row of each row group (record batch) and the row count last;
+    Arrow also each batch message's `batch_off` and `batch_size`, and, uncompressed, each row's image bytes, `row_off` and `row_len`."""
     path: str; kind: str; size: int; mtime_ns: int
     keys: np.ndarray; offset: np.ndarray; length: np.ndarray; csize: np.ndarray; method: np.ndarray; crc: np.ndarray
-    column: str = ''    # Parquet/Arrow: the image column; `offset` holds each row group's (record batch's) first row and the row count last;
-                        # Arrow: `length` and `csize` hold each record batch message's byte offset and size
-    row_off: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # Arrow, uncompressed: where each row's image bytes are in the file
-    row_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # ... and how many (-1: none); empty otherwise
+    column: str = ''    # Parquet/Arrow: the image column
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    batch_off: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    batch_size: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    row_off: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    row_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))   # -1: the row has no image bytes
 
     def find(self, member:str) -> int:
         "The position of `member` in the arrays (tar/zip), or -1 when absent."
@@ -120,7 +124,7 @@ class ContainerIndex:
         return i if i < len(self.keys) and int(self.keys[i]) == k else -1
 
     @property
-    def n(self) -> int: return int(self.offset[-1]) if self.kind in ROW_KINDS else len(self.keys)
+    def n(self) -> int: return int(self.starts[-1]) if self.kind in ROW_KINDS else len(self.keys)
 
     @property
     def nbytes(self) -> int: return sum(getattr(self, a).nbytes for a in _ARRAYS)
@@ -350,12 +354,14 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     f = guarded_open(path) if own else f
     try:
         st = os.fstat(f.fileno())
-        names, refused, col, ro, rl = [], [], '', [], []
+        names, refused, col, off, ln, cs, meth, crc, rows = [], [], '', [], [], [], [], [], {}
         if kind == 'tar':
             names, off, ln, refused = _tar_members(f, path); cs, meth, crc = ln, [0] * len(ln), [0] * len(ln)
         elif kind == 'zip': names, off, ln, cs, meth, crc, refused = _zip_members(f, path)
-        elif kind == 'parquet': off, col = _parquet_groups(f, path, column); ln = cs = meth = crc = []
-        else: off, ln, cs, col, ro, rl = _arrow_batches(f, path, column); meth = crc = []
+        elif kind == 'parquet': starts, col = _parquet_groups(f, path, column); rows = dict(starts=starts)
+        else:
+            starts, bo, bs, col, ro, rl = _arrow_batches(f, path, column)
+            rows = dict(starts=starts, batch_off=bo, batch_size=bs, row_off=ro, row_len=rl)
     finally:
         if own: f.close()
     keys = _keys(names)
@@ -366,7 +372,7 @@ def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, lis
     order = order[last] if kind not in ROW_KINDS else order
     arr = lambda v, t: np.asarray(v, t)[order] if kind not in ROW_KINDS else np.asarray(v, t)
     idx = ContainerIndex(path, kind, int(st.st_size), int(st.st_mtime_ns), keys[order], arr(off, np.int64), arr(ln, np.int64),
-                         arr(cs, np.int64), arr(meth, np.uint8), arr(crc, np.uint32), col, np.asarray(ro, np.int64), np.asarray(rl, np.int64))
+                         arr(cs, np.int64), arr(meth, np.uint8), arr(crc, np.uint32), col, **{k: np.asarray(v, np.int64) for k, v in rows.items()})
     return idx, names, refused
 
 # %% ../nbs/02b_containers.ipynb #f1440eab
@@ -383,7 +389,7 @@ def _cache_dirs(cache_dir=None) -> list:
     user = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'realfake', 'index')
     return ([first] if first else []) + [None, user]
 
-INDEX_VERSION = 2     # 2: Arrow rows' byte ranges; a cache of another version is rebuilt
+INDEX_VERSION = 2     # 2: the row containers' own fields, Arrow rows' byte ranges; a cache of another version is rebuilt
 
 def save_index(idx:ContainerIndex, file) -> None:
     "Write `idx` to `file` atomically (plain arrays: loading it never unpickles)."
@@ -543,7 +549,7 @@ def _group(h:_Handle, g:int, path):
         with h.lock:
             if h.pq is None: h.pq = _row_reader(h.index, h.f, h.meta)   # not before: a worker whose row groups were preloaded never makes one
             return h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
-    data = _pread(h, int(h.index.csize[g]), int(h.index.length[g]), path)     # one batch message, wherever the index says
+    data = _pread(h, int(h.index.batch_size[g]), int(h.index.batch_off[g]), path)     # one batch message, wherever the index says
     try: return pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), h.pq).column(h.index.column)
     except (pa.ArrowException, ValueError) as e: raise ContainerError(path, f'corrupt Arrow record batch ({e})') from None
 
@@ -564,7 +570,7 @@ def _cached_group(h:_Handle, g:int, path, key) -> list:
 
 def _row(h:_Handle, row:int, path, key) -> bytes:
     "The image bytes of Parquet or Arrow `row`: its own bytes where the index knows them (uncompressed Arrow), else from its whole row group or record batch, read and cached once."
-    starts = h.index.offset
+    starts = h.index.starts
     if row >= int(starts[-1]): raise ContainerError(path, f'row {row:,} is beyond the end ({int(starts[-1]):,} rows)')
     if len(h.index.row_len):                        # an uncompressed Arrow stream: the row's bytes alone, as a tar member's
         n = int(h.index.row_len[row])
@@ -653,7 +659,7 @@ def preload(paths) -> int:
 
 def _group_bytes(h:_Handle, g:int) -> int:
     "About how many bytes row group (record batch) `g` takes once decoded: its image column's uncompressed size (Parquet), its message size (Arrow)."
-    if h.index.kind != 'parquet': return int(h.index.csize[g])
+    if h.index.kind != 'parquet': return int(h.index.batch_size[g])
     rg, col = h.meta.row_group(g), h.index.column
     return sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
                if rg.column(j).path_in_schema == col or rg.column(j).path_in_schema.startswith(col + '.'))
@@ -661,8 +667,8 @@ def _group_bytes(h:_Handle, g:int) -> int:
 def _decode_ahead(h:_Handle, rows:list, container:str) -> None:
     "Decode into the row-group cache the groups of `rows` that fit it, in file order; a group that fails is left for its reader."
     if len(h.index.row_len): return                 # rows read by their own byte range: nothing to decode
-    n = int(h.index.offset[-1])
-    groups = np.unique(np.searchsorted(h.index.offset, [r for r in rows if r < n], 'right') - 1)
+    n = int(h.index.starts[-1])
+    groups = np.unique(np.searchsorted(h.index.starts, [r for r in rows if r < n], 'right') - 1)
     with _LOCK: used = sum(b for _, b in _GROUPS.values())
     for g in groups.tolist():
         with _LOCK:
