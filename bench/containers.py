@@ -144,9 +144,9 @@ def _batches(dls:dict, epochs:int) -> tuple[dict, dict]:
         state, its = {}, {}
         for k, dl in dls.items():
             _same_draws(e); its[k] = iter(dl); state[k] = (random.getstate(), torch.get_rng_state())
-        t_e, live = {k: 0.0 for k in dls}, set(dls)
+        t_e, live, rng = {k: 0.0 for k in dls}, set(dls), random.Random(1000 + e)   # its own generator: the loaders' are set per step
         while live:
-            random.Random(len(live) + e).shuffle(order)
+            rng.shuffle(order)
             for k in [k for k in order if k in live]:
                 random.setstate(state[k][0]); torch.set_rng_state(state[k][1])
                 t = time.perf_counter()
@@ -171,6 +171,11 @@ def item_rows(sets:dict, passes:int, start:int=4) -> list:
         df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
         df.loc[df.index[-8:], 'split'] = 'valid'
         dls[layout] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train  # preloads, as for workers
+        if layout == 'loose':    # a copy of the loose files through a second loader: what the measure reads as a difference when there is none
+            import shutil            # (a copy, not the same files: two loaders reading the same pages back to back would both find them in the CPU's cache)
+            copy = Path(paths[0]).parent.with_name('loose_again'); shutil.copytree(Path(paths[0]).parent, copy, dirs_exist_ok=True)
+            df = df.assign(path=[str(copy/Path(q).name) for q in paths])
+            dls[AA] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train
     images = list(range(len(sets['loose']) - 8))
     _items(dls, images[:16], -1)                      # warm: handles, caches (0 workers keeps them from epoch to epoch)
     rows = []
@@ -180,7 +185,7 @@ def item_rows(sets:dict, passes:int, start:int=4) -> list:
         ratio = sum(whole['loose']) / sum(whole[layout])
         rows.append([layout, '0, whole batches', f'{sum(whole[layout]) / seen[layout] * 1e6:.0f}',
                      '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({r[0]:.3f}-{r[-1]:.3f})', '',
-                     '' if layout == 'loose' else _verdict(ratio, r[0], r[-1])])
+                     _goal(layout, ratio, r[0], r[-1])])
     for workers in (0, 2):
         ts = [_items(dls, images, p) if workers == 0 else _forked_items(dls, images, p, workers, start) for p in range(passes)]
         n = len(images) - workers * start if workers else len(images)
@@ -190,8 +195,13 @@ def item_rows(sets:dict, passes:int, start:int=4) -> list:
             ratio, per = sum(steady['loose']) / sum(steady[layout]), sum(steady[layout]) / (passes * n)
             first = (sum(t[layout][0] for t in ts) / (passes * workers) - start * per) * 1e3 if workers else None
             rows.append([layout, workers, f'{per * 1e6:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({r[0]:.3f}-{r[-1]:.3f})',
-                         '' if first is None else f'{first:.2f}', '' if layout == 'loose' else _verdict(ratio, r[0], r[-1])])
+                         '' if first is None else f'{first:.2f}', _goal(layout, ratio, r[0], r[-1])])
     return rows
+
+AA = 'loose, again (A/A)'
+
+def _goal(layout:str, ratio:float, lo:float, hi:float) -> str:
+    return '' if layout == 'loose' else '(control: no difference)' if layout == AA else _verdict(ratio, lo, hi)
 
 def read_rows(sets:dict, reps:int) -> list:
     "Microseconds to open and read one image's bytes through the loader's `open_source`, shuffled, each layout in turn; Parquet and Arrow also with a row-group cache of one group, as when the data is much larger than the cache."
@@ -262,7 +272,8 @@ def main():
               'timed in the same repetition, with the lowest and highest; the whole-epoch column includes starting the workers, which fastai does '
               'every epoch and which a 2M-image epoch spreads over far more batches; CPU ms per image: of this process with 0 workers '
               '(augmentation included), of the workers with 2; first batch: loader creation + first batch)')
-        print('\nThe same loaders interleaved (resolves what the epochs above cannot): whole batches stepped in turn, and the item pipeline image by image, us per image')
+        print('\nThe same loaders interleaved: whole batches stepped in turn, and the item pipeline image by image, us per image '
+              '(the A/A row, a copy of the loose files through a second loader, shows what each measure reads when there is no difference)')
         print(C.table(item_rows(sets, 2 if a.quick else a.passes), ['layout', 'workers', 'us per image', 'loose / this (lowest-highest pass)',
                                                                       'a fresh worker\'s start, ms', 'goal']))
         print('(whole batches: the training loader with 0 workers, collation and augmentation included, each layout drawing the same '
