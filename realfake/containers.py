@@ -297,6 +297,7 @@ def _parquet_groups(f, path, column=None) -> tuple[list, str]:
     starts = np.concatenate([[0], np.cumsum([md.row_group(i).num_rows for i in range(md.num_row_groups)])]).astype(np.int64)
     return starts.tolist(), _image_column(pf.schema_arrow, path, column)
 
+# %% ../nbs/02b_containers.ipynb #b80084d3
 def _arrow_schema(reader, path):
     "The schema that opens an Arrow IPC stream (`reader`: a `pyarrow.ipc.MessageReader`)."
     import pyarrow as pa
@@ -324,24 +325,27 @@ def _arrow_batches(f, path, column=None) -> tuple[list, list, list, str, list, l
             if m.type != 'record batch': continue
             b = pa.ipc.read_record_batch(m, schema)
             starts.append(starts[-1] + b.num_rows); offs.append(pos); sizes.append(src.tell() - pos)
-            if spans is not None: spans = _row_spans(b.column(col), m.body, src.tell() - m.body.size, spans)
+            if spans is not None:
+                sp = _row_spans(b.column(col), m.body, src.tell() - m.body.size)
+                if sp is None: spans = None           # one batch's bytes not where the file keeps them: the whole stream reads by batch
+                else: spans.append(sp)
     except (pa.ArrowException, OSError, ValueError) as e: raise ContainerError(path, f'truncated or corrupt Arrow stream ({e})') from None
     o, n = (np.concatenate([s[0] for s in spans]), np.concatenate([s[1] for s in spans])) if spans else ([], [])
     return starts, offs, sizes, col, o, n
 
 # %% ../nbs/02b_containers.ipynb #9d8c0999
-def _row_spans(col, body, at:int, spans:list) -> list|None:
-    "`spans` + (file offsets, lengths; -1 where null) of the image bytes of `col`, one record batch read from a message body that starts at byte `at`; None when a value's bytes are not where the file keeps them (a compressed body)."
+def _row_spans(col, body, at:int) -> tuple|None:
+    "(file offsets, lengths; -1 where null) of the image bytes of `col`, one record batch read from a message body that starts at byte `at`; None when a value's bytes are not where the file keeps them (a compressed body)."
     import pyarrow as pa
     vals = col.field('bytes') if pa.types.is_struct(col.type) else col
     wide = pa.types.is_large_binary(vals.type) or pa.types.is_large_string(vals.type)
     if not (wide or pa.types.is_binary(vals.type) or pa.types.is_string(vals.type)): return None   # views and the like: by batch
     _, ob, data = vals.buffers()[:3]
-    if len(vals) == 0: return spans + [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    if len(vals) == 0: return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if data is None or not body.address <= data.address <= body.address + body.size: return None
     o = np.frombuffer(ob, np.int64 if wide else np.int32)[vals.offset:vals.offset + len(vals) + 1].astype(np.int64)
     null = col.is_null().to_numpy(zero_copy_only=False) | vals.is_null().to_numpy(zero_copy_only=False)
-    return spans + [(at + (data.address - body.address) + o[:-1], np.where(null, -1, np.diff(o)))]
+    return at + (data.address - body.address) + o[:-1], np.where(null, -1, np.diff(o))
 
 # %% ../nbs/02b_containers.ipynb #53597aa3
 def build_index(path, column:str|None=None, f=None) -> tuple[ContainerIndex, list, list]:
@@ -454,8 +458,8 @@ MAX_INDEX_MEMORY = 512 << 20     # container indexes kept in memory per process 
 @dataclass(eq=False)
 class _Handle:
     pid: int; sig: tuple; f: object; index: ContainerIndex; lock: threading.Lock
-    pq: object = None     # Arrow: the stream's schema; Parquet: a `ParquetFile`, made when this handle first decodes a row group
-    meta: object = None   # Parquet: the file's metadata (from the index in memory)
+    meta: object = None   # Parquet: the file's metadata; Arrow: the stream's schema (both kept beside the index in memory)
+    pq: object = None     # Parquet: a `ParquetFile`, made when this handle first decodes a row group
     def __del__(self):        # closed when the last reader lets go: an evicted handle stays valid for a thread still using it
         try: self.f.close()
         except Exception: pass
@@ -500,7 +504,7 @@ def _handle(container:str) -> _Handle:
         sig = _sig(os.fstat(f.fileno()))
         idx, md = _remember(container, sig, f)
     except BaseException: f.close(); raise
-    h = _Handle(pid, sig, f, idx, threading.Lock(), md if idx.kind == 'arrow' else None, md)
+    h = _Handle(pid, sig, f, idx, threading.Lock(), md)
     with _LOCK:
         _OPEN[container] = h
         while len(_OPEN) > MAX_OPEN: _drop(_OPEN.popitem(last=False)[1])
@@ -550,7 +554,7 @@ def _group(h:_Handle, g:int, path):
             if h.pq is None: h.pq = _row_reader(h.index, h.f, h.meta)   # not before: a worker whose row groups were preloaded never makes one
             return h.pq.read_row_group(g, columns=[h.index.column]).column(0).combine_chunks()
     data = _pread(h, int(h.index.batch_size[g]), int(h.index.batch_off[g]), path)     # one batch message, wherever the index says
-    try: return pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), h.pq).column(h.index.column)
+    try: return pa.ipc.read_record_batch(pa.ipc.read_message(pa.py_buffer(data)), h.meta).column(h.index.column)
     except (pa.ArrowException, ValueError) as e: raise ContainerError(path, f'corrupt Arrow record batch ({e})') from None
 
 # %% ../nbs/02b_containers.ipynb #5fad9c90
@@ -652,7 +656,7 @@ def preload(paths) -> int:
             with guarded_open(sp[0]) as f:
                 sig = _sig(os.fstat(f.fileno()))
                 idx, md = _remember(sp[0], sig, f)
-                if key in rows: _decode_ahead(_Handle(os.getpid(), sig, f, idx, threading.Lock(), md if idx.kind == 'arrow' else None, md), rows[key], sp[0])
+                if key in rows: _decode_ahead(_Handle(os.getpid(), sig, f, idx, threading.Lock(), md), rows[key], sp[0])
             held += 1
         except ContainerError: continue
     return held
