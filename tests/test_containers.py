@@ -78,6 +78,19 @@ def test_arrow_rows_are_read_by_their_own_byte_range(tmp_path, column, compressi
         else: assert read_member(f'{tmp_path}/d.arrow/{i}') == want
     assert (len(C._GROUPS) == 0) == by_range
 
+@pytest.mark.parametrize('compression', ['none', 'snappy', 'zstd'])
+def test_parquet_rows_read_back_and_null_images_are_refused(tmp_path, compression):
+    "Every row of a Parquet file in uneven row groups reads back as written; a null struct or a null `bytes` is 'no image bytes', never b''."
+    import pyarrow as pa, pyarrow.parquet as pq
+    rng = np.random.default_rng(4)
+    vals = [None if i % 7 == 3 else rng.bytes(int(rng.integers(1, 400))) for i in range(40)]
+    rows = [None if v is None and i % 2 else {'bytes': v, 'path': f'{i}.jpg'} for i, v in enumerate(vals)]
+    pq.write_table(pa.table({'image': rows}), tmp_path/'d.parquet', row_group_size=9, compression=compression)
+    for i in np.random.default_rng(1).permutation(40).tolist():
+        if vals[i] is None:
+            with pytest.raises(ContainerError, match='no image bytes'): read_member(f'{tmp_path}/d.parquet/{i}')
+        else: assert read_member(f'{tmp_path}/d.parquet/{i}') == vals[i]
+
 @pytest.mark.parametrize('kind', ['tar', 'zip', 'parquet'])
 def test_a_held_container_is_read_without_trying_a_loose_open(boxes, kind, monkeypatch):
     "Once a container is open in this process its members skip the loose-file open (which could only fail); loose paths still take it."
