@@ -107,18 +107,25 @@ def _verdict(ratio:float, lo:float, hi:float) -> str:
     return '>=1.0x met' if ratio >= 1.0 else 'NOT met' if hi < 1.0 else 'below, within noise'
 
 def _items(dls:dict, images:list, seed:int, start:int=0) -> dict:
-    """Seconds per layout to run the loader's item pipeline on `images`, alternating the layouts image by image in a random
-    order: [the first `start` images, the rest]."""
-    import random
-    rng, order, tot = random.Random(seed), list(dls), {k: [0.0, 0.0] for k in dls}
-    for n, i in enumerate(rng.sample(images, len(images))):
-        rng.shuffle(order)
-        for k in order:
-            t = time.perf_counter(); dls[k].create_item(i); tot[k][n >= start] += time.perf_counter() - t
-    return tot
+    """Seconds per layout and image to run the loader's item pipeline on `images`, alternating the layouts image by image in
+    a random order, the garbage collector off (a collection would land on whichever layout runs then): {layout: [seconds per
+    image, in the order of `images`]}; the images among the first `start` this process ran are NaN, timed apart under 'first'."""
+    import gc, random
+    rng, order = random.Random(seed), list(dls)
+    t, first = {k: [float('nan')] * len(images) for k in dls}, {k: 0.0 for k in dls}
+    gc.collect(); gc.disable()
+    try:
+        for n, j in enumerate(rng.sample(range(len(images)), len(images))):
+            rng.shuffle(order)
+            for k in order:
+                t0 = time.perf_counter(); dls[k].create_item(images[j]); e = time.perf_counter() - t0
+                if n < start: first[k] += e
+                else: t[k][j] = e
+    finally: gc.enable()
+    return {'times': t, 'first': first}
 
 def _forked_items(dls:dict, images:list, seed:int, workers:int, start:int) -> dict:
-    "`_items` in `workers` processes forked now (as fastai forks its workers every epoch), each on its share of `images`; their seconds summed."
+    "`_items` in `workers` processes forked now (as fastai forks its workers every epoch), each on its share of `images`: times back in the order of `images`, 'first' summed."
     import json
     kids = []
     for w in range(workers):
@@ -128,13 +135,25 @@ def _forked_items(dls:dict, images:list, seed:int, workers:int, start:int) -> di
             try: os.write(wfd, json.dumps(_items(dls, images[w::workers], seed * 100 + w, start)).encode())
             finally: os._exit(0)
         os.close(wfd); kids.append((pid, r))
-    tot = {k: [0.0, 0.0] for k in dls}
-    for pid, r in kids:
+    out = {'times': {k: [float('nan')] * len(images) for k in dls}, 'first': {k: 0.0 for k in dls}}
+    for w, (pid, r) in enumerate(kids):
         with os.fdopen(r, 'rb') as f: got = json.loads(f.read() or b'{}')
         os.waitpid(pid, 0)
-        if set(got) != set(tot): raise RuntimeError('a forked worker of the item bench failed')
-        for k, (a, b) in got.items(): tot[k][0] += a; tot[k][1] += b
-    return tot
+        if set(got.get('times', ())) != set(dls): raise RuntimeError('a forked worker of the item bench failed')
+        for k in dls:
+            out['times'][k][w::workers] = got['times'][k]; out['first'][k] += got['first'][k]
+    return out
+
+def _paired_ci(loose, this, reps:int=2000, seed:int=0) -> tuple[float, float, float]:
+    """loose / this over the (pass, image) cells both timed, and its 95% interval from resampling the images (each image
+    keeps its passes: the layouts are paired image by image, so an image's own cost cancels out)."""
+    import numpy as np
+    a, b = np.asarray(loose, float), np.asarray(this, float)          # passes x images
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = np.where(ok, a, 0).sum(0), np.where(ok, b, 0).sum(0)        # per image, over the passes
+    ix = np.random.default_rng(seed).integers(0, len(a), (reps, len(a)))
+    boot = a[ix].sum(1) / b[ix].sum(1)
+    return a.sum() / b.sum(), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 def _batches(dls:dict, epochs:int) -> tuple[dict, dict]:
     "Seconds and images per layout for `epochs` epochs of whole batches, the loaders stepped in turn (a random order each step), each drawing its augmentation from generators of its own seeded alike."
@@ -188,20 +207,22 @@ def item_rows(sets:dict, passes:int, start:int=4) -> list:
                      _goal(layout, ratio, r[0], r[-1])])
     for workers in (0, 2):
         ts = [_items(dls, images, p) if workers == 0 else _forked_items(dls, images, p, workers, start) for p in range(passes)]
-        n = len(images) - workers * start if workers else len(images)
-        steady = {k: [t[k][1] for t in ts] for k in dls}
+        cells = {k: [t['times'][k] for t in ts] for k in dls}               # passes x images, NaN where not timed steadily
+        n = sum(x == x for x in cells['loose'][0]) if passes else 0
         for layout in dls:
-            r = sorted(a / b for a, b in zip(steady['loose'], steady[layout]))
-            ratio, per = sum(steady['loose']) / sum(steady[layout]), sum(steady[layout]) / (passes * n)
-            first = (sum(t[layout][0] for t in ts) / (passes * workers) - start * per) * 1e3 if workers else None
-            rows.append([layout, workers, f'{per * 1e6:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({r[0]:.3f}-{r[-1]:.3f})',
-                         '' if first is None else f'{first:.2f}', _goal(layout, ratio, r[0], r[-1])])
+            ratio, lo, hi = _paired_ci(cells['loose'], cells[layout])
+            per = sum(x for row in cells[layout] for x in row if x == x) / (passes * n)
+            first = (sum(t['first'][layout] for t in ts) / (passes * workers) - start * per) * 1e3 if workers else None
+            rows.append([layout, workers, f'{per * 1e6:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({lo:.3f}-{hi:.3f})',
+                         '' if first is None else f'{first:.2f}', _goal(layout, ratio, lo, hi, ci=True)])
     return rows
 
 AA = 'loose, again (A/A)'
 
-def _goal(layout:str, ratio:float, lo:float, hi:float) -> str:
-    return '' if layout == 'loose' else '(control: no difference)' if layout == AA else _verdict(ratio, lo, hi)
+def _goal(layout:str, ratio:float, lo:float, hi:float, ci:bool=False) -> str:
+    if layout == 'loose': return ''
+    if layout == AA: return '(control: no difference)' if not ci or lo <= 1.0 <= hi else 'control differs: the measure is off by this much'
+    return _verdict(ratio, lo, hi) + (' (interval above 1.0)' if ci and lo >= 1.0 else '')
 
 def read_rows(sets:dict, reps:int) -> list:
     "Microseconds to open and read one image's bytes through the loader's `open_source`, shuffled, each layout in turn; Parquet and Arrow also with a row-group cache of one group, as when the data is much larger than the cache."
@@ -274,13 +295,15 @@ def main():
               '(augmentation included), of the workers with 2; first batch: loader creation + first batch)')
         print('\nThe same loaders interleaved: whole batches stepped in turn, and the item pipeline image by image, us per image '
               '(the A/A row, a copy of the loose files through a second loader, shows what each measure reads when there is no difference)')
-        print(C.table(item_rows(sets, 2 if a.quick else a.passes), ['layout', 'workers', 'us per image', 'loose / this (lowest-highest pass)',
+        print(C.table(item_rows(sets, 2 if a.quick else a.passes), ['layout', 'workers', 'us per image', 'loose / this (range)',
                                                                       'a fresh worker\'s start, ms', 'goal']))
         print('(whole batches: the training loader with 0 workers, collation and augmentation included, each layout drawing the same '
-              'augmentation, lowest-highest over epochs; the rows below: the item pipeline alone (read, decode, crop), as a worker runs it; '
-              'loose / this: total time over all passes; lowest-highest: the ratio of single passes; 2 workers: two processes forked anew '
-              'for each pass, each on half of the images, as fastai starts its workers every epoch; their first 4 images are left out of '
-              'the rate and give the start column: their time beyond 4 images at the rate)')
+              'augmentation; range: lowest-highest over epochs. The rows below: the item pipeline alone (read, decode, crop), as a worker '
+              'runs it, image by image, the layouts in a random order for each image, the garbage collector off while timing; loose / this: '
+              'total time over all passes, and its range: the 95% interval from resampling the images (2,000 draws; each image keeps all '
+              'its passes, so the layouts are compared on the same images); 2 workers: two processes forked anew for each pass, each on half '
+              'of the images, as fastai starts its workers every epoch; their first 4 images are left out of the rate and give the start '
+              'column: their time beyond 4 images at the rate. The A/A row reads what the measure finds where there is no difference)')
         print('\nOne read: open and read one image\'s bytes through the loader (`realfake.images.open_source`), shuffled order, us')
         print(C.table(read_rows(sets, 3 if a.quick else max(5, a.reps)), ['layout', 'us per read', 'loose / this']))
         print('(informational, no goal: "past the cache" keeps one decoded row group, as a shuffled epoch over a Parquet file '

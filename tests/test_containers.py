@@ -133,6 +133,18 @@ def test_read_only_folder_caches_the_index_elsewhere(tmp_path, monkeypatch):
     assert container_index(c).n == 1
     assert list((tmp_path/'cache').glob('a.tar.*.rfidx.npz')) and not Path(index_file(c)).exists()
 
+@pytest.mark.parametrize('base', [2**62, 2**63 + 2**62])
+def test_every_name_lookup_is_exact_between_neighbouring_keys(tmp_path, monkeypatch, base):
+    """Member keys one apart, below and above 2**63, as 2M keys make likely somewhere: every reader that looks a name up
+    (read_member, member_reader, member_size) finds its own member. A lookup in float64 merges such keys."""
+    names = [f'{i}.jpg' for i in range(8)]
+    monkeypatch.setattr(C, '_key', lambda n: base + names.index(n) if n in names else 1)
+    c = _tar(tmp_path/'a.tar', {n: _jpg(i, (8 + i, 8)) for i, n in enumerate(names)})
+    read = C.member_reader(c)
+    for i, n in enumerate(names):
+        assert read_member(f'{c}/{n}') == read(n) == _jpg(i, (8 + i, 8)) and C.member_size(f'{c}/{n}') == len(_jpg(i, (8 + i, 8)))
+    assert read('absent.jpg') is None
+
 def test_index_memory_is_small_per_member(tmp_path):
     c = _tar(tmp_path/'many.tar', {f'{i:06d}.jpg': b'x' for i in range(2000)})
     idx = container_index(c)
@@ -181,6 +193,23 @@ def test_bad_container_is_a_clear_error_from_every_reader(tmp_path, case):
             with pytest.raises(ImageLoadError) as e: read(p)
             assert why in str(e.value) and str(tmp_path) in str(e.value)
         with pytest.raises(ContainerError, match=why.replace('(', r'\(').replace(')', r'\)')): read_member(p)
+
+@pytest.mark.parametrize('crc', ['zlib-ng', 'zlib'])
+@pytest.mark.parametrize('method', [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_zip_member_with_one_changed_byte_is_refused(tmp_path, monkeypatch, crc, method):
+    "Its CRC-32 no longer matches: a clear error with either CRC function, while the member beside it reads back whole."
+    import zlib
+    if crc == 'zlib': monkeypatch.setattr(C, '_crc32', zlib.crc32)
+    else: assert C._crc32.__module__.startswith('zlib_ng')        # the dev install has the `shards` extra
+    a, b = _jpg(1, (64, 48)), _jpg(2, (64, 48))
+    with zipfile.ZipFile(tmp_path/'z.zip', 'w', method) as z: z.writestr('a.jpg', a); z.writestr('b.jpg', b)
+    with zipfile.ZipFile(tmp_path/'z.zip') as z: at = z.getinfo('a.jpg').header_offset + 30 + len('a.jpg')
+    raw = bytearray((tmp_path/'z.zip').read_bytes())
+    if method == zipfile.ZIP_STORED: raw[at + len(a) // 2] ^= 0x40          # one bit inside the JPEG's data
+    else: raw[at + 2] ^= 0x01                                               # one bit of the deflate stream (a stored or fixed block header)
+    (tmp_path/'z.zip').write_bytes(bytes(raw))
+    with pytest.raises(ContainerError, match='corrupt zip member'): read_member(f'{tmp_path}/z.zip/a.jpg')
+    assert read_member(f'{tmp_path}/z.zip/b.jpg') == b
 
 @pytest.mark.parametrize('how', ['replaced by another file', 'rewritten in place'])
 def test_swapped_container_after_indexing(tmp_path, how):
