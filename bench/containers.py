@@ -156,7 +156,18 @@ def _paired_ci(loose, this, reps:int=2000, seed:int=0) -> tuple[float, float, fl
     return a.sum() / b.sum(), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 def _batches(dls:dict, epochs:int) -> tuple[dict, dict]:
-    "Seconds and images per layout for `epochs` epochs of whole batches, the loaders stepped in turn (a random order each step), each drawing its augmentation from generators of its own seeded alike."
+    """Seconds and images per layout for `epochs` epochs of whole batches with 0 workers, the loaders stepped in turn (a random
+    order each step), each drawing its augmentation from generators of its own seeded alike. The loaders were made with 2
+    workers (so that they preload as for workers): left so, each iterator would start 2 processes that prefetch in the
+    background, all loaders' at once, and the first iterator started would run ahead."""
+    kept = {k: dl.fake_l.num_workers for k, dl in dls.items()}
+    for dl in dls.values(): dl.fake_l.num_workers = 0
+    try: return _stepped(dls, epochs)
+    finally:
+        for k, dl in dls.items(): dl.fake_l.num_workers = kept[k]
+
+def _stepped(dls:dict, epochs:int) -> tuple[dict, dict]:
+    "`_batches`' epochs, the loaders' workers already set to 0."
     import random, torch
     tot, order, n = {k: [] for k in dls}, list(dls), {k: 0 for k in dls}
     for e in range(epochs):
@@ -246,6 +257,19 @@ def read_rows(sets:dict, reps:int) -> list:
     loose = C.med(ts['loose']) / n * 1e6
     return [[k, f'{C.med(t) / n * 1e6:.1f}', f'{loose / (C.med(t) / n * 1e6):.2f}x'] for k, t in ts.items()]
 
+def lookup_rows(sizes=(1_000, 10_000, 100_000, 1_000_000), n:int=2000) -> list:
+    "Microseconds to find one member's name in an index of N names (`ContainerIndex.find`: its key, then a binary search), shuffled names."
+    import random, numpy as np, realfake.containers as RC
+    rows = []
+    for size in sizes:
+        names = [f'{i:09d}.jpg' for i in range(size)]
+        z = np.zeros(size, np.int64)
+        idx = RC.ContainerIndex('x.tar', 'tar', 0, 0, np.sort(RC._keys(names)), z, z, z, z, z)
+        q = random.Random(0).sample(names, min(n, size))
+        t = C.interleaved({'find': lambda: [idx.find(m) for m in q]}, reps=5)['find']
+        rows.append([f'{size:,}', f'{min(t) / len(q) * 1e6:.2f}', sum(idx.find(m) < 0 for m in q)])
+    return rows
+
 def index_rows(d:Path, records:int, shards:int) -> list:
     "Listing time of `records` container records over `shards` tar shards against as many loose files; index memory."
     import realfake.containers as RC
@@ -309,6 +333,10 @@ def main():
         print('(informational, no goal: "past the cache" keeps one decoded row group, as a shuffled epoch over a Parquet file '
               'much larger than realfake.containers.MAX_CACHED_BYTES does; an uncompressed Arrow stream reads each row\'s own bytes '
               'and keeps no row group)')
+
+        print('\nOne member lookup in an index of N names (`ContainerIndex.find`), best of 5, us')
+        print(C.table(lookup_rows((1_000, 10_000) if a.quick else (1_000, 10_000, 100_000, 1_000_000)), ['names in the index', 'us per lookup', 'not found (of those asked)']))
+        print('(an img2dataset shard holds 10,000 samples by default; the time should not grow with N: a binary search over uint64 keys)')
 
         records, shards = (2_000_000, 2000) if a.full else (2000, 4) if a.quick else (40_000, 40)
         print(f'\nIndex and listing: {records:,} records over {shards:,} tar shards vs as many loose files')
