@@ -10,6 +10,9 @@
    loose files timed in the same repetition). Beside the rates, the CPU time per image of the second epoch: of this
    process with 0 workers, of the workers with 2 (what reading and decoding cost, whatever else runs). Then what one
    read costs through the loader's `open_source`, per layout, and for Parquet also past its row-group cache.
+   The same loaders are also interleaved finely (whole batches stepped in turn; the item pipeline image by image), in
+   `--draws` fresh processes: each process draws its own memory layout, which moves decoding speed by a few percent on
+   its own, so the goal is judged on the ratio pooled over the processes, with an A/A control.
 2. Index build time and memory: N records over S tar shards (the full run simulates 2M records over 2,000 shards; the
    default --small run 40,000 over 40 and scales per million): `prepare`'s listing of the shards (`list_source`,
    `fake:webdataset:`) against the listing of the same number of loose files (`fake:folder:`), and the resident size of
@@ -144,33 +147,41 @@ def _forked_items(dls:dict, images:list, seed:int, workers:int, start:int) -> di
             out['times'][k][w::workers] = got['times'][k]; out['first'][k] += got['first'][k]
     return out
 
-def _paired_ci(loose, this, reps:int=2000, seed:int=0) -> tuple[float, float, float]:
-    """loose / this over the (pass, image) cells both timed, and its 95% interval from resampling the images (each image
-    keeps its passes: the layouts are paired image by image, so an image's own cost cancels out)."""
+def _pooled_ci(loose:list, this:list, reps:int=2000, seed:int=0) -> tuple[float, float, float, float, float]:
+    """loose / this over the (pass, image) cells both timed in every process, its 95% interval from resampling the processes
+    and, within each, the images (each image keeps its passes: the layouts are paired image by image, so an image's own cost
+    cancels out), and the lowest and highest ratio of one process. `loose`, `this`: one passes x images array per process."""
     import numpy as np
-    a, b = np.asarray(loose, float), np.asarray(this, float)          # passes x images
-    ok = ~(np.isnan(a) | np.isnan(b))
-    a, b = np.where(ok, a, 0).sum(0), np.where(ok, b, 0).sum(0)        # per image, over the passes
-    ix = np.random.default_rng(seed).integers(0, len(a), (reps, len(a)))
-    boot = a[ix].sum(1) / b[ix].sum(1)
-    return a.sum() / b.sum(), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    L, T = [], []
+    for a, b in zip(loose, this):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        ok = ~(np.isnan(a) | np.isnan(b))
+        L.append(np.where(ok, a, 0).sum(0)); T.append(np.where(ok, b, 0).sum(0))     # per image, over the passes
+    L, T = np.array(L), np.array(T)                                                    # processes x images
+    rng, (d, n) = np.random.default_rng(seed), L.shape
+    boot = []
+    for _ in range(reps):
+        ds = rng.integers(0, d, d)[:, None]; js = rng.integers(0, n, (d, n))
+        boot.append(L[ds, js].sum() / T[ds, js].sum())
+    per = L.sum(1) / T.sum(1)
+    return L.sum() / T.sum(), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)), float(per.min()), float(per.max())
 
-def _batches(dls:dict, epochs:int) -> tuple[dict, dict]:
+def _batches(dls:dict, epochs:int, seed:int=0) -> tuple[dict, dict]:
     """Seconds and images per layout for `epochs` epochs of whole batches with 0 workers, the loaders stepped in turn (a random
     order each step), each drawing its augmentation from generators of its own seeded alike. The loaders were made with 2
     workers (so that they preload as for workers): left so, each iterator would start 2 processes that prefetch in the
     background, all loaders' at once, and the first iterator started would run ahead."""
     kept = {k: dl.fake_l.num_workers for k, dl in dls.items()}
     for dl in dls.values(): dl.fake_l.num_workers = 0
-    try: return _stepped(dls, epochs)
+    try: return _stepped(dls, epochs, seed)
     finally:
         for k, dl in dls.items(): dl.fake_l.num_workers = kept[k]
 
-def _stepped(dls:dict, epochs:int) -> tuple[dict, dict]:
-    "`_batches`' epochs, the loaders' workers already set to 0."
+def _stepped(dls:dict, epochs:int, seed:int=0) -> tuple[dict, dict]:
+    "`_batches`' epochs (seeded `seed`, `seed + 1`, ...), the loaders' workers already set to 0."
     import random, torch
     tot, order, n = {k: [] for k in dls}, list(dls), {k: 0 for k in dls}
-    for e in range(epochs):
+    for e in range(seed, seed + epochs):
         state, its = {}, {}
         for k, dl in dls.items():
             _same_draws(e); its[k] = iter(dl); state[k] = (random.getstate(), torch.get_rng_state())
@@ -187,12 +198,20 @@ def _stepped(dls:dict, epochs:int) -> tuple[dict, dict]:
         for k in dls: tot[k].append(t_e[k])
     return tot, n
 
-def item_rows(sets:dict, passes:int, start:int=4) -> list:
-    """The training loader's item pipeline (read, decode, crop, flip: what a worker runs per image; collation and the batch
-    augmentation are the same code for every layout) timed image by image with the layouts alternated, so that the machine's
-    drift hits them alike: in this process (0 workers), and in 2 processes forked anew for every pass (2 workers, as fastai's).
-    With workers, each one's first `start` images are timed apart: a fresh process faults in the code and memory it touches
-    again, once per worker per epoch, which the bench's epochs (188 images a worker) weigh far more than a 2M-image epoch."""
+def with_control(sets:dict) -> dict:
+    """`sets` with an A/A entry: a copy of the loose files (a copy, not the same files: two loaders reading the same pages back
+    to back would both find them in the CPU's cache), read through a loader of its own: what a measure reads as a difference when there is none."""
+    import shutil
+    src = Path(sets['loose'][0]).parent; copy = src.with_name('loose_again')
+    shutil.copytree(src, copy, dirs_exist_ok=True)
+    out = {}
+    for k, v in sets.items():
+        out[k] = v
+        if k == 'loose': out[AA] = [str(copy/Path(q).name) for q in v]
+    return out
+
+def _loaders(sets:dict) -> dict:
+    "The training loader (2 workers' preloading, aug on) of each layout of `sets`."
     import pandas as pd
     from realfake.data import get_dls
     from realfake.preprocess import Preprocess
@@ -200,32 +219,54 @@ def item_rows(sets:dict, passes:int, start:int=4) -> list:
     for layout, paths in sets.items():
         df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
         df.loc[df.index[-8:], 'split'] = 'valid'
-        dls[layout] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train  # preloads, as for workers
-        if layout == 'loose':    # a copy of the loose files through a second loader: what the measure reads as a difference when there is none
-            import shutil            # (a copy, not the same files: two loaders reading the same pages back to back would both find them in the CPU's cache)
-            copy = Path(paths[0]).parent.with_name('loose_again'); shutil.copytree(Path(paths[0]).parent, copy, dirs_exist_ok=True)
-            df = df.assign(path=[str(copy/Path(q).name) for q in paths])
-            dls[AA] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train
+        dls[layout] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train
+    return dls
+
+def _draw(sets:dict, passes:int, seed:int, start:int) -> dict:
+    """One process's share of the interleaved measures: an epoch of whole batches, then `passes` passes of the item pipeline
+    with 0 workers and with 2 (forked from this process). Run in a fresh interpreter: see `item_rows`."""
+    import warnings; warnings.filterwarnings('ignore')
+    dls = _loaders(sets)
     images = list(range(len(sets['loose']) - 8))
     _items(dls, images[:16], -1)                      # warm: handles, caches (0 workers keeps them from epoch to epoch)
-    rows = []
-    whole, seen = _batches(dls, max(2, passes // 2))
-    for layout in dls:
-        r = sorted(a / b for a, b in zip(whole['loose'], whole[layout]))
-        ratio = sum(whole['loose']) / sum(whole[layout])
-        rows.append([layout, '0, whole batches', f'{sum(whole[layout]) / seen[layout] * 1e6:.0f}',
-                     '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({r[0]:.3f}-{r[-1]:.3f})', '',
-                     _goal(layout, ratio, r[0], r[-1])])
+    whole, seen = _batches(dls, 1, seed)
+    out = {'whole': whole, 'seen': seen}
     for workers in (0, 2):
-        ts = [_items(dls, images, p) if workers == 0 else _forked_items(dls, images, p, workers, start) for p in range(passes)]
-        cells = {k: [t['times'][k] for t in ts] for k in dls}               # passes x images, NaN where not timed steadily
-        n = sum(x == x for x in cells['loose'][0]) if passes else 0
-        for layout in dls:
-            ratio, lo, hi = _paired_ci(cells['loose'], cells[layout])
-            per = sum(x for row in cells[layout] for x in row if x == x) / (passes * n)
-            first = (sum(t['first'][layout] for t in ts) / (passes * workers) - start * per) * 1e3 if workers else None
-            rows.append([layout, workers, f'{per * 1e6:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({lo:.3f}-{hi:.3f})',
-                         '' if first is None else f'{first:.2f}', _goal(layout, ratio, lo, hi, ci=True)])
+        out[workers] = [_items(dls, images, seed * 100 + p) if workers == 0 else
+                        _forked_items(dls, images, seed * 100 + p, workers, start) for p in range(passes)]
+    return out
+
+def item_rows(sets:dict, passes:int, draws:int, start:int=4) -> list:
+    """The training loader's item pipeline (read, decode, crop, flip: what a worker runs per image; collation and the batch
+    augmentation are the same code for every layout) timed image by image with the layouts alternated, so that the machine's
+    drift hits them alike: in this process (0 workers), and in 2 processes forked anew for every pass (2 workers, as fastai's).
+    With workers, each one's first `start` images are timed apart: a fresh process faults in the code and memory it touches
+    again, once per worker per epoch, which the bench's epochs (188 images a worker) weigh far more than a 2M-image epoch.
+
+    The passes are spread over `draws` fresh interpreters (spawned, one at a time). Where a process's code and buffers lie in
+    memory (its address-space layout, drawn anew for each process) changes how fast it decodes from a file and from bytes in
+    memory, by a few percent and not alike: in one process the loose files come out ahead of every container, in the next
+    behind. One process is one draw of that; the ratio pools several, and its interval resamples them."""
+    import multiprocessing as mp
+    per = max(1, -(-passes // draws))
+    with mp.get_context('spawn').Pool(1, maxtasksperchild=1) as pool:       # a new process, so a new layout, for each draw
+        runs = [pool.apply(_draw, (sets, per, d, start)) for d in range(draws)]
+    rows = []
+    for layout in sets:
+        ratio, lo, hi, a, b = _pooled_ci([[r['whole']['loose']] for r in runs], [[r['whole'][layout]] for r in runs])
+        us = sum(sum(r['whole'][layout]) for r in runs) / sum(r['seen'][layout] for r in runs) * 1e6
+        rows.append([layout, '0, whole batches', f'{us:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({lo:.3f}-{hi:.3f})',
+                     '' if layout == 'loose' else f'{a:.3f}-{b:.3f}', '', _goal(layout, ratio, lo, hi, ci=True)])
+    for workers in (0, 2):
+        cells = {k: [[t['times'][k] for t in r[workers]] for r in runs] for k in sets}   # per process: passes x images, NaN where not timed steadily
+        for layout in sets:
+            ratio, lo, hi, a, b = _pooled_ci(cells['loose'], cells[layout])
+            xs = [x for proc in cells[layout] for row in proc for x in row if x == x]
+            us = sum(xs) / len(xs)
+            first = (sum(t['first'][layout] for r in runs for t in r[workers]) / (len(runs) * per * workers) - start * us) * 1e3 if workers else None
+            rows.append([layout, workers, f'{us * 1e6:.0f}', '1.000x' if layout == 'loose' else f'**{ratio:.3f}x** ({lo:.3f}-{hi:.3f})',
+                         '' if layout == 'loose' else f'{a:.3f}-{b:.3f}', '' if first is None else f'{first:.2f}',
+                         _goal(layout, ratio, lo, hi, ci=True)])
     return rows
 
 AA = 'loose, again (A/A)'
@@ -303,8 +344,10 @@ def main():
     p.add_argument('--images', type=int, default=192, help='images per layout in part 1 (default 192)')
     p.add_argument('--shards', type=int, default=4, help='tar shards the images of part 1 are spread over (default 4; more than '
                    'realfake.containers.MAX_OPEN=64 makes the loader reopen handles as at the seed scale)')
-    p.add_argument('--passes', type=int, default=10, help='passes over the images in the item-by-item comparison (default 10)')
+    p.add_argument('--passes', type=int, default=12, help='passes over the images in the item-by-item comparison, in all (default 12)')
+    p.add_argument('--draws', type=int, default=6, help='fresh processes the passes are spread over (default 6): each draws its own memory layout')
     a = p.parse_args()
+    passes, draws = (2, 2) if a.quick else (a.passes, max(1, min(a.draws, a.passes)))
     warnings.filterwarnings('ignore')
     print(C.machine())
     with tempfile.TemporaryDirectory() as d:
@@ -316,18 +359,25 @@ def main():
         print('(img/s: median over the repetitions; vs loose: the median of the per-repetition ratios, each against loose files '
               'timed in the same repetition, with the lowest and highest; the whole-epoch column includes starting the workers, which fastai does '
               'every epoch and which a 2M-image epoch spreads over far more batches; CPU ms per image: of this process with 0 workers '
-              '(augmentation included), of the workers with 2; first batch: loader creation + first batch)')
-        print('\nThe same loaders interleaved: whole batches stepped in turn, and the item pipeline image by image, us per image '
-              '(the A/A row, a copy of the loose files through a second loader, shows what each measure reads when there is no difference)')
-        print(C.table(item_rows(sets, 2 if a.quick else a.passes), ['layout', 'workers', 'us per image', 'loose / this (range)',
-                                                                      'a fresh worker\'s start, ms', 'goal']))
-        print('(whole batches: the training loader with 0 workers, collation and augmentation included, each layout drawing the same '
-              'augmentation; range: lowest-highest over epochs. The rows below: the item pipeline alone (read, decode, crop), as a worker '
-              'runs it, image by image, the layouts in a random order for each image, the garbage collector off while timing; loose / this: '
-              'total time over all passes, and its range: the 95% interval from resampling the images (2,000 draws; each image keeps all '
-              'its passes, so the layouts are compared on the same images); 2 workers: two processes forked anew for each pass, each on half '
-              'of the images, as fastai starts its workers every epoch; their first 4 images are left out of the rate and give the start '
-              'column: their time beyond 4 images at the rate. The A/A row reads what the measure finds where there is no difference)')
+              '(augmentation included), of the workers with 2; first batch: loader creation + first batch. All in this one process: one draw of its memory layout, which the '
+              'interleaved table below samples anew in several)')
+        print(f'\nThe same loaders interleaved: whole batches stepped in turn, and the item pipeline image by image, us per image, '
+              f'over {draws} fresh processes (the A/A row, a copy of the loose files through a second loader, shows what each measure reads '
+              'when there is no difference)')
+        print(C.table(item_rows(with_control(sets), passes, draws),
+                      ['layout', 'workers', 'us per image', 'loose / this (95% interval)', 'one process (lowest-highest)',
+                       'a fresh worker\'s start, ms', 'goal']))
+        print(f'(each of {draws} processes is a fresh interpreter (spawned), so each draws its own address-space layout, which moves '
+              'decoding from a file and from bytes in memory by a few percent, and not alike; each runs an epoch of whole batches, then '
+              f'{-(-passes // draws)} passes of the item pipeline with 0 workers and with 2. Whole batches: the training loader with 0 '
+              'workers, collation and augmentation included, each layout drawing the same augmentation. The rows below: the item '
+              'pipeline alone (read, decode, crop), as a worker runs it, image by image, the layouts in a random order for each image, '
+              'the garbage collector off while timing; loose / this: total time over all processes and passes, and its 95% interval '
+              'from resampling the processes and, within each, the images (2,000 draws; each image keeps all its passes, so the '
+              'layouts are compared on the same images); one process: the lowest and highest ratio of one process; 2 workers: two '
+              'processes forked anew for each pass, each on half of the images, as fastai starts its workers every epoch; their first '
+              '4 images are left out of the rate and give the start column: their time beyond 4 images at the rate. The A/A row reads '
+              'what the measure finds where there is no difference)')
         print('\nOne read: open and read one image\'s bytes through the loader (`realfake.images.open_source`), shuffled order, us')
         print(C.table(read_rows(sets, 3 if a.quick else max(5, a.reps)), ['layout', 'us per read', 'loose / this']))
         print('(informational, no goal: "past the cache" keeps one decoded row group, as a shuffled epoch over a Parquet file '
