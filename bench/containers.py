@@ -19,7 +19,7 @@
    all the indexes (their arrays plus Python overhead, measured with tracemalloc). Goals: index <= 200 MB per 2M
    records, container listing <= 2x the loose-file listing.
 
-    python bench/containers.py            # --small (default): about 2 minutes on 2 cores
+    python bench/containers.py            # --small (default): about 7 minutes on 2 cores
     python bench/containers.py --full     # 2M records over 2,000 shards for part 2 (about 3 GB of disk)
 """
 from __future__ import annotations
