@@ -55,6 +55,13 @@ def make_sets(d:Path, n:int, w:int=500, h:int=375, shards:int=4) -> dict:
     out['arrow'] = [f'{d}/data-00000-of-00001.arrow/{i}' for i in range(n)]
     return out
 
+def _frame(layout:str, paths:list):
+    "The metadata of one layout's records: labels alternating, the last 8 for validation."
+    import pandas as pd
+    df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
+    df.loc[df.index[-8:], 'split'] = 'valid'
+    return df
+
 def _cpu(who) -> float:
     r = resource.getrusage(who); return r.ru_utime + r.ru_stime
 
@@ -69,7 +76,7 @@ def _paired(rates:dict, layout:str) -> tuple[float, float, float]:
     return C.med(r), r[0], r[-1]
 
 def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
-    import pandas as pd, realfake.containers as RC
+    import realfake.containers as RC
     from realfake.data import get_dls
     from realfake.preprocess import Preprocess
     n_train = len(sets['loose']) - 8
@@ -83,8 +90,7 @@ def loader_rows(sets:dict, reps:int, bs:int=32) -> list:
         for r in range(reps):                        # layouts interleaved, in a rotating order: a busy machine (or going first) slows them alike
             for layout in order[r % len(order):] + order[:r % len(order)]:
                 paths = sets[layout]
-                df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
-                df.loc[df.index[-8:], 'split'] = 'valid'
+                df = _frame(layout, paths)
                 RC.close_all()
                 for f in Path(paths[0]).parents[1].glob('*.rfidx.npz'): f.unlink()       # cold: the index is built in the timing
                 t0 = time.perf_counter()
@@ -212,15 +218,10 @@ def with_control(sets:dict) -> dict:
 
 def _loaders(sets:dict) -> dict:
     "The training loader (2 workers' preloading, aug on) of each layout of `sets`."
-    import pandas as pd
     from realfake.data import get_dls
     from realfake.preprocess import Preprocess
-    dls = {}
-    for layout, paths in sets.items():
-        df = pd.DataFrame(dict(path=paths, label=['real', 'fake'] * (len(paths) // 2), source=layout, split='train'))
-        df.loc[df.index[-8:], 'split'] = 'valid'
-        dls[layout] = get_dls(df, Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0, device='cpu').train
-    return dls
+    return {layout: get_dls(_frame(layout, paths), Preprocess(size=224, resize=256), bs=32, num_workers=2, aug=True, seed=0,
+                            device='cpu').train for layout, paths in sets.items()}
 
 def _draw(sets:dict, passes:int, seed:int, start:int) -> dict:
     """One process's share of the interleaved measures: an epoch of whole batches, then `passes` passes of the item pipeline
@@ -344,7 +345,7 @@ def main():
     p.add_argument('--images', type=int, default=192, help='images per layout in part 1 (default 192)')
     p.add_argument('--shards', type=int, default=4, help='tar shards the images of part 1 are spread over (default 4; more than '
                    'realfake.containers.MAX_OPEN=64 makes the loader reopen handles as at the seed scale)')
-    p.add_argument('--passes', type=int, default=12, help='passes over the images in the item-by-item comparison, in all (default 12)')
+    p.add_argument('--passes', type=int, default=12, help='passes over the images in the item-by-item comparison, in all, rounded up to a multiple of --draws (default 12)')
     p.add_argument('--draws', type=int, default=6, help='fresh processes the passes are spread over (default 6): each draws its own memory layout')
     a = p.parse_args()
     passes, draws = (2, 2) if a.quick else (a.passes, max(1, min(a.draws, a.passes)))

@@ -68,11 +68,15 @@ def kind_of(container) -> str:
     if ext not in CONTAINER_EXTS: raise ContainerError(container, f"not a container (expected {', '.join(CONTAINER_EXTS)})")
     return ext[1:]
 
+def _parts(s:str, m) -> tuple[str, str, str]:
+    "(container, member, kind) of the pointer string `s` cut at `m`, a match of `_PTR` in it."
+    return s[:m.end()], s[m.end()+1:], s[m.start()+1:m.end()].lower()
+
 def _split(s:str) -> tuple[str, str, str]|None:
     "(container, member, kind) of the pointer string `s`, or None: its first container this process holds open or that is no folder."
     for m in _PTR.finditer(s):
-        c = s[:m.end()]
-        if c in _OPEN or not os.path.isdir(c): return c, s[m.end()+1:], s[m.start()+1:m.end()].lower()
+        p = _parts(s, m)
+        if p[0] in _OPEN or not os.path.isdir(p[0]): return p
     return None
 
 def split_pointer(path) -> tuple[str, str]|None:
@@ -98,7 +102,7 @@ def pointer_problem(path) -> str|None:
     "Why the record path `path` is not a usable pointer, from the string alone (None for a loose path or a good pointer)."
     s = os.fspath(path)
     m = _PTR.search(s)
-    return None if m is None else member_problem(s[m.end()+1:], s[m.start()+1:m.end()].lower())
+    return None if m is None else member_problem(*_parts(s, m)[1:])
 
 # %% ../nbs/02b_containers.ipynb #c2e47b8f
 def _key(name:str) -> int:
@@ -651,8 +655,9 @@ def preload(paths) -> int:
     for s in paths:                                   # one regex per path; the folder check (`split_pointer`) once per container
         m = _PTR.search(s)
         if m is None: continue
-        first.setdefault(s[:m.end()], s)
-        if s[m.start()+1:m.end()].lower() in ROW_KINDS and s[m.end()+1:].isdigit(): rows.setdefault(s[:m.end()], []).append(int(s[m.end()+1:]))
+        c, member, kind = _parts(s, m)
+        first.setdefault(c, s)
+        if kind in ROW_KINDS and member.isdigit(): rows.setdefault(c, []).append(int(member))
     held = 0
     for key, s in first.items():
         sp = split_pointer(s)
