@@ -312,6 +312,15 @@ def lookup_rows(sizes=(1_000, 10_000, 100_000, 1_000_000), n:int=2000) -> list:
         rows.append([f'{size:,}', f'{min(t) / len(q) * 1e6:.2f}', sum(idx.find(m) < 0 for m in q)])
     return rows
 
+def crc_rows(sets:dict) -> list:
+    "Microseconds for the CRC-32 of one zip member (the bench's JPEGs): `zlib.crc32` against the one `realfake.containers` uses (zlib-ng's where installed)."
+    import zlib, realfake.containers as RC
+    blobs = [Path(q).read_bytes() for q in sets['loose'][:64]]
+    fns = {'zlib': lambda: [zlib.crc32(b) for b in blobs], f'realfake ({RC._crc32.__module__})': lambda: [RC._crc32(b) for b in blobs]}
+    assert all(zlib.crc32(b) == RC._crc32(b) for b in blobs)
+    ts = {k: min(t) / len(blobs) * 1e6 for k, t in C.interleaved(fns, reps=5).items()}
+    return [[k, f'{sum(map(len, blobs)) / len(blobs) / 1e3:.0f}', f'{t:.2f}', f"{ts['zlib'] / t:.1f}x"] for k, t in ts.items()]
+
 def index_rows(d:Path, records:int, shards:int) -> list:
     "Listing time of `records` container records over `shards` tar shards against as many loose files; index memory."
     import realfake.containers as RC
@@ -388,6 +397,9 @@ def main():
         print('\nOne member lookup in an index of N names (`ContainerIndex.find`), best of 5, us')
         print(C.table(lookup_rows((1_000, 10_000) if a.quick else (1_000, 10_000, 100_000, 1_000_000)), ['names in the index', 'us per lookup', 'not found (of those asked)']))
         print('(an img2dataset shard holds 10,000 samples by default; the time should not grow with N: a binary search over uint64 keys)')
+
+        print('\nZip members\' CRC-32 (checked on every zip read), best of 5, us per member')
+        print(C.table(crc_rows(sets), ['CRC-32 by', 'KB per member', 'us per member', 'vs zlib']))
 
         records, shards = (2_000_000, 2000) if a.full else (2000, 4) if a.quick else (40_000, 40)
         print(f'\nIndex and listing: {records:,} records over {shards:,} tar shards vs as many loose files')

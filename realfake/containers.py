@@ -8,7 +8,7 @@ import os, re, io, zlib, struct, hashlib, threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 import numpy as np
-try: from zlib_ng.zlib_ng import crc32 as _crc32   # the same CRC-32 as zlib's, 9-20x faster on two AVX-512 CPUs: in the `shards` extra
+try: from zlib_ng.zlib_ng import crc32 as _crc32   # the same CRC-32 as zlib's, about 7x faster (bench/containers.py): in the `shards` extra
 except ImportError: from zlib import crc32 as _crc32
 from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegularFile
 
