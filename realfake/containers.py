@@ -7,6 +7,8 @@ from __future__ import annotations
 import os, re, io, zlib, struct, hashlib, threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from bisect import bisect_left, bisect_right
+from functools import cached_property
 import numpy as np
 try: from zlib_ng.zlib_ng import crc32 as _crc32   # the same CRC-32 as zlib's, about 7x faster (bench/containers.py): in the `shards` extra
 except ImportError: from zlib import crc32 as _crc32
@@ -15,9 +17,9 @@ from .core import RealfakeError, escape_path, get_logger, open_regular, NotRegul
 # %% auto #0
 __all__ = ['CONTAINER_EXTS', 'ROW_KINDS', 'MAX_MEMBER_BYTES', 'MAX_INDEX_BYTES', 'INDEX_SUFFIX', 'POINTER_RE', 'IMAGE_COLUMNS',
            'INDEX_VERSION', 'MAX_OPEN', 'MAX_CACHED_BYTES', 'MAX_INDEX_MEMORY', 'ContainerError', 'guarded_open',
-           'member_problem', 'kind_of', 'split_pointer', 'held_pointer', 'pointer', 'pointer_problem', 'ContainerIndex',
-           'build_index', 'index_file', 'save_index', 'load_index', 'container_index', 'scan', 'close_all',
-           'read_member', 'member_reader', 'member_size', 'open_member', 'preload']
+           'member_problem', 'kind_of', 'split_pointer', 'pointer', 'pointer_problem', 'ContainerIndex', 'build_index',
+           'index_file', 'save_index', 'load_index', 'container_index', 'scan', 'close_all', 'read_member', 'open_held',
+           'member_reader', 'member_size', 'open_member', 'preload']
 
 # %% ../nbs/02b_containers.ipynb #b702fd6b
 CONTAINER_EXTS = ('.tar', '.zip', '.parquet', '.arrow')   # the containers a record may point into (.arrow: an Arrow IPC stream, as `datasets` saves)
@@ -85,12 +87,6 @@ def split_pointer(path) -> tuple[str, str]|None:
     sp = _split(os.fspath(path))
     return None if sp is None else sp[:2]
 
-def held_pointer(path) -> bool:
-    "Whether `path` points into a container this process holds open (opening it as a loose file could only fail)."
-    s = os.fspath(path)
-    m = _PTR.search(s) if isinstance(s, str) else None
-    return m is not None and s[:m.end()] in _OPEN
-
 def pointer(container, member) -> str:
     "The record path of `member` (a name, or a row number for Parquet and Arrow) inside `container`."
     c, m = os.fspath(container), str(member)
@@ -115,7 +111,7 @@ _ARRAYS = ('keys', 'offset', 'length', 'csize', 'method', 'crc', 'starts', 'batc
 
 @dataclass
 class ContainerIndex:
-    """Where each member of one container lives. Tar and zip: sorted name keys and, per member, `offset`, `length`, `csize`,
+    """Where each member of one container lives. Tar and zip: sorted name keys and, per member, `offset` (where its data starts), `length`, `csize`,
     `method`, `crc`. Parquet and Arrow: `starts`, the first row of each row group (record batch) and the row count last;
     Arrow also each batch message's `batch_off` and `batch_size`, and, uncompressed, each row's image bytes, `row_off` and `row_len`."""
     path: str; kind: str; size: int; mtime_ns: int
@@ -129,9 +125,16 @@ class ContainerIndex:
 
     def find(self, member:str) -> int:
         "The position of `member` in the arrays (tar/zip), or -1 when absent."
-        k = np.uint64(_key(member))   # a Python int below 2**63 would make numpy compare in float64: every key converted, neighbours merged
-        i = int(self.keys.searchsorted(k))
-        return i if i < len(self.keys) and self.keys[i] == k else -1
+        keys, k = self.at['keys'], _key(member)   # Python ints, compared exactly (numpy compares a Python int below 2**63 with uint64 keys in float64)
+        i = bisect_left(keys, k)
+        return i if i < len(keys) and keys[i] == k else -1
+
+    @cached_property
+    def at(self) -> dict:
+        "A memoryview of each array, whose items are Python ints: what a read indexes (a numpy scalar costs more, most of all in cold caches)."
+        return {a: memoryview(np.ascontiguousarray(getattr(self, a))) for a in _ARRAYS}
+
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != 'at'}   # memoryviews do not pickle
 
     @property
     def n(self) -> int: return int(self.starts[-1]) if self.kind in ROW_KINDS else len(self.keys)
@@ -266,7 +269,8 @@ def _tar_members(f, path) -> tuple[list, list, list, list]:
 
 # %% ../nbs/02b_containers.ipynb #03973c18
 def _zip_members(f, path) -> tuple[list, list, list, list, list, list, list]:
-    "(names, header offsets, sizes, compressed sizes, methods, CRCs, refused) from the zip's own central directory."
+    """(names, data offsets, sizes, compressed sizes, methods, CRCs, refused) from the zip's own central directory; each member's
+    local header is read here, once, for where its data starts (its name and extra field may differ in length from the directory's)."""
     import zipfile
     try: infos = zipfile.ZipFile(f).infolist()
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e: raise ContainerError(path, f'truncated or corrupt zip ({e})') from None
@@ -275,8 +279,11 @@ def _zip_members(f, path) -> tuple[list, list, list, list, list, list, list]:
         if zi.is_dir(): continue
         why = member_problem(zi.filename, 'zip') or ('encrypted member' if zi.flag_bits & 1 else None) \
               or (f'unsupported compression method {zi.compress_type}' if zi.compress_type not in (0, 8) else None)
+        head = b'' if why else os.pread(f.fileno(), 30, zi.header_offset)
+        if not why and (len(head) < 30 or head[:4] != b'PK\x03\x04'): why = 'corrupt zip: no local header where the central directory says'
         if why: refused.append((zi.filename, why)); continue
-        for col, v in zip(out, (zi.filename, zi.header_offset, zi.file_size, zi.compress_size, zi.compress_type, zi.CRC)): col.append(v)
+        data = zi.header_offset + 30 + sum(struct.unpack('<HH', head[26:30]))
+        for col, v in zip(out, (zi.filename, data, zi.file_size, zi.compress_size, zi.compress_type, zi.CRC)): col.append(v)
     return (*out, refused)
 
 # %% ../nbs/02b_containers.ipynb #9e0f195d
@@ -403,7 +410,7 @@ def _cache_dirs(cache_dir=None) -> list:
     user = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'realfake', 'index')
     return ([first] if first else []) + [None, user]
 
-INDEX_VERSION = 2     # 2: the row containers' own fields, Arrow rows' byte ranges; a cache of another version is rebuilt
+INDEX_VERSION = 3     # 2: the row containers' own fields, Arrow rows' byte ranges; 3: zip offsets past the local header; a cache of another version is rebuilt
 
 def save_index(idx:ContainerIndex, file) -> None:
     "Write `idx` to `file` atomically (plain arrays: loading it never unpickles)."
@@ -475,7 +482,7 @@ class _Handle:
         except Exception: pass
 
 _LOCK = threading.Lock()
-_GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> (list of image bytes, their size): Parquet and Arrow; a fork inherits it
+_GROUPS: OrderedDict = OrderedDict()   # (container, sig, row group) -> (`_row_bytes`, their size): Parquet and Arrow; a fork inherits it
 _INDEXES: OrderedDict = OrderedDict()  # container -> (sig, ContainerIndex, Parquet metadata or Arrow schema): plain memory, so a fork inherits it
 _INDEX_BYTES = [0]
 
@@ -534,18 +541,15 @@ def _pread(h:_Handle, n:int, off:int, path) -> bytes:
     return b
 
 def _zip_data(h:_Handle, i:int, path) -> bytes:
-    "The uncompressed bytes of zip member `i`, checked against its size and CRC."
-    idx = h.index
-    off, n, cs, meth = int(idx.offset[i]), int(idx.length[i]), int(idx.csize[i]), int(idx.method[i])
-    head = _pread(h, 30, off, path)
-    if head[:4] != b'PK\x03\x04': raise ContainerError(path, 'corrupt zip: no local header where the central directory says')
-    nl, el = struct.unpack('<HH', head[26:30])
-    data = _pread(h, cs, off + 30 + nl + el, path)
+    "The uncompressed bytes of zip member `i` (one read: the index knows where its data starts), checked against its size and CRC."
+    at = h.index.at
+    n, meth = at['length'][i], at['method'][i]
+    data = _pread(h, at['csize'][i], at['offset'][i], path)
     if meth == 8:
         d = zlib.decompressobj(-15)
         try: data = d.decompress(data, n + 1)
         except zlib.error as e: raise ContainerError(path, f'corrupt zip member ({e})') from None
-    if len(data) != n or _crc32(data) != int(idx.crc[i]): raise ContainerError(path, 'corrupt zip member (size or CRC mismatch)')
+    if len(data) != n or _crc32(data) != at['crc'][i]: raise ContainerError(path, 'corrupt zip member (size or CRC mismatch)')
     return data
 
 def _row_reader(idx:ContainerIndex, f, md=None):
@@ -568,15 +572,26 @@ def _group(h:_Handle, g:int, path):
     except (pa.ArrowException, ValueError) as e: raise ContainerError(path, f'corrupt Arrow record batch ({e})') from None
 
 # %% ../nbs/02b_containers.ipynb #5fad9c90
-def _cached_group(h:_Handle, g:int, path, key) -> list:
-    "The image bytes of row group (record batch) `g` of `h`, one per row: from this process's cache (or the one a fork inherited), else decoded once and kept."
+def _row_bytes(col) -> tuple:
+    """(values, starts, lengths) of the image bytes in the Arrow array `col`: its values buffer, and each row's start and length
+    in it (-1: no image), all memoryviews. A row is one slice copied out: a forked worker writes to none of the parent's pages
+    (a list of `bytes` has a reference count per row, and each first read of a row in a worker copied the page that held it)."""
+    import pyarrow as pa
+    if pa.types.is_struct(col.type): col = col.flatten()[col.type.get_field_index('bytes')]   # a null struct is a null image, whatever its child holds
+    if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)): col = col.cast(pa.large_binary())   # a view column: into one buffer
+    _, ob, vb = col.buffers()
+    o = np.frombuffer(ob, np.int64 if pa.types.is_large_binary(col.type) else np.int32)[col.offset:col.offset + len(col) + 1].astype(np.int64)
+    n = np.diff(o)
+    n[~col.is_valid().to_numpy(zero_copy_only=False)] = -1
+    return memoryview(vb if vb is not None else b''), memoryview(o[:-1]), memoryview(n)
+
+def _cached_group(h:_Handle, g:int, path, key) -> tuple:
+    "`_row_bytes` of row group (record batch) `g` of `h`: from this process's cache (or the one a fork inherited), else decoded once and kept."
     k = (key, h.sig, g)
     with _LOCK: hit = _GROUPS.get(k)
     if hit is None:
         col = _group(h, g, path)
-        import pyarrow as pa
-        if pa.types.is_struct(col.type): col = col.flatten()[col.type.get_field_index('bytes')]   # a null struct is a null image, whatever its child holds
-        hit = (col.to_pylist(), col.nbytes)
+        hit = (_row_bytes(col), col.nbytes)
         with _LOCK:
             _GROUPS[k] = hit
             while len(_GROUPS) > 1 and sum(n for _, n in _GROUPS.values()) > MAX_CACHED_BYTES: _GROUPS.popitem(last=False)
@@ -584,14 +599,17 @@ def _cached_group(h:_Handle, g:int, path, key) -> list:
 
 def _row(h:_Handle, row:int, path, key) -> bytes:
     "The image bytes of Parquet or Arrow `row`: its own bytes where the index knows them (uncompressed Arrow), else from its whole row group or record batch, read and cached once."
-    starts = h.index.starts
-    if row >= int(starts[-1]): raise ContainerError(path, f'row {row:,} is beyond the end ({int(starts[-1]):,} rows)')
-    if len(h.index.row_len):                        # an uncompressed Arrow stream: the row's bytes alone, as a tar member's
-        n = int(h.index.row_len[row])
-        v = None if n < 0 else _pread(h, n, int(h.index.row_off[row]), path)
+    at = h.index.at
+    starts = at['starts']
+    if row >= starts[-1]: raise ContainerError(path, f'row {row:,} is beyond the end ({starts[-1]:,} rows)')
+    if len(at['row_len']):                          # an uncompressed Arrow stream: the row's bytes alone, as a tar member's
+        n = at['row_len'][row]
+        v = None if n < 0 else _pread(h, n, at['row_off'][row], path)
     else:
-        g = int(np.searchsorted(starts, row, 'right')) - 1
-        v = _cached_group(h, g, path, key)[row - int(starts[g])]
+        g = bisect_right(starts, row) - 1
+        vals, at, n = _cached_group(h, g, path, key)
+        r = row - starts[g]
+        v = None if n[r] < 0 else vals[at[r]:at[r] + n[r]].tobytes()
     if v is None: raise ContainerError(path, f'row {row:,} has no image bytes in column {h.index.column!r}')
     return v
 
@@ -605,11 +623,42 @@ def _locate(path, check:bool=True) -> tuple[str, str, str]:
     if why: raise ContainerError(path, why)
     return c, m, kind
 
+def _held(s:str) -> tuple|None:
+    """(handle, container, member, kind) when the pointer string `s` enters a container this process holds open (one regex, one
+    stat), else None. The handle is None when the container changed since it was opened, or in a forked child: `_handle` reopens it."""
+    m = _PTR.search(s)
+    if m is None: return None
+    c = s[:m.end()]
+    with _LOCK:
+        h = _OPEN.get(c)
+        if h is None: return None
+        _OPEN.move_to_end(c)
+    try: same = h.pid == os.getpid() and h.sig == _sig(os.stat(c))
+    except OSError: same = False
+    return (h if same else None), c, s[m.end()+1:], s[m.start()+1:m.end()].lower()
+
 def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
     "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet or Arrow row's image."
-    c, m, kind = _locate(path, check=False)   # a tar or zip name is checked when the index lacks it: each name it holds passed when it was built
-    h = _handle(c)
-    if kind in ROW_KINDS: data = _row(h, int(m), path, c)
+    s = os.fspath(path)
+    hit = _held(s) if isinstance(s, str) else None
+    h, c, m, kind = hit or (None, *_locate(path, check=False))   # a tar or zip name is checked when the index lacks it: each name it holds passed when it was built
+    return _read(h or _handle(c), c, m, kind, path, max_bytes)
+
+def open_held(path, max_bytes:int=MAX_MEMBER_BYTES) -> io.BytesIO|None:
+    """A binary file object over what `path` names when it points into a container this process holds open, else None (a loose
+    file's path, or a container not opened yet): the reads of an epoch, with no failed open of the path as a loose file first."""
+    s = os.fspath(path)
+    hit = _held(s) if isinstance(s, str) else None
+    if hit is None: return None
+    h, c, m, kind = hit
+    return io.BytesIO(_read(h or _handle(c), c, m, kind, path, max_bytes))
+
+def _read(h:_Handle, c:str, m:str, kind:str, path, max_bytes:int) -> bytes:
+    "The bytes of member (or row) `m` of the open container `h` (`c`), which `path` names."
+    if kind in ROW_KINDS:
+        why = member_problem(m, kind)
+        if why: raise ContainerError(path, why)
+        data = _row(h, int(m), path, c)
     else:
         i = h.index.find(m)
         if i < 0: raise ContainerError(path, member_problem(m, kind) or f'no member {m!r} in {escape_path(c)}')
@@ -617,11 +666,13 @@ def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
     if len(data) > max_bytes: raise ContainerError(path, f'member too large: {len(data):,} bytes > limit {max_bytes:,}')
     return data
 
+# %% ../nbs/02b_containers.ipynb #0f650d1d
 def _member(h:_Handle, i:int, path, max_bytes:int) -> bytes:
     "The bytes of tar or zip member `i` of the open container `h`."
-    n = max(int(h.index.length[i]), int(h.index.csize[i]))
+    at = h.index.at
+    n = max(at['length'][i], at['csize'][i])
     if n > max_bytes: raise ContainerError(path, f'member too large: {n:,} bytes > limit {max_bytes:,}')
-    return _pread(h, n, int(h.index.offset[i]), path) if h.index.kind == 'tar' else _zip_data(h, i, path)
+    return _pread(h, n, at['offset'][i], path) if h.index.kind == 'tar' else _zip_data(h, i, path)
 
 def member_reader(container, max_bytes:int=MAX_MEMBER_BYTES):
     "A function `name -> bytes` (None when absent) over one tar or zip container opened once: for reading many small members."

@@ -9,11 +9,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 from .core import RealfakeError, escape_path, open_regular, NotRegularFile
-from .containers import ContainerError, open_member, split_pointer, held_pointer
+from .containers import ContainerError, open_member, open_held, split_pointer
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'SUBSAMPLING', 'GEN_TEXT_KEYS',
-           'GEN_SIGNATURES', 'ImageLoadError', 'open_source', 'open_image', 'to_rgb', 'load_image',
+__all__ = ['MAX_PIXELS', 'MAX_ASPECT', 'BACKGROUND', 'RESAMPLE', 'REDUCING_GAP', 'FORMATS', 'IN_MEMORY_BYTES', 'SUBSAMPLING',
+           'GEN_TEXT_KEYS', 'GEN_SIGNATURES', 'ImageLoadError', 'open_source', 'open_image', 'to_rgb', 'load_image',
            'estimate_jpeg_quality', 'jpeg_info', 'generator_text', 'probe_image', 'thumbnail']
 
 # %% ../nbs/02_images.ipynb #c0e5b4bf
@@ -60,7 +60,9 @@ def _os_reason(e: OSError) -> str:
 
 def _open_file(path):
     "Open `path` for binary reading, turning OS errors into `ImageLoadError`; refuses anything but a regular file."
-    if held_pointer(path): return _open_member(path)         # inside a container already open here: no failed open first
+    try: f = open_held(path)                              # inside a container already open here: no failed open first
+    except ContainerError as e: raise _member_error(path, e) from None
+    if f is not None: return f
     try: return open_regular(path)                        # never blocks on a FIFO
     except ValueError: raise ImageLoadError(path, 'invalid path (contains a NUL character)') from None
     except NotRegularFile as e: raise ImageLoadError(path, 'is a directory' if e.kind == 'a directory' else f'not a regular file ({e.kind})') from None
@@ -132,8 +134,11 @@ def _check_jpeg_data(fp, im, name):
 def _open_member(path):
     "A file object over the container member that the pointer `path` names (see `realfake.containers`)."
     try: return open_member(path)
-    except ContainerError as e:
-        raise ImageLoadError(path, e.reason if e.path == os.fspath(path) else f'{e.reason} ({escape_path(e.path)})') from None
+    except ContainerError as e: raise _member_error(path, e) from None
+
+def _member_error(path, e:ContainerError) -> ImageLoadError:
+    "`e` as an `ImageLoadError` of `path`, naming the container when the reason is about it."
+    return ImageLoadError(path, e.reason if e.path == os.fspath(path) else f'{e.reason} ({escape_path(e.path)})')
 
 def _size(f) -> int:
     "Bytes in the file object `f` (an open file, or a container member in memory)."
@@ -259,6 +264,17 @@ def _from_array(a: np.ndarray) -> Image.Image:
     raise ImageLoadError('<array>', f'unsupported array shape {a.shape} (expected HxW or HxWx1/3/4)')
 
 # %% ../nbs/02_images.ipynb #ce09c837
+IN_MEMORY_BYTES = 64 << 20   # a loose file up to this size is read whole and decoded from memory, as a container member is
+
+def _in_memory(f, name):
+    """The open file `f` as an in-memory file: read whole (one read) when it holds at most `IN_MEMORY_BYTES`, so that a loose
+    file, a container member and `bytes` reach the decoder the same way; a larger file is decoded from `f` itself."""
+    n = _size(f)
+    if n == 0: raise ImageLoadError(name, 'empty file')
+    if isinstance(f, io.BytesIO) or n > IN_MEMORY_BYTES: return f
+    try: return io.BytesIO(f.read(n))
+    except OSError as e: raise ImageLoadError(name, f'read error ({_os_reason(e)})') from None
+
 def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
                short_side:int|None=None, # shorter side of the result; None keeps the full resolution
                max_pixels:int|None=MAX_PIXELS, # refuse images with more pixels than this (checked before decoding)
@@ -272,9 +288,7 @@ def load_image(src, # path (str/Path), bytes, PIL image or HWC uint8 numpy array
         short_side = int(short_side)
     kw = dict(crop=crop, draft=bool(draft), max_pixels=max_pixels)
     if isinstance(src, (str, os.PathLike)):
-        with _open_file(src) as f:
-            if _size(f) == 0: raise ImageLoadError(src, 'empty file')
-            return _decode(_open(f, src, max_pixels), src, short_side, **kw)
+        with _open_file(src) as f: return _decode(_open(_in_memory(f, src), src, max_pixels), src, short_side, **kw)
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _decode(_open(io.BytesIO(src), '<bytes>', max_pixels), '<bytes>', short_side, **kw)
     if isinstance(src, Image.Image):

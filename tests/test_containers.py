@@ -211,6 +211,42 @@ def test_a_zip_member_with_one_changed_byte_is_refused(tmp_path, monkeypatch, cr
     with pytest.raises(ContainerError, match='corrupt zip member'): read_member(f'{tmp_path}/z.zip/a.jpg')
     assert read_member(f'{tmp_path}/z.zip/b.jpg') == b
 
+@pytest.mark.parametrize('kind', ['tar', 'zip', 'parquet'])
+def test_the_held_path_reads_and_refuses_as_the_general_path_does(boxes, kind):
+    "`open_held` (the reads after the first, one regex and one stat) gives the same bytes and the same errors as the path that opens the container."
+    imgs, b = boxes
+    c, names = b[kind]
+    ptrs = [f'{c}/{n}' for n in names]
+    assert C.open_held(ptrs[0]) is None                          # not open yet: the caller tries it as a loose file
+    first = [read_member(p) for p in ptrs]
+    assert first == [C.open_held(p).read() for p in ptrs] == imgs
+    bad = [f'{c}/99', f'{c}/+1', f'{c}/1_0'] if kind == 'parquet' else [f'{c}/k/99.jpg', f'{c}/k/../0.jpg']
+    held = []
+    for p in bad:
+        with pytest.raises(ContainerError) as e: C.open_held(p)
+        held.append(str(e.value))
+    C.close_all()
+    for p, msg in zip(bad, held):
+        with pytest.raises(ContainerError) as e: read_member(p)
+        assert str(e.value) == msg
+
+def test_a_zip_member_is_read_past_its_own_local_header(tmp_path):
+    """The data starts after the *local* header's name and extra field, whose lengths the central directory does not give;
+    a member whose local header is not where the directory says is refused when indexing, by name, and the rest read back."""
+    import struct
+    a, b, c = _jpg(1), _jpg(2), _jpg(3)
+    with zipfile.ZipFile(tmp_path/'z.zip', 'w') as z:
+        zi = zipfile.ZipInfo('a.jpg'); zi.extra = struct.pack('<HH', 0xcafe, 9) + b'123456789'; z.writestr(zi, a)   # an odd-sized extra field
+        z.writestr('b.jpg', b); z.writestr('c.jpg', c)
+    with zipfile.ZipFile(tmp_path/'z.zip') as z: hb = z.getinfo('b.jpg').header_offset
+    assert [read_member(f'{tmp_path}/z.zip/{n}') for n in ('a.jpg', 'b.jpg', 'c.jpg')] == [a, b, c]
+    raw = bytearray((tmp_path/'z.zip').read_bytes()); raw[hb:hb + 4] = b'PK\x00\x00'
+    (tmp_path/'y.zip').write_bytes(bytes(raw))
+    idx, names, refused = C.scan(tmp_path/'y.zip')
+    assert names == ['a.jpg', 'c.jpg'] and refused == [('b.jpg', 'corrupt zip: no local header where the central directory says')]
+    assert [read_member(f'{tmp_path}/y.zip/{n}') for n in ('a.jpg', 'c.jpg')] == [a, c]
+    with pytest.raises(ContainerError, match="no member 'b.jpg'"): read_member(f'{tmp_path}/y.zip/b.jpg')
+
 @pytest.mark.parametrize('how', ['replaced by another file', 'rewritten in place'])
 def test_swapped_container_after_indexing(tmp_path, how):
     "Neither the open handle nor the index kept in memory is used for a different file under the same name."
@@ -332,6 +368,37 @@ def test_dataloader_with_two_workers_reads_every_member_right(boxes):
             seen.update(zip(i.tolist(), s.tolist())); pids |= set(pid.tolist())
     assert seen == {i: int(np.frombuffer(w, np.uint8).sum()) for i, (_, w) in enumerate(ptrs)}
     assert len(pids) == 2 and os.getpid() not in pids
+
+@pytest.mark.parametrize('kind', ['parquet', 'arrow (zstd)'])
+def test_a_forked_worker_reads_cached_rows_without_copying_the_parents_pages(tmp_path, kind):
+    """Rows cached in the parent (`preload`) are read in a forked child by copying them out of one buffer per row group: the
+    child writes to no page of the parent's per row. Each of 300 rows of 5 KB sits on pages of its own, so a reference
+    count touched per row would cost at least 300 page copies in the child; the reads here cost a few."""
+    import resource, zlib, pyarrow as pa, pyarrow.parquet as pq
+    vals = [bytes([i % 251]) * 5000 for i in range(300)]
+    t = pa.table({'image': [{'bytes': v, 'path': f'{i}.jpg'} for i, v in enumerate(vals)]})
+    if kind == 'parquet': c = tmp_path/'d.parquet'; pq.write_table(t, c, row_group_size=100)
+    else:
+        c = tmp_path/'d.arrow'
+        with pa.OSFile(str(c), 'wb') as sink, pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression='zstd')) as w:
+            for b in t.to_batches(max_chunksize=100): w.write_batch(b)
+    ptrs = [f'{c}/{i}' for i in range(300)]
+    assert C.preload(ptrs) == 1 and len(C._GROUPS) == 3
+    read_member(ptrs[0])                                      # this process's handle, the code paths warmed
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            read_member(ptrs[1])                              # the child's own handle, opened once
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            got = [zlib.crc32(read_member(p)) for p in ptrs]    # nothing kept but a number: no new pages either
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+            os.write(w, json.dumps([got == [zlib.crc32(bytes([i % 251]) * 5000) for i in range(300)], faults]).encode())
+        finally: os._exit(0)
+    os.close(w)
+    with deadline(60, 'forked reader'): out = json.loads(os.read(r, 100)); os.waitpid(pid, 0)
+    ok, faults = out
+    assert ok and faults < 60, faults
 
 def test_dataloader_workers_inherit_preloaded_indexes(boxes, monkeypatch):
     "`preload` in the parent (no handle opened): two forked workers read every member right through handles of their own, loading no index and decoding no row group."

@@ -355,3 +355,24 @@ def test_a_box_cut_while_resizing_equals_the_box_of_the_whole_resize(seed):
         cut = np.asarray(load_image(b.getvalue(), short_side=s, draft=draft, crop=lambda *_: (l, t, l + cw, t + ch))).astype(int)
         assert cut.shape == (ch, cw, 3)
         assert np.abs(cut - whole[t:t + ch, l:l + cw]).max() <= 1, (w, h, s, draft, (l, t, cw, ch))
+
+
+def test_a_file_a_container_member_and_bytes_reach_the_decoder_alike(tmp_path, monkeypatch):
+    "Each source up to `IN_MEMORY_BYTES` is decoded from bytes in memory; a larger file is decoded from the open file, to the same pixels."
+    import io, tarfile
+    p = save(photo(64, 48), tmp_path/'a.jpg', quality=90)
+    with tarfile.open(tmp_path/'s.tar', 'w') as tf: tf.add(p, 'a.jpg')
+    seen, real = [], ri._open
+    def spy(fp, *a, **k):
+        seen.append((type(fp), fp.getvalue() if isinstance(fp, io.BytesIO) else None))
+        return real(fp, *a, **k)
+    monkeypatch.setattr(ri, '_open', spy)
+    px = [np.asarray(load_image(s, short_side=24)) for s in (p, f'{tmp_path}/s.tar/a.jpg', p.read_bytes())]
+    assert seen == [(io.BytesIO, p.read_bytes())] * 3
+    assert all(np.array_equal(x, px[0]) for x in px)
+    monkeypatch.setattr(ri, 'IN_MEMORY_BYTES', p.stat().st_size - 1)
+    seen.clear()
+    assert np.array_equal(np.asarray(load_image(p, short_side=24)), px[0])
+    assert len(seen) == 1 and seen[0][0] is not io.BytesIO
+    (tmp_path/'empty.jpg').write_bytes(b'')
+    with pytest.raises(ImageLoadError, match='empty file'): load_image(tmp_path/'empty.jpg')
