@@ -299,6 +299,30 @@ def read_rows(sets:dict, reps:int) -> list:
     loose = C.med(ts['loose']) / n * 1e6
     return [[k, f'{C.med(t) / n * 1e6:.1f}', f'{loose / (C.med(t) / n * 1e6):.2f}x'] for k, t in ts.items()]
 
+def cold_read_rows(sets:dict, passes:int) -> list:
+    """Microseconds of one read through `open_source`, each right after an untimed decode of another image (as in the training
+    loader, where a read finds the caches full of the decoder's data): the layouts in a random order for each image."""
+    import gc, random
+    from realfake.images import open_source, load_image
+    n, rng = len(sets['loose']), random.Random(1)
+    other = [open(p, 'rb').read() for p in sets['loose']]
+    for paths in sets.values():                     # handles open, Parquet row groups in the cache: what an epoch after the first finds
+        for p in paths:
+            with open_source(p) as f: f.read()
+    t = {k: 0.0 for k in sets}
+    gc.collect(); gc.disable()
+    try:
+        for _ in range(passes):
+            for j in rng.sample(range(n), n):
+                for k in rng.sample(list(sets), len(sets)):
+                    load_image(other[(j * 7 + 3) % n], short_side=256)
+                    t0 = time.perf_counter()
+                    with open_source(sets[k][j]) as f: f.read()
+                    t[k] += time.perf_counter() - t0
+    finally: gc.enable()
+    us = {k: v / (n * passes) * 1e6 for k, v in t.items()}
+    return [[k, f'{v:.1f}', f"{us['loose'] / v:.2f}x"] for k, v in us.items()]
+
 def lookup_rows(sizes=(1_000, 10_000, 100_000, 1_000_000), n:int=2000) -> list:
     "Microseconds to find one member's name in an index of N names (`ContainerIndex.find`: its key, then a binary search), shuffled names."
     import random, numpy as np, realfake.containers as RC
@@ -390,6 +414,8 @@ def main():
               'what the measure finds where there is no difference)')
         print('\nOne read: open and read one image\'s bytes through the loader (`realfake.images.open_source`), shuffled order, us')
         print(C.table(read_rows(sets, 3 if a.quick else max(5, a.reps)), ['layout', 'us per read', 'loose / this']))
+        print('\nOne read between two decodes: as above, each read right after an untimed decode of another image (the caches as the training loader leaves them), us')
+        print(C.table(cold_read_rows(sets, 1 if a.quick else 3), ['layout', 'us per read', 'loose / this']))
         print('(informational, no goal: "past the cache" keeps one decoded row group, as a shuffled epoch over a Parquet file '
               'much larger than realfake.containers.MAX_CACHED_BYTES does; an uncompressed Arrow stream reads each row\'s own bytes '
               'and keeps no row group)')
