@@ -666,7 +666,7 @@ def _read(h:_Handle, c:str, m:str, kind:str, path, max_bytes:int) -> bytes:
     if len(data) > max_bytes: raise ContainerError(path, f'member too large: {len(data):,} bytes > limit {max_bytes:,}')
     return data
 
-# %% ../nbs/02b_containers.ipynb #0f650d1d
+# %% ../nbs/02b_containers.ipynb #537d9770
 def _member(h:_Handle, i:int, path, max_bytes:int) -> bytes:
     "The bytes of tar or zip member `i` of the open container `h`."
     at = h.index.at
