@@ -414,11 +414,13 @@ def main():
               'what the measure finds where there is no difference)')
         print('\nOne read: open and read one image\'s bytes through the loader (`realfake.images.open_source`), shuffled order, us')
         print(C.table(read_rows(sets, 3 if a.quick else max(5, a.reps)), ['layout', 'us per read', 'loose / this']))
-        print('\nOne read between two decodes: as above, each read right after an untimed decode of another image (the caches as the training loader leaves them), us')
-        print(C.table(cold_read_rows(sets, 1 if a.quick else 3), ['layout', 'us per read', 'loose / this']))
         print('(informational, no goal: "past the cache" keeps one decoded row group, as a shuffled epoch over a Parquet file '
               'much larger than realfake.containers.MAX_CACHED_BYTES does; an uncompressed Arrow stream reads each row\'s own bytes '
               'and keeps no row group)')
+        print('\nOne read between two decodes: as above, each read right after an untimed decode of another image (the caches as the training loader leaves them), us')
+        print(C.table(cold_read_rows(sets, 1 if a.quick else 3), ['layout', 'us per read', 'loose / this']))
+        print('(informational, no goal: in the training loader each read comes after a decode, which leaves other code and data '
+              'in the CPU\'s caches than reads back to back do; so this is nearer what a read costs inside the item rows above)')
 
         print('\nOne member lookup in an index of N names (`ContainerIndex.find`), best of 5, us')
         print(C.table(lookup_rows((1_000, 10_000) if a.quick else (1_000, 10_000, 100_000, 1_000_000)), ['names in the index', 'us per lookup', 'not found (of those asked)']))
