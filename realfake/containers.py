@@ -279,8 +279,9 @@ def _zip_members(f, path) -> tuple[list, list, list, list, list, list, list]:
         if zi.is_dir(): continue
         why = member_problem(zi.filename, 'zip') or ('encrypted member' if zi.flag_bits & 1 else None) \
               or (f'unsupported compression method {zi.compress_type}' if zi.compress_type not in (0, 8) else None)
-        head = b'' if why else os.pread(f.fileno(), 30, zi.header_offset)
-        if not why and (len(head) < 30 or head[:4] != b'PK\x03\x04'): why = 'corrupt zip: no local header where the central directory says'
+        if not why:
+            head = os.pread(f.fileno(), 30, zi.header_offset)
+            if len(head) < 30 or head[:4] != b'PK\x03\x04': why = 'corrupt zip: no local header where the central directory says'
         if why: refused.append((zi.filename, why)); continue
         data = zi.header_offset + 30 + sum(struct.unpack('<HH', head[26:30]))
         for col, v in zip(out, (zi.filename, data, zi.file_size, zi.compress_size, zi.compress_type, zi.CRC)): col.append(v)
@@ -607,9 +608,9 @@ def _row(h:_Handle, row:int, path, key) -> bytes:
         v = None if n < 0 else _pread(h, n, at['row_off'][row], path)
     else:
         g = bisect_right(starts, row) - 1
-        vals, at, n = _cached_group(h, g, path, key)
+        vals, off, n = _cached_group(h, g, path, key)
         r = row - starts[g]
-        v = None if n[r] < 0 else vals[at[r]:at[r] + n[r]].tobytes()
+        v = None if n[r] < 0 else vals[off[r]:off[r] + n[r]].tobytes()
     if v is None: raise ContainerError(path, f'row {row:,} has no image bytes in column {h.index.column!r}')
     return v
 
@@ -623,38 +624,35 @@ def _locate(path, check:bool=True) -> tuple[str, str, str]:
     if why: raise ContainerError(path, why)
     return c, m, kind
 
-def _held(s:str) -> tuple|None:
-    """(handle, container, member, kind) when the pointer string `s` enters a container this process holds open (one regex, one
-    stat), else None. The handle is None when the container changed since it was opened, or in a forked child: `_handle` reopens it."""
-    m = _PTR.search(s)
+def _held(path) -> tuple|None:
+    """(handle, container, member, kind) when `path` points into a container this process holds open (one regex, one stat), else
+    None. The handle is None when the container changed since it was opened, or in a forked child: `_read` reopens it."""
+    s = os.fspath(path)
+    m = _PTR.search(s) if isinstance(s, str) else None
     if m is None: return None
-    c = s[:m.end()]
+    c, member, kind = _parts(s, m)
     with _LOCK:
         h = _OPEN.get(c)
         if h is None: return None
         _OPEN.move_to_end(c)
     try: same = h.pid == os.getpid() and h.sig == _sig(os.stat(c))
     except OSError: same = False
-    return (h if same else None), c, s[m.end()+1:], s[m.start()+1:m.end()].lower()
+    return (h if same else None), c, member, kind
 
 def read_member(path, max_bytes:int=MAX_MEMBER_BYTES) -> bytes:
     "The bytes a pointer `CONTAINER/MEMBER` names: a tar or zip member, or a Parquet or Arrow row's image."
-    s = os.fspath(path)
-    hit = _held(s) if isinstance(s, str) else None
-    h, c, m, kind = hit or (None, *_locate(path, check=False))   # a tar or zip name is checked when the index lacks it: each name it holds passed when it was built
-    return _read(h or _handle(c), c, m, kind, path, max_bytes)
+    return _read(_held(path) or (None, *_locate(path, check=False)), path, max_bytes)   # a tar or zip name is checked when the index lacks it: each name it holds passed when it was built
 
 def open_held(path, max_bytes:int=MAX_MEMBER_BYTES) -> io.BytesIO|None:
     """A binary file object over what `path` names when it points into a container this process holds open, else None (a loose
     file's path, or a container not opened yet): the reads of an epoch, with no failed open of the path as a loose file first."""
-    s = os.fspath(path)
-    hit = _held(s) if isinstance(s, str) else None
-    if hit is None: return None
-    h, c, m, kind = hit
-    return io.BytesIO(_read(h or _handle(c), c, m, kind, path, max_bytes))
+    hit = _held(path)
+    return None if hit is None else io.BytesIO(_read(hit, path, max_bytes))
 
-def _read(h:_Handle, c:str, m:str, kind:str, path, max_bytes:int) -> bytes:
-    "The bytes of member (or row) `m` of the open container `h` (`c`), which `path` names."
+def _read(hit:tuple, path, max_bytes:int) -> bytes:
+    "The bytes of member (or row) `m` of container `c`, which `path` names, from `hit` = (open handle or None, c, m, kind)."
+    h, c, m, kind = hit
+    h = h or _handle(c)
     if kind in ROW_KINDS:
         why = member_problem(m, kind)
         if why: raise ContainerError(path, why)
